@@ -1,0 +1,102 @@
+"""The one error tree every batchrender process shares.
+
+``TransientError``: retrying can succeed (Redis/S3/HTTP 5xx, timeouts, connection resets).
+``PermanentError``: it cannot (bad input, content rejected, signing misconfigured).
+Celery retry policy reads the class, never the message.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class BatchRenderError(Exception):
+    """Root of every error batchrender raises on purpose."""
+
+    #: Stable machine-readable code, used in job records and HTTP error bodies.
+    code: str = "internal_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, **({"details": self.details} if self.details else {})}
+
+
+class TransientError(BatchRenderError):
+    """Retrying the same operation later can succeed."""
+
+    code = "transient_error"
+
+
+class PermanentError(BatchRenderError):
+    """Retrying cannot succeed; the job fails once with an actionable message."""
+
+    code = "permanent_error"
+
+
+# -- permanent ---------------------------------------------------------------------------------
+class InvalidRequest(PermanentError):
+    """Client input failed validation. ``errors`` lists ``{"field", "message"}`` items."""
+
+    code = "invalid_request"
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message, errors=errors or [])
+        self.errors = errors or []
+
+
+class UnknownModel(InvalidRequest):
+    code = "unknown_model"
+
+
+class JobNotFound(PermanentError):
+    code = "not_found"
+
+
+class ModerationBlocked(PermanentError):
+    """The moderation chain refused the request or its output."""
+
+    code = "moderation_blocked"
+
+
+class SigningFailed(PermanentError):
+    """C2PA signing could not produce a valid manifest (bad key, expired certificate...)."""
+
+    code = "signing_failed"
+
+
+class ConfigurationError(PermanentError):
+    """Settings, a policy file or a registry entry is wrong; found at start-up, not at the first job."""
+
+    code = "configuration_error"
+
+
+class UnsafeKey(InvalidRequest):
+    """A storage key or template value would escape its prefix or holds forbidden characters."""
+
+    code = "unsafe_key"
+
+
+class Canceled(PermanentError):
+    code = "canceled"
+
+
+class WebhookTargetRefused(InvalidRequest):
+    """A webhook URL points somewhere the SSRF guard does not allow."""
+
+    code = "webhook_target_refused"
+
+
+# -- transient ---------------------------------------------------------------------------------
+class StorageError(TransientError):
+    code = "storage_unavailable"
+
+
+class BrokerUnavailable(TransientError):
+    code = "broker_unavailable"
+
+
+class DeliveryFailed(TransientError):
+    code = "delivery_failed"

@@ -1,0 +1,171 @@
+"""One frozen ``Settings`` object, built from the environment in one place and passed explicitly.
+
+Every field ``foo_bar`` is read from ``BATCHRENDER_FOO_BAR``. Lists are comma-separated.
+Secrets are ``SecretStr`` so they never show in ``repr`` or logs.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from jobs.errors import ConfigurationError
+
+ENV_PREFIX = "BATCHRENDER_"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # -- where things live ---------------------------------------------------------------------
+    #: Working directory for the registry, the tiny model, the embedded broker, indexes and logs.
+    home: Path = Path(".batchrender")
+    #: Redis URL for broker, job records and indexes. Unset: an embedded private redis-server.
+    redis_url: str | None = None
+    #: Seconds a job record (status, result) is kept in Redis after it ends.
+    record_ttl_s: int = 7 * 24 * 3600
+
+    # -- request limits ------------------------------------------------------------------------
+    max_pixels: int = 2048 * 2048
+    max_side: int = 2048
+    max_steps: int = 150
+    max_images: int = 8
+    max_prompt_chars: int = 2000
+
+    # -- queue ---------------------------------------------------------------------------------
+    soft_time_limit_s: int = 600
+    hard_time_limit_s: int = 660
+    #: Must exceed the hard limit, or a slow job is redelivered while it still runs.
+    visibility_timeout_s: int = 3600
+    max_retries: int = 5
+
+    # -- storage -------------------------------------------------------------------------------
+    #: ``file:///abs/path`` or ``s3://bucket/prefix``. Unset: ``file://{home}/outputs``.
+    storage_url: str | None = None
+    key_template: str = "{batch_id}/{job_id}/{index}.{ext}"
+    quarantine_prefix: str = "_quarantine"
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_path_style: bool = False
+    s3_multipart_threshold: int = 8 * 1024 * 1024
+    s3_max_attempts: int = 5
+    presign_expiry_s: int = 3600
+
+    # -- C2PA ----------------------------------------------------------------------------------
+    #: PEM certificate chain (leaf first) and private key. Unset: the dev keys under ``home/keys``
+    #: are created on first use and the worker says loudly that they are for development only.
+    c2pa_cert_chain: Path | None = None
+    c2pa_private_key: Path | None = None
+    #: ``module:callable`` returning a ``c2pa`` signer callback, for keys held in a KMS/HSM.
+    c2pa_signer_callback: str | None = None
+    c2pa_tsa_url: str | None = None
+
+    # -- provenance ----------------------------------------------------------------------------
+    #: ``redis`` (use the job Redis) or ``sqlite`` (a file under home). Default: redis when
+    #: ``redis_url`` is configured, sqlite in the embedded default.
+    provenance_index: str | None = None
+
+    # -- moderation ----------------------------------------------------------------------------
+    policy_file: Path | None = None
+    text_classifier_dir: Path | None = None
+    image_classifier_dir: Path | None = None
+    safety_checker_dir: Path | None = None
+    phash_blocklist: Path | None = None
+    #: Stage names the operator explicitly allows to fail open when they error.
+    moderation_fail_open: list[str] = Field(default_factory=list)
+    #: Re-render with a new seed when an output-stage block is below this severity.
+    moderation_reroll_max: int = 0
+    moderation_reroll_below_severity: int = 3
+    audit_log_prompts: bool = False
+
+    # -- webhooks ------------------------------------------------------------------------------
+    #: Hosts (names, IPs or CIDRs) the SSRF guard lets through despite being private/loopback.
+    webhook_allow_hosts: list[str] = Field(default_factory=list)
+    webhook_timeout_s: float = 15.0
+    #: Seconds between attempts; default spans about three days like Standard Webhooks.
+    webhook_schedule_s: list[float] = Field(
+        default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000, 36000, 86400, 86400]
+    )
+    webhook_progress_interval_s: float = 2.0
+    #: Secret used when a request brings no per-request secret (``whsec_...``).
+    webhook_secret: SecretStr | None = None
+
+    # -- HTTP API ------------------------------------------------------------------------------
+    api_rate_per_s: float = 20.0
+    api_burst: int = 40
+    api_max_queued_per_tenant: int = 1000
+    api_max_body_bytes: int = 4 * 1024 * 1024
+
+    # -- worker --------------------------------------------------------------------------------
+    #: ``cuda``, ``cpu``, or unset for cuda-when-present.
+    device: str | None = None
+    max_batch: int = 0  # 0: chosen from the device's memory
+    batch_window_ms: int = 30
+    postprocess_threads: int = 2
+    postprocess_queue: int = 8
+    model_cache_size: int = 2
+
+    def __repr_args__(self):  # pragma: no cover - pydantic already masks SecretStr; keep it terse
+        return [(k, v) for k, v in super().__repr_args__() if v not in (None, [], False)]
+
+    @field_validator("redis_url", "storage_url", "s3_endpoint_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        if self.visibility_timeout_s <= self.hard_time_limit_s:
+            raise ValueError(
+                f"visibility_timeout_s ({self.visibility_timeout_s}) must exceed hard_time_limit_s "
+                f"({self.hard_time_limit_s}), or a slow job is redelivered while it still runs"
+            )
+        if self.soft_time_limit_s >= self.hard_time_limit_s:
+            raise ValueError("soft_time_limit_s must be below hard_time_limit_s")
+        if self.provenance_index not in (None, "redis", "sqlite"):
+            raise ValueError("provenance_index must be 'redis' or 'sqlite'")
+        return self
+
+    # -- derived -------------------------------------------------------------------------------
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or (self.home.resolve() / "outputs").as_uri()
+
+    @property
+    def models_file(self) -> Path:
+        return self.home / "models.json"
+
+    @property
+    def resolved_provenance_index(self) -> str:
+        return self.provenance_index or ("redis" if self.redis_url else "sqlite")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Build settings from ``BATCHRENDER_*`` variables; a bad value is a ConfigurationError."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is None:
+                continue
+            if "list" in str(field.annotation):
+                values[name] = [p.strip() for p in raw.split(",") if p.strip()]
+            else:
+                values[name] = raw
+        unknown = sorted(
+            k for k in env if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX):].lower() not in cls.model_fields
+        )
+        if unknown:
+            raise ConfigurationError(f"unknown setting(s): {', '.join(unknown)}")
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{ENV_PREFIX}{'.'.join(map(str, err['loc'])).upper() or 'SETTINGS'}: {err['msg']}" for err in e.errors()
+            )
+            raise ConfigurationError(f"invalid settings: {problems}") from None
