@@ -1,0 +1,46 @@
+"""Task and queue names: the producer sends tasks by these names and never imports worker code."""
+from __future__ import annotations
+
+import re
+
+RENDER_TASK = "batchrender.render"
+WEBHOOK_TASK = "batchrender.webhook.deliver"
+
+#: One render queue per model, so workers are routed to the models they hold.
+RENDER_QUEUE_PREFIX = "render."
+WEBHOOK_QUEUE = "webhooks"
+
+_MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def render_queue(model: str) -> str:
+    """The queue that carries render jobs for ``model``."""
+    return RENDER_QUEUE_PREFIX + model
+
+
+def is_valid_model_name(name: str) -> bool:
+    return bool(_MODEL_NAME.match(name))
+
+
+# Redis key layout, in one place so every process agrees.
+KEY_PREFIX = "br:"
+
+
+def job_key(job_id: str) -> str:
+    return f"{KEY_PREFIX}job:{job_id}"
+
+
+def batch_key(batch_id: str) -> str:
+    return f"{KEY_PREFIX}batch:{batch_id}"
+
+
+def batch_jobs_key(batch_id: str) -> str:
+    return f"{KEY_PREFIX}batch:{batch_id}:jobs"
+
+
+def cancel_key(job_id: str) -> str:
+    return f"{KEY_PREFIX}cancel:{job_id}"
+
+
+def events_channel(job_id: str) -> str:
+    return f"{KEY_PREFIX}events:{job_id}"
