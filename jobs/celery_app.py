@@ -17,6 +17,10 @@ def make_app(settings: Settings, broker_url: str | None = None) -> Celery:
     transport = {
         # Must exceed the longest render (hard limit), or a job still running is delivered again.
         "visibility_timeout": settings.visibility_timeout_s,
+        # kombu sweeps for abandoned (unacked) messages every interval*throttle seconds (100 s by
+        # default); scan on every tick so a killed worker's job is back soon after the timeout.
+        "unacked_restore_interval": max(1, min(60, settings.visibility_timeout_s // 20)),
+        "unacked_restore_throttle": 1,
     }
     app.conf.update(
         # Never pickle: a pickle payload is code execution for anyone who can write to Redis.
@@ -29,7 +33,6 @@ def make_app(settings: Settings, broker_url: str | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_transport_options=transport,
-        result_backend_transport_options=transport,
         broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         task_soft_time_limit=settings.soft_time_limit_s,

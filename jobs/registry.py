@@ -1,0 +1,107 @@
+"""The model registry: model name → where its weights live and how to run it.
+
+A JSON file (``{home}/models.json``) shared by producers (to validate model names) and workers
+(to load). The ``tiny`` entry is always present: a random-weight Stable-Diffusion pipeline that
+the worker writes on first use, so everything runs offline on a CPU.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from jobs.errors import ConfigurationError, UnknownModel
+from jobs.names import is_valid_model_name
+from jobs.settings import Settings
+
+TINY = "tiny"
+
+
+class ModelSpec(BaseModel):
+    """How to load and run one model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    #: A local directory written by ``save_pretrained`` or a Hugging Face hub id.
+    source: str
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    #: ``cuda``, ``cuda:1``, ``cpu``, or ``None`` for cuda when present, else cpu.
+    device: str | None = None
+    #: A diffusers scheduler class name (``EulerDiscreteScheduler``...) or None for the saved one.
+    scheduler: str | None = None
+    default_steps: int = Field(25, ge=1, le=500)
+    default_guidance: float = Field(7.5, ge=0, le=50)
+    #: The side of the square the model was trained at; aspect ratios map to sizes of that area.
+    base_size: int = Field(512, ge=8, le=8192)
+    #: Built by ``batchrender models init-tiny`` (random weights; renders noise).
+    tiny: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not is_valid_model_name(v):
+            raise ValueError("model names use lowercase letters, digits, '.', '_' and '-' (max 64)")
+        return v
+
+
+def tiny_spec(settings: Settings) -> ModelSpec:
+    return ModelSpec(
+        name=TINY, source=str((settings.home / "models" / TINY).resolve()), dtype="float32",
+        default_steps=4, default_guidance=5.0, base_size=64, tiny=True,
+    )
+
+
+class Registry:
+    """Read and write the registry file."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.path = settings.models_file
+
+    def _load_file(self) -> dict[str, ModelSpec]:
+        if not self.path.exists():
+            return {}
+        try:
+            raw = json.loads(self.path.read_text())
+            return {name: ModelSpec(name=name, **{k: v for k, v in entry.items() if k != "name"})
+                    for name, entry in raw.get("models", {}).items()}
+        except (json.JSONDecodeError, ValidationError, AttributeError, TypeError) as e:
+            raise ConfigurationError(f"model registry {self.path} is invalid: {e}") from None
+
+    def all(self) -> dict[str, ModelSpec]:
+        specs = {TINY: tiny_spec(self.settings)}
+        specs.update(self._load_file())
+        return specs
+
+    def get(self, name: str) -> ModelSpec:
+        specs = self.all()
+        if name not in specs:
+            raise UnknownModel(
+                f"unknown model {name!r}; registered models: {', '.join(sorted(specs))}",
+                errors=[{"field": "model", "message": f"unknown model {name!r}; allowed: {sorted(specs)}"}],
+            )
+        return specs[name]
+
+    def register(self, spec: ModelSpec) -> None:
+        specs = self._load_file()
+        specs[spec.name] = spec
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        body = {"models": {n: s.model_dump(exclude={"name"}, exclude_defaults=False) for n, s in sorted(specs.items())}}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(body, indent=2) + "\n")
+        os.replace(tmp, self.path)
+
+    def remove(self, name: str) -> None:
+        specs = self._load_file()
+        if specs.pop(name, None) is None:
+            raise UnknownModel(f"model {name!r} is not in {self.path}")
+        self.path.write_text(json.dumps({"models": {n: s.model_dump(exclude={"name"}) for n, s in specs.items()}}, indent=2))
+
+
+def local_dir(spec: ModelSpec) -> Path | None:
+    p = Path(spec.source)
+    return p if p.is_absolute() or p.exists() else None

@@ -1,0 +1,238 @@
+"""Versioned JSON payloads: the render request, the queue message, and results.
+
+Validation happens in two steps, both reporting the field and what is allowed:
+1. ``RenderRequest`` (pydantic): types, ranges and shapes that hold for every deployment.
+2. ``resolve()``: what depends on settings and the model (unknown model, pixel limits, sizes
+   from an aspect ratio, default steps/guidance, drawing the seed), giving a ``JobMessage``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import secrets
+import time
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from jobs.errors import InvalidRequest
+from jobs.status import JobStatus
+
+SCHEMA_VERSION = 1
+MAX_SEED = 2**63 - 1
+MAX_METADATA_BYTES = 16 * 1024
+ASPECT_RATIOS: dict[str, tuple[int, int]] = {
+    "1:1": (1, 1), "16:9": (16, 9), "9:16": (9, 16), "4:5": (4, 5), "5:4": (5, 4),
+    "3:2": (3, 2), "2:3": (2, 3), "4:3": (4, 3), "3:4": (3, 4), "21:9": (21, 9),
+}
+_CUSTOM_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class OutputFormat(str, Enum):
+    PNG = "png"
+    JPEG = "jpeg"
+    WEBP = "webp"
+
+    @property
+    def content_type(self) -> str:
+        return f"image/{self.value}"
+
+
+class RenderRequest(BaseModel):
+    """What a client asks for. Unset size/steps/guidance/seed are filled in by ``resolve``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(..., description="What to render (1–2000 characters).")
+    negative_prompt: str | None = Field(None, max_length=2000)
+    model: str = "tiny"
+    width: int | None = Field(None, ge=8, le=8192, description="Multiple of 8.")
+    height: int | None = Field(None, ge=8, le=8192, description="Multiple of 8.")
+    aspect_ratio: str | None = Field(None, description=f"One of {', '.join(ASPECT_RATIOS)}.")
+    steps: int | None = Field(None, ge=1, le=500)
+    guidance_scale: float | None = Field(None, ge=0, le=50)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Image i uses seed + i.")
+    num_images: int = Field(1, ge=1, le=64)
+    output_format: OutputFormat = OutputFormat.PNG
+    quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality.")
+    custom_id: str | None = Field(None, description="Your reference; letters, digits, . _ : - (max 128).")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    webhook: str | None = Field(None, max_length=2048, description="http(s) URL for signed callbacks.")
+    webhook_events_filter: list[str] | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("prompt is empty; give 1–2000 characters")
+        if len(v) > 2000:
+            raise ValueError(f"prompt is {len(v)} characters; the limit is 2000")
+        return v
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, v: int | None) -> int | None:
+        if v is not None and v % 8:
+            raise ValueError(f"{v} is not a multiple of 8; use {v - v % 8} or {v - v % 8 + 8}")
+        return v
+
+    @field_validator("aspect_ratio")
+    @classmethod
+    def _ratio(cls, v: str | None) -> str | None:
+        if v is not None and v not in ASPECT_RATIOS:
+            raise ValueError(f"unknown aspect ratio {v!r}; allowed: {', '.join(ASPECT_RATIOS)}")
+        return v
+
+    @field_validator("custom_id")
+    @classmethod
+    def _custom_id(cls, v: str | None) -> str | None:
+        if v is not None and not _CUSTOM_ID.match(v):
+            raise ValueError("custom_id allows letters, digits, '.', '_', ':' and '-' (1–128 characters)")
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(v))
+        if size > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}")
+        return v
+
+    @model_validator(mode="after")
+    def _size_xor_ratio(self) -> "RenderRequest":
+        if self.aspect_ratio and (self.width or self.height):
+            raise ValueError("give either width/height or aspect_ratio, not both")
+        if (self.width is None) != (self.height is None):
+            raise ValueError("give both width and height, or neither")
+        return self
+
+    @classmethod
+    def parse(cls, data: Any) -> "RenderRequest":
+        """Validate client input, turning pydantic's errors into one ``InvalidRequest``."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise invalid_from(e) from None
+
+
+def invalid_from(e: ValidationError) -> InvalidRequest:
+    errors = []
+    for err in e.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "request"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown field; allowed fields: {', '.join(RenderRequest.model_fields)}"
+        elif err["type"] == "enum":
+            msg = f"{msg}"
+        errors.append({"field": field, "message": msg})
+    summary = "; ".join(f"{x['field']}: {x['message']}" for x in errors)
+    return InvalidRequest(f"invalid request: {summary}", errors=errors)
+
+
+def size_for_ratio(ratio: str, base: int) -> tuple[int, int]:
+    """Width/height with about ``base``² pixels in ``ratio``, on the model's grid (64, or 8 when small)."""
+    rw, rh = ASPECT_RATIOS[ratio]
+    grid = 64 if base >= 256 else 8
+    w = math.sqrt(base * base * rw / rh)
+    h = w * rh / rw
+    return max(grid, round(w / grid) * grid), max(grid, round(h / grid) * grid)
+
+
+class JobMessage(BaseModel):
+    """The queue payload: one resolved job. No image bytes ever travel here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    v: int = SCHEMA_VERSION
+    job_id: str
+    batch_id: str | None = None
+    tenant: str | None = None
+    request: RenderRequest
+    submitted_at: float = Field(default_factory=time.time)
+
+    @field_validator("v")
+    @classmethod
+    def _version(cls, v: int) -> int:
+        if v != SCHEMA_VERSION:
+            raise ValueError(f"message schema version {v} is not supported (this worker reads {SCHEMA_VERSION})")
+        return v
+
+    @property
+    def seeds(self) -> list[int]:
+        r = self.request
+        assert r.seed is not None
+        return [(r.seed + i) % (MAX_SEED + 1) for i in range(r.num_images)]
+
+
+def resolve(request: RenderRequest, spec: Any, settings: Any) -> RenderRequest:
+    """Fill defaults from the model and enforce deployment limits. ``spec`` is a ``ModelSpec``."""
+    errors: list[dict[str, str]] = []
+    width, height = request.width, request.height
+    if width is None:
+        width, height = size_for_ratio(request.aspect_ratio or "1:1", spec.base_size)
+    assert height is not None
+    for name, side in (("width", width), ("height", height)):
+        if side > settings.max_side:
+            errors.append({"field": name, "message": f"{side} exceeds the maximum side {settings.max_side}"})
+    if width * height > settings.max_pixels:
+        errors.append({"field": "width", "message": f"{width}x{height} = {width * height} pixels exceeds "
+                       f"the limit of {settings.max_pixels} pixels"})
+    steps = request.steps or spec.default_steps
+    if steps > settings.max_steps:
+        errors.append({"field": "steps", "message": f"{steps} steps is out of range; allowed 1–{settings.max_steps}"})
+    if request.num_images > settings.max_images:
+        errors.append({"field": "num_images", "message": f"{request.num_images} images is out of range; "
+                       f"allowed 1–{settings.max_images}"})
+    if len(request.prompt) > settings.max_prompt_chars:
+        errors.append({"field": "prompt", "message": f"prompt is {len(request.prompt)} characters; the limit "
+                       f"is {settings.max_prompt_chars}"})
+    if errors:
+        summary = "; ".join(f"{x['field']}: {x['message']}" for x in errors)
+        raise InvalidRequest(f"invalid request: {summary}", errors=errors)
+    return request.model_copy(update={
+        "width": width, "height": height, "aspect_ratio": None, "steps": steps,
+        "guidance_scale": spec.default_guidance if request.guidance_scale is None else request.guidance_scale,
+        "seed": secrets.randbelow(2**32) if request.seed is None else request.seed,
+    })
+
+
+# -- results -------------------------------------------------------------------------------------
+class Timings(BaseModel):
+    queue_wait_s: float = 0.0
+    load_s: float = 0.0
+    render_s: float = 0.0
+    postprocess_s: float = 0.0
+
+
+class ImageResult(BaseModel):
+    index: int
+    key: str
+    url: str | None = None
+    seed: int
+    width: int
+    height: int
+    format: OutputFormat
+    sha256: str
+    #: SHA-256 of the decoded RGB pixels: equal for equal renders even though signatures differ.
+    pixel_sha256: str
+    bytes: int
+    c2pa: str | None = None
+    flags: list[str] = Field(default_factory=list)
+
+
+class JobResult(BaseModel):
+    """Written by the worker when a job ends; read by clients."""
+
+    v: int = SCHEMA_VERSION
+    job_id: str
+    batch_id: str | None = None
+    custom_id: str | None = None
+    status: JobStatus
+    model: str
+    images: list[ImageResult] = Field(default_factory=list)
+    timings: Timings = Field(default_factory=Timings)
+    moderation: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None

@@ -1,0 +1,208 @@
+"""Job and batch records in Redis, with atomic status transitions.
+
+A record is one hash per job. Every status change goes through one Lua script that checks the
+current status, so a cancel racing a worker, or a redelivered message racing its first delivery,
+resolves to exactly one winner. Entering a terminal status bumps the batch's ``done`` counter in
+the same script, so "the batch is complete" is observed exactly once.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import redis
+
+from jobs.errors import JobNotFound
+from jobs.names import batch_jobs_key, batch_key, cancel_key, events_channel, job_key
+from jobs.schemas import JobMessage, JobResult
+from jobs.status import TERMINAL, JobStatus
+
+# KEYS: job, batch (or "")   ARGV: new status, allowed-from csv, ttl, then field/value pairs.
+# Returns {1, done_count_or_-1} on success, {0, current_status_or_false} when refused.
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return {0, false} end
+local ok = false
+for s in string.gmatch(ARGV[2], '[^,]+') do if s == cur then ok = true end end
+if not ok then return {0, cur} end
+redis.call('HSET', KEYS[1], 'status', ARGV[1])
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local done = -1
+local terminal = ARGV[1] == 'succeeded' or ARGV[1] == 'failed' or ARGV[1] == 'blocked' or ARGV[1] == 'canceled'
+if terminal and KEYS[2] ~= '' then
+  done = redis.call('HINCRBY', KEYS[2], 'done', 1)
+  redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+end
+if terminal then
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+end
+return {1, done}
+"""
+
+
+@dataclass
+class JobRecord:
+    """What a client sees of one job."""
+
+    job_id: str
+    status: JobStatus
+    batch_id: str | None
+    tenant: str | None
+    custom_id: str | None
+    model: str
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: dict[str, int] | None = None
+    attempts: int = 0
+    request: dict[str, Any] = field(default_factory=dict)
+    result: JobResult | None = None
+    error: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            "id": self.job_id, "status": self.status.value, "batch_id": self.batch_id,
+            "custom_id": self.custom_id, "model": self.model, "created_at": self.created_at,
+            "started_at": self.started_at, "finished_at": self.finished_at,
+            "progress": self.progress, "attempts": self.attempts,
+        }
+        if self.result is not None:
+            d["outputs"] = [i.model_dump(mode="json") for i in self.result.images]
+            d["timings"] = self.result.timings.model_dump()
+            if self.result.moderation:
+                d["moderation"] = self.result.moderation
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+@dataclass
+class Transition:
+    ok: bool
+    current: JobStatus | None
+    batch_done: int | None = None
+
+
+class JobStore:
+    """Reads and writes job/batch records. Thread-safe (redis-py pools connections)."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int = 7 * 24 * 3600) -> None:
+        self.r = client
+        self.ttl_s = ttl_s
+        self._transition = client.register_script(_TRANSITION)
+
+    @classmethod
+    def from_url(cls, url: str, ttl_s: int = 7 * 24 * 3600) -> "JobStore":
+        return cls(redis.Redis.from_url(url, decode_responses=True), ttl_s)
+
+    # -- creating --------------------------------------------------------------------------------
+    def create(self, msg: JobMessage) -> bool:
+        """Write the queued record. Returns False when it exists already (idempotent submit)."""
+        key = job_key(msg.job_id)
+        fields = {
+            "status": JobStatus.QUEUED.value, "created_at": repr(msg.submitted_at),
+            "model": msg.request.model, "request": msg.request.model_dump_json(),
+            "batch_id": msg.batch_id or "", "tenant": msg.tenant or "",
+            "custom_id": msg.request.custom_id or "", "attempts": "0",
+        }
+        with self.r.pipeline() as p:
+            p.hsetnx(key, "status", JobStatus.QUEUED.value)
+            created = p.execute()[0]
+        if not created:
+            return False
+        self.r.hset(key, mapping=fields)
+        return True
+
+    def create_batch(self, batch_id: str, job_ids: Iterable[str], *, tenant: str | None,
+                     meta: dict[str, Any] | None = None) -> None:
+        ids = list(job_ids)
+        with self.r.pipeline() as p:
+            p.hset(batch_key(batch_id), mapping={
+                "total": len(ids), "done": 0, "created_at": repr(time.time()), "tenant": tenant or "",
+                "meta": json.dumps(meta or {}),
+            })
+            if ids:
+                p.rpush(batch_jobs_key(batch_id), *ids)
+            p.expire(batch_key(batch_id), self.ttl_s)
+            p.expire(batch_jobs_key(batch_id), self.ttl_s)
+            p.execute()
+
+    # -- transitions -----------------------------------------------------------------------------
+    def transition(self, job_id: str, to: JobStatus, allowed_from: Iterable[JobStatus],
+                   **fields: Any) -> Transition:
+        """Move ``job_id`` to ``to`` if its status is one of ``allowed_from``; atomic."""
+        batch_id = self.r.hget(job_key(job_id), "batch_id") or ""
+        argv: list[Any] = [to.value, ",".join(s.value for s in allowed_from), self.ttl_s]
+        for k, v in fields.items():
+            argv += [k, v if isinstance(v, str) else json.dumps(v)]
+        if to in TERMINAL:
+            argv += ["finished_at", repr(time.time())]
+        ok, cur = self._transition(keys=[job_key(job_id), batch_key(batch_id) if batch_id else ""], args=argv)
+        if ok:
+            done = int(cur) if cur is not None and int(cur) >= 0 else None
+            self.r.publish(events_channel(job_id), to.value)
+            return Transition(True, to, done)
+        return Transition(False, JobStatus(cur) if cur else None)
+
+    def set_progress(self, job_id: str, step: int, total: int) -> None:
+        self.r.hset(job_key(job_id), "progress", json.dumps({"step": step, "total": total}))
+
+    def bump_attempts(self, job_id: str) -> int:
+        return int(self.r.hincrby(job_key(job_id), "attempts", 1))
+
+    # -- cancellation ----------------------------------------------------------------------------
+    def request_cancel(self, job_id: str) -> None:
+        self.r.set(cancel_key(job_id), "1", ex=self.ttl_s)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self.r.exists(cancel_key(job_id)))
+
+    # -- reading ---------------------------------------------------------------------------------
+    def get(self, job_id: str) -> JobRecord:
+        h = self.r.hgetall(job_key(job_id))
+        if not h or "status" not in h:
+            raise JobNotFound(f"no job {job_id!r}")
+        return self._record(job_id, h)
+
+    def get_many(self, job_ids: list[str]) -> list[JobRecord]:
+        with self.r.pipeline() as p:
+            for j in job_ids:
+                p.hgetall(job_key(j))
+            rows = p.execute()
+        return [self._record(j, h) for j, h in zip(job_ids, rows) if h and "status" in h]
+
+    def status(self, job_id: str) -> JobStatus | None:
+        s = self.r.hget(job_key(job_id), "status")
+        return JobStatus(s) if s else None
+
+    def batch_job_ids(self, batch_id: str) -> list[str]:
+        if not self.r.exists(batch_key(batch_id)):
+            raise JobNotFound(f"no batch {batch_id!r}")
+        return list(self.r.lrange(batch_jobs_key(batch_id), 0, -1))
+
+    def batch_info(self, batch_id: str) -> dict[str, Any]:
+        h = self.r.hgetall(batch_key(batch_id))
+        if not h:
+            raise JobNotFound(f"no batch {batch_id!r}")
+        counts = {s.value: int(h.get(s.value, 0)) for s in TERMINAL}
+        total, done = int(h["total"]), int(h.get("done", 0))
+        return {
+            "id": batch_id, "tenant": h.get("tenant") or None, "total": total, "done": done,
+            "created_at": float(h["created_at"]), "counts": {"total": total, **counts, "pending": total - done},
+            "status": "completed" if done >= total else "in_progress", "meta": json.loads(h.get("meta", "{}")),
+        }
+
+    @staticmethod
+    def _record(job_id: str, h: dict[str, str]) -> JobRecord:
+        f = lambda k: float(h[k]) if h.get(k) else None  # noqa: E731
+        return JobRecord(
+            job_id=job_id, status=JobStatus(h["status"]), batch_id=h.get("batch_id") or None,
+            tenant=h.get("tenant") or None, custom_id=h.get("custom_id") or None,
+            model=h.get("model", ""), created_at=f("created_at") or 0.0, started_at=f("started_at"),
+            finished_at=f("finished_at"), progress=json.loads(h["progress"]) if h.get("progress") else None,
+            attempts=int(h.get("attempts", 0)), request=json.loads(h.get("request", "{}")),
+            result=JobResult.model_validate_json(h["result"]) if h.get("result") else None,
+            error=json.loads(h["error"]) if h.get("error") else None,
+        )

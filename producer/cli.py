@@ -1,0 +1,298 @@
+"""The ``batchrender`` command line."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from jobs.errors import BatchRenderError, InvalidRequest
+from jobs.settings import Settings
+
+_SIZE = re.compile(r"^(\d+)x(\d+)$")
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _client():
+    from producer.client import Client
+
+    return Client(_settings())
+
+
+def _echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _size(value: str | None) -> dict[str, Any]:
+    if not value:
+        return {}
+    m = _SIZE.match(value)
+    if m:
+        return {"width": int(m.group(1)), "height": int(m.group(2))}
+    return {"aspect_ratio": value}
+
+
+class Main(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BatchRenderError as e:
+            click.echo(f"error: {e.message}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=Main)
+@click.version_option(package_name="batchrender")
+def cli() -> None:
+    """Bulk image rendering: Celery + diffusers, moderation, C2PA, signed webhooks."""
+
+
+# -- submitting -----------------------------------------------------------------------------------
+@cli.command()
+@click.argument("prompt", required=False)
+@click.option("--file", "file_", type=click.Path(exists=True, dir_okay=False),
+              help="JSONL file, one request per line (a bad line is reported and skipped).")
+@click.option("--n", "num_images", type=int, default=None, help="Images per prompt.")
+@click.option("--size", help="WIDTHxHEIGHT (multiples of 8) or an aspect ratio like 16:9.")
+@click.option("--seed", type=int)
+@click.option("--model")
+@click.option("--format", "output_format", type=click.Choice(["png", "jpeg", "webp"]))
+@click.option("--quality", type=int)
+@click.option("--steps", type=int)
+@click.option("--negative", "negative_prompt")
+@click.option("--custom-id")
+@click.option("--webhook", help="URL that receives signed webhook events.")
+@click.option("--wait", "wait_", is_flag=True, help="Wait for the job(s) with a progress bar.")
+def submit(prompt, file_, wait_, **opts) -> None:
+    """Queue one prompt, or every line of --file as one batch. Prints the job or batch id."""
+    fields = {k: v for k, v in opts.items() if v is not None and k != "size"}
+    fields.update(_size(opts.get("size")))
+    client = _client()
+    if file_:
+        requests, bad = [], 0
+        line_of: list[int] = []
+        for lineno, line in enumerate(Path(file_).read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                if not isinstance(item, dict):
+                    raise ValueError("each line must be a JSON object")
+            except ValueError as e:
+                click.echo(f"{file_}:{lineno}: not valid JSON: {e}", err=True)
+                bad += 1
+                continue
+            requests.append({**fields, **item})
+            line_of.append(lineno)
+        sub = client.submit_batch(requests)
+        for index, err in sub.errors:
+            click.echo(f"{file_}:{line_of[index]}: {err.message}", err=True)
+        bad += len(sub.errors)
+        click.echo(f"batch {sub.batch_id}: {len(sub.job_ids)} queued, {bad} rejected", err=True)
+        click.echo(sub.batch_id)
+        if wait_:
+            _wait_batch(client, sub.batch_id, None)
+        if not sub.job_ids and bad:
+            sys.exit(2)
+        return
+    if not prompt:
+        raise click.UsageError("give a PROMPT or --file prompts.jsonl")
+    job_id = client.submit({"prompt": prompt, **fields})
+    click.echo(job_id)
+    if wait_:
+        _wait_job(client, job_id, None)
+
+
+# -- watching -------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("id_")
+def status(id_: str) -> None:
+    """Show a job (job_...) or a batch (bat_...)."""
+    client = _client()
+    if id_.startswith("bat_"):
+        _echo_json(client.batch(id_))
+    else:
+        _echo_json(client.status(id_).to_dict())
+
+
+def _wait_job(client, job_id: str, timeout: float | None) -> int:
+    from tqdm import tqdm
+
+    rec = client.status(job_id)
+    total = int(rec.request.get("steps") or 1)
+    with tqdm(total=total, desc=job_id[:12], unit="step", file=sys.stderr) as bar:
+        def update(r):
+            step = total if r.status.terminal else int((r.progress or {}).get("step", 0))
+            bar.update(step - bar.n)
+            bar.set_postfix_str(r.status.value)
+        rec = client.wait(job_id, timeout, on_update=update)
+    _echo_json(rec.to_dict())
+    return 0 if rec.status.value == "succeeded" else 1
+
+
+def _wait_batch(client, batch_id: str, timeout: float | None) -> int:
+    from tqdm import tqdm
+
+    ids = client.store.batch_job_ids(batch_id)
+    _, total = client.progress_steps(ids)
+    with tqdm(total=total, desc=batch_id[:12], unit="step", file=sys.stderr) as bar:
+        def update(info):
+            done, _ = client.progress_steps(ids)
+            bar.update(done - bar.n)
+            bar.set_postfix_str(f"{info['done']}/{info['total']} jobs")
+        info = client.wait_batch(batch_id, timeout, on_update=update)
+    _echo_json(info)
+    return 0 if info["counts"]["succeeded"] == info["total"] else 1
+
+
+@cli.command()
+@click.argument("id_")
+@click.option("--timeout", type=float, default=None, help="Seconds; the job keeps running after it.")
+def wait(id_: str, timeout: float | None) -> None:
+    """Wait for a job or batch to end, with a progress bar. Exit 0 when everything succeeded."""
+    client = _client()
+    try:
+        code = _wait_batch(client, id_, timeout) if id_.startswith("bat_") else _wait_job(client, id_, timeout)
+    except TimeoutError as e:
+        click.echo(f"timeout: {e}", err=True)
+        sys.exit(3)
+    sys.exit(code)
+
+
+@cli.command()
+@click.argument("id_")
+def cancel(id_: str) -> None:
+    """Cancel a queued or running job, or every unfinished job of a batch."""
+    client = _client()
+    if id_.startswith("bat_"):
+        _echo_json(client.cancel_batch(id_))
+    else:
+        _echo_json(client.cancel(id_).to_dict())
+
+
+@cli.command()
+@click.argument("id_")
+def results(id_: str) -> None:
+    """Print results as JSONL, one line per image (for a batch: every job's images)."""
+    client = _client()
+    records = client.batch_results(id_) if id_.startswith("bat_") else [client.status(id_)]
+    for rec in records:
+        for line in manifest_lines(rec):
+            click.echo(json.dumps(line))
+
+
+def manifest_lines(rec) -> list[dict[str, Any]]:
+    """One manifest line per image of a finished job (or one line saying why it has none)."""
+    base = {"job_id": rec.job_id, "batch_id": rec.batch_id, "custom_id": rec.custom_id,
+            "status": rec.status.value, "prompt": rec.request.get("prompt")}
+    if not rec.result or not rec.result.images:
+        return [{**base, "error": rec.error}]
+    timings = rec.result.timings.model_dump()
+    return [{**base, **img.model_dump(mode="json"), "timings": timings} for img in rec.result.images]
+
+
+# -- running workers ------------------------------------------------------------------------------
+@cli.command()
+@click.option("--models", default="tiny", show_default=True, help="Comma-separated models to serve.")
+@click.option("--webhooks/--no-webhooks", default=True, show_default=True, help="Also deliver webhooks.")
+@click.option("--name", default=None, help="Worker node name.")
+@click.option("--loglevel", default="INFO")
+def worker(models: str, webhooks: bool, name: str | None, loglevel: str) -> None:
+    """Start a render worker: one process per GPU (solo pool, so CUDA never lives in a forked child)."""
+    from jobs.embedded import redis_url_for
+    from jobs.names import WEBHOOK_QUEUE, render_queue
+
+    settings = _settings()
+    redis_url_for(settings, start=True)
+    queues = [render_queue(m.strip()) for m in models.split(",") if m.strip()]
+    if webhooks:
+        queues.append(WEBHOOK_QUEUE)
+    argv = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "solo",
+            "-Q", ",".join(queues), "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle",
+            "-l", loglevel, "-n", name or f"render-{os.getpid()}@%h"]
+    gpus = _gpu_count()
+    if gpus <= 1:
+        os.execv(sys.executable, argv)
+    import subprocess
+
+    procs = [subprocess.Popen(argv[:-1] + [f"render-gpu{i}@%h"], env={**os.environ, "CUDA_VISIBLE_DEVICES": str(i)})
+             for i in range(gpus)]
+    sys.exit(max(p.wait() for p in procs))
+
+
+def _gpu_count() -> int:
+    # Ask nvidia-smi rather than torch: initialising CUDA here would poison the children.
+    import shutil
+    import subprocess
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None or not shutil.which("nvidia-smi"):
+        return 1
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
+    return max(1, len([line for line in out.splitlines() if line.startswith("GPU ")]))
+
+
+# -- models ---------------------------------------------------------------------------------------
+@cli.group()
+def models() -> None:
+    """The model registry."""
+
+
+@models.command("list")
+def models_list() -> None:
+    from jobs.registry import Registry
+
+    for spec in Registry(_settings()).all().values():
+        click.echo(json.dumps(spec.model_dump()))
+
+
+@models.command("init-tiny")
+def models_init_tiny() -> None:
+    """Write the tiny random-weight model (its images are noise) and register it as `tiny`."""
+    from jobs.registry import Registry
+    from worker.tiny import build_tiny_pipeline
+
+    spec = Registry(_settings()).get("tiny")
+    path = build_tiny_pipeline(Path(spec.source))
+    click.echo(f"tiny model written to {path} (random weights: it renders noise)")
+
+
+@models.command("add")
+@click.argument("name")
+@click.argument("source")
+@click.option("--dtype", default="auto", type=click.Choice(["auto", "float32", "float16", "bfloat16"]))
+@click.option("--scheduler", default=None, help="diffusers scheduler class, e.g. EulerDiscreteScheduler")
+@click.option("--steps", "default_steps", type=int, default=25)
+@click.option("--guidance", "default_guidance", type=float, default=7.5)
+@click.option("--base-size", type=int, default=512, help="Training resolution (1024 for SDXL).")
+@click.option("--device", default=None)
+def models_add(name: str, source: str, **opts) -> None:
+    """Register a model: a local diffusers directory (save_pretrained) or a hub id."""
+    from jobs.registry import ModelSpec, Registry
+
+    spec = ModelSpec(name=name, source=source, **opts)
+    Registry(_settings()).register(spec)
+    click.echo(f"registered {name}: {spec.model_dump_json()}")
+
+
+def _attach_optional_groups() -> None:
+    from producer.demo import demo
+
+    cli.add_command(demo)
+
+
+_attach_optional_groups()
+
+
+def main() -> None:
+    cli(prog_name="batchrender")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The Python client: submit, watch, cancel and collect render jobs.
+
+It sends tasks by name (``jobs.names``) and never imports worker code or torch.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from kombu.exceptions import OperationalError
+
+from jobs.celery_app import make_app
+from jobs.embedded import redis_url_for
+from jobs.errors import BrokerUnavailable, InvalidRequest, JobNotFound
+from jobs.names import RENDER_TASK, render_queue
+from jobs.registry import Registry
+from jobs.schemas import ImageResult, JobMessage, RenderRequest, resolve
+from jobs.settings import Settings
+from jobs.status import JobStatus
+from jobs.store import JobRecord, JobStore
+
+Q, R = JobStatus.QUEUED, JobStatus.RUNNING
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+@dataclass
+class BatchSubmission:
+    """A submitted batch: the jobs that were queued, and the items that were refused (by index)."""
+
+    batch_id: str
+    job_ids: list[str]
+    errors: list[tuple[int, InvalidRequest]] = field(default_factory=list)
+
+
+class Client:
+    def __init__(self, settings: Settings | None = None, *, redis_url: str | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        url = redis_url or redis_url_for(self.settings, start=True)
+        self.redis_url = url
+        self.app = make_app(self.settings, url)
+        self.store = JobStore.from_url(url, self.settings.record_ttl_s)
+        self.registry = Registry(self.settings)
+
+    # -- submitting ------------------------------------------------------------------------------
+    def prepare(self, request: RenderRequest | dict[str, Any], *, batch_id: str | None = None,
+                tenant: str | None = None, job_id: str | None = None) -> JobMessage:
+        """Validate and resolve a request into the message a worker will run (raises InvalidRequest)."""
+        req = request if isinstance(request, RenderRequest) else RenderRequest.parse(request)
+        spec = self.registry.get(req.model)
+        return JobMessage(job_id=job_id or new_id("job"), batch_id=batch_id, tenant=tenant,
+                          request=resolve(req, spec, self.settings))
+
+    def enqueue(self, msg: JobMessage) -> None:
+        """Record the job as queued, then publish it. A publish failure marks the job failed."""
+        self.store.create(msg)
+        try:
+            self.app.send_task(RENDER_TASK, args=[msg.model_dump(mode="json")], task_id=msg.job_id,
+                               queue=render_queue(msg.request.model), retry=True,
+                               retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5})
+        except (OperationalError, ConnectionError, OSError) as e:
+            self.store.transition(msg.job_id, JobStatus.FAILED, [Q], error={
+                "code": "broker_unavailable", "message": str(e), "retryable": True})
+            raise BrokerUnavailable(f"could not queue job {msg.job_id}: {e}") from e
+
+    def submit(self, request: RenderRequest | dict[str, Any], *, tenant: str | None = None) -> str:
+        """Queue one job; returns its id."""
+        msg = self.prepare(request, tenant=tenant)
+        self.enqueue(msg)
+        return msg.job_id
+
+    def submit_batch(self, requests: Iterable[RenderRequest | dict[str, Any]], *,
+                     tenant: str | None = None, batch_id: str | None = None,
+                     meta: dict[str, Any] | None = None) -> BatchSubmission:
+        """Queue many jobs as one batch. Invalid items are reported by index; the valid ones run."""
+        batch_id = batch_id or new_id("bat")
+        msgs: list[JobMessage] = []
+        errors: list[tuple[int, InvalidRequest]] = []
+        for i, req in enumerate(requests):
+            try:
+                msgs.append(self.prepare(req, batch_id=batch_id, tenant=tenant))
+            except InvalidRequest as e:
+                errors.append((i, e))
+        self.store.create_batch(batch_id, [m.job_id for m in msgs], tenant=tenant, meta=meta)
+        for m in msgs:
+            self.enqueue(m)
+        return BatchSubmission(batch_id, [m.job_id for m in msgs], errors)
+
+    # -- watching --------------------------------------------------------------------------------
+    def status(self, job_id: str) -> JobRecord:
+        return self.store.get(job_id)
+
+    def wait(self, job_id: str, timeout: float | None = None, poll_s: float = 0.1,
+             on_update: Callable[[JobRecord], None] | None = None) -> JobRecord:
+        """Block until the job ends; raises TimeoutError (the job keeps running) after ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            rec = self.store.get(job_id)
+            if on_update:
+                on_update(rec)
+            if rec.status.terminal:
+                return rec
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {rec.status.value} after {timeout}s")
+            time.sleep(poll_s)
+
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        return self.store.batch_info(batch_id)
+
+    def wait_batch(self, batch_id: str, timeout: float | None = None, poll_s: float = 0.2,
+                   on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            info = self.store.batch_info(batch_id)
+            if on_update:
+                on_update(info)
+            if info["done"] >= info["total"]:
+                return info
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"batch {batch_id}: {info['done']}/{info['total']} done after {timeout}s")
+            time.sleep(poll_s)
+
+    def progress_steps(self, job_ids: list[str]) -> tuple[int, int]:
+        """(steps done, steps total) summed over jobs: what a progress bar shows."""
+        done = total = 0
+        for rec in self.store.get_many(job_ids):
+            steps = int(rec.request.get("steps") or 1)
+            total += steps
+            if rec.status.terminal:
+                done += steps
+            elif rec.progress:
+                done += min(steps, int(rec.progress.get("step", 0)))
+        return done, total
+
+    # -- canceling -------------------------------------------------------------------------------
+    def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a queued job at once, or a running one at its next step. Ended jobs stay as they are."""
+        rec = self.store.get(job_id)
+        if rec.status.terminal:
+            return rec
+        self.store.request_cancel(job_id)
+        self.store.transition(job_id, JobStatus.CANCELED, [Q], error={
+            "code": "canceled", "message": "canceled before it started"})
+        return self.store.get(job_id)
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        for job_id in self.store.batch_job_ids(batch_id):
+            try:
+                self.cancel(job_id)
+            except JobNotFound:
+                continue
+        return self.store.batch_info(batch_id)
+
+    # -- results ---------------------------------------------------------------------------------
+    def results(self, job_id: str) -> list[ImageResult]:
+        rec = self.store.get(job_id)
+        return list(rec.result.images) if rec.result else []
+
+    def batch_results(self, batch_id: str) -> list[JobRecord]:
+        return self.store.get_many(self.store.batch_job_ids(batch_id))
+
+    def close(self) -> None:
+        self.store.r.close()

@@ -1,0 +1,55 @@
+"""Real ``celery worker`` processes for integration tests."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class WorkerProcess:
+    """A solo-pool celery worker in its own process group, logging to a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, queues: str = "render.tiny,webhooks",
+                 name: str = "w", app: str = "worker.app") -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", app, "worker", "-P", "solo", "-Q", queues,
+             "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle", "--without-heartbeat",
+             "-l", "INFO", "-n", f"{name}-{os.getpid()}-{time.monotonic_ns()}@test"],
+            env={**os.environ, **env}, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60) -> "WorkerProcess":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " ready." in self.log():
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            time.sleep(0.1)
+        raise TimeoutError(f"worker not ready after {timeout}s:\n{self.log()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no warm shutdown, no ack, no cleanup."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()

@@ -1,0 +1,73 @@
+"""Everything a worker process holds: built once per process, lazily, after fork — never at import."""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobs.embedded import redis_url_for
+from jobs.registry import Registry
+from jobs.settings import Settings
+from jobs.store import JobStore
+from worker.events import Events
+from worker.models import ModelCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    store: JobStore
+    registry: Registry
+    models: ModelCache
+    storage: Any
+    moderation: Any
+    signer: Any = None
+    provenance: Any = None
+    audit_log: Any = None
+    events: Events = field(default_factory=Events)
+    actor: str = "worker"
+
+    @classmethod
+    def build(cls, settings: Settings) -> "WorkerContext":
+        from safety.audit import AuditLog
+        from safety.chain import ModerationChain
+        from storage import open_storage
+
+        url = redis_url_for(settings)
+        ctx = cls(
+            settings=settings,
+            store=JobStore.from_url(url, settings.record_ttl_s),
+            registry=Registry(settings),
+            models=ModelCache(settings.model_cache_size, settings.device),
+            storage=open_storage(settings),
+            moderation=ModerationChain.from_settings(settings),
+            audit_log=AuditLog.from_settings(settings),
+        )
+        return ctx
+
+    def audit(self, decision: Any, msg: Any) -> None:
+        if self.audit_log is not None:
+            self.audit_log.record(decision, job_id=msg.job_id, actor=msg.tenant or self.actor,
+                                  prompt=msg.request.prompt)
+
+
+_lock = threading.Lock()
+_ctx: WorkerContext | None = None
+
+
+def get_context(settings: Settings | None = None) -> WorkerContext:
+    """The process's context, built on first use (after fork: never at import time)."""
+    global _ctx
+    with _lock:
+        if _ctx is None:
+            _ctx = WorkerContext.build(settings or Settings.from_env())
+        return _ctx
+
+
+def reset_context() -> None:
+    global _ctx
+    with _lock:
+        _ctx = None

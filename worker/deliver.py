@@ -1,0 +1,76 @@
+"""Per-image delivery: output moderation, encoding, C2PA signing, storage and the provenance index.
+
+Order matters: an image withheld by moderation is quarantined unsigned and never gets a URL; an
+image is signed before it is stored (a signing failure fails the job, never ships unsigned); the
+provenance index is written after the upload, so it only ever points at delivered images.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from jobs.schemas import ImageResult, JobMessage
+from storage.keys import build_key
+from worker.context import WorkerContext
+from worker.encode import encode, pixel_sha256
+
+SINGLE = "single"  # the batch segment of keys for jobs submitted on their own
+
+
+@dataclass
+class Delivered:
+    image: ImageResult | None = None
+    blocked: dict[str, Any] | None = None
+
+
+def params_hash(msg: JobMessage) -> str:
+    """SHA-256 of the render parameters that determine the pixels (for the C2PA assertion)."""
+    r = msg.request
+    params = {k: getattr(r, k) for k in ("prompt", "negative_prompt", "model", "width", "height",
+                                          "steps", "guidance_scale", "seed", "num_images")}
+    return hashlib.sha256(json.dumps(params, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def object_key(ctx: WorkerContext, msg: JobMessage, index: int) -> str:
+    r = msg.request
+    return build_key(ctx.settings.key_template, batch_id=msg.batch_id or SINGLE, job_id=msg.job_id,
+                     index=index, ext=r.output_format.value, model=r.model,
+                     custom_id=r.custom_id or msg.job_id, tenant=msg.tenant or "default")
+
+
+def deliver_image(ctx: WorkerContext, msg: JobMessage, index: int, seed: int, img: Image.Image) -> Delivered:
+    r = msg.request
+    fmt = r.output_format
+    key = object_key(ctx, msg, index)
+    data = encode(img, fmt, r.quality)
+
+    decision = ctx.moderation.check_output_image(img)
+    ctx.audit(decision, msg)
+    if decision.action.value == "block":
+        ctx.storage.quarantine(key, data, content_type=fmt.content_type, metadata={
+            "job_id": msg.job_id, "reason": ",".join(decision.to_dict().get("categories", []))})
+        return Delivered(blocked=decision.to_dict())
+    flags = decision.to_dict().get("categories", []) if decision.action.value == "flag" else []
+
+    c2pa_state = None
+    if ctx.signer is not None:
+        data = ctx.signer.sign(data, fmt.value, {
+            "job_id": msg.job_id, "batch_id": msg.batch_id, "model": r.model, "seed": seed,
+            "params_sha256": params_hash(msg),
+        })
+        c2pa_state = "signed"
+    sha = hashlib.sha256(data).hexdigest()
+    stored = ctx.storage.put(key, data, content_type=fmt.content_type, metadata={
+        "job_id": msg.job_id, "batch_id": msg.batch_id or "", "model": r.model, "seed": str(seed),
+        "sha256": sha,
+    })
+    if ctx.provenance is not None:
+        ctx.provenance.add(img=img, sha256=sha, job_id=msg.job_id, batch_id=msg.batch_id, key=key)
+    return Delivered(image=ImageResult(
+        index=index, key=key, url=ctx.storage.url_for(key), seed=seed, width=img.width, height=img.height,
+        format=fmt, sha256=sha, pixel_sha256=pixel_sha256(img), bytes=stored.size, c2pa=c2pa_state, flags=flags,
+    ))

@@ -1,0 +1,64 @@
+"""Celery tasks: thin wrappers that parse the payload and hand it to the runner.
+
+Retry policy reads the error class: ``TransientError`` retries with exponential backoff and
+jitter up to ``max_retries``; ``PermanentError`` fails the job once; anything unexpected is a bug:
+it fails the job with ``internal_error`` rather than looping.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import ValidationError
+
+from jobs.errors import PermanentError, TransientError
+from jobs.names import RENDER_TASK
+from jobs.schemas import JobMessage
+from jobs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def backoff(retries: int, base: float = 2.0, cap: float = 300.0) -> float:
+    """Full-jitter exponential backoff (AWS architecture blog): spreads a thundering herd."""
+    return random.uniform(0, min(cap, base * 2**retries))
+
+
+def register(app: Celery, settings: Settings) -> None:
+    @app.task(name=RENDER_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+    def render_job(self, payload: dict[str, Any]) -> dict[str, Any]:
+        from worker.context import get_context
+        from worker.runner import JobRunner
+
+        try:
+            msg = JobMessage.model_validate(payload)
+        except ValidationError as e:
+            # Nothing to retry: a malformed message is dropped (acked) and logged, never pickled back.
+            log.error("dropping malformed render message: %s", e)
+            return {"status": "rejected", "error": str(e)}
+        ctx = get_context(settings)
+        runner = JobRunner(ctx)
+
+        def progress(job_id: str, step: int, total: int) -> None:
+            self.update_state(state="PROGRESS", meta={"job_id": job_id, "step": step, "total": total})
+
+        try:
+            outcome = runner.run([msg], progress)[0]
+        except TransientError as e:
+            if self.request.retries >= settings.max_retries:
+                outcome = runner.fail(msg, e, retryable=True)
+            else:
+                runner.requeue(msg, e)
+                raise self.retry(exc=e, countdown=backoff(self.request.retries))
+        except SoftTimeLimitExceeded:
+            outcome = runner.fail(msg, PermanentError(
+                f"render exceeded the time limit of {settings.soft_time_limit_s}s"), retryable=False)
+        except PermanentError as e:
+            outcome = runner.fail(msg, e, retryable=False)
+        except Exception as e:  # a bug: fail the job visibly instead of redelivering it forever
+            log.exception("job %s failed unexpectedly", msg.job_id)
+            outcome = runner.fail(msg, e, retryable=False)
+        return {"job_id": outcome.job_id, "status": outcome.status.value}
