@@ -1,0 +1,222 @@
+"""SSRF guard: which webhook URLs may be called, and an HTTP client pinned to checked addresses.
+
+Policy: http/https only, no credentials in the URL, no ambiguous numeric hosts (``2130706433``,
+``0x7f.1``); the host is resolved ONCE and every address must be public unicast, unless the
+operator's ``webhook_allow_hosts`` lists the host name, the address or a CIDR holding it.
+Loopback, private, link-local, CGNAT, multicast, reserved, unspecified and cloud-metadata
+addresses are refused; IPv4 embedded in IPv6 (mapped, 6to4, Teredo, NAT64) is checked as IPv4.
+
+The client then connects to the validated address itself (``PinnedBackend``), never resolving
+again, so DNS rebinding between check and connect cannot redirect it. The URL, ``Host`` header
+and TLS SNI/certificate hostname stay the original name, so https verification is unchanged.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import socket
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+from urllib.parse import urlsplit
+
+import httpcore
+import httpx
+
+from jobs.errors import DeliveryFailed, WebhookTargetRefused
+
+log = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: ``resolver(host, port) -> addresses``; injectable so tests can simulate DNS rebinding.
+Resolver = Callable[[str, int], Sequence[str]]
+
+#: Metadata services answer on these names; refused even if they resolve publicly.
+METADATA_HOSTS = frozenset({
+    "metadata.google.internal", "metadata.goog", "metadata", "instance-data",
+    "instance-data.ec2.internal", "metadata.azure.internal", "kubernetes.default.svc",
+})
+METADATA_IPS = frozenset(ipaddress.ip_address(a) for a in (
+    "169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200", "192.0.0.192",
+))
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Any all-numeric/hex label set that is not a canonical dotted quad: inet_aton would accept it.
+_NUMERIC_HOST = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+))*\.?$", re.I)
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """All addresses ``getaddrinfo`` returns for ``host``; a failure is transient (DNS blips)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise DeliveryFailed(f"could not resolve webhook host {host!r}: {e.strerror}") from e
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checked URL: the host as written, and the addresses the client may connect to."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    addresses: tuple[str, ...]
+
+
+def _embedded_v4(addr: IPAddress) -> ipaddress.IPv4Address | None:
+    if isinstance(addr, ipaddress.IPv4Address):
+        return None
+    if addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    if addr.sixtofour is not None:
+        return addr.sixtofour
+    if addr.teredo is not None:
+        return addr.teredo[1]
+    if addr in _NAT64:
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    return None
+
+
+def refusal_reason(addr: IPAddress) -> str | None:
+    """Why an address is not a public unicast one, or None when it is."""
+    inner = _embedded_v4(addr)
+    if inner is not None:
+        reason = refusal_reason(inner)
+        return f"{reason} (IPv4 {inner} embedded in IPv6)" if reason else None
+    if addr in METADATA_IPS:
+        return "a cloud metadata address"
+    for attr, name in (("is_unspecified", "unspecified"), ("is_loopback", "loopback"),
+                       ("is_link_local", "link-local"), ("is_multicast", "multicast"),
+                       ("is_reserved", "reserved"), ("is_private", "private")):
+        if getattr(addr, attr):
+            return f"a {name} address"
+    if not addr.is_global:
+        return "not a globally routable address"
+    return None
+
+
+class AllowList:
+    """The operator's exceptions: host names (exact, case-insensitive), IPs and CIDRs."""
+
+    def __init__(self, entries: Iterable[str] = ()) -> None:
+        self.names: set[str] = set()
+        self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for raw in entries:
+            entry = raw.strip().lower().strip("[]")
+            if not entry:
+                continue
+            try:
+                self.networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                self.names.add(entry.rstrip("."))
+
+    def allows_name(self, host: str) -> bool:
+        return host.lower().rstrip(".") in self.names
+
+    def allows_address(self, addr: IPAddress) -> bool:
+        return any(addr.version == n.version and addr in n for n in self.networks)
+
+
+def parse_url(url: str) -> tuple[str, str, int]:
+    """Scheme, host and port of a webhook URL after the syntax checks; no DNS."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise WebhookTargetRefused(f"webhook URL is malformed: {e}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise WebhookTargetRefused(f"webhook URL scheme must be http or https, not {scheme or 'missing'!r}")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise WebhookTargetRefused("webhook URL must not contain credentials (user:password@); "
+                                   "authenticate receivers with the webhook signature instead")
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise WebhookTargetRefused("webhook URL has no host")
+    if _NUMERIC_HOST.match(host):
+        try:
+            canonical = isinstance(ipaddress.ip_address(host), ipaddress.IPv4Address)
+        except ValueError:
+            canonical = False
+        if not canonical:
+            raise WebhookTargetRefused(f"webhook URL host {host!r} is an ambiguous numeric address; "
+                                       "write an IPv4 address as four decimal octets")
+    return scheme, host, port or (443 if scheme == "https" else 80)
+
+
+def check_url(url: str, allow_hosts: Iterable[str] = (), resolver: Resolver | None = None,
+              *, resolve: bool = True) -> Target:
+    """Validate ``url`` and (when ``resolve``) every address its host resolves to.
+
+    Raises ``WebhookTargetRefused`` (permanent) for a refused URL or address, and
+    ``DeliveryFailed`` (transient) when DNS fails. With ``resolve=False`` only the URL and a
+    literal IP host are checked, e.g. when accepting a request while DNS may be flaky.
+    """
+    scheme, host, port = parse_url(url)
+    allow = AllowList(allow_hosts)
+    name_allowed = allow.allows_name(host)
+    if host.rstrip(".") in METADATA_HOSTS and not name_allowed:
+        raise WebhookTargetRefused(f"webhook host {host!r} is a cloud metadata service")
+    try:
+        literal: IPAddress | None = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        addresses = [str(literal)]
+    elif not resolve:
+        return Target(url, scheme, host, port, ())
+    else:
+        addresses = list((resolver or system_resolver)(host, port))
+        if not addresses:
+            raise DeliveryFailed(f"webhook host {host!r} resolved to no address")
+    checked: list[str] = []
+    for a in addresses:
+        addr = ipaddress.ip_address(a.split("%", 1)[0])
+        reason = refusal_reason(addr)
+        if reason and not (name_allowed or allow.allows_address(addr)):
+            # One bad address refuses the URL: an attacker controls which one a client would pick.
+            raise WebhookTargetRefused(
+                f"webhook host {host!r} resolves to {addr}, {reason}; an operator can allow it "
+                "with BATCHRENDER_WEBHOOK_ALLOW_HOSTS")
+        checked.append(str(addr))
+    return Target(url, scheme, host, port, tuple(checked))
+
+
+class PinnedBackend(httpcore.SyncBackend):
+    """A network backend that connects only to a Target's validated addresses."""
+
+    def __init__(self, target: Target) -> None:
+        self._target = target
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                    local_address: str | None = None, socket_options: Iterable[object] | None = None,
+                    ) -> httpcore.NetworkStream:
+        if host.lower().strip("[]") != self._target.host.strip("[]") or port != self._target.port:
+            # Only the checked origin may be reached (redirects are not followed anyway).
+            raise httpcore.ConnectError(f"refused: {host}:{port} is not the validated webhook target")
+        last: Exception | None = None
+        for address in self._target.addresses:
+            log.debug("webhook connect %s:%d -> %s", host, port, address)
+            try:
+                return super().connect_tcp(address, port, timeout, local_address, socket_options)  # type: ignore[arg-type]
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as e:
+                last = e
+        raise last or httpcore.ConnectError("no validated address to connect to")
+
+
+class PinnedTransport(httpx.HTTPTransport):
+    """``httpx.HTTPTransport`` whose connection pool uses ``PinnedBackend`` and no proxies."""
+
+    def __init__(self, target: Target, verify: bool | str = True) -> None:
+        # trust_env=False: an environment proxy would make the proxy, not us, resolve the host.
+        super().__init__(verify=verify, trust_env=False)
+        ssl_context = httpx.create_ssl_context(verify=verify, trust_env=False)
+        self._pool = httpcore.ConnectionPool(ssl_context=ssl_context, max_connections=1,
+                                             network_backend=PinnedBackend(target))
+
+
+def pinned_client(target: Target, timeout: float, verify: bool | str = True) -> httpx.Client:
+    """An ``httpx.Client`` bound to ``target``: pinned addresses, no redirects, no env proxies."""
+    return httpx.Client(transport=PinnedTransport(target, verify=verify), timeout=timeout,
+                        follow_redirects=False, trust_env=False)

@@ -1,0 +1,160 @@
+"""The Celery side: the delivery task, ``enqueue_event`` (what the worker/API call) and ``replay``.
+
+Each task message carries ``(event_id, generation, attempt)``. The store's record says which
+attempt is due, so duplicates (a Redis visibility-timeout redelivery, a crash between "logged"
+and "acked") find nothing to do, and a crashed worker's claim simply expires. Long delays hop:
+a message never waits longer than half the visibility timeout inside a worker, which would make
+Redis hand it out again.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from typing import Any, Iterable
+
+from celery import Celery
+
+from jobs.errors import ConfigurationError
+from jobs.names import WEBHOOK_QUEUE, WEBHOOK_TASK
+from jobs.settings import Settings
+from webhooks import events as ev
+from webhooks.delivery import Deliverer
+from webhooks.signing import SecretLike, normalize_secrets
+from webhooks.ssrf import Resolver, check_url
+from webhooks.store import DEAD, DELIVERED, GONE, PENDING, DeliveryStore, EventRecord
+
+log = logging.getLogger(__name__)
+#: Margin on top of the HTTP timeout before another worker may take over a claimed attempt.
+CLAIM_SLACK_S = 30.0
+
+
+def _send(app: Celery, rec: EventRecord, countdown: float, max_wait_s: float) -> None:
+    app.send_task(WEBHOOK_TASK, args=[rec.id, rec.generation, rec.next_attempt], queue=WEBHOOK_QUEUE,
+                  countdown=max(0.0, min(countdown, max_wait_s)) or None)
+
+
+def _max_wait(settings: Settings) -> float:
+    return settings.visibility_timeout_s / 2
+
+
+def enqueue_event(app: Celery, settings: Settings, redis: Any, *, url: str,
+                  secret: SecretLike | Iterable[SecretLike] | None, event_type: str, data: dict[str, Any],
+                  job_id: str | None = None, batch_id: str | None = None, tenant: str | None = None,
+                  event_filter: Iterable[str] | None = None) -> str | None:
+    """Record an event for ``url`` and send its first delivery task; returns the event id.
+
+    Returns None when the request's ``event_filter`` does not want this type, or a
+    ``job.progress`` event falls inside ``webhook_progress_interval_s`` of the previous one.
+    Idempotent: the id is derived from (job/batch, type[, step]), so calling again for the same
+    event (a redelivered job) sends nothing. ``secret`` defaults to ``settings.webhook_secret``;
+    several secrets sign with each (rotation). Raises ``WebhookTargetRefused`` for a URL the
+    SSRF guard refuses without DNS (scheme, credentials, IP literals); DNS is checked per attempt.
+    """
+    if event_type not in ev.parse_event_filter(event_filter):
+        return None
+    secrets = normalize_secrets(secret if secret is not None else settings.webhook_secret)
+    if not secrets:
+        raise ConfigurationError("no webhook secret: pass one with the request or set BATCHRENDER_WEBHOOK_SECRET")
+    check_url(url, settings.webhook_allow_hosts, resolve=False)
+    subject = ev.subject_of(event_type, job_id, batch_id)
+    step = data.get("step") if event_type == ev.JOB_PROGRESS else None
+    event_id = ev.event_id(subject, event_type, step)
+    store = DeliveryStore(redis, settings.record_ttl_s)
+    if store.get(event_id) is not None:
+        return event_id  # already recorded (and sent) by an earlier run of the same job
+    if event_type == ev.JOB_PROGRESS and not store.progress_slot(subject, settings.webhook_progress_interval_s):
+        return None
+    body = ev.envelope(event_type, data)
+    rec = EventRecord(id=event_id, type=event_type, url=url, payload=json.dumps(body, separators=(",", ":")),
+                      job_id=job_id or "", batch_id=batch_id or "", tenant=tenant or "", secrets=secrets,
+                      not_before=time.time() + float(settings.webhook_schedule_s[0]))
+    disabled = store.is_disabled(url)
+    if disabled:
+        rec = replace(rec, state=GONE, last_error="not attempted: endpoint answered 410 Gone earlier")
+    if not store.create(rec):
+        return event_id
+    if not disabled:
+        _send(app, rec, float(settings.webhook_schedule_s[0]), _max_wait(settings))
+        store.update(event_id, scheduled_attempt=1)
+    return event_id
+
+
+def replay(app: Celery, settings: Settings, redis: Any, event_id: str) -> EventRecord:
+    """Send a delivered, dead or gone event again: same ``webhook-id``, fresh timestamp, a full
+    new schedule. Replaying a gone event re-enables its endpoint (the operator says it is back)."""
+    store = DeliveryStore(redis, settings.record_ttl_s)
+    rec = store.get(event_id)
+    if rec is None:
+        raise KeyError(f"no webhook event {event_id!r} (unknown or expired)")
+    if rec.state == PENDING and rec.scheduled_attempt >= rec.next_attempt:
+        raise ValueError(f"event {event_id} is still being delivered (attempt {rec.next_attempt} pending)")
+    if rec.state == GONE:
+        store.enable_endpoint(rec.url)
+    generation = rec.generation + 1
+    store.update(event_id, state=PENDING, generation=generation, next_attempt=1, scheduled_attempt=1,
+                 claimed_until=0, not_before=time.time())
+    fresh = store.get(event_id)
+    assert fresh is not None
+    _send(app, fresh, 0.0, _max_wait(settings))
+    return fresh
+
+
+def register(app: Celery, settings: Settings, *, resolver: Resolver | None = None, redis: Any = None) -> Any:
+    """Register the delivery task (``WEBHOOK_TASK`` on ``WEBHOOK_QUEUE``) on ``app``; returns it.
+
+    ``redis`` defaults to a client for the configured Redis, created on first use in the worker
+    process (after fork). ``resolver`` is for tests.
+    """
+    app.conf.task_routes = {**(app.conf.task_routes or {}), WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE}}
+    state: dict[str, Any] = {"redis": redis}
+
+    def deliverer() -> Deliverer:
+        if state.get("deliverer") is None:
+            client = state["redis"]
+            if client is None:
+                import redis as redis_lib
+
+                from jobs.embedded import redis_url_for
+
+                client = redis_lib.Redis.from_url(redis_url_for(settings))
+            state["deliverer"] = Deliverer(DeliveryStore(client, settings.record_ttl_s),
+                                           timeout_s=settings.webhook_timeout_s, schedule=settings.webhook_schedule_s,
+                                           allow_hosts=settings.webhook_allow_hosts, resolver=resolver)
+        return state["deliverer"]
+
+    @app.task(name=WEBHOOK_TASK, queue=WEBHOOK_QUEUE, ignore_result=True, acks_late=True)
+    def deliver(event_id: str, generation: int, attempt: int) -> str:
+        """Run attempt ``attempt`` of an event and schedule the next one when it failed."""
+        d = deliverer()
+        store = d.store
+        rec = store.get(event_id)
+        if rec is None or rec.generation != generation or rec.state != PENDING:
+            return "stale"
+        if rec.next_attempt > attempt and rec.scheduled_attempt < rec.next_attempt:
+            # The run that logged this attempt died before sending the next message: send it now.
+            _send(app, rec, rec.not_before - time.time(), _max_wait(settings))
+            store.update(event_id, scheduled_attempt=rec.next_attempt)
+            return "recovered"
+        if rec.next_attempt != attempt:
+            return "duplicate"
+        early = rec.not_before - time.time()
+        if early > 1.0:
+            _send(app, rec, early, _max_wait(settings))  # a long delay, hopping; see module doc
+            return "waiting"
+        claimed = store.claim(event_id, generation, attempt, settings.webhook_timeout_s + CLAIM_SLACK_S)
+        if claimed is None:
+            return "duplicate"
+        decision = d.attempt(claimed)
+        if decision.outcome == "retry":
+            nxt = store.get(event_id)
+            if nxt is not None and nxt.state == PENDING:
+                _send(app, nxt, decision.delay_s, _max_wait(settings))
+                store.update(event_id, scheduled_attempt=nxt.next_attempt)
+        return decision.outcome
+
+    return deliver
+
+
+__all__ = ["enqueue_event", "register", "replay", "DELIVERED", "DEAD", "GONE", "PENDING"]
