@@ -32,21 +32,28 @@ class WorkerContext:
 
     @classmethod
     def build(cls, settings: Settings) -> "WorkerContext":
+        from provenance.c2pa_sign import process_signer
+        from provenance.index import open_provenance_index
         from safety.audit import AuditLog
         from safety.chain import ModerationChain
         from storage import open_storage
+        from worker.events import webhook_sender
 
         url = redis_url_for(settings)
-        ctx = cls(
+        store = JobStore.from_url(url, settings.record_ttl_s)
+        return cls(
             settings=settings,
-            store=JobStore.from_url(url, settings.record_ttl_s),
+            store=store,
             registry=Registry(settings),
             models=ModelCache(settings.model_cache_size, settings.device),
             storage=open_storage(settings),
             moderation=ModerationChain.from_settings(settings),
+            # Created here, i.e. after fork, once per process: a bad key fails at start-up.
+            signer=process_signer(settings),
+            provenance=open_provenance_index(settings),
             audit_log=AuditLog.from_settings(settings),
+            events=Events(webhook_sender(settings, url, store), settings.webhook_progress_interval_s),
         )
-        return ctx
 
     def audit(self, decision: Any, msg: Any) -> None:
         if self.audit_log is not None:

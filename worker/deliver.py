@@ -7,7 +7,6 @@ provenance index is written after the upload, so it only ever points at delivere
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,12 +26,11 @@ class Delivered:
     blocked: dict[str, Any] | None = None
 
 
-def params_hash(msg: JobMessage) -> str:
-    """SHA-256 of the render parameters that determine the pixels (for the C2PA assertion)."""
+def render_params(msg: JobMessage) -> dict[str, Any]:
+    """The parameters that determine the pixels; their hash goes into the C2PA assertion."""
     r = msg.request
-    params = {k: getattr(r, k) for k in ("prompt", "negative_prompt", "model", "width", "height",
-                                          "steps", "guidance_scale", "seed", "num_images")}
-    return hashlib.sha256(json.dumps(params, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return {k: getattr(r, k) for k in ("prompt", "negative_prompt", "model", "width", "height",
+                                        "steps", "guidance_scale", "seed", "num_images")}
 
 
 def object_key(ctx: WorkerContext, msg: JobMessage, index: int) -> str:
@@ -56,21 +54,18 @@ def deliver_image(ctx: WorkerContext, msg: JobMessage, index: int, seed: int, im
         return Delivered(blocked=decision.to_dict())
     flags = decision.to_dict().get("categories", []) if decision.action.value == "flag" else []
 
-    c2pa_state = None
-    if ctx.signer is not None:
-        data = ctx.signer.sign(data, fmt.value, {
-            "job_id": msg.job_id, "batch_id": msg.batch_id, "model": r.model, "seed": seed,
-            "params_sha256": params_hash(msg),
-        })
-        c2pa_state = "signed"
+    # Signing failures raise SigningFailed (permanent): an unsigned image is never delivered.
+    data = ctx.signer.sign(data, fmt.value, {
+        "job_id": msg.job_id, "batch_id": msg.batch_id or "", "model": r.model, "seed": seed,
+        "params": render_params(msg),
+    })
     sha = hashlib.sha256(data).hexdigest()
     stored = ctx.storage.put(key, data, content_type=fmt.content_type, metadata={
         "job_id": msg.job_id, "batch_id": msg.batch_id or "", "model": r.model, "seed": str(seed),
         "sha256": sha,
     })
-    if ctx.provenance is not None:
-        ctx.provenance.add(img=img, sha256=sha, job_id=msg.job_id, batch_id=msg.batch_id, key=key)
+    ctx.provenance.add(data, job_id=msg.job_id, batch_id=msg.batch_id or "", key=key)
     return Delivered(image=ImageResult(
         index=index, key=key, url=ctx.storage.url_for(key), seed=seed, width=img.width, height=img.height,
-        format=fmt, sha256=sha, pixel_sha256=pixel_sha256(img), bytes=stored.size, c2pa=c2pa_state, flags=flags,
+        format=fmt, sha256=sha, pixel_sha256=pixel_sha256(img), bytes=stored.size, c2pa="signed", flags=flags,
     ))
