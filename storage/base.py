@@ -1,0 +1,91 @@
+"""The storage interface every backend implements, and what a stored object looks like."""
+from __future__ import annotations
+
+import abc
+import hashlib
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from jobs.errors import UnsafeKey
+from storage.keys import check_key, quarantine_key
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object that was written: its key, a backend URI, content hash and size."""
+
+    key: str
+    uri: str
+    sha256: str
+    size: int
+    content_type: str = "application/octet-stream"
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class Storage(abc.ABC):
+    """Where outputs go. Keys are relative, ``/``-separated and validated by :mod:`storage.keys`.
+
+    Writes are idempotent per key: a retried job overwrites its earlier attempt.
+    Quarantined objects live under a private prefix and never get a shareable URL.
+    """
+
+    def __init__(self, *, quarantine_prefix: str = "_quarantine") -> None:
+        self.quarantine_prefix = quarantine_prefix
+
+    @abc.abstractmethod
+    def put(
+        self, key: str, data: bytes, *, content_type: str, metadata: Mapping[str, str] | None = None
+    ) -> StoredObject:
+        """Write ``data`` under ``key`` (overwriting), with its content type and string metadata."""
+
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes:
+        """Read the object's bytes; KeyError when it does not exist."""
+
+    @abc.abstractmethod
+    def head(self, key: str) -> dict[str, str]:
+        """The object's user metadata; KeyError when it does not exist."""
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether an object exists under ``key``."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object; deleting a missing key is not an error."""
+
+    @abc.abstractmethod
+    def _url_for(self, key: str) -> str:
+        """Backend-specific URL for an already validated, non-quarantine key."""
+
+    def url_for(self, key: str) -> str:
+        """A URL a client can fetch: presigned GET for S3, an absolute file path locally.
+
+        Raises UnsafeKey for quarantined objects: they are kept for review, never shared.
+        """
+        check_key(key)
+        if self.is_quarantined(key):
+            raise UnsafeKey(
+                f"{key!r} is quarantined; quarantined objects never get a shareable URL",
+                errors=[{"field": "key", "message": "quarantined objects cannot be shared"}],
+            )
+        return self._url_for(key)
+
+    def is_quarantined(self, key: str) -> bool:
+        """Whether ``key`` lies under the private quarantine prefix."""
+        return key == self.quarantine_prefix or key.startswith(self.quarantine_prefix + "/")
+
+    def quarantine(
+        self, key: str, data: bytes, *, content_type: str, metadata: Mapping[str, str] | None = None
+    ) -> StoredObject:
+        """Keep ``data`` for review under the quarantine prefix instead of the public key."""
+        return self.put(quarantine_key(self.quarantine_prefix, key), data,
+                        content_type=content_type, metadata=metadata)
+
+    def close(self) -> None:
+        """Release clients or connections (no-op by default)."""

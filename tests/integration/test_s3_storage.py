@@ -1,0 +1,196 @@
+"""S3 backend against a real S3 HTTP endpoint (moto server) through boto3.
+
+moto does not enforce credentials, checksums or presigned-URL expiry, so nothing here relies on
+those. Retries are proven with a real fault-injecting HTTP proxy on loopback.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import os
+import threading
+import urllib.request
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlparse
+
+import pytest
+
+from jobs.errors import StorageError, UnsafeKey
+from jobs.settings import Settings
+from storage import open_storage
+from storage.s3 import S3Storage
+
+MiB = 1024 * 1024
+
+
+def make_settings(endpoint: str, bucket: str, **kw) -> Settings:
+    base = dict(
+        storage_url=f"s3://{bucket}/renders", s3_endpoint_url=endpoint, s3_path_style=True,
+        s3_access_key_id="test", s3_secret_access_key="test", s3_max_attempts=5,
+    )
+    base.update(kw)
+    return Settings(**base)
+
+
+@pytest.fixture
+def bucket(s3_endpoint) -> str:
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    store = S3Storage(make_settings(s3_endpoint, name))
+    store.ensure_bucket()
+    store.ensure_bucket()  # idempotent
+    store.close()
+    return name
+
+
+@pytest.fixture
+def store(s3_endpoint, bucket):
+    s = open_storage(make_settings(s3_endpoint, bucket))
+    assert isinstance(s, S3Storage)
+    yield s
+    s.close()
+
+
+META = {"job_id": "j1", "batch_id": "b1", "model": "tiny", "seed": "42"}
+
+
+def test_put_sets_content_type_metadata_and_sha256_checksum(store):
+    data = os.urandom(1000)
+    obj = store.put("b1/j1/0.png", data, content_type="image/png", metadata=META)
+    assert obj.uri == f"s3://{store.bucket}/renders/b1/j1/0.png"
+    assert store.get("b1/j1/0.png") == data
+    head = store.client.head_object(Bucket=store.bucket, Key="renders/b1/j1/0.png", ChecksumMode="ENABLED")
+    assert head["ContentType"] == "image/png"
+    assert head["Metadata"] == {**META, "sha256": hashlib.sha256(data).hexdigest()}
+    assert head["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def test_object_over_threshold_is_uploaded_multipart(s3_endpoint, bucket):
+    store = S3Storage(make_settings(s3_endpoint, bucket, s3_multipart_threshold=5 * MiB))
+    data = os.urandom(12 * MiB)
+    store.put("b/j/big.png", data, content_type="image/png", metadata=META)
+    head = store.client.head_object(Bucket=bucket, Key="renders/b/j/big.png")
+    # A multipart ETag is "<md5 of part md5s>-<parts>".
+    assert head["ETag"].strip('"').endswith("-3")
+    assert head["Metadata"]["job_id"] == "j1"
+    assert store.get("b/j/big.png") == data
+    store.close()
+
+
+def test_presigned_url_fetched_over_http_returns_the_bytes(store):
+    store.put("b/j/0.png", b"pixels", content_type="image/png")
+    url = store.url_for("b/j/0.png")
+    assert "X-Amz-Signature" in url and "X-Amz-Expires=3600" in url
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.read() == b"pixels"
+
+
+def test_quarantined_object_is_stored_but_never_presigned(store):
+    obj = store.quarantine("b/j/0.png", b"held", content_type="image/png", metadata=META)
+    assert obj.key == "_quarantine/b/j/0.png" and store.exists(obj.key)
+    with pytest.raises(UnsafeKey, match="quarantined"):
+        store.url_for(obj.key)
+
+
+def test_missing_object_is_key_error_and_exists_false(store):
+    assert not store.exists("b/j/missing.png")
+    with pytest.raises(KeyError):
+        store.get("b/j/missing.png")
+    store.put("b/j/x.png", b"x", content_type="image/png")
+    store.delete("b/j/x.png")
+    assert not store.exists("b/j/x.png")
+
+
+def test_unsafe_key_is_refused_before_any_request(store):
+    with pytest.raises(UnsafeKey):
+        store.put("../../other-bucket/x", b"x", content_type="image/png")
+
+
+def test_client_is_created_lazily(s3_endpoint, bucket):
+    store = S3Storage(make_settings(s3_endpoint, bucket))
+    assert store._client is None
+
+
+# -- fault injection ---------------------------------------------------------------------------
+class FaultProxy:
+    """Loopback HTTP proxy: the first ``failures`` requests get ``mode`` (503 or a dropped
+    connection), later ones are forwarded to the upstream S3 endpoint."""
+
+    def __init__(self, upstream: str, failures: int, mode: str = "503") -> None:
+        self.upstream = urlparse(upstream)
+        self.failures = failures
+        self.mode = mode
+        self.requests = 0
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def _handle(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with proxy.lock:
+                    proxy.requests += 1
+                    fail = proxy.requests <= proxy.failures
+                if fail and proxy.mode == "reset":
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                if fail:
+                    msg = b"<Error><Code>ServiceUnavailable</Code><Message>injected</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Length", str(len(msg)))
+                    self.end_headers()
+                    self.wfile.write(msg)
+                    return
+                conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
+                conn.request(self.command, self.path, body=body, headers=dict(self.headers))
+                resp = conn.getresponse()
+                payload = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FaultProxy":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("mode", ["503", "reset"])
+def test_transient_failures_are_retried_until_the_upload_succeeds(s3_endpoint, bucket, mode):
+    with FaultProxy(s3_endpoint, failures=2, mode=mode) as proxy:
+        store = S3Storage(make_settings(proxy.url, bucket, s3_max_attempts=5))
+        store.put("b/j/0.png", b"retried", content_type="image/png", metadata=META)
+        assert proxy.requests == 3  # two injected failures, then the real PUT
+        store.close()
+    direct = S3Storage(make_settings(s3_endpoint, bucket))
+    assert direct.get("b/j/0.png") == b"retried"
+    direct.close()
+
+
+def test_permanently_failing_endpoint_raises_storage_error_after_max_attempts(s3_endpoint, bucket):
+    with FaultProxy(s3_endpoint, failures=10**6) as proxy:
+        store = S3Storage(make_settings(proxy.url, bucket, s3_max_attempts=3))
+        with pytest.raises(StorageError) as e:
+            store.put("b/j/0.png", b"x", content_type="image/png")
+        assert proxy.requests == 3
+        assert e.value.code == "storage_unavailable" and e.value.details["status"] == 503
+        store.close()

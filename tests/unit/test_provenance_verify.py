@@ -1,0 +1,70 @@
+"""verify(): Valid/Trusted for signed images, not ok for tampered or unsigned ones."""
+from __future__ import annotations
+
+import io
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from provenance.c2pa_sign import DIGITAL_SOURCE_TYPE, ImageSigner
+from provenance.cli import verify as verify_cmd
+from provenance.devkeys import init_dev_keys
+from provenance.synthetic import encode, structured
+from provenance.verify import verify
+
+INFO = {"job_id": "job-9", "batch_id": "batch-9", "model": "tiny", "seed": 1, "params": {}}
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    return init_dev_keys(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="module")
+def signed_png(keys) -> bytes:
+    signer = ImageSigner.from_pem(keys.cert_chain.read_bytes(), keys.private_key.read_bytes())
+    data = signer.sign(encode(structured(3, 96)), "png", INFO)
+    signer.close()
+    return data
+
+
+def test_signed_image_verifies_valid_with_job_and_signer(signed_png):
+    report = verify(signed_png)
+    assert report.ok and report.state == "Valid"
+    assert report.generator.startswith("batchrender/")
+    assert report.action == "c2pa.created" and report.digital_source_type == DIGITAL_SOURCE_TYPE
+    assert report.job_id == "job-9" and report.batch_id == "batch-9"
+    assert report.signer_subject == "batchrender dev signer" and report.signer_issuer
+
+
+def test_signed_image_is_trusted_with_the_dev_ca(signed_png, keys):
+    assert verify(signed_png, keys.ca_cert.read_text()).state == "Trusted"
+
+
+def test_one_changed_pixel_byte_fails_verification(signed_png):
+    # Flip a byte in the middle of the image data (the IDAT chunk), not the manifest.
+    idat = signed_png.index(b"IDAT") + 40
+    tampered = signed_png[:idat] + bytes([signed_png[idat] ^ 0xFF]) + signed_png[idat + 1:]
+    report = verify(tampered)
+    assert not report.ok and report.state == "Invalid"
+    assert any("mismatch" in e for e in report.errors)
+
+
+def test_resaved_image_has_no_manifest(signed_png):
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(signed_png)).save(buf, "PNG")
+    report = verify(buf.getvalue())
+    assert report.state is None and not report.ok
+    assert "no C2PA manifest" in report.summary()
+
+
+def test_verify_command_exit_codes(signed_png, keys, tmp_path):
+    good, bare = tmp_path / "good.png", tmp_path / "bare.png"
+    good.write_bytes(signed_png)
+    bare.write_bytes(encode(structured(4, 32)))
+    runner = CliRunner()
+    ok = runner.invoke(verify_cmd, [str(good), "--trust", str(keys.ca_cert)])
+    assert ok.exit_code == 0 and "Trusted" in ok.output and "job-9" in ok.output
+    missing = runner.invoke(verify_cmd, [str(bare)])
+    assert missing.exit_code == 1 and "no C2PA manifest" in missing.output
