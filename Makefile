@@ -22,10 +22,10 @@ demo: $(STAMP)
 
 # Real Redis: 6379 when reachable, else a private redis-server on $(TEST_REDIS_PORT).
 test: $(STAMP)
-	@if [ -z "$$BATCHRENDER_TEST_REDIS_URL" ] && ! $(BIN)/python -c "import redis; redis.Redis(port=6379, socket_connect_timeout=1).ping()" 2>/dev/null; then \
+	@if [ -z "$$BR_TEST_REDIS_URL" ] && ! $(BIN)/python -c "import redis; redis.Redis(port=6379, socket_connect_timeout=1).ping()" 2>/dev/null; then \
 	  echo "no Redis on 6379: starting a private redis-server on $(TEST_REDIS_PORT)"; \
 	  redis-server --port $(TEST_REDIS_PORT) --save '' --daemonize yes --pidfile /tmp/batchrender-test-redis.pid >/dev/null; \
-	  export BATCHRENDER_TEST_REDIS_URL=redis://127.0.0.1:$(TEST_REDIS_PORT)/15; \
+	  export BR_TEST_REDIS_URL=redis://127.0.0.1:$(TEST_REDIS_PORT)/15; \
 	fi; \
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -44,3 +44,11 @@ def cancel_key(job_id: str) -> str:
 
 def events_channel(job_id: str) -> str:
     return f"{KEY_PREFIX}events:{job_id}"
+
+
+def tenant_key(tenant: str) -> str:
+    return f"{KEY_PREFIX}tenant:{tenant}"
+
+
+def queued_key(model: str) -> str:
+    return f"{KEY_PREFIX}queued:{model}"

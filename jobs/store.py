@@ -15,11 +15,12 @@ from typing import Any, Iterable
 import redis
 
 from jobs.errors import JobNotFound
-from jobs.names import batch_jobs_key, batch_key, cancel_key, events_channel, job_key
+from jobs.names import batch_jobs_key, batch_key, cancel_key, events_channel, job_key, queued_key, tenant_key
 from jobs.schemas import JobMessage, JobResult
 from jobs.status import TERMINAL, JobStatus
 
-# KEYS: job, batch (or "")   ARGV: new status, allowed-from csv, ttl, then field/value pairs.
+# KEYS: job, batch (or ""), tenant (or ""), queued zset of the model.
+# ARGV: new status, allowed-from csv, ttl, then field/value pairs.
 # Returns {1, done_count_or_-1} on success, {0, current_status_or_false} when refused.
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
@@ -29,13 +30,15 @@ for s in string.gmatch(ARGV[2], '[^,]+') do if s == cur then ok = true end end
 if not ok then return {0, cur} end
 redis.call('HSET', KEYS[1], 'status', ARGV[1])
 for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-local done = -1
 local terminal = ARGV[1] == 'succeeded' or ARGV[1] == 'failed' or ARGV[1] == 'blocked' or ARGV[1] == 'canceled'
-if terminal and KEYS[2] ~= '' then
-  done = redis.call('HINCRBY', KEYS[2], 'done', 1)
-  redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-end
+if ARGV[1] ~= 'queued' then redis.call('ZREM', KEYS[4], KEYS[1]) end
+local done = -1
 if terminal then
+  if KEYS[2] ~= '' then
+    done = redis.call('HINCRBY', KEYS[2], 'done', 1)
+    redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+  end
+  if KEYS[3] ~= '' then redis.call('HINCRBY', KEYS[3], 'active', -1) end
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 end
 return {1, done}
@@ -112,8 +115,21 @@ class JobStore:
             created = p.execute()[0]
         if not created:
             return False
-        self.r.hset(key, mapping=fields)
+        with self.r.pipeline() as p:
+            p.hset(key, mapping=fields)
+            # Queue position and the per-tenant active count; the transition script undoes both.
+            p.zadd(queued_key(msg.request.model), {key: msg.submitted_at})
+            if msg.tenant:
+                p.hincrby(tenant_key(msg.tenant), "active", 1)
+            p.execute()
         return True
+
+    def queue_position(self, job_id: str, model: str) -> int | None:
+        """0-based position among this model's queued jobs (None once it left the queue)."""
+        return self.r.zrank(queued_key(model), job_key(job_id))
+
+    def tenant_active(self, tenant: str) -> int:
+        return int(self.r.hget(tenant_key(tenant), "active") or 0)
 
     def create_batch(self, batch_id: str, job_ids: Iterable[str], *, tenant: str | None,
                      meta: dict[str, Any] | None = None) -> None:
@@ -133,13 +149,15 @@ class JobStore:
     def transition(self, job_id: str, to: JobStatus, allowed_from: Iterable[JobStatus],
                    **fields: Any) -> Transition:
         """Move ``job_id`` to ``to`` if its status is one of ``allowed_from``; atomic."""
-        batch_id = self.r.hget(job_key(job_id), "batch_id") or ""
+        batch_id, tenant, model = self.r.hmget(job_key(job_id), "batch_id", "tenant", "model")
+        keys = [job_key(job_id), batch_key(batch_id) if batch_id else "", tenant_key(tenant) if tenant else "",
+                queued_key(model or "")]
         argv: list[Any] = [to.value, ",".join(s.value for s in allowed_from), self.ttl_s]
         for k, v in fields.items():
             argv += [k, v if isinstance(v, str) else json.dumps(v)]
         if to in TERMINAL:
             argv += ["finished_at", repr(time.time())]
-        ok, cur = self._transition(keys=[job_key(job_id), batch_key(batch_id) if batch_id else ""], args=argv)
+        ok, cur = self._transition(keys=keys, args=argv)
         if ok:
             done = int(cur) if cur is not None and int(cur) >= 0 else None
             self.r.publish(events_channel(job_id), to.value)

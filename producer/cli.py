@@ -281,13 +281,84 @@ def models_add(name: str, source: str, **opts) -> None:
     click.echo(f"registered {name}: {spec.model_dump_json()}")
 
 
-def _attach_optional_groups() -> None:
+# -- tenants and the HTTP API ---------------------------------------------------------------------
+@cli.group()
+def tenants() -> None:
+    """Tenants of the HTTP API and their API keys."""
+
+
+@tenants.command("create")
+@click.argument("name")
+def tenants_create(name: str) -> None:
+    """Create a tenant; prints its API key and webhook secret ONCE (only their hashes/copies are kept)."""
+    from producer.tenants import Tenants
+
+    t = Tenants(_client().store.r).create(name)
+    click.echo(json.dumps({"tenant_id": t.tenant_id, "name": t.name, "api_key": t.api_key,
+                           "webhook_secret": t.webhook_secret}))
+    click.echo("store the API key now: it cannot be shown again", err=True)
+
+
+@tenants.command("add-key")
+@click.argument("tenant_id")
+def tenants_add_key(tenant_id: str) -> None:
+    """Another API key for a tenant (rotation); printed once."""
+    from producer.tenants import Tenants
+
+    click.echo(Tenants(_client().store.r).add_key(tenant_id))
+
+
+@tenants.command("rotate-webhook-secret")
+@click.argument("tenant_id")
+def tenants_rotate(tenant_id: str) -> None:
+    """A new webhook secret; the previous one keeps signing too until the next rotation."""
+    from producer.tenants import Tenants
+
+    click.echo(Tenants(_client().store.r).rotate_webhook_secret(tenant_id))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def api(host: str, port: int) -> None:
+    """Serve the HTTP API (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from producer.api import create_app
+
+    uvicorn.run(create_app(_settings()), host=host, port=port, log_level="info")
+
+
+# -- keys -----------------------------------------------------------------------------------------
+@cli.group()
+def keys() -> None:
+    """C2PA signing keys."""
+
+
+@keys.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def keys_init(directory: Path) -> None:
+    """Create a DEVELOPMENT CA and signing certificate that c2pa accepts. Not for production."""
+    from provenance.devkeys import DEV_WARNING, init_dev_keys
+
+    paths = init_dev_keys(directory)
+    click.secho("!" * 78 + "\n" + DEV_WARNING + "\n" + "!" * 78, fg="red", bold=True, err=True)
+    for name in ("ca_cert", "cert_chain", "private_key"):
+        click.echo(f"{name}: {getattr(paths, name)}")
+    click.echo(f"use: BATCHRENDER_C2PA_CERT_CHAIN={paths.cert_chain} BATCHRENDER_C2PA_PRIVATE_KEY={paths.private_key}")
+
+
+def _attach_groups() -> None:
     from producer.demo import demo
+    from provenance.cli import provenance, verify
+    from safety.cli import moderation
+    from webhooks.cli import webhooks
 
-    cli.add_command(demo)
+    for command in (demo, verify, provenance, moderation, webhooks):
+        cli.add_command(command)
 
 
-_attach_optional_groups()
+_attach_groups()
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from jobs.embedded import redis_url_for
 from jobs.errors import BrokerUnavailable, InvalidRequest, JobNotFound
 from jobs.names import RENDER_TASK, render_queue
 from jobs.registry import Registry
-from jobs.schemas import ImageResult, JobMessage, RenderRequest, resolve
+from jobs.schemas import ImageResult, JobMessage, JobResult, RenderRequest, resolve
 from jobs.settings import Settings
 from jobs.status import JobStatus
 from jobs.store import JobRecord, JobStore
@@ -45,6 +45,25 @@ class Client:
         self.app = make_app(self.settings, url)
         self.store = JobStore.from_url(url, self.settings.record_ttl_s)
         self.registry = Registry(self.settings)
+        self._moderation: Any = None
+        self._events: Any = None
+
+    @property
+    def moderation(self):
+        """The prompt stages of the moderation chain (torch-free), built on first use."""
+        if self._moderation is None:
+            from safety.chain import ModerationChain
+
+            self._moderation = ModerationChain.prompt_only(self.settings)
+        return self._moderation
+
+    @property
+    def events(self):
+        if self._events is None:
+            from webhooks.job_events import Events, webhook_sender
+
+            self._events = Events(webhook_sender(self.settings, self.redis_url, self.store, app=self.app))
+        return self._events
 
     # -- submitting ------------------------------------------------------------------------------
     def prepare(self, request: RenderRequest | dict[str, Any], *, batch_id: str | None = None,
@@ -56,8 +75,26 @@ class Client:
                           request=resolve(req, spec, self.settings))
 
     def enqueue(self, msg: JobMessage) -> None:
-        """Record the job as queued, then publish it. A publish failure marks the job failed."""
-        self.store.create(msg)
+        """Record the job as queued, moderate its prompt, then publish it.
+
+        A prompt the policy blocks ends here as ``blocked``: it is never queued, so it never costs
+        GPU time (workers check again, in case the policy changed while it waited). A publish
+        failure marks the job failed.
+        """
+        if not self.store.create(msg):
+            return  # already recorded: an idempotent resubmission
+        decision = self.moderation.check_prompt(msg.request.prompt, msg.request.negative_prompt,
+                                                actor=msg.tenant or "producer", job_id=msg.job_id)
+        if decision.action.value == "block":
+            info = decision.to_dict()
+            error = {"code": "moderation_blocked", "message": info.get("message"), "stage": info.get("stage"),
+                     "categories": info.get("categories", [])}
+            result = JobResult(job_id=msg.job_id, batch_id=msg.batch_id, custom_id=msg.request.custom_id,
+                               status=JobStatus.BLOCKED, model=msg.request.model, moderation=info, error=error)
+            t = self.store.transition(msg.job_id, JobStatus.BLOCKED, [Q], error=error, result=result.model_dump_json())
+            if t.ok:
+                self.events.finished(msg, result, t.batch_done)
+            return
         try:
             self.app.send_task(RENDER_TASK, args=[msg.model_dump(mode="json")], task_id=msg.job_id,
                                queue=render_queue(msg.request.model), retry=True,
@@ -143,8 +180,14 @@ class Client:
         if rec.status.terminal:
             return rec
         self.store.request_cancel(job_id)
-        self.store.transition(job_id, JobStatus.CANCELED, [Q], error={
-            "code": "canceled", "message": "canceled before it started"})
+        error = {"code": "canceled", "message": "canceled before it started"}
+        t = self.store.transition(job_id, JobStatus.CANCELED, [Q], error=error)
+        if t.ok and rec.request.get("webhook"):
+            msg = JobMessage(job_id=job_id, batch_id=rec.batch_id, tenant=rec.tenant,
+                             request=RenderRequest.model_validate(rec.request), submitted_at=rec.created_at)
+            result = JobResult(job_id=job_id, batch_id=rec.batch_id, custom_id=rec.custom_id,
+                               status=JobStatus.CANCELED, model=rec.model, error=error)
+            self.events.finished(msg, result, t.batch_done)
         return self.store.get(job_id)
 
     def cancel_batch(self, batch_id: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 #: The suite's Redis (make test points this at a private instance when 6379 is not reachable).
-TEST_REDIS_URL = os.environ.get("BATCHRENDER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TEST_REDIS_URL = os.environ.get("BR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 def require(ok: bool, what: str) -> None:

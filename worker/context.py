@@ -10,7 +10,7 @@ from jobs.embedded import redis_url_for
 from jobs.registry import Registry
 from jobs.settings import Settings
 from jobs.store import JobStore
-from worker.events import Events
+from webhooks.job_events import Events
 from worker.models import ModelCache
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,6 @@ class WorkerContext:
     moderation: Any
     signer: Any = None
     provenance: Any = None
-    audit_log: Any = None
     events: Events = field(default_factory=Events)
     actor: str = "worker"
 
@@ -34,10 +33,9 @@ class WorkerContext:
     def build(cls, settings: Settings) -> "WorkerContext":
         from provenance.c2pa_sign import process_signer
         from provenance.index import open_provenance_index
-        from safety.audit import AuditLog
         from safety.chain import ModerationChain
         from storage import open_storage
-        from worker.events import webhook_sender
+        from webhooks.job_events import webhook_sender
 
         url = redis_url_for(settings)
         store = JobStore.from_url(url, settings.record_ttl_s)
@@ -51,14 +49,9 @@ class WorkerContext:
             # Created here, i.e. after fork, once per process: a bad key fails at start-up.
             signer=process_signer(settings),
             provenance=open_provenance_index(settings),
-            audit_log=AuditLog.from_settings(settings),
             events=Events(webhook_sender(settings, url, store), settings.webhook_progress_interval_s),
         )
 
-    def audit(self, decision: Any, msg: Any) -> None:
-        if self.audit_log is not None:
-            self.audit_log.record(decision, job_id=msg.job_id, actor=msg.tenant or self.actor,
-                                  prompt=msg.request.prompt)
 
 
 _lock = threading.Lock()

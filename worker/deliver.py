@@ -46,8 +46,7 @@ def deliver_image(ctx: WorkerContext, msg: JobMessage, index: int, seed: int, im
     key = object_key(ctx, msg, index)
     data = encode(img, fmt, r.quality)
 
-    decision = ctx.moderation.check_output_image(img)
-    ctx.audit(decision, msg)
+    decision = ctx.moderation.check_output_image(img, actor=msg.tenant or "worker", job_id=msg.job_id)
     if decision.action.value == "block":
         ctx.storage.quarantine(key, data, content_type=fmt.content_type, metadata={
             "job_id": msg.job_id, "reason": ",".join(decision.to_dict().get("categories", []))})

@@ -66,8 +66,9 @@ class JobRunner:
 
     # 2. moderate ---------------------------------------------------------------------------------
     def moderate_prompt(self, msg: JobMessage) -> tuple[Outcome | None, dict[str, Any] | None]:
-        decision = self.ctx.moderation.check_prompt(msg.request.prompt, msg.request.negative_prompt)
-        self.ctx.audit(decision, msg)
+        # The chain appends every decision to the audit log itself (a prompt hash, not the prompt).
+        decision = self.ctx.moderation.check_prompt(msg.request.prompt, msg.request.negative_prompt,
+                                                    actor=msg.tenant or "worker", job_id=msg.job_id)
         if decision.action.value == "block":
             info = decision.to_dict()
             self._end(msg, JobStatus.BLOCKED, error={

@@ -1,0 +1,105 @@
+"""Tenants, their API keys (stored hashed, shown once) and per-tenant rate limits.
+
+API keys are 256-bit random tokens, so a plain SHA-256 is enough to store them (there is nothing
+to brute-force); the hash is the lookup key, and the key itself is never stored or logged.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+
+import redis
+
+from jobs.names import KEY_PREFIX, tenant_key
+
+KEY_PREFIX_LIVE = "br_"
+
+# Token bucket: KEYS[1] bucket; ARGV rate/s, burst, now. Returns {allowed, retry_after_ms}.
+_BUCKET = """
+local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(b[1]) or burst
+local ts = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + (now - ts) * rate)
+local allowed = 0
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1; allowed = 1 else wait = math.ceil((1 - tokens) / rate * 1000) end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return {allowed, wait}
+"""
+
+
+def _hash(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def _apikey_key(digest: str) -> str:
+    return f"{KEY_PREFIX}apikey:{digest}"
+
+
+@dataclass(frozen=True)
+class NewTenant:
+    tenant_id: str
+    name: str
+    api_key: str
+    webhook_secret: str
+
+    def __repr__(self) -> str:  # the key and secret are shown once, by the CLI, never in reprs
+        return f"NewTenant(tenant_id={self.tenant_id!r}, name={self.name!r})"
+
+
+class Tenants:
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+        self._bucket = client.register_script(_BUCKET)
+
+    def create(self, name: str) -> NewTenant:
+        from webhooks.signing import generate_secret
+
+        tenant_id = "ten_" + secrets.token_hex(8)
+        api_key = KEY_PREFIX_LIVE + secrets.token_urlsafe(32)
+        secret = generate_secret()
+        with self.r.pipeline() as p:
+            p.hset(tenant_key(tenant_id), mapping={"name": name, "created_at": repr(time.time()),
+                                                   "webhook_secrets": secret, "active": 0})
+            p.set(_apikey_key(_hash(api_key)), tenant_id)
+            p.execute()
+        return NewTenant(tenant_id, name, api_key, secret)
+
+    def add_key(self, tenant_id: str) -> str:
+        """Another API key for the tenant (for rotation); returned once."""
+        if not self.r.exists(tenant_key(tenant_id)):
+            raise KeyError(tenant_id)
+        api_key = KEY_PREFIX_LIVE + secrets.token_urlsafe(32)
+        self.r.set(_apikey_key(_hash(api_key)), tenant_id)
+        return api_key
+
+    def revoke_key(self, api_key: str) -> bool:
+        return bool(self.r.delete(_apikey_key(_hash(api_key))))
+
+    def authenticate(self, api_key: str | None) -> str | None:
+        """The tenant id for a presented key, or None."""
+        if not api_key or not api_key.startswith(KEY_PREFIX_LIVE) or len(api_key) > 200:
+            return None
+        tid = self.r.get(_apikey_key(_hash(api_key)))
+        return tid.decode() if isinstance(tid, bytes) else tid
+
+    def rotate_webhook_secret(self, tenant_id: str, keep_old: bool = True) -> str:
+        """A new signing secret; the old one keeps signing too until rotated again (overlap)."""
+        from webhooks.signing import generate_secret
+
+        new = generate_secret()
+        old = self.r.hget(tenant_key(tenant_id), "webhook_secrets")
+        old = old.decode() if isinstance(old, bytes) else (old or "")
+        current = [new] + ([old.split(" ")[0]] if keep_old and old else [])
+        self.r.hset(tenant_key(tenant_id), "webhook_secrets", " ".join(current))
+        return new
+
+    def allow(self, tenant_id: str, rate_per_s: float, burst: int) -> tuple[bool, float]:
+        """Take one token from the tenant's bucket: (allowed, seconds to wait when not)."""
+        allowed, wait_ms = self._bucket(keys=[f"{KEY_PREFIX}rate:{tenant_id}"],
+                                        args=[rate_per_s, burst, time.time()])
+        return bool(allowed), int(wait_ms) / 1000.0

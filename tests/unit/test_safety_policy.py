@@ -1,0 +1,90 @@
+"""Policy loading: the default loads; every invalid file fails at load time naming the line."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobs.errors import ConfigurationError
+from safety.policy import load_policy, parse_policy
+from safety.verdict import Action
+
+MINIMAL = """\
+version: "t1"
+term_sets:
+  minor: {terms: [child]}
+  nudity: {terms: [nude]}
+categories:
+  minors_sexual:
+    description: minors
+    severity: 10
+    action: block
+    combinations: [[minor, nudity]]
+"""
+
+
+def line_of(text: str, needle: str) -> int:
+    return next(i for i, ln in enumerate(text.splitlines(), 1) if needle in ln)
+
+
+def test_default_policy_loads_and_covers_required_categories():
+    p = load_policy()
+    ids = {c.id for c in p.categories}
+    assert {"minors_sexual", "real_person_sexual", "graphic_violence", "hate_symbols", "self_harm"} <= ids
+    assert p.category("minors_sexual").action is Action.BLOCK
+    assert p.version and "Taylor Swift" in p.protected_names
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle", "reason"),
+    [
+        (("action: block", "action: ban"), "action: ban", "action must be 'block' or 'flag'"),
+        (("severity: 10", "severity: high"), "severity: high", "severity must be int"),
+        (("[[minor, nudity]]", "[[minor, nudes]]"), "[[minor, nudes]]", "unknown signal 'nudes'"),
+        (("  nudity: {terms: [nude]}", "  nudity: {terms: [nude], patterns: ['(unclosed']}"), "(unclosed",
+         "invalid regular expression"),
+        (("    severity: 10\n", "    severity: 10\n    colour: red\n"), "colour: red", "unknown key 'colour'"),
+        (("  nudity: {terms: [nude]}", "  nudity: {terms: [nude]}\n  minor: {terms: [kid]}"), "minor: {terms: [kid]}",
+         "duplicate key 'minor'"),
+    ],
+)
+def test_invalid_policy_reports_line_and_reason(edit, needle, reason):
+    text = MINIMAL.replace(*edit)
+    assert text != MINIMAL
+    with pytest.raises(ConfigurationError) as exc:
+        parse_policy(text, source="p.yaml")
+    assert reason in str(exc.value)
+    assert f"p.yaml:{line_of(text, needle)}:" in str(exc.value)
+
+
+def test_yaml_syntax_error_reports_line():
+    text = MINIMAL.replace("    severity: 10", "    severity: [10")
+    with pytest.raises(ConfigurationError, match=r"p\.yaml:\d+: invalid YAML") as exc:
+        parse_policy(text, source="p.yaml")
+    assert exc.value.details["line"] >= line_of(text, "severity: [10")
+
+
+def test_threshold_outside_unit_interval_is_refused():
+    text = MINIMAL + "    thresholds: {text_classifier: 1.5}\n"
+    with pytest.raises(ConfigurationError, match=rf"p.yaml:{line_of(text, 'thresholds')}: threshold .* between 0 and 1"):
+        parse_policy(text, source="p.yaml")
+
+
+def test_minors_category_cannot_be_relaxed_to_flag():
+    with pytest.raises(ConfigurationError, match="minors_sexual.*never relaxed"):
+        parse_policy(MINIMAL.replace("action: block", "action: flag"))
+
+
+def test_protected_names_file_extends_the_list(tmp_path: Path):
+    (tmp_path / "names.txt").write_text("# staff\nJane Exampleperson\n\n", encoding="utf-8")
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(MINIMAL + "protected_names: [Ann Other]\nprotected_names_file: names.txt\n", encoding="utf-8")
+    assert load_policy(policy_file).protected_names == ("Ann Other", "Jane Exampleperson")
+
+
+def test_missing_protected_names_file_fails_at_load(tmp_path: Path):
+    policy_file = tmp_path / "policy.yaml"
+    text = MINIMAL + "protected_names_file: nope.txt\n"
+    policy_file.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigurationError, match=f"policy.yaml:{line_of(text, 'nope.txt')}: cannot read protected_names_file"):
+        load_policy(policy_file)

@@ -1,0 +1,109 @@
+"""Job lifecycle → webhook events: what the worker and the producer both send.
+
+Torch-free, so the producer can emit events for jobs it ends itself (blocked at submission,
+canceled while queued) with the same ids and payloads as the worker.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from jobs.names import tenant_key
+from jobs.schemas import JobMessage, JobResult
+
+Sender = Callable[[str, JobMessage, dict[str, Any], "int | None"], None]
+log = logging.getLogger(__name__)
+
+
+class Events:
+    def __init__(self, sender: Sender | None = None, progress_interval_s: float = 2.0) -> None:
+        self.sender = sender
+        self.progress_interval_s = progress_interval_s
+        self._last_progress: dict[str, float] = {}
+
+    def emit(self, event_type: str, msg: JobMessage, data: dict[str, Any] | None = None,
+             batch_done: int | None = None) -> None:
+        if self.sender is None:
+            return
+        try:
+            self.sender(event_type, msg, data or {}, batch_done)
+        except Exception:
+            # An event that cannot be enqueued must not fail a render that already succeeded;
+            # it is logged loudly and can be replayed from the delivery log.
+            log.exception("could not enqueue %s for job %s", event_type, msg.job_id)
+
+    def progress(self, msg: JobMessage, step: int, total: int) -> None:
+        now = time.monotonic()
+        if step < total and now - self._last_progress.get(msg.job_id, 0.0) < self.progress_interval_s:
+            return
+        self._last_progress[msg.job_id] = now
+        self.emit("job.progress", msg, {"step": step, "total": total})
+
+    def finished(self, msg: JobMessage, result: JobResult, batch_done: int | None) -> None:
+        self._last_progress.pop(msg.job_id, None)
+        self.emit(f"job.{result.status.value}", msg, result.model_dump(mode="json"), batch_done)
+
+
+
+#: Items listed inline in ``batch.completed``; larger batches get a link to the results instead.
+BATCH_MANIFEST_INLINE = 100
+
+
+def tenant_secrets(redis_client, tenant: str | None) -> list[str] | None:
+    """A tenant's webhook signing secret(s) (several during rotation), or None for the default."""
+    if not tenant:
+        return None
+    raw = redis_client.hget(tenant_key(tenant), "webhook_secrets")
+    return [s for s in raw.split(" ") if s] if raw else None
+
+
+def webhook_sender(settings, redis_url: str, store, app=None) -> Sender:
+    """A Sender that records and enqueues webhook deliveries for jobs that asked for them."""
+    from jobs.celery_app import make_app
+    from webhooks import events as ev
+    from webhooks.tasks import enqueue_event
+
+    app = app or make_app(settings, redis_url)
+    r = store.r
+
+    def send(event_type: str, msg: JobMessage, data: dict[str, Any], batch_done: int | None) -> None:
+        req = msg.request
+        if not req.webhook:
+            return
+        common = {"custom_id": req.custom_id, "metadata": req.metadata or None}
+        if event_type == ev.JOB_STARTED:
+            body = ev.job_started(msg.job_id, msg.batch_id, **common)
+        elif event_type == ev.JOB_PROGRESS:
+            body = ev.job_progress(msg.job_id, data["step"], data["total"], msg.batch_id, **common)
+        else:
+            outputs = [{k: img[k] for k in ("index", "url", "key", "seed", "width", "height", "format",
+                                             "sha256", "c2pa", "flags")} for img in data.get("images", [])]
+            body = ev.job_finished(msg.job_id, data.get("status", event_type.split(".")[1]), msg.batch_id,
+                                   outputs=outputs or None, error=data.get("error"),
+                                   moderation=data.get("moderation"), timings=data.get("timings"), **common)
+        secrets = tenant_secrets(r, msg.tenant)
+        kw = dict(url=req.webhook, secret=secrets, job_id=msg.job_id, batch_id=msg.batch_id, tenant=msg.tenant,
+                  event_filter=req.webhook_events_filter)
+        enqueue_event(app, settings, r, event_type=event_type, data=body, **kw)
+        if msg.batch_id and batch_done is not None:
+            info = store.batch_info(msg.batch_id)
+            if info["done"] >= info["total"]:
+                enqueue_event(app, settings, r, event_type=ev.BATCH_COMPLETED,
+                              data=batch_completed_data(store, msg.batch_id, info), **kw)
+
+    return send
+
+
+def batch_completed_data(store, batch_id: str, info: dict[str, Any]) -> dict[str, Any]:
+    from webhooks import events as ev
+
+    counts = {k: v for k, v in info["counts"].items() if k != "pending"}
+    if info["total"] > BATCH_MANIFEST_INLINE:
+        return ev.batch_completed(batch_id, counts, results_url=f"/v1/batches/{batch_id}/results")
+    items = []
+    for rec in store.get_many(store.batch_job_ids(batch_id)):
+        items.append({"job_id": rec.job_id, "custom_id": rec.custom_id, "status": rec.status.value,
+                      "outputs": [{"url": i.url, "key": i.key, "seed": i.seed} for i in rec.result.images]
+                      if rec.result else [], "error": rec.error})
+    return ev.batch_completed(batch_id, counts, items=items)
