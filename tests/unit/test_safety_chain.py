@@ -1,7 +1,6 @@
 """The chain: construction from settings, stage order, fail closed / fail open, torch-free import."""
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 from pathlib import Path

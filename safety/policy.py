@@ -1,0 +1,265 @@
+"""The moderation policy: one YAML file a person can read and change, validated at start-up.
+
+Every error names the file, the LINE and the reason (taken from the YAML node marks), and is
+raised as ``ConfigurationError`` when the chain is built, never at the first job. See
+``docs/moderation.md`` for the format; ``safety/default_policy.yaml`` is the annotated default.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import yaml
+
+from jobs.errors import ConfigurationError
+from safety.verdict import Action
+
+DEFAULT_POLICY = Path(__file__).with_name("default_policy.yaml")
+#: Stages whose scores are compared against per-category thresholds.
+THRESHOLD_STAGES = frozenset({"text_classifier", "output_classifier", "safety_checker"})
+#: Signals that are not term sets: a protected name in the prompt; a real person in the context.
+SPECIAL_SIGNALS = frozenset({"$protected_name", "$real_person_context"})
+#: This category can be extended but never relaxed: it must exist and it must block.
+MINORS_CATEGORY = "minors_sexual"
+_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class TermSet:
+    """Named words/phrases/regexes that raise one signal (``minor``, ``nudity``...)."""
+
+    name: str
+    terms: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Category:
+    """One policy category: what it is, how bad, what to do, and how each stage detects it."""
+
+    id: str
+    description: str
+    severity: int
+    action: Action
+    terms: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+    #: Each entry is a tuple of signals that must ALL be present (term-set names or specials);
+    #: a one-signal entry fires whenever that term set matches.
+    combinations: tuple[tuple[str, ...], ...] = ()
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    #: Classifier label names (per stage) that map onto this category.
+    labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A validated policy. ``version`` is recorded with every verdict."""
+
+    version: str
+    categories: tuple[Category, ...]
+    term_sets: Mapping[str, TermSet]
+    protected_names: tuple[str, ...] = ()
+    allow_phrases: tuple[str, ...] = ()
+    #: Term set matched in the NEGATIVE prompt -> signal it raises for the positive prompt.
+    negative_prompt: Mapping[str, str] = field(default_factory=dict)
+    source: str = "<string>"
+
+    def category(self, category_id: str) -> Category:
+        for c in self.categories:
+            if c.id == category_id:
+                return c
+        raise KeyError(category_id)
+
+    @property
+    def messages(self) -> dict[str, str]:
+        return {c.id: c.message for c in self.categories if c.message}
+
+
+class _Reader:
+    """Walks the composed YAML node tree so every complaint can cite a line."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._loader = yaml.SafeLoader("")
+
+    def fail(self, node: yaml.Node, reason: str) -> ConfigurationError:
+        return ConfigurationError(f"{self.source}:{node.start_mark.line + 1}: {reason}", line=node.start_mark.line + 1)
+
+    def mapping(self, node: yaml.Node, what: str, allowed: set[str], required: set[str] = frozenset()) -> dict[str, yaml.Node]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, f"{what} must be a mapping")
+        out: dict[str, yaml.Node] = {}
+        for k, v in node.value:
+            key = self.scalar(k, f"a key in {what}", str)
+            if key in out:
+                raise self.fail(k, f"duplicate key {key!r} in {what}")
+            if allowed and key not in allowed:
+                raise self.fail(k, f"unknown key {key!r} in {what}; expected one of {sorted(allowed)}")
+            out[key] = v
+        missing = sorted(required - out.keys())
+        if missing:
+            raise self.fail(node, f"{what} is missing {', '.join(missing)}")
+        return out
+
+    def scalar(self, node: yaml.Node, what: str, kind: type | tuple[type, ...]) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.fail(node, f"{what} must be a single value")
+        value = self._loader.construct_object(node)
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise self.fail(node, f"{what} must be {getattr(kind, '__name__', kind)}, not a boolean")
+        if not isinstance(value, kind):
+            names = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise self.fail(node, f"{what} must be {names}, got {value!r}")
+        return value
+
+    def strings(self, node: yaml.Node, what: str) -> list[tuple[str, yaml.Node]]:
+        if isinstance(node, yaml.ScalarNode) and node.value in ("", "~", "null"):
+            return []
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.fail(node, f"{what} must be a list")
+        out = []
+        for item in node.value:
+            s = self.scalar(item, f"an entry of {what}", str).strip()
+            if not s:
+                raise self.fail(item, f"empty entry in {what}")
+            out.append((s, item))
+        return out
+
+    def patterns(self, node: yaml.Node, what: str) -> tuple[str, ...]:
+        out = []
+        for pat, item in self.strings(node, what):
+            try:
+                re.compile(pat)
+            except re.error as e:
+                raise self.fail(item, f"invalid regular expression in {what}: {e}") from None
+            out.append(pat)
+        return tuple(out)
+
+
+def _category(r: _Reader, cid: str, node: yaml.Node, sets: Mapping[str, TermSet]) -> Category:
+    m = r.mapping(node, f"category {cid!r}", {"description", "severity", "action", "terms", "patterns",
+                                              "combinations", "thresholds", "labels", "message"},
+                  {"description", "severity", "action"})
+    action_s = r.scalar(m["action"], "action", str)
+    if action_s not in ("block", "flag"):
+        raise r.fail(m["action"], f"action must be 'block' or 'flag', got {action_s!r}")
+    severity = r.scalar(m["severity"], "severity", int)
+    if severity < 0:
+        raise r.fail(m["severity"], "severity must be >= 0")
+    combos = []
+    if "combinations" in m:
+        if not isinstance(m["combinations"], yaml.SequenceNode):
+            raise r.fail(m["combinations"], "combinations must be a list of lists of term-set names")
+        for combo in m["combinations"].value:
+            names = r.strings(combo, "a combination")
+            if not names:
+                raise r.fail(combo, "a combination needs at least one signal")
+            for name, item in names:
+                if name not in sets and name not in SPECIAL_SIGNALS:
+                    raise r.fail(item, f"unknown signal {name!r}; define it under term_sets "
+                                       f"or use one of {sorted(SPECIAL_SIGNALS)}")
+            combos.append(tuple(n for n, _ in names))
+    thresholds: dict[str, float] = {}
+    if "thresholds" in m:
+        for stage, v in r.mapping(m["thresholds"], "thresholds", set(THRESHOLD_STAGES)).items():
+            t = float(r.scalar(v, f"threshold for {stage}", (int, float)))
+            if not 0.0 <= t <= 1.0:
+                raise r.fail(v, f"threshold for {stage} must be between 0 and 1, got {t}")
+            thresholds[stage] = t
+    labels: dict[str, tuple[str, ...]] = {}
+    if "labels" in m:
+        for stage, v in r.mapping(m["labels"], "labels", set(THRESHOLD_STAGES)).items():
+            labels[stage] = tuple(s for s, _ in r.strings(v, f"labels for {stage}"))
+            if stage not in thresholds:
+                raise r.fail(v, f"labels for {stage} need a threshold for {stage} too")
+    cat = Category(
+        id=cid,
+        description=r.scalar(m["description"], "description", str),
+        severity=severity,
+        action=Action(action_s),
+        terms=tuple(s for s, _ in r.strings(m["terms"], "terms")) if "terms" in m else (),
+        patterns=r.patterns(m["patterns"], "patterns") if "patterns" in m else (),
+        combinations=tuple(combos),
+        thresholds=MappingProxyType(thresholds),
+        labels=MappingProxyType(labels),
+        message=r.scalar(m["message"], "message", str) if "message" in m else None,
+    )
+    if not (cat.terms or cat.patterns or cat.combinations or cat.labels):
+        raise r.fail(node, f"category {cid!r} has no terms, patterns, combinations or labels: it can never match")
+    return cat
+
+
+def parse_policy(text: str, source: str = "<string>", base_dir: Path | None = None) -> Policy:
+    """Parse and validate policy YAML; raise ``ConfigurationError`` naming the line on any problem."""
+    r = _Reader(source)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else 0
+        raise ConfigurationError(f"{source}:{line}: invalid YAML: {e.problem or e}", line=line) from None
+    if root is None:
+        raise ConfigurationError(f"{source}:1: the policy file is empty", line=1)
+    top = r.mapping(root, "the policy", {"version", "categories", "term_sets", "protected_names",
+                                        "protected_names_file", "allow_phrases", "negative_prompt"},
+                    {"version", "categories"})
+    version = str(r.scalar(top["version"], "version", (str, int, float))).strip()
+    if not version:
+        raise r.fail(top["version"], "version must not be empty")
+    sets: dict[str, TermSet] = {}
+    if "term_sets" in top:
+        for name, node in r.mapping(top["term_sets"], "term_sets", set()).items():
+            if not _ID.match(name):
+                raise r.fail(node, f"term set name {name!r} must be lower_snake_case")
+            m = r.mapping(node, f"term set {name!r}", {"terms", "patterns"})
+            sets[name] = TermSet(name, tuple(s for s, _ in r.strings(m["terms"], "terms")) if "terms" in m else (),
+                                 r.patterns(m["patterns"], "patterns") if "patterns" in m else ())
+    categories = []
+    for cid, node in r.mapping(top["categories"], "categories", set()).items():
+        if not _ID.match(cid):
+            raise r.fail(node, f"category id {cid!r} must be lower_snake_case")
+        categories.append(_category(r, cid, node, sets))
+    minors = next((c for c in categories if c.id == MINORS_CATEGORY), None)
+    if minors is None or minors.action is not Action.BLOCK:
+        raise r.fail(top["categories"], f"category {MINORS_CATEGORY!r} must exist with action 'block'; "
+                                        "it can be extended but never relaxed")
+    names = [s for s, _ in r.strings(top["protected_names"], "protected_names")] if "protected_names" in top else []
+    if "protected_names_file" in top:
+        rel = Path(r.scalar(top["protected_names_file"], "protected_names_file", str))
+        path = rel if rel.is_absolute() else (base_dir or Path.cwd()) / rel
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise r.fail(top["protected_names_file"], f"cannot read protected_names_file {path}: {e.strerror}") from None
+        names += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    negative: dict[str, str] = {}
+    if "negative_prompt" in top:
+        for set_name, node in r.mapping(top["negative_prompt"], "negative_prompt", set()).items():
+            signal = r.scalar(node, f"negative_prompt.{set_name}", str)
+            for n in (set_name, signal):
+                if n not in sets:
+                    raise r.fail(node, f"negative_prompt refers to unknown term set {n!r}")
+            negative[set_name] = signal
+    return Policy(
+        version=version,
+        categories=tuple(categories),
+        term_sets=MappingProxyType(sets),
+        protected_names=tuple(dict.fromkeys(names)),
+        allow_phrases=tuple(s for s, _ in r.strings(top["allow_phrases"], "allow_phrases")) if "allow_phrases" in top else (),
+        negative_prompt=MappingProxyType(negative),
+        source=source,
+    )
+
+
+def load_policy(path: Path | None = None) -> Policy:
+    """Load the policy at ``path`` (default: the shipped ``default_policy.yaml``)."""
+    path = Path(path) if path else DEFAULT_POLICY
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigurationError(f"cannot read policy file {path}: {e.strerror}") from None
+    return parse_policy(text, source=str(path), base_dir=path.parent)

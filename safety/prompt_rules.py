@@ -1,0 +1,124 @@
+"""Stage 1: policy terms, patterns and combination rules matched against normalised prompts.
+
+Everything is compiled once at construction: single-word terms become frozensets (matching is a
+set intersection with the prompt's tokens), phrases, prefix terms and patterns become one
+alternation regex per term set. A prompt is normalised once (``safety.normalize``) and every
+signal is computed from that, so a check costs tens of microseconds.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from safety.normalize import NormalizedText, normalize, normalize_term
+from safety.policy import Category, Policy
+from safety.verdict import Action, Verdict
+
+STAGE = "prompt_rules"
+
+
+def _phrase_regex(words: list[str], prefix: bool) -> str:
+    # Spaces inside a phrase are optional so "taylorswift" and "self-harm" -> "selfharm" match.
+    body = r"\s*".join(re.escape(w) for w in words)
+    return rf"\b{body}\w*" if prefix else rf"\b{body}\b"
+
+
+class TermMatcher:
+    """Matches one list of terms and patterns against a ``NormalizedText``."""
+
+    def __init__(self, terms: Iterable[str], patterns: Iterable[str] = ()) -> None:
+        words: set[str] = set()
+        parts: list[str] = []
+        for term in terms:
+            prefix = term.endswith("*")
+            norm = normalize_term(term.rstrip("*")).split()
+            if not norm:
+                continue
+            if len(norm) == 1 and not prefix:
+                words.add(norm[0])
+            else:
+                parts.append(_phrase_regex(norm, prefix))
+        parts.extend(f"(?:{p})" for p in patterns)
+        self.words = frozenset(words)
+        # Only words of 3+ letters are searched inside spelled-out runs; shorter ones would
+        # match by accident far too often.
+        self._run_words = tuple(sorted(w for w in words if len(w) >= 3))
+        self.regex = re.compile("|".join(parts)) if parts else None
+
+    def __bool__(self) -> bool:
+        return bool(self.words) or self.regex is not None
+
+    def matches(self, text: NormalizedText, tokens: frozenset[str]) -> bool:
+        """True when any term is a token of ``tokens`` or any phrase/pattern is in a view."""
+        if not self.words.isdisjoint(tokens):
+            return True
+        if text.runs and any(w in run for run in text.runs for w in self._run_words):
+            return True
+        return self.regex is not None and any(self.regex.search(v) for v in text.views)
+
+
+def _with_stems(tokens: frozenset[str]) -> frozenset[str]:
+    """Add naive singulars so a term "kid" also matches "kids" and "kid's" -> "kids"."""
+    stems = {t[:-1] for t in tokens if len(t) > 3 and t.endswith("s")}
+    stems |= {t[:-2] for t in tokens if len(t) > 4 and t.endswith("es")}
+    return tokens | stems
+
+
+class PromptRules:
+    """Matches a policy's categories against a prompt (and its negative prompt).
+
+    The negative prompt cannot *request* content, so its words never count on their own; only
+    the policy's ``negative_prompt`` mapping applies (asking to avoid "clothes" asks for nudity).
+    """
+
+    name = STAGE
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._sets = {name: TermMatcher(s.terms, s.patterns) for name, s in policy.term_sets.items()}
+        self._cats: list[tuple[Category, TermMatcher]] = [
+            (c, TermMatcher(c.terms, c.patterns)) for c in policy.categories
+        ]
+        names = [_phrase_regex(normalize_term(n).split(), False) for n in policy.protected_names]
+        self._names = re.compile("|".join(n for n in names if n != r"\b\b")) if names else None
+        allow = [_phrase_regex(normalize_term(p).split(), False) for p in policy.allow_phrases]
+        self._allow = re.compile("|".join(allow)) if allow else None
+
+    def signals(self, prompt: str, negative_prompt: str | None = None, *, real_person_context: bool = False) -> set[str]:
+        """The term sets and special signals present in a prompt (exposed for tests and tooling)."""
+        return self._signals(*self._prepare(prompt), negative_prompt, real_person_context)
+
+    def _prepare(self, prompt: str) -> tuple[NormalizedText, frozenset[str]]:
+        text = normalize(prompt, self._allow)
+        return text, _with_stems(text.tokens)
+
+    def _signals(self, text: NormalizedText, tokens: frozenset[str], negative_prompt: str | None,
+                 real_person_context: bool) -> set[str]:
+        found = {name for name, m in self._sets.items() if m.matches(text, tokens)}
+        if self._names is not None and any(self._names.search(v) for v in text.views):
+            found.add("$protected_name")
+        if real_person_context:
+            found.add("$real_person_context")
+        if negative_prompt and self.policy.negative_prompt:
+            neg, neg_tokens = self._prepare(negative_prompt)
+            for set_name, signal in self.policy.negative_prompt.items():
+                if self._sets[set_name].matches(neg, neg_tokens):
+                    found.add(signal)
+        return found
+
+    def check(self, prompt: str, negative_prompt: str | None = None, *, real_person_context: bool = False) -> list[Verdict]:
+        """One verdict per matching category; a single ``allow`` verdict when none match."""
+        text, tokens = self._prepare(prompt)
+        signals = self._signals(text, tokens, negative_prompt, real_person_context)
+        out: list[Verdict] = []
+        for cat, matcher in self._cats:
+            rule = ""
+            if matcher and matcher.matches(text, tokens):
+                rule = "term"
+            else:
+                combo = next((c for c in cat.combinations if all(s in signals for s in c)), None)
+                if combo is not None:
+                    rule = "combination:" + "+".join(combo)
+            if rule:
+                out.append(Verdict(STAGE, cat.id, 1.0, cat.action, self.policy.version, cat.severity, rule))
+        return out or [Verdict(STAGE, "none", 0.0, Action.ALLOW, self.policy.version)]
