@@ -203,8 +203,11 @@ def resolve(request: RenderRequest, spec: Any, settings: Any) -> RenderRequest:
 class Timings(BaseModel):
     queue_wait_s: float = 0.0
     load_s: float = 0.0
+    #: This job's share of the pipeline call (the call's time divided by ``batch_size``).
     render_s: float = 0.0
     postprocess_s: float = 0.0
+    #: How many jobs shared the pipeline call.
+    batch_size: int = 1
 
 
 class ImageResult(BaseModel):

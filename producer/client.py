@@ -87,7 +87,7 @@ class Client:
                                                 actor=msg.tenant or "producer", job_id=msg.job_id)
         if decision.action.value == "block":
             info = decision.to_dict()
-            error = {"code": "moderation_blocked", "message": info.get("message"), "stage": info.get("stage"),
+            error = {"code": "moderation_blocked", "message": info.get("message"), "stage": info.get("blocking_stage"),
                      "categories": info.get("categories", [])}
             result = JobResult(job_id=msg.job_id, batch_id=msg.batch_id, custom_id=msg.request.custom_id,
                                status=JobStatus.BLOCKED, model=msg.request.model, moderation=info, error=error)

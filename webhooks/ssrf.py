@@ -50,6 +50,8 @@ def system_resolver(host: str, port: int) -> list[str]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
         raise DeliveryFailed(f"could not resolve webhook host {host!r}: {e.strerror}") from e
+    except (UnicodeError, ValueError) as e:
+        raise WebhookTargetRefused(f"webhook host {host!r} is not a valid host name: {e}") from None
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 

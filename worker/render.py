@@ -1,8 +1,13 @@
-"""One diffusers call for one or more compatible jobs, with a seeded generator per image.
+"""Diffusers calls for one or more compatible jobs, with a seeded generator per image.
 
-Every image has its own ``torch.Generator``, so an image's initial noise depends only on its own
-seed, never on its neighbours in the batch: the same request renders the same pixels alone or
-batched. Progress and cancellation go through ``callback_on_step_end``.
+Every image has its own ``torch.Generator``, so its initial noise depends only on its own seed.
+That is not enough for "the same pixels alone or batched": CPU and GPU kernels pick their tiling
+by tensor shape, so the same row computed in a batch of 1, 2 or 3 can differ in the last bits,
+and at odd sizes even by position (measured on the tiny model: batch 1 differs from batch 2/4/8,
+and a batch of 3 gave two different results for identical rows). So every call runs at one fixed
+number of rows (``rows_per_call``), padded with throw-away rows: a row's pixels then depend only
+on its own prompt, seed and the call shape, never on what it shared the call with. A lone job
+costs a full call, but only when the queue is short and the GPU would otherwise idle.
 """
 from __future__ import annotations
 
@@ -36,26 +41,40 @@ class CallShape:
 StepHook = Callable[[int, int], bool]
 
 
+_PAD = ("", "", 0)  # prompt, negative prompt, seed of a padding row (its image is dropped)
+
+
 def render(pipe, device: str, shape: CallShape, items: list[RenderItem],
-           on_step: StepHook | None = None) -> list[list[Image.Image]] | None:
-    """Render ``items`` in one pipeline call; returns images per item, or None when interrupted.
+           on_step: StepHook | None = None, rows_per_call: int = 0) -> list[list[Image.Image]] | None:
+    """Render ``items``; returns images per item, or None when interrupted.
+
+    ``rows_per_call`` > 0: calls of exactly that many rows (padded); 0: one call of all rows.
 
     An interrupted diffusers call still decodes and returns images: they are half-made, so they
     are dropped here and never reach moderation, signing or storage.
     """
+    # diffusers treats a missing negative prompt as "", so mixing them stays exact.
+    rows = [(item.prompt, item.negative_prompt or "", seed) for item in items for seed in item.seeds]
+    size = rows_per_call or len(rows)
+    images: list[Image.Image] = []
+    for start in range(0, len(rows), size):
+        chunk = rows[start:start + size]
+        out = _call(pipe, device, shape, chunk + [_PAD] * (size - len(chunk)), on_step)
+        if out is None:
+            return None
+        images.extend(out[:len(chunk)])
+    grouped: list[list[Image.Image]] = []
+    for item in items:
+        grouped.append(images[: len(item.seeds)])
+        images = images[len(item.seeds):]
+    return grouped
+
+
+def _call(pipe, device: str, shape: CallShape, rows: list[tuple[str, str, int]],
+          on_step: StepHook | None) -> list[Image.Image] | None:
     import torch
 
-    prompts: list[str] = []
-    negatives: list[str] = []
-    generators: list[torch.Generator] = []
     gen_device = "cpu" if device.startswith("mps") else device
-    for item in items:
-        for seed in item.seeds:
-            prompts.append(item.prompt)
-            # diffusers treats a missing negative prompt as "", so mixing them stays exact.
-            negatives.append(item.negative_prompt or "")
-            generators.append(torch.Generator(gen_device).manual_seed(seed))
-
     interrupted = False
 
     def _callback(p, step: int, timestep, kwargs):
@@ -67,15 +86,10 @@ def render(pipe, device: str, shape: CallShape, items: list[RenderItem],
 
     with torch.inference_mode():
         out = pipe(
-            prompt=prompts, negative_prompt=negatives, width=shape.width, height=shape.height,
-            num_inference_steps=shape.steps, guidance_scale=shape.guidance_scale,
-            generator=generators, callback_on_step_end=_callback, output_type="pil",
+            prompt=[r[0] for r in rows], negative_prompt=[r[1] for r in rows], width=shape.width,
+            height=shape.height, num_inference_steps=shape.steps, guidance_scale=shape.guidance_scale,
+            generator=[torch.Generator(gen_device).manual_seed(r[2]) for r in rows],
+            callback_on_step_end=_callback, output_type="pil",
         )
-    if interrupted:
-        return None
-    images = list(out.images)
-    grouped: list[list[Image.Image]] = []
-    for item in items:
-        grouped.append(images[: len(item.seeds)])
-        images = images[len(item.seeds):]
-    return grouped
+    # An interrupted call still decodes and returns images: half-made, so they are dropped.
+    return None if interrupted else list(out.images)

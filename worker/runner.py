@@ -36,6 +36,50 @@ class Outcome:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Live:
+    """A claimed job that passed prompt moderation and still needs rendering."""
+
+    msg: JobMessage
+    flags: dict[str, Any] | None
+    claimed_at: float
+
+
+@dataclass
+class Rendered:
+    """A job's images from one pipeline call (``outcome`` set when it ended instead: canceled)."""
+
+    live: Live
+    images: list[Any]
+    timings: Timings
+    outcome: Outcome | None = None
+
+
+Progress = Callable[[str, int, int], None]
+
+
+def group_by_shape(live: list[Live], max_rows: int = 0) -> list[list[Live]]:
+    """Jobs that can share one pipeline call, in arrival order, packed to at most ``max_rows``
+    images per group (a job with more images than that gets a group of its own)."""
+    by_shape: dict[CallShape, list[Live]] = {}
+    for x in live:
+        by_shape.setdefault(shape_of(x.msg), []).append(x)
+    out: list[list[Live]] = []
+    for jobs in by_shape.values():
+        group: list[Live] = []
+        rows = 0
+        for x in jobs:
+            n = x.msg.request.num_images
+            if group and max_rows and rows + n > max_rows:
+                out.append(group)
+                group, rows = [], 0
+            group.append(x)
+            rows += n
+        if group:
+            out.append(group)
+    return out
+
+
 def shape_of(msg: JobMessage) -> CallShape:
     r = msg.request
     assert r.width and r.height and r.steps and r.guidance_scale is not None
@@ -43,8 +87,12 @@ def shape_of(msg: JobMessage) -> CallShape:
 
 
 class JobRunner:
-    def __init__(self, ctx: WorkerContext) -> None:
+    def __init__(self, ctx: WorkerContext, rows_per_call: int = 0) -> None:
         self.ctx = ctx
+        #: Every pipeline call runs at this many rows (padded) so pixels never depend on batching.
+        self.rows_per_call = rows_per_call
+        #: Seconds spent inside pipeline calls (for the GPU-idle figure).
+        self.busy_s = 0.0
 
     # 1. claim ------------------------------------------------------------------------------------
     def claim(self, msg: JobMessage) -> Outcome | None:
@@ -73,69 +121,86 @@ class JobRunner:
             info = decision.to_dict()
             self._end(msg, JobStatus.BLOCKED, error={
                 "code": "moderation_blocked", "message": decision.message,
-                "stage": info.get("stage"), "categories": info.get("categories", []),
+                "stage": info.get("blocking_stage"), "categories": info.get("categories", []),
             }, moderation=info)
             return Outcome(msg.job_id, JobStatus.BLOCKED, info), None
         return None, (decision.to_dict() if decision.action.value == "flag" else None)
 
-    # the whole pipeline --------------------------------------------------------------------------
-    def run(self, msgs: list[JobMessage], progress: Callable[[str, int, int], None] | None = None) -> list[Outcome]:
-        """Run compatible jobs (same ``shape_of``) through all stages; returns one Outcome each."""
-        outcomes: dict[str, Outcome] = {}
-        live: list[tuple[JobMessage, dict[str, Any] | None]] = []
+    # the whole pipeline, in phases the batching session can schedule separately -----------------
+    def admit(self, msgs: list[JobMessage]) -> tuple[dict[str, Outcome], list[Live]]:
+        """Stages 1-2 for each job: the ones that ended already, and the ones still to render."""
+        ended: dict[str, Outcome] = {}
+        live: list[Live] = []
         for msg in msgs:
             done = self.claim(msg)
+            flags = None
             if done is None:
                 done, flags = self.moderate_prompt(msg)
             if done is not None:
-                outcomes[msg.job_id] = done
+                ended[msg.job_id] = done
             else:
-                live.append((msg, flags))
-        if live:
-            for o in self._render_and_deliver(live, progress):
-                outcomes[o.job_id] = o
+                live.append(Live(msg, flags, time.time()))
+        return ended, live
+
+    def run(self, msgs: list[JobMessage], progress: Progress | None = None) -> list[Outcome]:
+        """All stages for a list of jobs, one after another (the unbatched path)."""
+        outcomes, live = self.admit(msgs)
+        for group in group_by_shape(live, self.rows_per_call):
+            rendered = self.render_group(group, progress)
+            for item in rendered:
+                outcomes[item.live.msg.job_id] = item.outcome or self.deliver(item)
         return [outcomes[m.job_id] for m in msgs]
 
-    def _render_and_deliver(self, live, progress) -> list[Outcome]:
-        shape = shape_of(live[0][0])
-        assert all(shape_of(m) == shape for m, _ in live), "jobs in one call must share a shape"
-        started = time.time()
-        # 3. load
+    def render_group(self, live: list[Live], progress: Progress | None = None) -> list[Rendered]:
+        """Stages 3-4 for jobs of one shape: one pipeline call. Canceled jobs come back ended."""
+        shape = shape_of(live[0].msg)
+        assert all(shape_of(x.msg) == shape for x in live), "jobs in one call must share a shape"
         spec = self.ctx.registry.get(shape.model)
         loaded, load_s = self.ctx.models.get(spec)
-        # 4. render
         store = self.ctx.store
-        ids = [m.job_id for m, _ in live]
+        ids = [x.msg.job_id for x in live]
         last_write = [0.0]
+        started = time.monotonic()
+        timed_out = [False]
 
         def on_step(step: int, total: int) -> bool:
             now = time.monotonic()
             if step == total or now - last_write[0] > 0.2:
                 last_write[0] = now
-                for m, _ in live:
-                    store.set_progress(m.job_id, step, total)
-                    self.ctx.events.progress(m, step, total)
+                for x in live:
+                    store.set_progress(x.msg.job_id, step, total)
+                    self.ctx.events.progress(x.msg, step, total)
                     if progress:
-                        progress(m.job_id, step, total)
+                        progress(x.msg.job_id, step, total)
+            # Celery's time limits do not apply to the solo pool, so the render keeps its own.
+            if now - started > self.ctx.settings.soft_time_limit_s:
+                timed_out[0] = True
+                return True
             # Stop only when every job in the call is canceled; others still need their images.
             return all(store.cancel_requested(j) for j in ids)
 
-        items = [RenderItem(m.request.prompt, m.request.negative_prompt, tuple(m.seeds)) for m, _ in live]
+        items = [RenderItem(x.msg.request.prompt, x.msg.request.negative_prompt, tuple(x.msg.seeds)) for x in live]
         t0 = time.perf_counter()
-        images = render(loaded.pipe, loaded.device, shape, items, on_step)
+        images = render(loaded.pipe, loaded.device, shape, items, on_step, self.rows_per_call)
         render_s = time.perf_counter() - t0
+        self.busy_s += render_s
         if images is None:
-            return [self._canceled(m) for m, _ in live]
-        # 5. deliver + 6. finish, job by job
+            if timed_out[0]:
+                err = PermanentError(f"render exceeded the time limit of {self.ctx.settings.soft_time_limit_s}s")
+                return [Rendered(x, [], Timings(), self.fail(x.msg, err, retryable=False)) for x in live]
+            return [Rendered(x, [], Timings(), self._canceled(x.msg)) for x in live]
         out = []
-        for (msg, flags), imgs in zip(live, images):
-            if store.cancel_requested(msg.job_id):
-                out.append(self._canceled(msg))  # rendered alongside others, but its owner gave up
-                continue
-            timings = Timings(queue_wait_s=max(0.0, started - msg.submitted_at), load_s=load_s,
-                              render_s=render_s / len(live))
-            out.append(self._deliver(msg, imgs, timings, flags))
+        for x, imgs in zip(live, images):
+            timings = Timings(queue_wait_s=max(0.0, x.claimed_at - x.msg.submitted_at), load_s=load_s,
+                              render_s=render_s / len(live), batch_size=len(live))
+            # Rendered alongside others, but its owner gave up: discard, never deliver.
+            ended = self._canceled(x.msg) if store.cancel_requested(x.msg.job_id) else None
+            out.append(Rendered(x, imgs, timings, ended))
         return out
+
+    def deliver(self, item: Rendered) -> Outcome:
+        """Stages 5-6 for one rendered job; thread-safe, so it can run off the GPU's critical path."""
+        return self._deliver(item.live.msg, item.images, item.timings, item.live.flags)
 
     def _deliver(self, msg: JobMessage, imgs, timings: Timings, flags) -> Outcome:
         t0 = time.perf_counter()
@@ -145,8 +210,8 @@ class JobRunner:
             if d.blocked is not None:
                 self._end(msg, JobStatus.BLOCKED, error={
                     "code": "moderation_blocked", "message": d.blocked.get("message", "output withheld"),
-                    "stage": d.blocked.get("stage"), "categories": d.blocked.get("categories", []),
-                }, moderation=d.blocked)
+                    "stage": d.blocked.get("blocking_stage"), "categories": d.blocked.get("categories", []),
+                }, moderation=d.blocked, timings=timings)
                 return Outcome(msg.job_id, JobStatus.BLOCKED, d.blocked)
             results.append(d.image)
         timings.postprocess_s = time.perf_counter() - t0

@@ -15,11 +15,13 @@ from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import ValidationError
 
 from jobs.errors import PermanentError, TransientError
-from jobs.names import RENDER_TASK
+from jobs.names import KEY_PREFIX, RENDER_TASK, render_queue
 from jobs.schemas import JobMessage
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
+#: Seconds spent inside pipeline calls, summed over workers (the benchmark's GPU-idle figure).
+STATS_BUSY_KEY = f"{KEY_PREFIX}stats:render_busy_s"
 
 
 def backoff(retries: int, base: float = 2.0, cap: float = 300.0) -> float:
@@ -30,6 +32,7 @@ def backoff(retries: int, base: float = 2.0, cap: float = 300.0) -> float:
 def register(app: Celery, settings: Settings) -> None:
     @app.task(name=RENDER_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
     def render_job(self, payload: dict[str, Any]) -> dict[str, Any]:
+        from worker.batching import BatchSession, default_max_batch
         from worker.context import get_context
         from worker.runner import JobRunner
 
@@ -40,13 +43,21 @@ def register(app: Celery, settings: Settings) -> None:
             log.error("dropping malformed render message: %s", e)
             return {"status": "rejected", "error": str(e)}
         ctx = get_context(settings)
-        runner = JobRunner(ctx)
+        rows = settings.max_batch or default_max_batch(settings.device)
+        runner = JobRunner(ctx, rows_per_call=rows)
+        queue = (self.request.delivery_info or {}).get("routing_key") or render_queue(msg.request.model)
 
         def progress(job_id: str, step: int, total: int) -> None:
-            self.update_state(state="PROGRESS", meta={"job_id": job_id, "step": step, "total": total})
+            # Task ids are job ids, so every job of a batched call reports under its own id.
+            app.backend.store_result(job_id, {"job_id": job_id, "step": step, "total": total}, "PROGRESS")
 
+        session = BatchSession(
+            runner, app, queue, max_batch=rows,
+            window_ms=settings.batch_window_ms, threads=settings.postprocess_threads,
+            max_pending=settings.postprocess_queue, session_s=settings.visibility_timeout_s / 4,
+            max_retries=settings.max_retries)
         try:
-            outcome = runner.run([msg], progress)[0]
+            outcome = session.run(msg, progress)
         except TransientError as e:
             if self.request.retries >= settings.max_retries:
                 outcome = runner.fail(msg, e, retryable=True)
@@ -61,4 +72,7 @@ def register(app: Celery, settings: Settings) -> None:
         except Exception as e:  # a bug: fail the job visibly instead of redelivering it forever
             log.exception("job %s failed unexpectedly", msg.job_id)
             outcome = runner.fail(msg, e, retryable=False)
+        finally:
+            if runner.busy_s:
+                ctx.store.r.incrbyfloat(STATS_BUSY_KEY, runner.busy_s)
         return {"job_id": outcome.job_id, "status": outcome.status.value}

@@ -1,0 +1,44 @@
+"""``batchrender demo`` end to end, as a user runs it: a subprocess that starts its own worker."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_demo_renders_signed_images_and_a_manifest(redis_url, tiny_model_dir, tmp_path):
+    from provenance.verify import verify
+
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / "tiny").symlink_to(tiny_model_dir)
+    out = tmp_path / "demo"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHRENDER_")}
+    env.update(BATCHRENDER_HOME=str(home), BATCHRENDER_REDIS_URL=redis_url)
+    exe = Path(sys.executable).with_name("batchrender")
+    # Run from an unrelated directory: the demo must not depend on the caller's working directory.
+    proc = subprocess.run([str(exe), "demo", "--n", "2", "--out", str(out), "--timeout", "60"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=100)
+    worker_log = (out / "worker.log").read_text(errors="replace") if (out / "worker.log").exists() else ""
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n--- worker.log ---\n{worker_log[-3000:]}"
+
+    lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(lines) == 2, lines
+    assert len({line["job_id"] for line in lines}) == 2
+    ca = (home / "keys" / "ca.pem").read_text()
+    for line in lines:
+        assert line["status"] == "succeeded" and line["key"] and line["sha256"]
+        image = out / line["key"]  # the demo stores under --out when no storage is configured
+        assert image.is_file(), line
+        assert hashlib.sha256(image.read_bytes()).hexdigest() == line["sha256"]
+        report = verify(image)
+        assert report.state == "Valid" and report.job_id == line["job_id"], report
+        assert verify(image, ca).state == "Trusted"
+    assert len([p for p in out.rglob("*.png")]) == 2
