@@ -152,6 +152,8 @@ class JobMessage(BaseModel):
     tenant: str | None = None
     request: RenderRequest
     submitted_at: float = Field(default_factory=time.time)
+    #: How many times an output-stage block sent this job back with a new seed.
+    reroll: int = Field(0, ge=0)
 
     @field_validator("v")
     @classmethod

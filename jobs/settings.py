@@ -108,6 +108,12 @@ class Settings(BaseModel):
     postprocess_threads: int = 2
     postprocess_queue: int = 8
     model_cache_size: int = 2
+    #: UNet in channels-last memory format (faster convolutions on most GPUs).
+    channels_last: bool = False
+    #: ``torch.compile`` the UNet (slow first call per shape; worth it for long-running workers).
+    compile_unet: bool = False
+    #: Decode with VAE tiling at or above this many pixels (bounded memory for large sizes).
+    vae_tiling_above_pixels: int = 1536 * 1536
 
     def __repr_args__(self):  # pragma: no cover - pydantic already masks SecretStr; keep it terse
         return [(k, v) for k, v in super().__repr_args__() if v not in (None, [], False)]

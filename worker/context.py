@@ -27,6 +27,8 @@ class WorkerContext:
     signer: Any = None
     provenance: Any = None
     events: Events = field(default_factory=Events)
+    #: Publishes a JobMessage back onto its model's queue (set by the task module).
+    publish: Any = None
     actor: str = "worker"
 
     @classmethod
@@ -43,7 +45,9 @@ class WorkerContext:
             settings=settings,
             store=store,
             registry=Registry(settings),
-            models=ModelCache(settings.model_cache_size, settings.device),
+            models=ModelCache(settings.model_cache_size, settings.device, channels_last=settings.channels_last,
+                              compile_unet=settings.compile_unet,
+                              vae_tiling_above=settings.vae_tiling_above_pixels),
             storage=open_storage(settings),
             moderation=ModerationChain.from_settings(settings),
             # Created here, i.e. after fork, once per process: a bad key fails at start-up.

@@ -157,6 +157,7 @@ class JobRunner:
         assert all(shape_of(x.msg) == shape for x in live), "jobs in one call must share a shape"
         spec = self.ctx.registry.get(shape.model)
         loaded, load_s = self.ctx.models.get(spec)
+        loaded.prepare_for(shape.width, shape.height)
         store = self.ctx.store
         ids = [x.msg.job_id for x in live]
         last_write = [0.0]
@@ -208,6 +209,9 @@ class JobRunner:
         for index, (img, seed) in enumerate(zip(imgs, msg.seeds)):
             d: Delivered = deliver_image(self.ctx, msg, index, seed, img)
             if d.blocked is not None:
+                rerolled = self._maybe_reroll(msg, d.blocked)
+                if rerolled is not None:
+                    return rerolled
                 self._end(msg, JobStatus.BLOCKED, error={
                     "code": "moderation_blocked", "message": d.blocked.get("message", "output withheld"),
                     "stage": d.blocked.get("blocking_stage"), "categories": d.blocked.get("categories", []),
@@ -217,6 +221,30 @@ class JobRunner:
         timings.postprocess_s = time.perf_counter() - t0
         self._end(msg, JobStatus.SUCCEEDED, images=results, timings=timings, moderation=flags)
         return Outcome(msg.job_id, JobStatus.SUCCEEDED, {"images": len(results)})
+
+    def _maybe_reroll(self, msg: JobMessage, blocked: dict[str, Any]) -> Outcome | None:
+        """Output classifiers misfire; below the operator's severity, try again with a new seed.
+
+        The job goes back on its queue with a fresh base seed (recorded in the job's request),
+        rather than being re-rendered here: this runs in a post-processing thread, and a pipeline
+        must not be called from two threads at once.
+        """
+        s = self.ctx.settings
+        if (msg.reroll >= s.moderation_reroll_max or self.ctx.publish is None
+                or int(blocked.get("severity", 99)) >= s.moderation_reroll_below_severity):
+            return None
+        assert msg.request.seed is not None
+        again = msg.model_copy(update={
+            "reroll": msg.reroll + 1,
+            "request": msg.request.model_copy(update={"seed": (msg.request.seed + 7919 * (msg.reroll + 1)) % 2**32}),
+        })
+        t = self.ctx.store.transition(msg.job_id, Q, [R], request=again.request.model_dump_json(),
+                                      error={"code": "rerolled", "message": "an output was withheld by moderation; "
+                                             f"re-rendering with a new seed (attempt {again.reroll})"})
+        if not t.ok:
+            return None
+        self.ctx.publish(again)
+        return Outcome(msg.job_id, JobStatus.QUEUED, {"reroll": again.reroll})
 
     def _canceled(self, msg: JobMessage) -> Outcome:
         self._end(msg, JobStatus.CANCELED, error={"code": "canceled", "message": "canceled while running; "

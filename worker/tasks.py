@@ -43,6 +43,9 @@ def register(app: Celery, settings: Settings) -> None:
             log.error("dropping malformed render message: %s", e)
             return {"status": "rejected", "error": str(e)}
         ctx = get_context(settings)
+        if ctx.publish is None:
+            ctx.publish = lambda m: app.send_task(RENDER_TASK, args=[m.model_dump(mode="json")], task_id=m.job_id,
+                                                  queue=render_queue(m.request.model))
         rows = settings.max_batch or default_max_batch(settings.device)
         runner = JobRunner(ctx, rows_per_call=rows)
         queue = (self.request.delivery_info or {}).get("routing_key") or render_queue(msg.request.model)

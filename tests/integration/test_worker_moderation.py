@@ -200,3 +200,33 @@ def test_output_blocklist_quarantines_blocked_image_and_flags_flagged_one(client
     [out_flag] = [e for e in entries if e["job_id"] == flagged_job and e["kind"] == "output_image"]
     assert out_flag["action"] == "flag" and out_flag["category"] == "nudity"
     assert all("prompt" not in e for e in entries if e["job_id"] in (blocked_job, flagged_job))
+
+
+def test_output_block_below_the_reroll_severity_is_rendered_again_with_a_new_seed(client, br_env, start_worker,
+                                                                                tmp_path):
+    from safety.phash import phash, to_hex
+
+    req = {"prompt": "an abstract texture study", "seed": 31, **SMALL}
+    never = {"prompt": "an abstract texture study", "seed": 32, **SMALL}
+    first = start_worker(br_env)
+    originals = [client.wait(client.submit(r), timeout=60) for r in (req, never)]
+    hashes = []
+    for rec in originals:
+        with Image.open(rec.result.images[0].url) as im:
+            hashes.append(phash(im))
+    first.kill()
+
+    # graphic_violence has severity 6 (re-rolled below 7); minors_sexual has 10 (never re-rolled).
+    blocklist = tmp_path / "blocklist.txt"
+    blocklist.write_text(f"{to_hex(hashes[0])} graphic_violence\n{to_hex(hashes[1])} minors_sexual\n")
+    env = {**br_env, "BATCHRENDER_PHASH_BLOCKLIST": str(blocklist), "BATCHRENDER_MODERATION_REROLL_MAX": "2",
+           "BATCHRENDER_MODERATION_REROLL_BELOW_SEVERITY": "7"}
+    start_worker(env)
+    rerolled, blocked = client.submit(req), client.submit(never)
+    rec = client.wait(rerolled, timeout=90)
+    assert rec.status is JobStatus.SUCCEEDED, rec.to_dict()
+    assert rec.result.images[0].seed != 31 and rec.request["seed"] != 31
+    assert any("_quarantine" in str(p) and rerolled in str(p) for p in storage_root(env).rglob("*.png"))
+    rec = client.wait(blocked, timeout=60)
+    assert rec.status is JobStatus.BLOCKED and rec.error["categories"] == ["minors_sexual"]
+    assert rec.attempts == 1

@@ -1,0 +1,18 @@
+# One image for the API, the render workers and the webhook workers.
+# CPU build by default; for NVIDIA GPUs build with --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124
+FROM python:3.11-slim
+ARG TORCH_SPEC="torch==2.13.0"
+RUN apt-get update && apt-get install -y --no-install-recommends redis-tools && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY jobs jobs
+COPY producer producer
+COPY worker worker
+COPY safety safety
+COPY storage storage
+COPY provenance provenance
+COPY webhooks webhooks
+RUN pip install --no-cache-dir "$TORCH_SPEC" && pip install --no-cache-dir '.[worker,api]'
+ENV BATCHRENDER_HOME=/data
+VOLUME /data
+CMD ["batchrender", "--help"]
