@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from jobs.errors import BatchRenderError, InvalidRequest
+from jobs.errors import BatchRenderError
 from jobs.settings import Settings
 
 _SIZE = re.compile(r"^(\d+)x(\d+)$")

@@ -53,3 +53,20 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         self._log.close()
+
+
+def wait_for(pred, timeout: float = 60.0, what: str = "condition", every: float = 0.05):
+    """Poll ``pred`` until it returns something truthy; TimeoutError naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def stored_files(env: dict[str, str]) -> list[Path]:
+    """Image files under a test's file:// storage root."""
+    root = Path(env["BATCHRENDER_STORAGE_URL"].removeprefix("file://"))
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".png", ".jpeg", ".webp"))

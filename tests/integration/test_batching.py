@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from jobs.status import JobStatus
-from tests.integration.test_render_flow import stored_files, wait_for
+from tests.workers import stored_files, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -12,6 +12,7 @@ from collections import Counter
 import pytest
 
 from tests.conftest import free_port
+from tests.workers import wait_for
 from tests.integration.test_api_http_client import ApiServer
 
 pytestmark = pytest.mark.timeout(180)
@@ -37,21 +38,7 @@ def test_worker_app_registers_webhook_delivery():
 
 
 def start_render_and_webhook_workers(start_worker, env) -> None:
-    if worker_app_delivers_webhooks():
-        start_worker(env, queues="render.tiny,webhooks")
-    else:  # see test_worker_app_registers_webhook_delivery: deliver with the webhook-only app meanwhile
-        start_worker(env, queues="render.tiny")
-        start_worker(env, queues="webhooks", app="webhooks.app:app")
-
-
-def wait_for(pred, timeout: float, what: str, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"timed out waiting for {what}")
+    start_worker(env, queues="render.tiny,webhooks")
 
 
 def test_every_event_is_delivered_once_per_id_across_a_receiver_outage(br_env, settings_for, redis_url,

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from jobs.status import JobStatus
+from tests.workers import stored_files, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -20,21 +20,6 @@ def client(br_env, settings_for):
     c = Client(settings_for(br_env))
     yield c
     c.close()
-
-
-def stored_files(br_env) -> list[Path]:
-    root = Path(br_env["BATCHRENDER_STORAGE_URL"].removeprefix("file://"))
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".png", ".jpeg", ".webp"))
-
-
-def wait_for(pred, timeout=60.0, every=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError("condition not met")
 
 
 def test_batch_is_rendered_and_every_image_stored(client, br_env, start_worker):

@@ -5,7 +5,6 @@ import datetime as dt
 import io
 import json
 import logging
-from pathlib import Path
 
 import c2pa
 import pytest
