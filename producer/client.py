@@ -75,13 +75,15 @@ class Client:
                           request=resolve(req, spec, self.settings))
 
     def enqueue(self, msg: JobMessage) -> None:
-        """Record the job as queued, moderate its prompt, then publish it.
+        """Moderate the prompt, publish the job, then record it as queued.
 
-        A prompt the policy blocks ends here as ``blocked``: it is never queued, so it never costs
-        GPU time (workers check again, in case the policy changed while it waited). A publish
-        failure marks the job failed.
+        Publishing comes first so that a producer dying in between loses nothing: the worker
+        rebuilds a missing record from the message (the other order would leave a ``queued``
+        record with no message behind it). A prompt the policy blocks ends here as ``blocked``
+        and is never queued, so it costs no GPU time (workers check again, in case the policy
+        changed while it waited). A publish failure records the job as failed.
         """
-        if not self.store.create(msg):
+        if self.store.status(msg.job_id) is not None:
             return  # already recorded: an idempotent resubmission
         decision = self.moderation.check_prompt(msg.request.prompt, msg.request.negative_prompt,
                                                 actor=msg.tenant or "producer", job_id=msg.job_id)
@@ -91,6 +93,7 @@ class Client:
                      "categories": info.get("categories", [])}
             result = JobResult(job_id=msg.job_id, batch_id=msg.batch_id, custom_id=msg.request.custom_id,
                                status=JobStatus.BLOCKED, model=msg.request.model, moderation=info, error=error)
+            self.store.create(msg)
             t = self.store.transition(msg.job_id, JobStatus.BLOCKED, [Q], error=error, result=result.model_dump_json())
             if t.ok:
                 self.events.finished(msg, result, t.batch_done)
@@ -100,9 +103,11 @@ class Client:
                                queue=render_queue(msg.request.model), retry=True,
                                retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5})
         except (OperationalError, ConnectionError, OSError) as e:
+            self.store.create(msg)
             self.store.transition(msg.job_id, JobStatus.FAILED, [Q], error={
                 "code": "broker_unavailable", "message": str(e), "retryable": True})
             raise BrokerUnavailable(f"could not queue job {msg.job_id}: {e}") from e
+        self.store.create(msg)  # no-op when a fast worker has already rebuilt it from the message
 
     def submit(self, request: RenderRequest | dict[str, Any], *, tenant: str | None = None) -> str:
         """Queue one job; returns its id."""

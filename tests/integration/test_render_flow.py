@@ -116,3 +116,16 @@ def test_redelivered_finished_job_is_not_rendered_again(client, br_env, start_wo
     assert res.get(timeout=60)["status"] == "succeeded"
     again = client.status(job)
     assert again.attempts == 1 and again.finished_at == first.finished_at
+
+
+def test_job_published_by_a_producer_that_died_before_recording_it_is_still_rendered(client, br_env, start_worker):
+    from jobs.names import RENDER_TASK, render_queue
+
+    # What a producer leaves behind if it dies right after publishing: a message, no record.
+    msg = client.prepare({"prompt": "orphaned message", "seed": 4})
+    client.app.send_task(RENDER_TASK, args=[msg.model_dump(mode="json")], task_id=msg.job_id,
+                         queue=render_queue("tiny"))
+    assert client.store.status(msg.job_id) is None
+    start_worker(br_env)
+    rec = client.wait(wait_for(lambda: client.store.status(msg.job_id) and msg.job_id), timeout=60)
+    assert rec.status is JobStatus.SUCCEEDED and len(rec.result.images) == 1
