@@ -72,7 +72,7 @@ def test_worker_killed_mid_batch_loses_no_job_of_the_batch(br_env, start_worker,
     env = {**br_env, "BATCHRENDER_MAX_BATCH": "4", "BATCHRENDER_SOFT_TIME_LIMIT_S": "30",
            "BATCHRENDER_HARD_TIME_LIMIT_S": "31", "BATCHRENDER_VISIBILITY_TIMEOUT_S": "34"}
     client = client_for(env)
-    jobs = [client.submit({"prompt": f"batch item {i}", "width": 192, "height": 192, "steps": 40, "seed": i})
+    jobs = [client.submit({"prompt": f"batch item {i}", "width": 128, "height": 128, "steps": 30, "seed": i})
             for i in range(4)]
     first = start_worker(env)
     wait_for(lambda: all((client.status(j).progress or {}).get("step", 0) >= 2 for j in jobs), timeout=60)

@@ -83,14 +83,14 @@ def test_bad_requests_are_refused_before_queueing(client):
 
 def test_worker_killed_mid_render_loses_no_job_and_writes_outputs_once(client, br_env, start_worker):
     # Short limits so the abandoned message becomes visible again within seconds, not an hour.
-    env = {**br_env, "BATCHRENDER_SOFT_TIME_LIMIT_S": "20", "BATCHRENDER_HARD_TIME_LIMIT_S": "21",
-           "BATCHRENDER_VISIBILITY_TIMEOUT_S": "24", "BATCHRENDER_MAX_BATCH": "2"}
+    env = {**br_env, "BATCHRENDER_SOFT_TIME_LIMIT_S": "30", "BATCHRENDER_HARD_TIME_LIMIT_S": "31",
+           "BATCHRENDER_VISIBILITY_TIMEOUT_S": "34", "BATCHRENDER_MAX_BATCH": "2"}
     from producer.client import Client
     from jobs.settings import Settings
 
     client = Client(Settings.from_env(env))
     first = start_worker(env)
-    job = client.submit({"prompt": "a long render", "width": 192, "height": 192, "steps": 60, "seed": 5,
+    job = client.submit({"prompt": "a long render", "width": 128, "height": 128, "steps": 40, "seed": 5,
                          "num_images": 2})
     wait_for(lambda: (client.status(job).progress or {}).get("step", 0) >= 3)
     first.kill()
