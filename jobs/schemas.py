@@ -15,7 +15,7 @@ import time
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from jobs.errors import InvalidRequest
 from jobs.status import JobStatus
@@ -23,6 +23,9 @@ from jobs.status import JobStatus
 SCHEMA_VERSION = 1
 MAX_SEED = 2**63 - 1
 MAX_METADATA_BYTES = 16 * 1024
+#: A data URI of a 20 MiB image; the HTTP API's body limit is usually the tighter bound.
+MAX_IMAGE_CHARS = 28 * 1024 * 1024
+DEFAULT_STRENGTH = 0.75
 ASPECT_RATIOS: dict[str, tuple[int, int]] = {
     "1:1": (1, 1), "16:9": (16, 9), "9:16": (9, 16), "4:5": (4, 5), "5:4": (5, 4),
     "3:2": (3, 2), "2:3": (2, 3), "4:3": (4, 3), "3:4": (3, 4), "21:9": (21, 9),
@@ -59,6 +62,9 @@ class RenderRequest(BaseModel):
     quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality.")
     custom_id: str | None = Field(None, description="Your reference; letters, digits, . _ : - (max 128).")
     metadata: dict[str, Any] = Field(default_factory=dict)
+    image: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description=(
+        "Reference image for image-to-image: a data: URI (base64 PNG, JPEG or WebP) or an http(s) URL."))
+    strength: float | None = Field(None, gt=0, le=1, description="How far to move from the reference (0-1].")
     webhook: str | None = Field(None, max_length=2048, description="http(s) URL for signed callbacks.")
     webhook_events_filter: list[str] | None = None
 
@@ -91,6 +97,13 @@ class RenderRequest(BaseModel):
     def _custom_id(cls, v: str | None) -> str | None:
         if v is not None and not _CUSTOM_ID.match(v):
             raise ValueError("custom_id allows letters, digits, '.', '_', ':' and '-' (1–128 characters)")
+        return v
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str | None) -> str | None:
+        if v is not None and not (v.startswith("data:image/") or v.startswith(("http://", "https://"))):
+            raise ValueError("give a data:image/...;base64,... URI or an http(s) URL")
         return v
 
     @field_validator("metadata")
@@ -154,6 +167,12 @@ class JobMessage(BaseModel):
     submitted_at: float = Field(default_factory=time.time)
     #: How many times an output-stage block sent this job back with a new seed.
     reroll: int = Field(0, ge=0)
+    #: Storage key of the reference image (image-to-image); the bytes never travel in messages.
+    input_key: str | None = None
+    #: The reference image shows a face: the stricter real-person rules apply to the prompt.
+    real_person_context: bool = False
+    #: The reference image's bytes between validation and upload (never serialized).
+    _input_bytes: bytes | None = PrivateAttr(None)
 
     @field_validator("v")
     @classmethod
@@ -172,6 +191,8 @@ class JobMessage(BaseModel):
 def resolve(request: RenderRequest, spec: Any, settings: Any) -> RenderRequest:
     """Fill defaults from the model and enforce deployment limits. ``spec`` is a ``ModelSpec``."""
     errors: list[dict[str, str]] = []
+    if request.strength is not None and request.image is None:
+        errors.append({"field": "strength", "message": "strength applies to image-to-image: give an image too"})
     width, height = request.width, request.height
     if width is None:
         width, height = size_for_ratio(request.aspect_ratio or "1:1", spec.base_size)
@@ -198,6 +219,7 @@ def resolve(request: RenderRequest, spec: Any, settings: Any) -> RenderRequest:
         "width": width, "height": height, "aspect_ratio": None, "steps": steps,
         "guidance_scale": spec.default_guidance if request.guidance_scale is None else request.guidance_scale,
         "seed": secrets.randbelow(2**32) if request.seed is None else request.seed,
+        "strength": (request.strength or DEFAULT_STRENGTH) if request.image else None,
     })
 
 

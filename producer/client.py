@@ -20,6 +20,7 @@ from jobs.schemas import ImageResult, JobMessage, JobResult, RenderRequest, reso
 from jobs.settings import Settings
 from jobs.status import JobStatus
 from jobs.store import JobRecord, JobStore
+from producer.inputs import input_key, load_reference
 
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
 
@@ -46,6 +47,7 @@ class Client:
         self.store = JobStore.from_url(url, self.settings.record_ttl_s)
         self.registry = Registry(self.settings)
         self._moderation: Any = None
+        self._storage: Any = None
         self._events: Any = None
 
     @property
@@ -54,8 +56,16 @@ class Client:
         if self._moderation is None:
             from safety.chain import ModerationChain
 
-            self._moderation = ModerationChain.prompt_only(self.settings)
+            self._moderation = ModerationChain.producer_side(self.settings)
         return self._moderation
+
+    @property
+    def storage(self):
+        if self._storage is None:
+            from storage import open_storage
+
+            self._storage = open_storage(self.settings)
+        return self._storage
 
     @property
     def events(self):
@@ -71,8 +81,22 @@ class Client:
         """Validate and resolve a request into the message a worker will run (raises InvalidRequest)."""
         req = request if isinstance(request, RenderRequest) else RenderRequest.parse(request)
         spec = self.registry.get(req.model)
-        return JobMessage(job_id=job_id or new_id("job"), batch_id=batch_id, tenant=tenant,
-                          request=resolve(req, spec, self.settings))
+        resolved = resolve(req, spec, self.settings)
+        job_id = job_id or new_id("job")
+        if req.image is None:
+            return JobMessage(job_id=job_id, batch_id=batch_id, tenant=tenant, request=resolved)
+        data = load_reference(req.image, self.settings)
+        check = self.moderation.check_input_image(data, actor=tenant or "producer", job_id=job_id)
+        if check.decision.blocked:
+            rule = next((v.rule for v in check.decision.verdicts if v.action.value == "block"), "")
+            message = f"the reference image was refused ({rule or check.decision.message}); " \
+                      "send a PNG, JPEG or WebP within the size and pixel limits"
+            raise InvalidRequest(f"invalid request: image: {message}", errors=[{"field": "image", "message": message}])
+        # No image bytes in messages or records: the reference goes to storage, the message has its key.
+        msg = JobMessage(job_id=job_id, batch_id=batch_id, tenant=tenant, request=resolved.model_copy(update={"image": None}),
+                         input_key=input_key(job_id), real_person_context=check.real_person_context)
+        msg._input_bytes = data
+        return msg
 
     def enqueue(self, msg: JobMessage) -> None:
         """Moderate the prompt, publish the job, then record it as queued.
@@ -86,6 +110,7 @@ class Client:
         if self.store.status(msg.job_id) is not None:
             return  # already recorded: an idempotent resubmission
         decision = self.moderation.check_prompt(msg.request.prompt, msg.request.negative_prompt,
+                                                real_person_context=msg.real_person_context,
                                                 actor=msg.tenant or "producer", job_id=msg.job_id)
         if decision.action.value == "block":
             info = decision.to_dict()
@@ -98,6 +123,9 @@ class Client:
             if t.ok:
                 self.events.finished(msg, result, t.batch_done)
             return
+        if msg.input_key and msg._input_bytes is not None:
+            self.storage.put(msg.input_key, msg._input_bytes, content_type="application/octet-stream",
+                             metadata={"job_id": msg.job_id, "kind": "reference"})
         try:
             self.app.send_task(RENDER_TASK, args=[msg.model_dump(mode="json")], task_id=msg.job_id,
                                queue=render_queue(msg.request.model), retry=True,

@@ -90,6 +90,18 @@ class ModerationChain:
                    audit=AuditLog.from_settings(settings) if audit else None)
 
     @classmethod
+    def producer_side(cls, settings: Settings, *, audit: bool = True) -> "ModerationChain":
+        """Prompt rules plus the input-image stage (format, size, faces): still no torch."""
+        from safety.faces import HaarFaceDetector
+
+        policy = load_policy(settings.policy_file)
+        input_stage = InputImageStage(policy.version, max_pixels=settings.max_pixels, max_bytes=DEFAULT_MAX_BYTES,
+                                      face_detector=HaarFaceDetector())
+        return cls(policy, prompt_stages=[PromptRules(policy)], input_stage=input_stage,
+                   fail_open=settings.moderation_fail_open,
+                   audit=AuditLog.from_settings(settings) if audit else None)
+
+    @classmethod
     def from_settings(
         cls,
         settings: Settings,

@@ -30,7 +30,7 @@ def render_params(msg: JobMessage) -> dict[str, Any]:
     """The parameters that determine the pixels; their hash goes into the C2PA assertion."""
     r = msg.request
     return {k: getattr(r, k) for k in ("prompt", "negative_prompt", "model", "width", "height",
-                                        "steps", "guidance_scale", "seed", "num_images")}
+                                        "steps", "guidance_scale", "seed", "num_images", "strength")}
 
 
 def object_key(ctx: WorkerContext, msg: JobMessage, index: int) -> str:

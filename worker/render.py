@@ -19,11 +19,13 @@ from PIL import Image
 
 @dataclass(frozen=True)
 class RenderItem:
-    """One job's share of a call: its prompt, negative prompt and one seed per image."""
+    """One job's share of a call: its prompt, negative prompt, one seed per image, and for
+    image-to-image its reference image."""
 
     prompt: str
     negative_prompt: str | None
     seeds: tuple[int, ...]
+    image: Image.Image | None = None
 
 
 @dataclass(frozen=True)
@@ -35,13 +37,15 @@ class CallShape:
     height: int
     steps: int
     guidance_scale: float
+    #: Image-to-image strength; None for text-to-image.
+    strength: float | None = None
 
 
 #: ``on_step(step, total) -> stop`` : return True to interrupt at the next step.
 StepHook = Callable[[int, int], bool]
 
 
-_PAD = ("", "", 0)  # prompt, negative prompt, seed of a padding row (its image is dropped)
+_PAD = ("", "", 0, None)  # prompt, negative prompt, seed, reference of a padding row (dropped)
 
 
 def render(pipe, device: str, shape: CallShape, items: list[RenderItem],
@@ -54,7 +58,7 @@ def render(pipe, device: str, shape: CallShape, items: list[RenderItem],
     are dropped here and never reach moderation, signing or storage.
     """
     # diffusers treats a missing negative prompt as "", so mixing them stays exact.
-    rows = [(item.prompt, item.negative_prompt or "", seed) for item in items for seed in item.seeds]
+    rows = [(item.prompt, item.negative_prompt or "", seed, item.image) for item in items for seed in item.seeds]
     size = rows_per_call or len(rows)
     images: list[Image.Image] = []
     for start in range(0, len(rows), size):
@@ -70,7 +74,7 @@ def render(pipe, device: str, shape: CallShape, items: list[RenderItem],
     return grouped
 
 
-def _call(pipe, device: str, shape: CallShape, rows: list[tuple[str, str, int]],
+def _call(pipe, device: str, shape: CallShape, rows: list[tuple],
           on_step: StepHook | None) -> list[Image.Image] | None:
     import torch
 
@@ -84,12 +88,30 @@ def _call(pipe, device: str, shape: CallShape, rows: list[tuple[str, str, int]],
             p._interrupt = True
         return kwargs
 
+    common = dict(
+        prompt=[r[0] for r in rows], negative_prompt=[r[1] for r in rows], num_inference_steps=shape.steps,
+        guidance_scale=shape.guidance_scale, generator=[torch.Generator(gen_device).manual_seed(r[2]) for r in rows],
+        callback_on_step_end=_callback, output_type="pil",
+    )
     with torch.inference_mode():
-        out = pipe(
-            prompt=[r[0] for r in rows], negative_prompt=[r[1] for r in rows], width=shape.width,
-            height=shape.height, num_inference_steps=shape.steps, guidance_scale=shape.guidance_scale,
-            generator=[torch.Generator(gen_device).manual_seed(r[2]) for r in rows],
-            callback_on_step_end=_callback, output_type="pil",
-        )
+        if shape.strength is None:
+            out = pipe(width=shape.width, height=shape.height, **common)
+        else:
+            size = (shape.width, shape.height)
+            blank = Image.new("RGB", size, (127, 127, 127))  # reference of padding rows
+            images = [(r[3] or blank).convert("RGB").resize(size, Image.LANCZOS) for r in rows]
+            out = img2img_of(pipe)(image=images, strength=shape.strength, **common)
     # An interrupted call still decodes and returns images: half-made, so they are dropped.
     return None if interrupted else list(out.images)
+
+
+def img2img_of(pipe):
+    """The image-to-image pipeline sharing ``pipe``'s weights (built once, kept on the pipe)."""
+    i2i = getattr(pipe, "_batchrender_img2img", None)
+    if i2i is None:
+        from diffusers import AutoPipelineForImage2Image
+
+        i2i = AutoPipelineForImage2Image.from_pipe(pipe)
+        i2i.set_progress_bar_config(disable=True)
+        pipe._batchrender_img2img = i2i
+    return i2i

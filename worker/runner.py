@@ -43,6 +43,8 @@ class Live:
     msg: JobMessage
     flags: dict[str, Any] | None
     claimed_at: float
+    #: The decoded reference image, for image-to-image jobs.
+    image: Any = None
 
 
 @dataclass
@@ -83,7 +85,8 @@ def group_by_shape(live: list[Live], max_rows: int = 0) -> list[list[Live]]:
 def shape_of(msg: JobMessage) -> CallShape:
     r = msg.request
     assert r.width and r.height and r.steps and r.guidance_scale is not None
-    return CallShape(r.model, r.width, r.height, r.steps, float(r.guidance_scale))
+    return CallShape(r.model, r.width, r.height, r.steps, float(r.guidance_scale),
+                     float(r.strength) if msg.input_key and r.strength is not None else None)
 
 
 class JobRunner:
@@ -113,9 +116,26 @@ class JobRunner:
         return None
 
     # 2. moderate ---------------------------------------------------------------------------------
-    def moderate_prompt(self, msg: JobMessage) -> tuple[Outcome | None, dict[str, Any] | None]:
+    def check_reference(self, msg: JobMessage) -> tuple[Outcome | None, Any, bool]:
+        """Image-to-image: load the stored reference and check it again (never trust a message)."""
+        if not msg.input_key:
+            return None, None, False
+        try:
+            data = self.ctx.storage.get(msg.input_key)
+        except KeyError:
+            return self.fail(msg, PermanentError(f"reference image {msg.input_key!r} is missing from storage"),
+                             retryable=False), None, False
+        check = self.ctx.moderation.check_input_image(data, actor=msg.tenant or "worker", job_id=msg.job_id)
+        if check.decision.blocked:
+            return self.fail(msg, PermanentError(f"the reference image was refused: {check.decision.message}"),
+                             retryable=False), None, False
+        return None, check.image, check.real_person_context or msg.real_person_context
+
+    def moderate_prompt(self, msg: JobMessage, real_person_context: bool = False
+                        ) -> tuple[Outcome | None, dict[str, Any] | None]:
         # The chain appends every decision to the audit log itself (a prompt hash, not the prompt).
         decision = self.ctx.moderation.check_prompt(msg.request.prompt, msg.request.negative_prompt,
+                                                    real_person_context=real_person_context,
                                                     actor=msg.tenant or "worker", job_id=msg.job_id)
         if decision.action.value == "block":
             info = decision.to_dict()
@@ -133,13 +153,15 @@ class JobRunner:
         live: list[Live] = []
         for msg in msgs:
             done = self.claim(msg)
-            flags = None
+            flags = image = None
             if done is None:
-                done, flags = self.moderate_prompt(msg)
+                done, image, real_person = self.check_reference(msg)
+            if done is None:
+                done, flags = self.moderate_prompt(msg, real_person)
             if done is not None:
                 ended[msg.job_id] = done
             else:
-                live.append(Live(msg, flags, time.time()))
+                live.append(Live(msg, flags, time.time(), image))
         return ended, live
 
     def run(self, msgs: list[JobMessage], progress: Progress | None = None) -> list[Outcome]:
@@ -180,7 +202,8 @@ class JobRunner:
             # Stop only when every job in the call is canceled; others still need their images.
             return all(store.cancel_requested(j) for j in ids)
 
-        items = [RenderItem(x.msg.request.prompt, x.msg.request.negative_prompt, tuple(x.msg.seeds)) for x in live]
+        items = [RenderItem(x.msg.request.prompt, x.msg.request.negative_prompt, tuple(x.msg.seeds), x.image)
+                 for x in live]
         t0 = time.perf_counter()
         images = render(loaded.pipe, loaded.device, shape, items, on_step, self.rows_per_call)
         render_s = time.perf_counter() - t0

@@ -74,3 +74,19 @@ def test_message_round_trips_as_versioned_json_and_refuses_other_versions(settin
     assert wire["v"] == 1 and JobMessage.model_validate(wire) == msg
     with pytest.raises(ValueError, match="schema version 2"):
         JobMessage.model_validate({**wire, "v": 2})
+
+
+def test_strength_without_a_reference_image_is_refused(settings):
+    spec = Registry(settings).get("tiny")
+    with pytest.raises(InvalidRequest) as e:
+        resolve(RenderRequest.parse({"prompt": "a", "strength": 0.5}), spec, settings)
+    assert "give an image too" in fields_of(e.value)["strength"]
+    with pytest.raises(InvalidRequest, match="data:image"):
+        RenderRequest.parse({"prompt": "a", "image": "file:///etc/passwd"})
+
+
+def test_reference_image_gets_a_default_strength(settings):
+    spec = Registry(settings).get("tiny")
+    r = resolve(RenderRequest.parse({"prompt": "a", "image": "data:image/png;base64,AAAA"}), spec, settings)
+    assert r.strength == 0.75
+    assert resolve(RenderRequest.parse({"prompt": "a"}), spec, settings).strength is None

@@ -1,0 +1,75 @@
+"""Reference images for image-to-image: from a data: URI or an http(s) URL to bounded bytes.
+
+Untrusted input, so sizes are checked before anything is decoded: the base64 length before
+decoding it, the download as it streams (and through the same SSRF guard as webhooks, so a
+reference URL cannot reach internal addresses). Pixel counts are checked from the image header
+by the moderation chain's input stage, before the image is decoded.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+from jobs.errors import DeliveryFailed, InvalidRequest, WebhookTargetRefused
+from jobs.settings import Settings
+
+MAX_INPUT_BYTES = 20 * 1024 * 1024
+FETCH_TIMEOUT_S = 15.0
+_DATA_URI = re.compile(r"^data:image/(png|jpeg|jpg|webp);base64,", re.IGNORECASE)
+
+
+def _refuse(message: str) -> InvalidRequest:
+    return InvalidRequest(f"invalid request: image: {message}", errors=[{"field": "image", "message": message}])
+
+
+def load_reference(value: str, settings: Settings, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
+    """The reference image's bytes; ``InvalidRequest`` naming ``image`` for anything wrong with it."""
+    if value.startswith("data:"):
+        return _from_data_uri(value, max_bytes)
+    return _fetch(value, settings, max_bytes)
+
+
+def _from_data_uri(value: str, max_bytes: int) -> bytes:
+    m = _DATA_URI.match(value)
+    if not m:
+        raise _refuse("data URIs must be data:image/png|jpeg|webp;base64,...")
+    payload = value[m.end():]
+    if len(payload) * 3 // 4 > max_bytes:
+        raise _refuse(f"the image is larger than {max_bytes} bytes")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise _refuse("the data URI is not valid base64") from None
+
+
+def _fetch(url: str, settings: Settings, max_bytes: int) -> bytes:
+    from webhooks.ssrf import check_url, pinned_client
+
+    try:
+        target = check_url(url, settings.webhook_allow_hosts)
+    except (WebhookTargetRefused, DeliveryFailed) as e:
+        raise _refuse(f"cannot fetch {url!r}: {e.message}") from None
+    try:
+        with pinned_client(target, FETCH_TIMEOUT_S) as client, client.stream("GET", url) as resp:
+            if resp.status_code != 200:
+                raise _refuse(f"fetching {url!r} answered HTTP {resp.status_code} (redirects are not followed)")
+            declared = resp.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > max_bytes:
+                raise _refuse(f"the image is larger than {max_bytes} bytes")
+            chunks, size = [], 0
+            for chunk in resp.iter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise _refuse(f"the image is larger than {max_bytes} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except InvalidRequest:
+        raise
+    except Exception as e:  # noqa: BLE001 - network errors become a clear input error
+        raise _refuse(f"cannot fetch {url!r}: {type(e).__name__}: {e}") from None
+
+
+def input_key(job_id: str) -> str:
+    """Where a job's reference image is kept (private: never presigned or listed in results)."""
+    return f"_inputs/{job_id}"
