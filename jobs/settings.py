@@ -105,7 +105,8 @@ class Settings(BaseModel):
     device: str | None = None
     max_batch: int = 0  # 0: chosen from the device's memory
     batch_window_ms: int = 30
-    postprocess_threads: int = 2
+    #: Threads that moderate, encode, sign and upload while the GPU renders; 0: CPU count, at most 8.
+    postprocess_threads: int = 0
     postprocess_queue: int = 8
     model_cache_size: int = 2
     #: UNet in channels-last memory format (faster convolutions on most GPUs).
@@ -140,6 +141,10 @@ class Settings(BaseModel):
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or (self.home.resolve() / "outputs").as_uri()
+
+    @property
+    def resolved_postprocess_threads(self) -> int:
+        return self.postprocess_threads or max(1, min(8, os.cpu_count() or 1))
 
     @property
     def models_file(self) -> Path:
