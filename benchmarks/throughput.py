@@ -101,6 +101,7 @@ def system(args, source: str, device: str, dtype_name: str, batch: int) -> tuple
     from jobs.registry import ModelSpec, Registry
     from jobs.settings import Settings
     from producer.client import Client
+    from worker.runner import STATS_BUSY_KEY
 
     home = Path(tempfile.mkdtemp(prefix="br-throughput-"))
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=args.s3_port, verbose=False)
@@ -123,7 +124,7 @@ def system(args, source: str, device: str, dtype_name: str, batch: int) -> tuple
     settings = Settings.from_env(env)
     Registry(settings).register(ModelSpec(name="bench", source=source, dtype=dtype_name, base_size=args.size,
                                           default_steps=args.steps, default_guidance=7.5))
-    redis.Redis.from_url(url).delete("br:stats:render_busy_s")
+    redis.Redis.from_url(url).delete(STATS_BUSY_KEY)
     log = open(home / "worker.log", "wb")
     worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "solo", "-Q",
                                "render.bench", "--without-gossip", "--without-mingle", "-n", "bench@%h"],
@@ -133,13 +134,13 @@ def system(args, source: str, device: str, dtype_name: str, batch: int) -> tuple
         req = {"model": "bench", "width": args.size, "height": args.size, "steps": args.steps}
         client.wait(client.submit({**req, "prompt": "warm-up", "seed": 0}), timeout=900)  # model load
         r = redis.Redis.from_url(url)
-        r.delete("br:stats:render_busy_s")
+        r.delete(STATS_BUSY_KEY)
         t0 = time.perf_counter()
         sub = client.submit_batch([{**req, "prompt": f"a product photo {i}", "seed": i} for i in range(args.jobs)])
         info = client.wait_batch(sub.batch_id, timeout=3600, poll_s=0.02)
         wall = time.perf_counter() - t0
         assert info["counts"]["succeeded"] == args.jobs, info
-        busy = float(r.get("br:stats:render_busy_s") or 0)
+        busy = float(r.get(STATS_BUSY_KEY) or 0)
         return args.jobs / wall, max(0.0, 1 - busy / wall)
     finally:
         worker.terminate()

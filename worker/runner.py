@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from jobs.errors import BatchRenderError, PermanentError, TransientError
+from jobs.names import KEY_PREFIX
 from jobs.schemas import ImageResult, JobMessage, JobResult, Timings
 from jobs.status import JobStatus
 from worker.context import WorkerContext
@@ -27,6 +28,8 @@ from worker.render import CallShape, RenderItem, render
 
 log = logging.getLogger(__name__)
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
+#: Seconds spent inside pipeline calls, summed over workers (the benchmark's GPU-idle figure).
+STATS_BUSY_KEY = f"{KEY_PREFIX}stats:render_busy_s"
 
 
 @dataclass
@@ -208,6 +211,8 @@ class JobRunner:
         images = render(loaded.pipe, loaded.device, shape, items, on_step, self.rows_per_call)
         render_s = time.perf_counter() - t0
         self.busy_s += render_s
+        # Per call, not per task: a session's task ends after its last job is already visible.
+        self.ctx.store.r.incrbyfloat(STATS_BUSY_KEY, render_s)
         if images is None:
             if timed_out[0]:
                 err = PermanentError(f"render exceeded the time limit of {self.ctx.settings.soft_time_limit_s}s")

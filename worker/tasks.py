@@ -15,13 +15,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import ValidationError
 
 from jobs.errors import PermanentError, TransientError
-from jobs.names import KEY_PREFIX, RENDER_TASK, render_queue
+from jobs.names import RENDER_TASK, render_queue
 from jobs.schemas import JobMessage
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
-#: Seconds spent inside pipeline calls, summed over workers (the benchmark's GPU-idle figure).
-STATS_BUSY_KEY = f"{KEY_PREFIX}stats:render_busy_s"
 
 
 def backoff(retries: int, base: float = 2.0, cap: float = 300.0) -> float:
@@ -75,7 +73,4 @@ def register(app: Celery, settings: Settings) -> None:
         except Exception as e:  # a bug: fail the job visibly instead of redelivering it forever
             log.exception("job %s failed unexpectedly", msg.job_id)
             outcome = runner.fail(msg, e, retryable=False)
-        finally:
-            if runner.busy_s:
-                ctx.store.r.incrbyfloat(STATS_BUSY_KEY, runner.busy_s)
         return {"job_id": outcome.job_id, "status": outcome.status.value}
