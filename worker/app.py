@@ -1,15 +1,37 @@
-"""The Celery app that ``celery worker`` runs (``-A worker.app``): render tasks, webhook delivery."""
+"""The Celery app that ``celery worker`` runs (``-A worker.app``): render tasks, webhook delivery.
+
+Everything a worker needs (policy, storage, signer, indexes) is built and checked when the worker
+starts, so a bad policy file, signing key or storage URL stops the worker with the reason before
+it takes a single job, instead of failing (or stranding) jobs one by one. Models still load on
+first use, so no CUDA context is created before a job needs one.
+"""
 from __future__ import annotations
 
 import logging
 
+from celery.signals import worker_init
+
 from jobs.celery_app import make_app
+from jobs.errors import BatchRenderError
 from jobs.settings import Settings
 from webhooks.tasks import register as register_webhooks
 from worker.tasks import register
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+log = logging.getLogger("worker.app")
 settings = Settings.from_env()
 app = make_app(settings)
 register(app, settings)
 register_webhooks(app, settings)
+
+
+@worker_init.connect
+def _check_configuration(sender=None, **_kwargs) -> None:
+    from worker.context import get_context
+
+    try:
+        get_context(settings)
+    except BatchRenderError as e:
+        log.critical("worker cannot start: %s", e.message)
+        # SystemExit passes through Celery's signal dispatch (it only catches Exception).
+        raise SystemExit(2) from None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,16 +60,17 @@ class WorkerContext:
 
 
 _lock = threading.Lock()
-_ctx: WorkerContext | None = None
+_ctx: tuple[int, WorkerContext] | None = None
 
 
 def get_context(settings: Settings | None = None) -> WorkerContext:
-    """The process's context, built on first use (after fork: never at import time)."""
+    """The process's context, built on first use and rebuilt in a forked child (connections and
+    signers must not be shared across a fork); never at import time."""
     global _ctx
     with _lock:
-        if _ctx is None:
-            _ctx = WorkerContext.build(settings or Settings.from_env())
-        return _ctx
+        if _ctx is None or _ctx[0] != os.getpid():
+            _ctx = (os.getpid(), WorkerContext.build(settings or Settings.from_env()))
+        return _ctx[1]
 
 
 def reset_context() -> None:

@@ -40,7 +40,10 @@ def register(app: Celery, settings: Settings) -> None:
             # Nothing to retry: a malformed message is dropped (acked) and logged, never pickled back.
             log.error("dropping malformed render message: %s", e)
             return {"status": "rejected", "error": str(e)}
-        ctx = get_context(settings)
+        try:
+            ctx = get_context(settings)  # built at start-up; here only after a fork or a reset
+        except TransientError as e:
+            raise self.retry(exc=e, countdown=backoff(self.request.retries))
         if ctx.publish is None:
             ctx.publish = lambda m: app.send_task(RENDER_TASK, args=[m.model_dump(mode="json")], task_id=m.job_id,
                                                   queue=render_queue(m.request.model))

@@ -65,3 +65,29 @@ def test_bad_single_submit_exits_nonzero_with_the_field_named(br_env):
     out = CliRunner().invoke(cli, ["submit", "a kettle", "--size", "100x64"], env=br_env)
     assert out.exit_code == 2
     assert "width: 100 is not a multiple of 8; use 96 or 104" in out.stderr
+
+
+def test_batchrender_worker_command_serves_its_models_queue(br_env, settings_for, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from producer.client import Client
+    from tests.workers import ROOT
+
+    client = Client(settings_for(br_env))
+    job = client.submit({"prompt": "a vase", "seed": 3})
+    log = open(tmp_path / "cli-worker.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "producer.cli", "worker", "--models", "tiny", "--no-webhooks",
+                             "--name", "cli-test@%h"], env={**os.environ, **br_env}, cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        rec = client.wait(job, timeout=90)
+        assert rec.status.value == "succeeded"
+        text = (tmp_path / "cli-worker.log").read_text()
+        assert "render.tiny" in text and "solo" in text, text[-2000:]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        log.close()
