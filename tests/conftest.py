@@ -95,6 +95,16 @@ def settings_for():
 
 
 @pytest.fixture
+def client(br_env, settings_for):
+    """A producer Client for the test's environment (its Redis db, home and storage)."""
+    from producer.client import Client
+
+    c = Client(settings_for(br_env))
+    yield c
+    c.close()
+
+
+@pytest.fixture
 def start_worker(tmp_path):
     """Start real celery worker processes; all are stopped at the end of the test."""
     from tests.workers import WorkerProcess

@@ -24,15 +24,6 @@ def data_uri(img: Image.Image | bytes, fmt: str = "PNG") -> str:
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(img).decode()
 
 
-@pytest.fixture
-def client(br_env, settings_for):
-    from producer.client import Client
-
-    c = Client(settings_for(br_env))
-    yield c
-    c.close()
-
-
 def test_image_to_image_job_renders_from_a_stored_reference(client, br_env, start_worker):
     from storage import open_storage
 

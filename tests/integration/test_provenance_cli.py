@@ -21,15 +21,6 @@ pytestmark = pytest.mark.timeout(240)
 SIZE = {"width": 256, "height": 256, "steps": 2}
 
 
-@pytest.fixture
-def client(br_env, settings_for):
-    from producer.client import Client
-
-    c = Client(settings_for(br_env))
-    yield c
-    c.close()
-
-
 def provenance(env: dict[str, str], file: Path) -> tuple[int, str]:
     """Run the CLI command with exactly the worker's environment."""
     from producer.cli import cli

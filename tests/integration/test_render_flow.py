@@ -13,15 +13,6 @@ from tests.workers import stored_files, wait_for
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.fixture
-def client(br_env, settings_for):
-    from producer.client import Client
-
-    c = Client(settings_for(br_env))
-    yield c
-    c.close()
-
-
 def test_batch_is_rendered_and_every_image_stored(client, br_env, start_worker):
     start_worker(br_env)
     sub = client.submit_batch([{"prompt": f"product shot {i}", "seed": i, "num_images": 2} for i in range(4)])

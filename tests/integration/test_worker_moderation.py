@@ -32,15 +32,6 @@ BLOCKED = [(p, "minors_sexual") for p in labelled("minors_sexual", 2)] + \
           [(p, "real_person_sexual") for p in labelled("real_person_sexual", 2)]
 
 
-@pytest.fixture
-def client(br_env, settings_for):
-    from producer.client import Client
-
-    c = Client(settings_for(br_env))
-    yield c
-    c.close()
-
-
 def storage_root(env) -> Path:
     return Path(env["BATCHRENDER_STORAGE_URL"].removeprefix("file://"))
 
