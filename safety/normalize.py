@@ -4,12 +4,23 @@ The output is several *views* of one prompt (plain, two leetspeak readings, lett
 and the union of their tokens. Matching a term in any view counts, so each view may be wrong for
 some words (``12yo`` read as leetspeak is ``izyo``) as long as another view is right.
 
-Handled: case (casefold), Unicode compatibility forms (NFKC: fullwidth, circled, math letters),
-combining marks (``nüdé``), invisible format characters (zero-width space/joiner, soft hyphen,
-bidi controls), Cyrillic/Greek/IPA lookalikes, leetspeak (``nud3``, ``$ex``), letters split by
-punctuation (``n.u.d.e``, ``nu-de``) or by spaces (``n u d e``, ``nu de``) and repeated letters
-(``nuuuude``). Not handled: two-letter doubling (``nuude``), words split into long halves
-(``chi ldren``), translation into other languages.
+Handled: case (casefold), Unicode compatibility forms (NFKC: fullwidth, circled, math letters,
+half-width katakana), Latin combining marks (``nüdé``), Cyrillic/Greek/IPA lookalikes, leetspeak
+(``nud3``, ``$ex``), letters split by punctuation (``n.u.d.e``, ``nu-de``) or by spaces
+(``n u d e``, ``nu de``) and repeated letters (``nuuuude``).
+
+Separators that render as nothing or as a dot (format characters such as zero-width space/joiner,
+soft hyphen, bidi controls; middle dots ``·・‧•``; combining enclosures): one view reads them as a
+word break (``nude<ZWSP>child`` is two words) and another deletes them (``nu<ZWSP>de`` is one),
+and both are matched.
+
+Scripts written without spaces (Han, kana, Hangul, Thai...): kana are folded to hiragana
+(katakana and half-width katakana read the same), Hangul is kept as NFC syllables, and each view
+also has a *compact* form with every space removed, in which such terms are matched as substrings
+(``safety.prompt_rules``).
+
+Not handled: two-letter doubling (``nuude``), words split into long halves (``chi ldren``),
+synonyms and euphemisms the policy does not list, meaning expressed without any listed word.
 """
 from __future__ import annotations
 
@@ -42,18 +53,56 @@ _LEET_CHARS = frozenset("013457 89@$€+!|") - {" "}
 _WORD = re.compile(r"[^\W_]+")
 _RUN3 = re.compile(r"([^\W\d_])\1{2,}")
 
+#: Visible separators people put between letters or words to split a term. Format characters
+#: (category Cf) and combining enclosures (Me) are separators too; see ``_is_separator``.
+_DOTS = frozenset("\u00b7\u0387\u2027\u2022\u2219\u22c5\u30fb\uff65\u2e31\ua78f\u16eb\u318d\u119e")
+#: Combining marks dropped from their base letter: the diacritics of Latin, Greek and Cyrillic
+#: (``nüdé``). Marks of other scripts (kana voicing, Indic vowel signs) are part of the letter.
+_DROPPED_MARKS = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
+_KATAKANA = str.maketrans({chr(c): chr(c - 0x60) for c in range(0x30A1, 0x30F7)})
+#: Scripts written without spaces between words: their terms are matched as substrings.
+_UNSPACED = re.compile(
+    "[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u1100-\u11ff\u3040-\u30ff\u3130-\u318f"
+    "\u3400-\u4dbf\u4e00-\u9fff\ua960-\ua97f\uac00-\ud7af\ud7b0-\ud7ff\uf900-\ufaff\U00020000-\U0003134f]"
+)
+
+
+def _is_separator(ch: str) -> bool:
+    return ch in _DOTS or unicodedata.category(ch) in ("Cf", "Me", "Cs", "Co", "Cn")
+
+
+def _fold(text: str) -> str:
+    """Drop Latin/Greek/Cyrillic diacritics, recompose (Hangul, kana), fold kana, map lookalikes."""
+    if text.isascii():
+        return text
+    text = _DROPPED_MARKS.sub("", unicodedata.normalize("NFD", text))
+    return unicodedata.normalize("NFC", text).translate(_KATAKANA).translate(_CONFUSABLES)
+
+
+def clean_views(text: str) -> tuple[str, ...]:
+    """Unicode-level cleanup, as one or two strings: separators read as a space, and deleted.
+
+    NFKC, casefold, Latin diacritics dropped, kana folded to hiragana, lookalikes mapped. Lone
+    surrogates and unassigned code points count as separators, so no input makes this raise.
+    """
+    text = unicodedata.normalize("NFKC", text).casefold()
+    if text.isascii():
+        return (text,)
+    if not any(_is_separator(ch) for ch in text):
+        return (_fold(text),)
+    spaced = "".join(" " if _is_separator(ch) else ch for ch in text)
+    joined = "".join(ch for ch in text if not _is_separator(ch))
+    return tuple(dict.fromkeys((_fold(spaced), _fold(joined))))
+
 
 def clean(text: str) -> str:
-    """Unicode-level cleanup: NFKC, casefold, drop marks and invisible characters, map lookalikes."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    # NFD splits accents off their base letter so they can be dropped; Cf covers zero-width
-    # characters, soft hyphens and bidi controls, which render as nothing and split words.
-    decomposed = unicodedata.normalize("NFD", text)
-    if not decomposed.isascii():
-        decomposed = "".join(
-            ch for ch in decomposed if unicodedata.category(ch) not in ("Mn", "Me", "Cf")
-        ).translate(_CONFUSABLES)
-    return decomposed
+    """The cleaned text with separators deleted (the form policy terms are written in)."""
+    return clean_views(text)[-1]
+
+
+def has_unspaced_script(text: str) -> bool:
+    """True when ``text`` has letters of a script written without spaces (CJK, Hangul, Thai...)."""
+    return _UNSPACED.search(text) is not None
 
 
 def _collapse_single_letters(tokens: list[str], extra: set[str], runs: set[str]) -> list[str]:
@@ -86,6 +135,9 @@ class NormalizedText:
     tokens: frozenset[str]
     #: Words spelled out letter by letter lose their boundaries; terms are searched INSIDE these.
     runs: tuple[str, ...] = ()
+    #: Each view with every space removed, for terms of scripts written without spaces; empty
+    #: when the prompt has no such letters.
+    compact: tuple[str, ...] = ()
 
 
 def _view(chunks: list[str], extra: set[str], runs: set[str], remove: re.Pattern[str] | None) -> str:
@@ -111,23 +163,26 @@ def _view(chunks: list[str], extra: set[str], runs: set[str], remove: re.Pattern
     return text
 
 
-def normalize(text: str, remove: re.Pattern[str] | None = None) -> NormalizedText:
+def normalize(text: str, remove: re.Pattern[str] | None = None,
+              exceptions: re.Pattern[str] | None = None) -> NormalizedText:
     """Normalise ``text`` into matching views; see the module docstring for what is defeated.
 
     ``remove`` (the policy's allow-phrases) is cut out of every view before tokens are taken, so
-    an allowed phrase contributes no words at all.
+    an allowed phrase contributes no words at all. ``exceptions`` (benign compounds of unspaced
+    scripts) are cut out of the compact views, leaving a break so no new word forms across them.
     """
-    base = clean(text)
-    chunks = base.split()
     extra: set[str] = set()
     runs: set[str] = set()
-    views = [_view(chunks, extra, runs, remove)]
-    if any(ch in _LEET_CHARS for ch in base):
-        # Only chunks that contain a letter are read as leetspeak: "4k", "1080p" stay digits in
-        # the plain view either way, and "12yo" keeps its meaning there.
-        for table in (_LEET_I, _LEET_L):
-            leet = [c.translate(table) if any(ch.isalpha() for ch in c) else c for c in chunks]
-            views.append(_view(leet, extra, runs, remove))
+    views: list[str] = []
+    for base in clean_views(text):
+        chunks = base.split()
+        views.append(_view(chunks, extra, runs, remove))
+        if any(ch in _LEET_CHARS for ch in base):
+            # Only chunks that contain a letter are read as leetspeak: "4k", "1080p" stay digits
+            # in the plain view either way, and "12yo" keeps its meaning there.
+            for table in (_LEET_I, _LEET_L):
+                leet = [c.translate(table) if any(ch.isalpha() for ch in c) else c for c in chunks]
+                views.append(_view(leet, extra, runs, remove))
     for v in list(views):
         if _RUN3.search(v):
             for squeezed in (_RUN3.sub(r"\1", v), _RUN3.sub(r"\1\1", v)):  # "nuuude", "boooobs"
@@ -139,9 +194,29 @@ def normalize(text: str, remove: re.Pattern[str] | None = None) -> NormalizedTex
     for tok in list(extra):
         if _RUN3.search(tok):
             tokens.add(_RUN3.sub(r"\1", tok))
-    return NormalizedText(views=tuple(views), tokens=frozenset(tokens), runs=tuple(sorted(runs)))
+    compact: tuple[str, ...] = ()
+    if has_unspaced_script(views[0]) or (len(views) > 1 and any(map(has_unspaced_script, views[1:]))):
+        compact = tuple(dict.fromkeys(v.replace(" ", "") for v in views))
+        if exceptions is not None:
+            compact = tuple(exceptions.sub("|", c) for c in compact)
+    return NormalizedText(views=tuple(views), tokens=frozenset(tokens), runs=tuple(sorted(runs)), compact=compact)
 
 
 def normalize_term(term: str) -> str:
     """Normalise a policy term the way prompts are (plain view only), so both sides agree."""
     return " ".join(_WORD.findall(clean(term)))
+
+
+def normalize_compact(term: str) -> str:
+    """A term of an unspaced script as it appears in ``NormalizedText.compact``: no spaces."""
+    return "".join(_WORD.findall(clean(term)))
+
+
+def normalize_pattern(pattern: str) -> str:
+    """A policy regex with its non-ASCII letters normalised like prompts (``голая`` -> ``roлaя``).
+
+    ASCII is left alone so escapes such as ``\\b`` and ``\\S`` keep their meaning.
+    """
+    if pattern.isascii():
+        return pattern
+    return "".join(ch if ch.isascii() else re.escape(clean(ch)) if clean(ch) else "" for ch in pattern)

@@ -25,6 +25,7 @@ SPECIAL_SIGNALS = frozenset({"$protected_name", "$real_person_context"})
 #: This category can be extended but never relaxed: it must exist and it must block.
 MINORS_CATEGORY = "minors_sexual"
 _ID = re.compile(r"^[a-z][a-z0-9_]*$")
+_LANG = re.compile(r"^[a-z]{2,3}(?:-[a-z0-9]{2,8})*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +63,13 @@ class Policy:
     version: str
     categories: tuple[Category, ...]
     term_sets: Mapping[str, TermSet]
+    #: Every spelling of every protected name (aliases in other scripts included).
     protected_names: tuple[str, ...] = ()
     allow_phrases: tuple[str, ...] = ()
+    #: Benign compounds of unspaced scripts, cut out before substring matching (``裸足``, ``아이스``).
+    exceptions: tuple[str, ...] = ()
+    #: Language codes the policy has terms for (``en``, ``ja``, ...): documentation and tooling.
+    languages: tuple[str, ...] = ()
     #: Term set matched in the NEGATIVE prompt -> signal it raises for the positive prompt.
     negative_prompt: Mapping[str, str] = field(default_factory=dict)
     source: str = "<string>"
@@ -129,6 +135,35 @@ class _Reader:
             out.append((s, item))
         return out
 
+    def terms(self, node: yaml.Node, what: str, langs: set[str]) -> tuple[str, ...]:
+        """A list of terms, or a mapping of language code -> list (``{en: [...], ja: [...]}``)."""
+        if not isinstance(node, yaml.MappingNode):
+            return tuple(s for s, _ in self.strings(node, what))
+        out: list[str] = []
+        for lang, v in self.mapping(node, what, set()).items():
+            if not _LANG.match(lang):
+                raise self.fail(v, f"{lang!r} in {what} is not a language code like 'en', 'ja' or 'zh-hant'")
+            langs.add(lang)
+            out += [s for s, _ in self.strings(v, f"{what}.{lang}")]
+        return tuple(dict.fromkeys(out))
+
+    def names(self, node: yaml.Node) -> list[str]:
+        """Protected names: a name, or ``{name: ..., aliases: [...]}`` with spellings in other scripts."""
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.fail(node, "protected_names must be a list")
+        out: list[str] = []
+        for item in node.value:
+            if isinstance(item, yaml.MappingNode):
+                m = self.mapping(item, "a protected name", {"name", "aliases"}, {"name"})
+                out.append(self.scalar(m["name"], "name", str).strip())
+                if "aliases" in m:
+                    out += [s for s, _ in self.strings(m["aliases"], "aliases")]
+            else:
+                out.append(self.scalar(item, "an entry of protected_names", str).strip())
+            if not out[-1]:
+                raise self.fail(item, "empty entry in protected_names")
+        return out
+
     def patterns(self, node: yaml.Node, what: str) -> tuple[str, ...]:
         out = []
         for pat, item in self.strings(node, what):
@@ -140,7 +175,7 @@ class _Reader:
         return tuple(out)
 
 
-def _category(r: _Reader, cid: str, node: yaml.Node, sets: Mapping[str, TermSet]) -> Category:
+def _category(r: _Reader, cid: str, node: yaml.Node, sets: Mapping[str, TermSet], langs: set[str]) -> Category:
     m = r.mapping(node, f"category {cid!r}", {"description", "severity", "action", "terms", "patterns",
                                               "combinations", "thresholds", "labels", "message"},
                   {"description", "severity", "action"})
@@ -181,7 +216,7 @@ def _category(r: _Reader, cid: str, node: yaml.Node, sets: Mapping[str, TermSet]
         description=r.scalar(m["description"], "description", str),
         severity=severity,
         action=Action(action_s),
-        terms=tuple(s for s, _ in r.strings(m["terms"], "terms")) if "terms" in m else (),
+        terms=r.terms(m["terms"], f"terms of {cid!r}", langs) if "terms" in m else (),
         patterns=r.patterns(m["patterns"], "patterns") if "patterns" in m else (),
         combinations=tuple(combos),
         thresholds=MappingProxyType(thresholds),
@@ -205,29 +240,31 @@ def parse_policy(text: str, source: str = "<string>", base_dir: Path | None = No
     if root is None:
         raise ConfigurationError(f"{source}:1: the policy file is empty", line=1)
     top = r.mapping(root, "the policy", {"version", "categories", "term_sets", "protected_names",
-                                        "protected_names_file", "allow_phrases", "negative_prompt"},
+                                        "protected_names_file", "allow_phrases", "negative_prompt",
+                                        "exceptions"},
                     {"version", "categories"})
     version = str(r.scalar(top["version"], "version", (str, int, float))).strip()
     if not version:
         raise r.fail(top["version"], "version must not be empty")
     sets: dict[str, TermSet] = {}
+    langs: set[str] = set()
     if "term_sets" in top:
         for name, node in r.mapping(top["term_sets"], "term_sets", set()).items():
             if not _ID.match(name):
                 raise r.fail(node, f"term set name {name!r} must be lower_snake_case")
             m = r.mapping(node, f"term set {name!r}", {"terms", "patterns"})
-            sets[name] = TermSet(name, tuple(s for s, _ in r.strings(m["terms"], "terms")) if "terms" in m else (),
+            sets[name] = TermSet(name, r.terms(m["terms"], f"terms of {name!r}", langs) if "terms" in m else (),
                                  r.patterns(m["patterns"], "patterns") if "patterns" in m else ())
     categories = []
     for cid, node in r.mapping(top["categories"], "categories", set()).items():
         if not _ID.match(cid):
             raise r.fail(node, f"category id {cid!r} must be lower_snake_case")
-        categories.append(_category(r, cid, node, sets))
+        categories.append(_category(r, cid, node, sets, langs))
     minors = next((c for c in categories if c.id == MINORS_CATEGORY), None)
     if minors is None or minors.action is not Action.BLOCK:
         raise r.fail(top["categories"], f"category {MINORS_CATEGORY!r} must exist with action 'block'; "
                                         "it can be extended but never relaxed")
-    names = [s for s, _ in r.strings(top["protected_names"], "protected_names")] if "protected_names" in top else []
+    names = r.names(top["protected_names"]) if "protected_names" in top else []
     if "protected_names_file" in top:
         rel = Path(r.scalar(top["protected_names_file"], "protected_names_file", str))
         path = rel if rel.is_absolute() else (base_dir or Path.cwd()) / rel
@@ -249,7 +286,9 @@ def parse_policy(text: str, source: str = "<string>", base_dir: Path | None = No
         categories=tuple(categories),
         term_sets=MappingProxyType(sets),
         protected_names=tuple(dict.fromkeys(names)),
-        allow_phrases=tuple(s for s, _ in r.strings(top["allow_phrases"], "allow_phrases")) if "allow_phrases" in top else (),
+        allow_phrases=r.terms(top["allow_phrases"], "allow_phrases", langs) if "allow_phrases" in top else (),
+        exceptions=r.terms(top["exceptions"], "exceptions", langs) if "exceptions" in top else (),
+        languages=tuple(sorted(langs)),
         negative_prompt=MappingProxyType(negative),
         source=source,
     )

@@ -1,8 +1,9 @@
 """Stage 1: policy terms, patterns and combination rules matched against normalised prompts.
 
 Everything is compiled once at construction: single-word terms become frozensets (matching is a
-set intersection with the prompt's tokens), phrases, prefix terms and patterns become one
-alternation regex per term set. A prompt is normalised once (``safety.normalize``) and every
+set intersection with the prompt's tokens), phrases and prefix terms one trie-shaped regex per
+term set (``safety.term_regex``), terms of unspaced scripts another, matched inside the
+prompt's compact views, and the policy's patterns one alternation. A prompt is normalised once (``safety.normalize``) and every
 signal is computed from that, so a check costs tens of microseconds.
 """
 from __future__ import annotations
@@ -10,26 +11,41 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from safety.normalize import NormalizedText, normalize, normalize_term
+from safety.normalize import (NormalizedText, has_unspaced_script, normalize, normalize_compact, normalize_pattern,
+                              normalize_term)
 from safety.policy import Category, Policy
+from safety.term_regex import ANY, PREFIX, WORD, compile_terms
 from safety.verdict import Action, Verdict
 
 STAGE = "prompt_rules"
 
 
-def _phrase_regex(words: list[str], prefix: bool) -> str:
-    # Spaces inside a phrase are optional so "taylorswift" and "self-harm" -> "selfharm" match.
-    body = r"\s*".join(re.escape(w) for w in words)
-    return rf"\b{body}\w*" if prefix else rf"\b{body}\b"
+def _substring_regex(terms: Iterable[str]) -> re.Pattern[str] | None:
+    """Terms of unspaced scripts as one trie regex, matched anywhere inside compact views."""
+    return compile_terms((([normalize_compact(t.rstrip("*"))], ANY) for t in terms), start="")
+
+
+def _phrase_regex(terms: Iterable[str]) -> re.Pattern[str] | None:
+    """Phrases with optional spaces (``taylorswift``, ``selfharm``), whole words or prefixes."""
+    return compile_terms((normalize_term(t).split(), WORD) for t in terms)
 
 
 class TermMatcher:
-    """Matches one list of terms and patterns against a ``NormalizedText``."""
+    """Matches one list of terms and patterns against a ``NormalizedText``.
+
+    Terms of scripts written without spaces (CJK, kana, Hangul, Thai) are matched as substrings
+    of the compact views; one-word terms by token; phrases and ``prefix*`` terms by one trie
+    regex over the views; the policy's own patterns by one alternation.
+    """
 
     def __init__(self, terms: Iterable[str], patterns: Iterable[str] = ()) -> None:
         words: set[str] = set()
-        parts: list[str] = []
+        phrases: list[tuple[list[str], str]] = []
+        terms = list(terms)
+        self.substrings = _substring_regex(t for t in terms if has_unspaced_script(t))
         for term in terms:
+            if has_unspaced_script(term):
+                continue
             prefix = term.endswith("*")
             norm = normalize_term(term.rstrip("*")).split()
             if not norm:
@@ -37,16 +53,17 @@ class TermMatcher:
             if len(norm) == 1 and not prefix:
                 words.add(norm[0])
             else:
-                parts.append(_phrase_regex(norm, prefix))
-        parts.extend(f"(?:{p})" for p in patterns)
+                phrases.append((norm, PREFIX if prefix else WORD))
         self.words = frozenset(words)
         # Only words of 3+ letters are searched inside spelled-out runs; shorter ones would
         # match by accident far too often.
         self._run_words = tuple(sorted(w for w in words if len(w) >= 3))
-        self.regex = re.compile("|".join(parts)) if parts else None
+        self.phrases = compile_terms(phrases)
+        pats = [f"(?:{normalize_pattern(p)})" for p in patterns]
+        self.patterns = re.compile("|".join(pats)) if pats else None
 
     def __bool__(self) -> bool:
-        return bool(self.words) or self.regex is not None
+        return bool(self.words) or any(r is not None for r in (self.phrases, self.patterns, self.substrings))
 
     def matches(self, text: NormalizedText, tokens: frozenset[str]) -> bool:
         """True when any term is a token of ``tokens`` or any phrase/pattern is in a view."""
@@ -54,7 +71,11 @@ class TermMatcher:
             return True
         if text.runs and any(w in run for run in text.runs for w in self._run_words):
             return True
-        return self.regex is not None and any(self.regex.search(v) for v in text.views)
+        if self.substrings is not None and any(self.substrings.search(c) for c in text.compact):
+            return True
+        if self.phrases is not None and any(self.phrases.search(v) for v in text.views):
+            return True
+        return self.patterns is not None and any(self.patterns.search(v) for v in text.views)
 
 
 def _with_stems(tokens: frozenset[str]) -> frozenset[str]:
@@ -79,23 +100,26 @@ class PromptRules:
         self._cats: list[tuple[Category, TermMatcher]] = [
             (c, TermMatcher(c.terms, c.patterns)) for c in policy.categories
         ]
-        names = [_phrase_regex(normalize_term(n).split(), False) for n in policy.protected_names]
-        self._names = re.compile("|".join(n for n in names if n != r"\b\b")) if names else None
-        allow = [_phrase_regex(normalize_term(p).split(), False) for p in policy.allow_phrases]
-        self._allow = re.compile("|".join(allow)) if allow else None
+        # Names (and their aliases in other scripts) are one more term list; a name matches as a
+        # phrase with optional spaces, an alias in an unspaced script as a substring.
+        self._names = TermMatcher(policy.protected_names)
+        self._allow = _phrase_regex(p for p in policy.allow_phrases if not has_unspaced_script(p))
+        # Exceptions, and allow-phrases written in unspaced scripts, are cut out of compact views.
+        self._exceptions = _substring_regex([*policy.exceptions,
+                                             *(p for p in policy.allow_phrases if has_unspaced_script(p))])
 
     def signals(self, prompt: str, negative_prompt: str | None = None, *, real_person_context: bool = False) -> set[str]:
         """The term sets and special signals present in a prompt (exposed for tests and tooling)."""
         return self._signals(*self._prepare(prompt), negative_prompt, real_person_context)
 
     def _prepare(self, prompt: str) -> tuple[NormalizedText, frozenset[str]]:
-        text = normalize(prompt, self._allow)
+        text = normalize(prompt, self._allow, self._exceptions)
         return text, _with_stems(text.tokens)
 
     def _signals(self, text: NormalizedText, tokens: frozenset[str], negative_prompt: str | None,
                  real_person_context: bool) -> set[str]:
         found = {name for name, m in self._sets.items() if m.matches(text, tokens)}
-        if self._names is not None and any(self._names.search(v) for v in text.views):
+        if self._names and self._names.matches(text, tokens):
             found.add("$protected_name")
         if real_person_context:
             found.add("$real_person_context")

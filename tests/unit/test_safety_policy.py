@@ -88,3 +88,39 @@ def test_missing_protected_names_file_fails_at_load(tmp_path: Path):
     policy_file.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigurationError, match=f"policy.yaml:{line_of(text, 'nope.txt')}: cannot read protected_names_file"):
         load_policy(policy_file)
+
+
+def test_default_policy_has_terms_in_every_required_language():
+    p = load_policy()
+    assert {"en", "ja", "ko", "zh-hans", "zh-hant", "es", "fr", "de", "pt", "it", "ru"} <= set(p.languages)
+
+
+def test_terms_by_language_and_name_aliases_are_flattened():
+    text = MINIMAL.replace("minor: {terms: [child]}", "minor: {terms: {en: [child], ja: [子供]}}") + """\
+protected_names:
+  - {name: Jane Doe, aliases: [ジェーン・ドウ]}
+  - Plain Name
+exceptions:
+  ja: [子供服]
+"""
+    p = parse_policy(text)
+    assert p.term_sets["minor"].terms == ("child", "子供")
+    assert p.protected_names == ("Jane Doe", "ジェーン・ドウ", "Plain Name")
+    assert p.exceptions == ("子供服",) and p.languages == ("en", "ja")
+
+
+@pytest.mark.parametrize(("edit", "reason"), [
+    ("minor: {terms: {english: [child]}}", "'english' in terms of 'minor' is not a language code"),
+    ("minor: {terms: {en: child}}", "terms of 'minor'.en must be a list"),
+])
+def test_bad_language_mapping_names_the_line(edit, reason):
+    text = MINIMAL.replace("minor: {terms: [child]}", edit)
+    with pytest.raises(ConfigurationError) as e:
+        parse_policy(text, source="p.yaml")
+    assert reason in str(e.value) and "p.yaml:3:" in str(e.value)
+
+
+def test_protected_name_entry_with_unknown_key_is_refused():
+    text = MINIMAL + "protected_names:\n  - {name: Jane Doe, alias: [x]}\n"
+    with pytest.raises(ConfigurationError, match="unknown key 'alias'"):
+        parse_policy(text, source="p.yaml")

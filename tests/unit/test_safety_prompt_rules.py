@@ -1,7 +1,7 @@
-"""Prompt rules: combination rules, real-person rules, negative prompts, allow phrases, speed."""
-from __future__ import annotations
+"""Prompt rules: combination rules, real-person rules, negative prompts, allow phrases.
 
-import time
+Speed is measured by benchmarks/moderation.py, never asserted here."""
+from __future__ import annotations
 
 import pytest
 
@@ -84,13 +84,3 @@ def test_benign_marketing_near_misses_are_allowed(rules, prompt):
 
 def test_allow_phrase_does_not_hide_other_words(rules):
     assert decide(rules, "nude lipstick, child, naked").blocked
-
-
-def test_rules_stage_is_under_one_millisecond_at_p50(rules):
-    prompt = "cozy product shot of kids' sneakers on a wooden table, soft morning light, 4k, bokeh"
-    times = []
-    for _ in range(200):
-        t = time.perf_counter()
-        rules.check(prompt)
-        times.append(time.perf_counter() - t)
-    assert sorted(times)[100] < 1e-3
