@@ -5,8 +5,9 @@
     .venv/bin/python benchmarks/moderation.py --data FILE [--policy FILE] [--out JSON]
 
 Splits (tests/data/moderation/):
-  dev   multilingual_dev.jsonl + prompts.jsonl + holdout.jsonl (everything the rules were tuned on)
-  test  multilingual_test.jsonl (split off once, before tuning; never tuned on)
+  dev   multilingual_dev.jsonl + multilingual_test_v1.jsonl + prompts.jsonl + holdout.jsonl
+        (everything the rules were tuned on; test_v1 joined dev after its one reported run)
+  test  multilingual_test.jsonl (written after the rules were frozen; never tuned on)
 
 Prints figures; asserts nothing (see HOUSE_STYLE: benchmarks print, tests assert).
 A violating prompt is *caught* when the decision is block or flag; *exact* when it got its own
@@ -34,7 +35,7 @@ from safety.verdict import Action, Decision  # noqa: E402
 
 DATA_DIR = ROOT / "tests" / "data" / "moderation"
 SPLITS = {
-    "dev": ("multilingual_dev.jsonl", "prompts.jsonl", "holdout.jsonl"),
+    "dev": ("multilingual_dev.jsonl", "multilingual_test_v1.jsonl", "prompts.jsonl", "holdout.jsonl"),
     "test": ("multilingual_test.jsonl",),
 }
 MINORS = "minors_sexual"
