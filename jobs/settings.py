@@ -71,6 +71,8 @@ class Settings(BaseModel):
 
     # -- moderation ----------------------------------------------------------------------------
     policy_file: Path | None = None
+    #: Default output-image classifier: ``open_nsfw`` (packaged weights, CPU) or ``off``.
+    nsfw_classifier: str = "open_nsfw"
     text_classifier_dir: Path | None = None
     image_classifier_dir: Path | None = None
     safety_checker_dir: Path | None = None
@@ -135,6 +137,8 @@ class Settings(BaseModel):
             raise ValueError("soft_time_limit_s must be below hard_time_limit_s")
         if self.provenance_index not in (None, "redis", "sqlite"):
             raise ValueError("provenance_index must be 'redis' or 'sqlite'")
+        if self.nsfw_classifier not in ("open_nsfw", "off"):
+            raise ValueError(f"nsfw_classifier must be 'open_nsfw' or 'off', got {self.nsfw_classifier!r}")
         return self
 
     # -- derived -------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ from safety.verdict import MODERATION_ERROR, Action, Decision, Verdict
 
 log = logging.getLogger(__name__)
 
-STAGE_NAMES = ("prompt_rules", "text_classifier", "input_images", "phash_blocklist", "output_classifier", "safety_checker")
+STAGE_NAMES = ("prompt_rules", "text_classifier", "input_images", "phash_blocklist", "nsfw_classifier",
+               "output_classifier", "safety_checker")
 
 
 class PromptStage(Protocol):
@@ -137,6 +138,10 @@ class ModerationChain:
             output_stages.append(PhashBlocklistStage(
                 settings.phash_blocklist, policy,
                 max_distance=DEFAULT_MAX_DISTANCE if phash_max_distance is None else phash_max_distance))
+        if settings.nsfw_classifier != "off":
+            from safety.nsfw_classifier import NsfwClassifierStage
+
+            output_stages.append(NsfwClassifierStage(policy))
         if settings.image_classifier_dir:
             from safety.output_images import ImageClassifierStage
 

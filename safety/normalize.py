@@ -61,10 +61,14 @@ _DOTS = frozenset("\u00b7\u0387\u2027\u2022\u2219\u22c5\u30fb\uff65\u2e31\ua78f\
 _DROPPED_MARKS = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
 _KATAKANA = str.maketrans({chr(c): chr(c - 0x60) for c in range(0x30A1, 0x30F7)})
 #: Scripts written without spaces between words: their terms are matched as substrings.
-_UNSPACED = re.compile(
-    "[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u1100-\u11ff\u3040-\u30ff\u3130-\u318f"
-    "\u3400-\u4dbf\u4e00-\u9fff\ua960-\ua97f\uac00-\ud7af\ud7b0-\ud7ff\uf900-\ufaff\U00020000-\U0003134f]"
-)
+_UNSPACED_RANGES = ("\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u1100-\u11ff\u3040-\u30ff\u3130-\u318f"
+                    "\u3400-\u4dbf\u4e00-\u9fff\ua960-\ua97f\uac00-\ud7af\ud7b0-\ud7ff\uf900-\ufaff"
+                    "\U00020000-\U0003134f")
+_UNSPACED = re.compile(f"[{_UNSPACED_RANGES}]")
+#: Where an unspaced script meets another word character ("kkkの", "luo照"): a word break, so
+#: Latin, Cyrillic and digit terms embedded in Japanese or Chinese text are still whole tokens.
+_SCRIPT_EDGE = re.compile(f"(?<=[{_UNSPACED_RANGES}])(?=[^\\W{_UNSPACED_RANGES}])|"
+                          f"(?<=[^\\W{_UNSPACED_RANGES}])(?=[{_UNSPACED_RANGES}])")
 
 
 def _is_separator(ch: str) -> bool:
@@ -76,7 +80,8 @@ def _fold(text: str) -> str:
     if text.isascii():
         return text
     text = _DROPPED_MARKS.sub("", unicodedata.normalize("NFD", text))
-    return unicodedata.normalize("NFC", text).translate(_KATAKANA).translate(_CONFUSABLES)
+    text = unicodedata.normalize("NFC", text).translate(_KATAKANA).translate(_CONFUSABLES)
+    return _SCRIPT_EDGE.sub(" ", text) if _UNSPACED.search(text) else text
 
 
 def clean_views(text: str) -> tuple[str, ...]:

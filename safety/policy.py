@@ -19,7 +19,7 @@ from safety.verdict import Action
 
 DEFAULT_POLICY = Path(__file__).with_name("default_policy.yaml")
 #: Stages whose scores are compared against per-category thresholds.
-THRESHOLD_STAGES = frozenset({"text_classifier", "output_classifier", "safety_checker"})
+THRESHOLD_STAGES = frozenset({"text_classifier", "output_classifier", "nsfw_classifier", "safety_checker"})
 #: Signals that are not term sets: a protected name in the prompt; a real person in the context.
 SPECIAL_SIGNALS = frozenset({"$protected_name", "$real_person_context"})
 #: This category can be extended but never relaxed: it must exist and it must block.

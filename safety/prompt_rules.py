@@ -58,7 +58,7 @@ class TermMatcher:
         # Only words of 3+ letters are searched inside spelled-out runs; shorter ones would
         # match by accident far too often.
         self._run_words = tuple(sorted(w for w in words if len(w) >= 3))
-        self.phrases = compile_terms(phrases)
+        self.phrases = compile_terms(phrases, plural=True)
         pats = [f"(?:{normalize_pattern(p)})" for p in patterns]
         self.patterns = re.compile("|".join(pats)) if pats else None
 

@@ -15,13 +15,19 @@ WORD, ANY, PREFIX = r"\b", "", r"\w*"
 _END = ""  # trie key of the end markers (no real atom is empty)
 
 
-def _atoms(words: list[str]) -> list[str]:
+#: After each word of a phrase: an optional plural ending ("pools of blood", "charcos de sangre").
+PLURAL = r"(?:e?s)?"
+
+
+def _atoms(words: list[str], plural: bool) -> list[str]:
     """One atom per character; the gap between words is ``\\s*`` (spaces optional)."""
     atoms: list[str] = []
     for i, word in enumerate(words):
         if i:
             atoms.append(r"\s*")
         atoms.extend(re.escape(ch) for ch in word)
+        if plural and len(words) > 1 and word[-1:].isalpha():
+            atoms.append(PLURAL)
     return atoms
 
 
@@ -35,14 +41,15 @@ def _serialise(node: dict) -> str:
     return "(?:" + "|".join(alts) + ")"
 
 
-def trie_pattern(phrases: Iterable[tuple[list[str], str]], *, start: str = r"\b") -> str | None:
-    """Regex source matching any phrase. Each phrase is (words, end) with end WORD/ANY/PREFIX."""
+def trie_pattern(phrases: Iterable[tuple[list[str], str]], *, start: str = r"\b", plural: bool = False) -> str | None:
+    """Regex source matching any phrase. Each phrase is (words, end) with end WORD/ANY/PREFIX;
+    ``plural``: every word of a multi-word phrase may take an ``s``/``es`` ending."""
     root: dict = {}
     for words, end in phrases:
         if not words:
             continue
         node = root
-        for atom in _atoms(words):
+        for atom in _atoms(words, plural):
             node = node.setdefault(atom, {})
         node.setdefault(_END, set()).add(end)
     if not root:
@@ -50,6 +57,7 @@ def trie_pattern(phrases: Iterable[tuple[list[str], str]], *, start: str = r"\b"
     return start + _serialise(root)
 
 
-def compile_terms(phrases: Iterable[tuple[list[str], str]], *, start: str = r"\b") -> re.Pattern[str] | None:
-    source = trie_pattern(phrases, start=start)
+def compile_terms(phrases: Iterable[tuple[list[str], str]], *, start: str = r"\b",
+                  plural: bool = False) -> re.Pattern[str] | None:
+    source = trie_pattern(phrases, start=start, plural=plural)
     return re.compile(source) if source else None
