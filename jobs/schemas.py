@@ -43,6 +43,9 @@ class OutputFormat(str, Enum):
         return f"image/{self.value}"
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 class RenderRequest(BaseModel):
     """What a client asks for. Unset size/steps/guidance/seed are filled in by ``resolve``."""
 
@@ -67,6 +70,17 @@ class RenderRequest(BaseModel):
     strength: float | None = Field(None, gt=0, le=1, description="How far to move from the reference (0-1].")
     webhook: str | None = Field(None, max_length=2048, description="http(s) URL for signed callbacks.")
     webhook_events_filter: list[str] | None = None
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _valid_unicode(cls, v: str | None, info) -> str | None:
+        # A lone surrogate (JSON "\ud800") is not text: it cannot be encoded, stored or logged.
+        if v is not None:
+            bad = _SURROGATE.search(v)
+            if bad:
+                raise ValueError(f"{info.field_name} contains a lone surrogate U+{ord(bad.group()):04X} at "
+                                 f"character {bad.start()}; send valid Unicode text (UTF-8)")
+        return v
 
     @field_validator("prompt")
     @classmethod

@@ -142,6 +142,37 @@ def test_moderation_block_is_422_with_stage_and_categories_and_recorded(api, ali
     assert job["status"] == "blocked" and job["error"]["code"] == "moderation_blocked"
 
 
+@pytest.mark.parametrize("prompt", [
+    "夕暮れの灯台、油絵",  # Japanese
+    "해질녘 등대, 유화",  # Korean
+    "\u202elighthouse at dusk\u202c",  # a right-to-left override
+    "مَنارة عند الغروب lighthouse 灯塔 маяк",  # mixed scripts
+    "light\u200bhouse\u2060 at\u00ad dusk",  # invisible characters
+])
+def test_prompt_in_any_script_is_accepted(api, alice, prompt):
+    r = api.post("/v1/jobs", json={"prompt": prompt}, headers=auth(alice))
+    assert r.status_code == 201, r.text
+
+
+@pytest.mark.parametrize("body,field", [
+    (b'{"prompt": "a lighthouse \\ud800 at dusk"}', "prompt"),
+    (b'{"prompt": "a lighthouse", "negative_prompt": "blur \\udfff"}', "negative_prompt"),
+])
+def test_lone_surrogate_is_a_422_naming_the_field_never_a_500(api, alice, body, field):
+    r = api.post("/v1/jobs", content=body, headers={**auth(alice), "content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    # ours ("contains a lone surrogate U+D800 ...") or the JSON parser's ("... unicode string")
+    assert err["errors"][0]["field"] == field, err
+    assert "surrogate" in err["errors"][0]["message"] or "unicode" in err["errors"][0]["message"], err
+
+
+@pytest.mark.parametrize("prompt", ["裸の小学生", "голая девочка", "n\u200bude c\u200bhild"])
+def test_blocked_prompt_in_another_script_is_a_422_moderation_block(api, alice, prompt):
+    r = api.post("/v1/jobs", json={"prompt": prompt}, headers=auth(alice))
+    assert r.status_code == 422 and r.json()["error"]["code"] == "moderation_blocked", r.text
+
+
 def test_unknown_route_and_method_are_json_errors(api, alice):
     r = api.get("/v1/nope", headers=auth(alice))
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"

@@ -118,6 +118,27 @@ def test_worker_blocks_prompt_sent_straight_to_the_queue_without_loading_the_mod
     assert "loaded model tiny" in w.log()
 
 
+def test_default_nsfw_classifier_scores_every_output_in_the_worker(client, br_env, start_worker):
+    # Nothing configures it: open_nsfw is on by default and runs on the worker's CPU.
+    start_worker(br_env)
+    job = client.submit({"prompt": "a lighthouse at dusk, oil painting", "seed": 3, "num_images": 2, **SMALL})
+    rec = client.wait(job, timeout=90)
+    assert rec.status is JobStatus.SUCCEEDED, rec.to_dict()
+    outputs = [e for e in audit_entries(br_env) if e["job_id"] == job and e["kind"] == "output_image"]
+    assert len(outputs) == 2
+    for e in outputs:
+        [v] = [v for v in e["verdicts"] if v["stage"] == "nsfw_classifier"]
+        assert v["action"] == "allow", e
+
+
+def test_worker_with_the_nsfw_classifier_off_runs_no_output_classifier(client, br_env, start_worker):
+    start_worker({**br_env, "BATCHRENDER_NSFW_CLASSIFIER": "off"})
+    job = client.submit({"prompt": "a lighthouse at dusk, oil painting", "seed": 3, **SMALL})
+    assert client.wait(job, timeout=90).status is JobStatus.SUCCEEDED
+    outputs = [e for e in audit_entries(br_env) if e["job_id"] == job and e["kind"] == "output_image"]
+    assert outputs and all(v["stage"] != "nsfw_classifier" for e in outputs for v in e["verdicts"])
+
+
 def test_blocked_job_error_names_the_stage(client, br_env, start_worker):
     prompt, category = BLOCKED[0]
     by_producer = client.submit({"prompt": prompt, **SMALL})

@@ -1,4 +1,9 @@
-"""The labelled prompt set: every minors prompt blocked, benign false positives under 2%."""
+"""The labelled prompt sets: every minors prompt of the DEV split blocked, benign false blocks under 2%.
+
+Only the dev split is asserted here: it is what the rules were tuned on, so this is a regression
+guard. The test split (multilingual_test.jsonl) is measured by benchmarks/moderation.py and never
+asserted, so nobody tunes the rules until a test passes.
+"""
 from __future__ import annotations
 
 import json
@@ -8,11 +13,18 @@ from safety.policy import load_policy
 from safety.prompt_rules import PromptRules
 from safety.verdict import Action, Decision
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "moderation" / "prompts.jsonl"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "moderation"
+DATA = DATA_DIR / "prompts.jsonl"
+DEV = ("prompts.jsonl", "holdout.jsonl", "multilingual_dev.jsonl", "multilingual_test_v1.jsonl",
+       "multilingual_test_v2.jsonl")
+LANGUAGES = {"en", "ja", "ko", "zh-hans", "zh-hant", "es", "fr", "de", "pt", "it", "ru"}
 
 
-def load_rows() -> list[dict]:
-    return [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
+def load_rows(files=("prompts.jsonl",)) -> list[dict]:
+    rows = []
+    for name in files:
+        rows += [json.loads(line) for line in (DATA_DIR / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return rows
 
 
 def test_dataset_is_large_and_well_formed():
@@ -27,7 +39,7 @@ def test_dataset_is_large_and_well_formed():
 
 def test_every_minors_prompt_is_blocked_and_benign_false_positives_stay_under_two_percent():
     rules = PromptRules(load_policy())
-    rows = load_rows()
+    rows = load_rows(DEV)
     missed, false_pos, benign = [], [], 0
     for r in rows:
         d = Decision.from_verdicts(rules.check(r["prompt"], real_person_context=bool(r.get("real_person_context"))),
@@ -40,3 +52,12 @@ def test_every_minors_prompt_is_blocked_and_benign_false_positives_stay_under_tw
                 false_pos.append(r["prompt"])
     assert missed == []
     assert len(false_pos) / benign < 0.02, false_pos
+
+
+def test_multilingual_sets_cover_every_language_and_split_cleanly():
+    dev = load_rows(DEV[2:])
+    test = load_rows(("multilingual_test.jsonl",))
+    for rows in (dev, test):
+        assert {r["lang"] for r in rows} == LANGUAGES
+        assert {r["lang"] for r in rows if r["label"] == "minors_sexual"} == LANGUAGES
+    assert not {r["prompt"] for r in dev} & {r["prompt"] for r in test}, "a prompt is in both dev and test"

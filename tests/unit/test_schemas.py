@@ -90,3 +90,17 @@ def test_reference_image_gets_a_default_strength(settings):
     r = resolve(RenderRequest.parse({"prompt": "a", "image": "data:image/png;base64,AAAA"}), spec, settings)
     assert r.strength == 0.75
     assert resolve(RenderRequest.parse({"prompt": "a"}), spec, settings).strength is None
+
+
+def test_lone_surrogate_in_a_prompt_is_refused_naming_the_field_and_position():
+    import pytest
+    from pydantic import ValidationError
+
+    from jobs.schemas import RenderRequest
+
+    with pytest.raises(ValidationError, match="prompt contains a lone surrogate U\\+D800 at character 2"):
+        RenderRequest(prompt="a \ud800 b")
+    # pydantic itself refuses it there (a length-limited field): still a named 422, never a 500
+    with pytest.raises(ValidationError, match="negative_prompt\n.*(?:surrogate|unicode string)"):
+        RenderRequest(prompt="ok", negative_prompt="\udfff")
+    assert RenderRequest(prompt="\u202eright to left\u202c 灯台").prompt
