@@ -4,7 +4,7 @@ FROM python:3.11-slim
 ARG TORCH_SPEC="torch==2.13.0"
 RUN apt-get update && apt-get install -y --no-install-recommends redis-tools && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY jobs jobs
 COPY producer producer
 COPY worker worker
@@ -12,7 +12,9 @@ COPY safety safety
 COPY storage storage
 COPY provenance provenance
 COPY webhooks webhooks
-RUN pip install --no-cache-dir "$TORCH_SPEC" && pip install --no-cache-dir '.[worker,api]'
+# The tested versions (constraints.txt), except torch, whose build (CPU/CUDA) TORCH_SPEC chooses.
+RUN grep -v '^torch==' constraints.txt > /tmp/constraints.txt \
+ && pip install --no-cache-dir "$TORCH_SPEC" && pip install --no-cache-dir -c /tmp/constraints.txt '.[worker,api]'
 ENV BATCHRENDER_HOME=/data
 VOLUME /data
 CMD ["batchrender", "--help"]

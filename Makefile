@@ -5,15 +5,22 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_REDIS_PORT ?= 6391
 
-.PHONY: demo test install clean bench lint
+.PHONY: demo test install clean bench lint lock
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the versions the suite last passed with.
+$(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# CPU wheel pinned: any other torch spec pulls several GB of CUDA packages.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[worker,api,test]'
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[worker,api,test]'
 	touch $(STAMP)
+
+# After a deliberate upgrade has passed `make test`: record the tested set.
+lock: $(STAMP)
+	{ echo "# Exact versions the suite was last run with (make lock regenerates it from .venv). make install"; \
+	  echo "# and CI install through it, so a fresh clone gets the tested set, not whatever is newest."; \
+	  $(BIN)/pip list --format=freeze --exclude-editable | grep -v -E '^(pip|setuptools|wheel)=='; } > constraints.txt
 
 install: $(STAMP)
 

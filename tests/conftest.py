@@ -119,3 +119,16 @@ def start_worker(tmp_path):
     yield start
     for w in started:
         w.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A redis-server of this test's own (persisted, killable, restartable on the same port)."""
+    import shutil
+
+    from tests.workers import RedisServer
+
+    require(shutil.which("redis-server") is not None, "redis-server binary")
+    server = RedisServer(free_port(), tmp_path / "redis").start()
+    yield server
+    server.stop()

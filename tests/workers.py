@@ -70,3 +70,49 @@ def stored_files(env: dict[str, str]) -> list[Path]:
     """Image files under a test's file:// storage root."""
     root = Path(env["BATCHRENDER_STORAGE_URL"].removeprefix("file://"))
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".png", ".jpeg", ".webp"))
+
+
+class RedisServer:
+    """A private redis-server on its own port and directory, persisted (AOF, fsync always), so a
+    test can kill it (-9) and start it again on the same port with the same data."""
+
+    def __init__(self, port: int, directory: Path) -> None:
+        self.port, self.dir = port, directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "no"],
+            stdout=open(self.dir / "redis.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        import redis
+
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        try:
+            wait_for(lambda: _pings(client), timeout=30, what=f"redis-server on {self.port}")
+        finally:
+            client.close()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save; what was fsynced to the AOF is what comes back."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        self.kill()
+
+
+def _pings(client) -> bool:
+    import redis
+
+    try:
+        return bool(client.ping())
+    except (redis.ConnectionError, redis.exceptions.BusyLoadingError):
+        return False
