@@ -98,5 +98,19 @@ class BrokerUnavailable(TransientError):
     code = "broker_unavailable"
 
 
+class BatchIncomplete(BrokerUnavailable):
+    """The broker failed half-way through a batch: ``queued`` job ids were queued, ``not_queued`` were not."""
+
+    code = "batch_incomplete"
+
+    def __init__(self, batch_id: str, queued: list[str], not_queued: list[str], cause: BaseException) -> None:
+        super().__init__(
+            f"batch {batch_id}: {len(queued)} of {len(queued) + len(not_queued)} jobs were queued before the "
+            f"broker became unavailable ({cause}); the other {len(not_queued)} were not queued and end as failed "
+            "(code not_queued). Submit those again when the broker is back.",
+            batch_id=batch_id, queued=queued, not_queued=not_queued)
+        self.batch_id, self.queued, self.not_queued = batch_id, queued, not_queued
+
+
 class DeliveryFailed(TransientError):
     code = "delivery_failed"

@@ -40,6 +40,9 @@ class Settings(BaseModel):
     #: Must exceed the hard limit, or a slow job is redelivered while it still runs.
     visibility_timeout_s: int = 3600
     max_retries: int = 5
+    #: A batch's job record whose message is still unpublished after this long was left behind
+    #: by a broker failure or a dead producer: ``Client.reconcile`` ends it as ``not_queued``.
+    batch_publish_grace_s: int = 600
 
     # -- storage -------------------------------------------------------------------------------
     #: ``file:///abs/path`` or ``s3://bucket/prefix``. Unset: ``file://{home}/outputs``.

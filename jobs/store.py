@@ -7,15 +7,48 @@ the same script, so "the batch is complete" is observed exactly once.
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import redis
 
-from jobs.errors import JobNotFound
-from jobs.names import batch_jobs_key, batch_key, cancel_key, events_channel, job_key, queued_key, tenant_key
+from jobs.errors import BrokerUnavailable, JobNotFound
+from jobs.names import (KEY_PREFIX, batch_jobs_key, batch_key, cancel_key, events_channel, job_key, queued_key,
+                        tenant_key)
+
+#: Job records written before their message was published (batches): job key -> creation time.
+UNPUBLISHED_KEY = f"{KEY_PREFIX}unpublished"
+#: Errors that mean "Redis is not reachable right now" (down, restarting, loading its data,
+#: a dropped connection): retrying later can succeed, so they become ``BrokerUnavailable``.
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def client_for(url: str) -> redis.Redis:
+    """A redis-py client that rides out connection blips (a killed connection, a failover):
+    each command is retried on a fresh connection, with backoff, for about two seconds before
+    ``BrokerUnavailable`` is raised. Commands that are not idempotent are safe to retry here: the
+    transition script refuses a second application, and ``Transition.already`` reports it."""
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=2, health_check_interval=30,
+                                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 6),
+                                retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError])
+
+
+def translate_redis_errors(fn: F) -> F:
+    """Raise ``BrokerUnavailable`` (a TransientError) instead of redis-py's connection errors."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except REDIS_DOWN as e:
+            raise BrokerUnavailable(f"Redis is unavailable ({type(e).__name__}: {e}); retry when it is back") from e
+    return wrapper  # type: ignore[return-value]
 from jobs.schemas import JobMessage, JobResult
 from jobs.status import TERMINAL, JobStatus
 
@@ -87,9 +120,23 @@ class Transition:
     current: JobStatus | None
     batch_done: int | None = None
 
+    @property
+    def already(self) -> bool:
+        """Refused because the job is already in the target status: a redelivered message, or a
+        retried call whose first reply was lost. Callers that only need the effect treat it as done."""
+        return not self.ok and self.current is not None and self.current.value == self._target
+
+    _target: str = field(default="", repr=False)
+
 
 class JobStore:
-    """Reads and writes job/batch records. Thread-safe (redis-py pools connections)."""
+    """Reads and writes job/batch records. Thread-safe (redis-py pools connections).
+
+    Every public method raises ``BrokerUnavailable`` when Redis cannot be reached, never a raw
+    redis-py error: callers (producer, API, worker) treat it as transient.
+    """
+
+
 
     def __init__(self, client: redis.Redis, ttl_s: int = 7 * 24 * 3600) -> None:
         self.r = client
@@ -98,18 +145,13 @@ class JobStore:
 
     @classmethod
     def from_url(cls, url: str, ttl_s: int = 7 * 24 * 3600) -> "JobStore":
-        return cls(redis.Redis.from_url(url, decode_responses=True), ttl_s)
+        return cls(client_for(url), ttl_s)
 
     # -- creating --------------------------------------------------------------------------------
     def create(self, msg: JobMessage) -> bool:
         """Write the queued record. Returns False when it exists already (idempotent submit)."""
         key = job_key(msg.job_id)
-        fields = {
-            "status": JobStatus.QUEUED.value, "created_at": repr(msg.submitted_at),
-            "model": msg.request.model, "request": msg.request.model_dump_json(),
-            "batch_id": msg.batch_id or "", "tenant": msg.tenant or "",
-            "custom_id": msg.request.custom_id or "", "attempts": "0",
-        }
+        fields = self._fields(msg)
         with self.r.pipeline() as p:
             p.hsetnx(key, "status", JobStatus.QUEUED.value)
             created = p.execute()[0]
@@ -123,6 +165,15 @@ class JobStore:
                 p.hincrby(tenant_key(msg.tenant), "active", 1)
             p.execute()
         return True
+
+    @staticmethod
+    def _fields(msg: JobMessage) -> dict[str, str]:
+        return {
+            "status": JobStatus.QUEUED.value, "created_at": repr(msg.submitted_at),
+            "model": msg.request.model, "request": msg.request.model_dump_json(),
+            "batch_id": msg.batch_id or "", "tenant": msg.tenant or "",
+            "custom_id": msg.request.custom_id or "", "attempts": "0",
+        }
 
     def queue_position(self, job_id: str, model: str) -> int | None:
         """0-based position among this model's queued jobs (None once it left the queue)."""
@@ -145,6 +196,53 @@ class JobStore:
             p.expire(batch_jobs_key(batch_id), self.ttl_s)
             p.execute()
 
+    def create_batch_records(self, batch_id: str, msgs: list[JobMessage], *, tenant: str | None,
+                             meta: dict[str, Any] | None = None) -> None:
+        """The batch and ALL its job records, atomically (MULTI/EXEC): all exist, or none does.
+
+        The records are marked *unpublished* until ``mark_published``: a record whose message was
+        never published (Redis or the producer died half-way through a batch) is found by
+        ``stale_unpublished`` and ended as ``failed`` (code ``not_queued``) by ``Client.reconcile``,
+        so the batch still completes and says why.
+        """
+        now = time.time()
+        with self.r.pipeline(transaction=True) as p:
+            p.hset(batch_key(batch_id), mapping={
+                "total": len(msgs), "done": 0, "created_at": repr(now), "tenant": tenant or "",
+                "meta": json.dumps(meta or {}),
+            })
+            if msgs:
+                p.rpush(batch_jobs_key(batch_id), *[m.job_id for m in msgs])
+            p.expire(batch_key(batch_id), self.ttl_s)
+            p.expire(batch_jobs_key(batch_id), self.ttl_s)
+            for m in msgs:
+                key = job_key(m.job_id)
+                p.hset(key, mapping={**self._fields(m), "published": "0"})
+                p.zadd(queued_key(m.request.model), {key: m.submitted_at})
+                p.zadd(UNPUBLISHED_KEY, {m.job_id: now})
+            if tenant and msgs:
+                p.hincrby(tenant_key(tenant), "active", len(msgs))
+            p.execute()
+
+    def mark_published(self, job_ids: Iterable[str]) -> None:
+        ids = list(job_ids)
+        if not ids:
+            return
+        with self.r.pipeline(transaction=False) as p:
+            for j in ids:
+                p.hset(job_key(j), "published", "1")
+            p.zrem(UNPUBLISHED_KEY, *ids)
+            p.execute()
+
+    def stale_unpublished(self, older_than_s: float, limit: int = 1000) -> list[str]:
+        """Job ids recorded more than ``older_than_s`` ago whose message was never published."""
+        return list(self.r.zrangebyscore(UNPUBLISHED_KEY, "-inf", time.time() - older_than_s, start=0, num=limit))
+
+    def forget_unpublished(self, job_ids: Iterable[str]) -> None:
+        ids = list(job_ids)
+        if ids:
+            self.r.zrem(UNPUBLISHED_KEY, *ids)
+
     # -- transitions -----------------------------------------------------------------------------
     def transition(self, job_id: str, to: JobStatus, allowed_from: Iterable[JobStatus],
                    **fields: Any) -> Transition:
@@ -162,7 +260,7 @@ class JobStore:
             done = int(cur) if cur is not None and int(cur) >= 0 else None
             self.r.publish(events_channel(job_id), to.value)
             return Transition(True, to, done)
-        return Transition(False, JobStatus(cur) if cur else None)
+        return Transition(False, JobStatus(cur) if cur else None, _target=to.value)
 
     def set_progress(self, job_id: str, step: int, total: int) -> None:
         self.r.hset(job_key(job_id), "progress", json.dumps({"step": step, "total": total}))
@@ -224,3 +322,12 @@ class JobStore:
             result=JobResult.model_validate_json(h["result"]) if h.get("result") else None,
             error=json.loads(h["error"]) if h.get("error") else None,
         )
+
+
+def _translate_public(cls: type) -> None:
+    for name, attr in list(vars(cls).items()):
+        if callable(attr) and not name.startswith("_") and not isinstance(attr, (staticmethod, classmethod)):
+            setattr(cls, name, translate_redis_errors(attr))
+
+
+_translate_public(JobStore)

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from jobs.errors import BatchRenderError
+from jobs.errors import BatchIncomplete, BatchRenderError, TransientError
 from jobs.settings import Settings
 
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
@@ -39,10 +39,22 @@ def _size(value: str | None) -> dict[str, Any]:
     return {"aspect_ratio": value}
 
 
+#: Exit code for "try again later" (sysexits EX_TEMPFAIL): Redis or the broker is unavailable.
+EXIT_TEMPFAIL = 75
+
+
 class Main(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except BatchIncomplete as e:
+            # Scripts must learn exactly which jobs of the batch were queued: JSON on stdout.
+            _echo_json({"batch_id": e.batch_id, "queued": e.queued, "not_queued": e.not_queued})
+            click.echo(f"error: {e.message}", err=True)
+            sys.exit(EXIT_TEMPFAIL)
+        except TransientError as e:
+            click.echo(f"error: {e.message}", err=True)
+            sys.exit(EXIT_TEMPFAIL)
         except BatchRenderError as e:
             click.echo(f"error: {e.message}", err=True)
             sys.exit(2)

@@ -13,7 +13,7 @@ from kombu.exceptions import OperationalError
 
 from jobs.celery_app import make_app
 from jobs.embedded import redis_url_for
-from jobs.errors import BrokerUnavailable, InvalidRequest, JobNotFound
+from jobs.errors import BatchIncomplete, BrokerUnavailable, InvalidRequest, JobNotFound
 from jobs.names import RENDER_TASK, render_queue
 from jobs.registry import Registry
 from jobs.schemas import ImageResult, JobMessage, JobResult, RenderRequest, resolve
@@ -105,24 +105,37 @@ class Client:
         rebuilds a missing record from the message (the other order would leave a ``queued``
         record with no message behind it). A prompt the policy blocks ends here as ``blocked``
         and is never queued, so it costs no GPU time (workers check again, in case the policy
-        changed while it waited). A publish failure records the job as failed.
+        changed while it waited). Redis or the broker being down raises ``BrokerUnavailable``;
+        the job was then not queued.
         """
         if self.store.status(msg.job_id) is not None:
             return  # already recorded: an idempotent resubmission
-        decision = self.moderation.check_prompt(msg.request.prompt, msg.request.negative_prompt,
-                                                real_person_context=msg.real_person_context,
-                                                actor=msg.tenant or "producer", job_id=msg.job_id)
+        decision = self._check_prompt(msg)
         if decision.action.value == "block":
-            info = decision.to_dict()
-            error = {"code": "moderation_blocked", "message": info.get("message"), "stage": info.get("blocking_stage"),
-                     "categories": info.get("categories", [])}
-            result = JobResult(job_id=msg.job_id, batch_id=msg.batch_id, custom_id=msg.request.custom_id,
-                               status=JobStatus.BLOCKED, model=msg.request.model, moderation=info, error=error)
             self.store.create(msg)
-            t = self.store.transition(msg.job_id, JobStatus.BLOCKED, [Q], error=error, result=result.model_dump_json())
-            if t.ok:
-                self.events.finished(msg, result, t.batch_done)
+            self._block(msg, decision)
             return
+        self._publish(msg)
+        self.store.create(msg)  # no-op when a fast worker has already rebuilt it from the message
+
+    def _check_prompt(self, msg: JobMessage):
+        return self.moderation.check_prompt(msg.request.prompt, msg.request.negative_prompt,
+                                            real_person_context=msg.real_person_context,
+                                            actor=msg.tenant or "producer", job_id=msg.job_id)
+
+    def _block(self, msg: JobMessage, decision) -> None:
+        """End a recorded, queued job as ``blocked`` by the producer's prompt check."""
+        info = decision.to_dict()
+        error = {"code": "moderation_blocked", "message": info.get("message"), "stage": info.get("blocking_stage"),
+                 "categories": info.get("categories", [])}
+        result = JobResult(job_id=msg.job_id, batch_id=msg.batch_id, custom_id=msg.request.custom_id,
+                           status=JobStatus.BLOCKED, model=msg.request.model, moderation=info, error=error)
+        t = self.store.transition(msg.job_id, JobStatus.BLOCKED, [Q], error=error, result=result.model_dump_json())
+        if t.ok:
+            self.events.finished(msg, result, t.batch_done)
+
+    def _publish(self, msg: JobMessage) -> None:
+        """Store the reference image (if any) and send the render message; BrokerUnavailable if not sent."""
         if msg.input_key and msg._input_bytes is not None:
             self.storage.put(msg.input_key, msg._input_bytes, content_type="application/octet-stream",
                              metadata={"job_id": msg.job_id, "kind": "reference"})
@@ -131,11 +144,7 @@ class Client:
                                queue=render_queue(msg.request.model), retry=True,
                                retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5})
         except (OperationalError, ConnectionError, OSError) as e:
-            self.store.create(msg)
-            self.store.transition(msg.job_id, JobStatus.FAILED, [Q], error={
-                "code": "broker_unavailable", "message": str(e), "retryable": True})
-            raise BrokerUnavailable(f"could not queue job {msg.job_id}: {e}") from e
-        self.store.create(msg)  # no-op when a fast worker has already rebuilt it from the message
+            raise BrokerUnavailable(f"could not queue job {msg.job_id}: the broker is unavailable ({e})") from e
 
     def submit(self, request: RenderRequest | dict[str, Any], *, tenant: str | None = None) -> str:
         """Queue one job; returns its id."""
@@ -146,7 +155,15 @@ class Client:
     def submit_batch(self, requests: Iterable[RenderRequest | dict[str, Any]], *,
                      tenant: str | None = None, batch_id: str | None = None,
                      meta: dict[str, Any] | None = None) -> BatchSubmission:
-        """Queue many jobs as one batch. Invalid items are reported by index; the valid ones run."""
+        """Queue many jobs as one batch. Invalid items are reported by index; the valid ones run.
+
+        The batch and all its job records are written in one Redis transaction, then the
+        messages are published one by one. If the broker fails half-way, ``BatchIncomplete``
+        says exactly which jobs were queued and which were not; the ones that were not end as
+        ``failed`` (code ``not_queued``) at once, or, when Redis itself is down, at the first
+        ``reconcile`` after it is back (``batch``/``wait_batch`` and workers run it), so the
+        batch always completes.
+        """
         batch_id = batch_id or new_id("bat")
         msgs: list[JobMessage] = []
         errors: list[tuple[int, InvalidRequest]] = []
@@ -155,10 +172,61 @@ class Client:
                 msgs.append(self.prepare(req, batch_id=batch_id, tenant=tenant))
             except InvalidRequest as e:
                 errors.append((i, e))
-        self.store.create_batch(batch_id, [m.job_id for m in msgs], tenant=tenant, meta=meta)
-        for m in msgs:
-            self.enqueue(m)
+        decisions = {m.job_id: self._check_prompt(m) for m in msgs}
+        try:
+            self.store.create_batch_records(batch_id, msgs, tenant=tenant, meta=meta)
+        except BrokerUnavailable as e:
+            raise BatchIncomplete(batch_id, [], [m.job_id for m in msgs], e) from e
+        done: list[str] = []
+        for i, m in enumerate(msgs):
+            try:
+                if decisions[m.job_id].action.value == "block":
+                    self._block(m, decisions[m.job_id])
+                else:
+                    self._publish(m)
+                done.append(m.job_id)
+                self.store.mark_published([m.job_id])
+            except BrokerUnavailable as e:
+                not_queued = [x.job_id for x in msgs[i:] if x.job_id not in done]
+                self._not_queued(not_queued, e)
+                raise BatchIncomplete(batch_id, done, not_queued, e) from e
         return BatchSubmission(batch_id, [m.job_id for m in msgs], errors)
+
+    def _not_queued(self, job_ids: list[str], cause: BaseException) -> int:
+        """End recorded jobs whose message was never published as failed (``not_queued``).
+
+        Best effort: when Redis itself is down this does nothing and ``reconcile`` does it later.
+        Returns how many were ended here.
+        """
+        error = {"code": "not_queued", "retryable": True,
+                 "message": "the job was recorded but never queued: the broker became unavailable while its "
+                            f"batch was being submitted ({cause}); submit it again"}
+        ended = 0
+        try:
+            for job_id in job_ids:
+                t = self.store.transition(job_id, JobStatus.FAILED, [Q], error=error)
+                if t.ok:
+                    ended += 1
+                    rec = self.store.get(job_id)
+                    msg = JobMessage(job_id=job_id, batch_id=rec.batch_id, tenant=rec.tenant,
+                                     request=RenderRequest.model_validate(rec.request), submitted_at=rec.created_at)
+                    result = JobResult(job_id=job_id, batch_id=rec.batch_id, custom_id=rec.custom_id,
+                                       status=JobStatus.FAILED, model=rec.model, error=error)
+                    self.events.finished(msg, result, t.batch_done)
+            self.store.forget_unpublished(job_ids)
+        except BrokerUnavailable:
+            pass
+        return ended
+
+    def reconcile(self, grace_s: float | None = None) -> int:
+        """End jobs recorded more than ``grace_s`` ago whose message was never published.
+
+        Such a record is left behind when Redis or the producer died half-way through
+        ``submit_batch``. Returns how many jobs were ended.
+        """
+        grace = self.settings.batch_publish_grace_s if grace_s is None else grace_s
+        stale = self.store.stale_unpublished(grace)
+        return self._not_queued(stale, BrokerUnavailable("the producer stopped before publishing it")) if stale else 0
 
     # -- watching --------------------------------------------------------------------------------
     def status(self, job_id: str) -> JobRecord:
@@ -179,12 +247,14 @@ class Client:
             time.sleep(poll_s)
 
     def batch(self, batch_id: str) -> dict[str, Any]:
+        self.reconcile()
         return self.store.batch_info(batch_id)
 
     def wait_batch(self, batch_id: str, timeout: float | None = None, poll_s: float = 0.2,
                    on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            self.reconcile()
             info = self.store.batch_info(batch_id)
             if on_update:
                 on_update(info)

@@ -105,6 +105,23 @@ def client(br_env, settings_for):
 
 
 @pytest.fixture
+def client_for(settings_for):
+    """``client_for(env) -> Client`` for another environment of the same test; closed at the end."""
+    from producer.client import Client
+
+    made = []
+
+    def make(env):
+        c = Client(settings_for(env))
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+@pytest.fixture
 def start_worker(tmp_path):
     """Start real celery worker processes; all are stopped at the end of the test."""
     from tests.workers import WorkerProcess

@@ -9,6 +9,10 @@ import logging
 import time
 from typing import Any, Callable
 
+import redis
+from kombu.exceptions import OperationalError
+
+from jobs.errors import BrokerUnavailable, PermanentError, TransientError
 from jobs.names import tenant_key
 from jobs.schemas import JobMessage, JobResult
 
@@ -28,10 +32,16 @@ class Events:
             return
         try:
             self.sender(event_type, msg, data or {}, batch_done)
-        except Exception:
-            # An event that cannot be enqueued must not fail a render that already succeeded;
-            # it is logged loudly and can be replayed from the delivery log.
-            log.exception("could not enqueue %s for job %s", event_type, msg.job_id)
+        except PermanentError:
+            # Configuration (no webhook secret) or a target the SSRF guard refuses: retrying
+            # cannot help and the job's own outcome stands. Logged loudly.
+            log.exception("cannot send %s for job %s", event_type, msg.job_id)
+        except TransientError:
+            raise
+        except (redis.exceptions.RedisError, OperationalError, OSError) as e:
+            # Not recorded, not sent: the caller retries (a render task is redelivered and sends
+            # the terminal events of its already-ended job again; ids make duplicates no-ops).
+            raise BrokerUnavailable(f"could not enqueue {event_type} for job {msg.job_id}: {e}") from e
 
     def progress(self, msg: JobMessage, step: int, total: int) -> None:
         now = time.monotonic()

@@ -113,7 +113,12 @@ class JobRunner:
             return Outcome(msg.job_id, JobStatus.CANCELED, {"reason": "canceled before start"})
         t = store.transition(msg.job_id, R, [Q, R], started_at=repr(time.time()))
         if not t.ok:
+            # Redelivered after it ended: render nothing, but send its terminal events again (a
+            # worker may have died between the transition and the events; they are deduplicated).
+            self._reemit(msg)
             return Outcome(msg.job_id, t.current or JobStatus.FAILED, {"reason": "already ended; skipped"})
+        if msg.batch_id:
+            store.mark_published([msg.job_id])  # a worker has it: never reconcile it as not_queued
         store.bump_attempts(msg.job_id)
         self.ctx.events.emit("job.started", msg)
         return None
@@ -191,19 +196,27 @@ class JobRunner:
 
         def on_step(step: int, total: int) -> bool:
             now = time.monotonic()
+            # Progress and cancel checks are best effort: a Redis blip must not abort a render
+            # (the job store retries each command first; what still fails is skipped this step).
             if step == total or now - last_write[0] > 0.2:
                 last_write[0] = now
                 for x in live:
-                    store.set_progress(x.msg.job_id, step, total)
-                    self.ctx.events.progress(x.msg, step, total)
-                    if progress:
-                        progress(x.msg.job_id, step, total)
+                    try:
+                        store.set_progress(x.msg.job_id, step, total)
+                        self.ctx.events.progress(x.msg, step, total)
+                        if progress:
+                            progress(x.msg.job_id, step, total)
+                    except TransientError as e:
+                        log.warning("progress of job %s not recorded: %s", x.msg.job_id, e)
             # Celery's time limits do not apply to the solo pool, so the render keeps its own.
             if now - started > self.ctx.settings.soft_time_limit_s:
                 timed_out[0] = True
                 return True
             # Stop only when every job in the call is canceled; others still need their images.
-            return all(store.cancel_requested(j) for j in ids)
+            try:
+                return all(store.cancel_requested(j) for j in ids)
+            except TransientError:
+                return False
 
         items = [RenderItem(x.msg.request.prompt, x.msg.request.negative_prompt, tuple(x.msg.seeds), x.image)
                  for x in live]
@@ -305,8 +318,27 @@ class JobRunner:
         t = self.ctx.store.transition(msg.job_id, status, [Q, R], **fields)
         if not t.ok:
             log.info("job %s already %s; not recording %s", msg.job_id, t.current, status.value)
+            if t.already:
+                self._reemit(msg)
             return
         self.ctx.events.finished(msg, result, batch_done=t.batch_done)
+
+    def _reemit(self, msg: JobMessage) -> None:
+        """Send the terminal events of a job that already ended, from its stored result.
+
+        Event ids derive from (job, type), so events that were sent before are not sent twice;
+        this only fills in what a crash between "ended" and "events enqueued" left out,
+        ``batch.completed`` included.
+        """
+        store = self.ctx.store
+        rec = store.get(msg.job_id)
+        if not rec.status.terminal or rec.result is None:
+            return
+        done = None
+        if rec.batch_id:
+            info = store.batch_info(rec.batch_id)
+            done = info["done"] if info["done"] >= info["total"] else None
+        self.ctx.events.finished(msg, rec.result, batch_done=done)
 
 
 __all__ = ["JobRunner", "Outcome", "shape_of", "PermanentError"]

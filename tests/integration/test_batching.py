@@ -35,22 +35,6 @@ def test_job_in_a_batch_renders_the_pixels_it_renders_alone(tiny_model_dir):
         digest(render(pipe, "cpu", shape, [job, job, three], rows_per_call=4))[2:]
 
 
-@pytest.fixture
-def client_for(settings_for):
-    from producer.client import Client
-
-    made = []
-
-    def make(env):
-        c = Client(settings_for(env))
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        c.close()
-
-
 def test_batched_jobs_match_the_same_jobs_rendered_one_by_one(br_env, start_worker, client_for):
     env = {**br_env, "BATCHRENDER_MAX_BATCH": "4"}
     client = client_for(env)

@@ -87,3 +87,14 @@ def test_batch_refused_before_any_record_leaves_nothing_behind(outage_client, pr
 
     with pytest.raises(JobNotFound):
         outage_client.batch(e.value.batch_id)
+
+
+def test_cli_with_redis_down_exits_75_and_says_so(outage_env, private_redis):
+    from click.testing import CliRunner
+
+    from producer.cli import cli
+
+    private_redis.kill()
+    out = CliRunner().invoke(cli, ["submit", "a kettle", "--size", "64x64"], env=outage_env)
+    assert out.exit_code == 75, out.output  # EX_TEMPFAIL: try again later
+    assert "Redis is unavailable" in out.stderr and "Traceback" not in out.output
