@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from jobs.errors import ConfigurationError
 
 ENV_PREFIX = "BATCHRENDER_"
+#: A webhook attempt's claim lasts the HTTP timeout plus this margin; another worker may take the
+#: attempt over only after it (a worker that died mid-attempt leaves its claim behind).
+WEBHOOK_CLAIM_SLACK_S = 30.0
 
 
 class Settings(BaseModel):
@@ -136,6 +139,12 @@ class Settings(BaseModel):
                 f"visibility_timeout_s ({self.visibility_timeout_s}) must exceed hard_time_limit_s "
                 f"({self.hard_time_limit_s}), or a slow job is redelivered while it still runs"
             )
+        if self.visibility_timeout_s <= self.webhook_lease_s:
+            raise ValueError(
+                f"visibility_timeout_s ({self.visibility_timeout_s}) must exceed the webhook claim lease "
+                f"(webhook_timeout_s {self.webhook_timeout_s:g} + {WEBHOOK_CLAIM_SLACK_S:g} = {self.webhook_lease_s:g}), "
+                "or a delivery whose worker died comes back while its claim still holds"
+            )
         if self.soft_time_limit_s >= self.hard_time_limit_s:
             raise ValueError("soft_time_limit_s must be below hard_time_limit_s")
         if self.provenance_index not in (None, "redis", "sqlite"):
@@ -145,6 +154,11 @@ class Settings(BaseModel):
         return self
 
     # -- derived -------------------------------------------------------------------------------
+    @property
+    def webhook_lease_s(self) -> float:
+        """How long one webhook attempt's claim holds (HTTP timeout + a margin)."""
+        return self.webhook_timeout_s + WEBHOOK_CLAIM_SLACK_S
+
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or (self.home.resolve() / "outputs").as_uri()

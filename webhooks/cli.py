@@ -77,3 +77,18 @@ def replay_cmd(event_id: str) -> None:
     except (KeyError, ValueError) as e:
         raise click.ClickException(str(e.args[0])) from None
     click.echo(f"replaying {rec.id} ({rec.type}) to {urlsplit(rec.url).netloc.rpartition('@')[2]}")
+
+
+@webhooks.command("sweep")
+@click.option("--overdue", type=float, default=None, help="Seconds past due (default 120).")
+def sweep_cmd(overdue: float | None) -> None:
+    """Send a new message for every pending event whose attempt is overdue (for cron; workers
+    also sweep at start-up and at most once a minute while delivering)."""
+    from jobs.celery_app import make_app
+    from webhooks.store import DeliveryStore
+    from webhooks.tasks import SWEEP_OVERDUE_S, sweep
+
+    settings, client = _connect()
+    sent = sweep(make_app(settings), settings, DeliveryStore(client, settings.record_ttl_s),
+                 SWEEP_OVERDUE_S if overdue is None else overdue)
+    click.echo(f"re-sent {len(sent)} overdue event(s)")

@@ -10,6 +10,7 @@ Keys (all under ``br:wh:``)::
     dead                zset   dead-lettered event ids, by time
     gone                hash   endpoint URL -> JSON note; a 410 Gone disables the URL
     progress:{job_id}   string throttle slot for job.progress
+    pending             zset   ids of events still to deliver, by creation time (for the sweep)
 
 The secrets needed to sign retries live in the record (Redis is trusted with them) but never
 appear in a repr, a log line or the CLI.
@@ -130,6 +131,8 @@ class DeliveryStore:
         now = time.time()
         rec = replace(rec, created_at=rec.created_at or now, updated_at=now)
         keys = [self.key(rec.id), PREFIX + "all"]
+        if rec.state == PENDING:
+            keys.append(PREFIX + "pending")
         if rec.job_id:
             keys.append(f"{PREFIX}job:{rec.job_id}")
         if rec.tenant:
@@ -154,6 +157,10 @@ class DeliveryStore:
             pipe.zadd(PREFIX + "dead", {event_id: fields["updated_at"]})
         elif "state" in fields:
             pipe.zrem(PREFIX + "dead", event_id)
+        if fields.get("state") == PENDING:
+            pipe.zadd(PREFIX + "pending", {event_id: fields["updated_at"]}, nx=True)
+        elif "state" in fields:
+            pipe.zrem(PREFIX + "pending", event_id)
         pipe.execute()
 
     def claim(self, event_id: str, generation: int, attempt: int, lease_s: float) -> EventRecord | None:
@@ -208,6 +215,13 @@ class DeliveryStore:
     def recent(self, limit: int = 50) -> list[EventRecord]:
         """The newest events of everyone."""
         return self._records(PREFIX + "all", limit)
+
+    def pending_ids(self, limit: int = 1000) -> list[str]:
+        """Ids of events still to deliver, oldest first."""
+        return [_s(i) for i in self.redis.zrange(PREFIX + "pending", 0, max(limit, 1) - 1)]
+
+    def forget_pending(self, event_id: str) -> None:
+        self.redis.zrem(PREFIX + "pending", event_id)
 
     def dead_letters(self, limit: int = 1000) -> list[EventRecord]:
         """Events whose last attempt failed, newest first."""

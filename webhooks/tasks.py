@@ -18,16 +18,21 @@ from celery import Celery
 
 from jobs.errors import ConfigurationError
 from jobs.names import WEBHOOK_QUEUE, WEBHOOK_TASK
-from jobs.settings import Settings
+from jobs.settings import WEBHOOK_CLAIM_SLACK_S, Settings
 from webhooks import events as ev
 from webhooks.delivery import Deliverer
 from webhooks.signing import SecretLike, normalize_secrets
 from webhooks.ssrf import Resolver, check_url
-from webhooks.store import DEAD, DELIVERED, GONE, PENDING, DeliveryStore, EventRecord
+from webhooks.store import DEAD, DELIVERED, GONE, PENDING, PREFIX, DeliveryStore, EventRecord
 
 log = logging.getLogger(__name__)
 #: Margin on top of the HTTP timeout before another worker may take over a claimed attempt.
-CLAIM_SLACK_S = 30.0
+CLAIM_SLACK_S = WEBHOOK_CLAIM_SLACK_S
+#: An event still pending this long after its attempt was due has lost its task message (a
+#: worker died between recording it and sending the message): the sweep sends a new one.
+SWEEP_OVERDUE_S = 120.0
+#: At most one sweep per this many seconds across all workers.
+SWEEP_EVERY_S = 60
 
 
 def _send(app: Celery, rec: EventRecord, countdown: float, max_wait_s: float) -> None:
@@ -124,6 +129,16 @@ def register(app: Celery, settings: Settings, *, resolver: Resolver | None = Non
                                            allow_hosts=settings.webhook_allow_hosts, resolver=resolver)
         return state["deliverer"]
 
+    from celery.signals import worker_ready
+
+    @worker_ready.connect(weak=False)
+    def _sweep_at_start(sender=None, **_kw) -> None:
+        # A worker (re)starting is when lost messages are most likely: look once right away.
+        try:
+            sweep(app, settings, deliverer().store)
+        except Exception:  # noqa: BLE001 - never stop a worker from starting over a sweep
+            log.exception("webhook sweep at start-up failed")
+
     @app.task(name=WEBHOOK_TASK, queue=WEBHOOK_QUEUE, ignore_result=True, acks_late=True)
     def deliver(event_id: str, generation: int, attempt: int) -> str:
         """Run attempt ``attempt`` of an event and schedule the next one when it failed."""
@@ -143,8 +158,16 @@ def register(app: Celery, settings: Settings, *, resolver: Resolver | None = Non
         if early > 1.0:
             _send(app, rec, early, _max_wait(settings))  # a long delay, hopping; see module doc
             return "waiting"
-        claimed = store.claim(event_id, generation, attempt, settings.webhook_timeout_s + CLAIM_SLACK_S)
+        claimed = store.claim(event_id, generation, attempt, settings.webhook_lease_s)
         if claimed is None:
+            held = store.get(event_id)
+            if (held is not None and held.state == PENDING and held.generation == generation
+                    and held.next_attempt == attempt and held.claimed_until > time.time()):
+                # Another worker holds this attempt, or held it and died (this message is its
+                # redelivery). Come back when the claim ends: if that worker finished, the
+                # attempt number has moved on and this is a duplicate then; if it died, this runs it.
+                _send(app, held, held.claimed_until - time.time() + 1.0, _max_wait(settings))
+                return "held"
             return "duplicate"
         decision = d.attempt(claimed)
         if decision.outcome == "retry":
@@ -152,9 +175,43 @@ def register(app: Celery, settings: Settings, *, resolver: Resolver | None = Non
             if nxt is not None and nxt.state == PENDING:
                 _send(app, nxt, decision.delay_s, _max_wait(settings))
                 store.update(event_id, scheduled_attempt=nxt.next_attempt)
+        maybe_sweep(app, settings, store)
         return decision.outcome
 
     return deliver
 
 
-__all__ = ["enqueue_event", "register", "replay", "DELIVERED", "DEAD", "GONE", "PENDING"]
+def sweep(app: Celery, settings: Settings, store: DeliveryStore, overdue_s: float = SWEEP_OVERDUE_S,
+          limit: int = 1000) -> list[str]:
+    """Send a new task message for every pending event whose attempt is overdue and unclaimed.
+
+    A lost message (a worker died after recording an event but before sending it, or after
+    logging an attempt but before scheduling the next) would otherwise leave the event pending
+    forever. A message that was not lost after all is harmless: the record's attempt number and
+    claim make the extra one a duplicate. Returns the ids that got a message.
+    """
+    now = time.time()
+    sent = []
+    for event_id in store.pending_ids(limit):
+        rec = store.get(event_id)
+        if rec is None or rec.state != PENDING:
+            store.forget_pending(event_id)
+            continue
+        if rec.claimed_until > now or rec.not_before > now - overdue_s or rec.updated_at > now - overdue_s:
+            continue
+        _send(app, rec, 0.0, _max_wait(settings))
+        store.update(event_id, scheduled_attempt=rec.next_attempt)
+        sent.append(event_id)
+    if sent:
+        log.warning("webhook sweep re-sent %d overdue event(s): %s", len(sent), ", ".join(sent[:10]))
+    return sent
+
+
+def maybe_sweep(app: Celery, settings: Settings, store: DeliveryStore) -> list[str]:
+    """Run ``sweep`` if no worker ran one in the last ``SWEEP_EVERY_S`` seconds."""
+    if not store.redis.set(f"{PREFIX}sweep-lock", "1", nx=True, ex=SWEEP_EVERY_S):
+        return []
+    return sweep(app, settings, store)
+
+
+__all__ = ["enqueue_event", "register", "replay", "sweep", "maybe_sweep", "DELIVERED", "DEAD", "GONE", "PENDING"]

@@ -1,0 +1,44 @@
+"""Issue 10, finding 3: a render worker holding unacked messages while Redis restarts.
+
+kombu 5.7's ``Channel.close()`` restores unacked messages through ``_connparams()``, which reads
+``connection.client`` after it was released (None) and raises AttributeError: the worker exited
+for good (reproduced 6/6). batchrender patches that (``jobs.celery_app``); the worker must ride
+out the restart and every job must still end.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from jobs.status import JobStatus
+from tests.workers import wait_for
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_worker_holding_unacked_messages_survives_a_redis_restart(br_env, private_redis, client_for,
+                                                                 start_worker):
+    from jobs.names import RENDER_TASK, render_queue
+
+    env = {**br_env, "BATCHRENDER_REDIS_URL": private_redis.url}
+    client = client_for(env)
+    w = start_worker(env, queues="render.tiny")
+    # A job scheduled for later (how transient failures are retried): the worker takes the
+    # message at once and holds it, unacknowledged, until its ETA.
+    msg = client.prepare({"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2, "seed": 1})
+    client.store.create(msg)
+    client.app.send_task(RENDER_TASK, args=[msg.model_dump(mode="json")], task_id=msg.job_id,
+                         queue=render_queue("tiny"), countdown=15)
+    wait_for(lambda: "received" in w.log() and msg.job_id in w.log(), timeout=60, what="the worker to hold it")
+    private_redis.kill()
+    time.sleep(2)
+    private_redis.start()
+    wait_for(lambda: "Connected to redis" in w.log().split("Connection to broker lost")[-1]
+             or w.proc.poll() is not None, timeout=60, what="the worker to reconnect or exit")
+    assert w.proc.poll() is None, f"the worker exited when Redis restarted:\n{w.log()[-3000:]}"
+    rec = client.wait(msg.job_id, timeout=120)
+    assert rec.status is JobStatus.SUCCEEDED, rec.to_dict()
+    later = client.submit({"prompt": "after the restart", "width": 64, "height": 64, "steps": 2})
+    assert client.wait(later, timeout=120).status is JobStatus.SUCCEEDED
+    assert w.proc.poll() is None and "AttributeError" not in w.log()
