@@ -60,6 +60,10 @@ class Settings(BaseModel):
     s3_multipart_threshold: int = 8 * 1024 * 1024
     s3_max_attempts: int = 5
     presign_expiry_s: int = 3600
+    #: How long a rendered, signed image waits for storage to come back (uploads retried with
+    #: backoff, the bytes kept in memory) before the job is retried instead. Capped at run time
+    #: so the job's message is never redelivered while it waits (see ``storage_wait_budget_s``).
+    storage_outage_s: int = 1800
 
     # -- C2PA ----------------------------------------------------------------------------------
     #: PEM certificate chain (leaf first) and private key. Unset: the dev keys under ``home/keys``
@@ -154,6 +158,13 @@ class Settings(BaseModel):
         return self
 
     # -- derived -------------------------------------------------------------------------------
+    @property
+    def storage_wait_budget_s(self) -> float:
+        """``storage_outage_s``, but never so long that the job's unacked message is handed to
+        another worker meanwhile (visibility timeout minus the render's hard limit and a margin)."""
+        return max(0.0, min(float(self.storage_outage_s),
+                            self.visibility_timeout_s - self.hard_time_limit_s - 60.0))
+
     @property
     def webhook_lease_s(self) -> float:
         """How long one webhook attempt's claim holds (HTTP timeout + a margin)."""

@@ -3,21 +3,53 @@
 Order matters: an image withheld by moderation is quarantined unsigned and never gets a URL; an
 image is signed before it is stored (a signing failure fails the job, never ships unsigned); the
 provenance index is written after the upload, so it only ever points at delivered images.
+
+Storage outages: an upload that fails after the storage backend's own retries is retried here,
+with backoff, for up to ``settings.storage_wait_budget_s`` (``BATCHRENDER_STORAGE_OUTAGE_S``,
+default 30 min), keeping the signed bytes in memory: a storage outage delays the job instead of
+failing it or rendering it again. This runs in a post-processing thread; while uploads wait,
+back-pressure stops the session from rendering more than ``postprocess_queue`` jobs ahead.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
+import random
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from PIL import Image
 
+from jobs.errors import StorageError
 from jobs.schemas import ImageResult, JobMessage
 from storage.keys import build_key
 from worker.context import WorkerContext
 from worker.encode import encode, pixel_sha256
 
 SINGLE = "single"  # the batch segment of keys for jobs submitted on their own
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def through_outage(what: str, budget_s: float, fn: Callable[[], T], *, sleep=time.sleep,
+                   clock=time.monotonic) -> T:
+    """Call ``fn`` until it stops raising ``StorageError`` or ``budget_s`` has passed (then the
+    last error is raised). Full-jitter backoff from 1 s up to 30 s between tries."""
+    started = clock()
+    tries = 0
+    while True:
+        try:
+            return fn()
+        except StorageError as e:
+            waited = clock() - started
+            if waited >= budget_s:
+                raise
+            tries += 1
+            delay = min(budget_s - waited, random.uniform(0.5, min(30.0, 2.0 ** tries)))
+            if tries == 1:
+                log.warning("%s: storage unavailable (%s); retrying for up to %.0f s", what, e.message, budget_s)
+            sleep(delay)
 
 
 @dataclass
@@ -59,10 +91,11 @@ def deliver_image(ctx: WorkerContext, msg: JobMessage, index: int, seed: int, im
         "params": render_params(msg),
     })
     sha = hashlib.sha256(data).hexdigest()
-    stored = ctx.storage.put(key, data, content_type=fmt.content_type, metadata={
-        "job_id": msg.job_id, "batch_id": msg.batch_id or "", "model": r.model, "seed": str(seed),
-        "sha256": sha,
-    })
+    stored = through_outage(f"job {msg.job_id} image {index}", ctx.settings.storage_wait_budget_s,
+                            lambda: ctx.storage.put(key, data, content_type=fmt.content_type, metadata={
+                                "job_id": msg.job_id, "batch_id": msg.batch_id or "", "model": r.model,
+                                "seed": str(seed), "sha256": sha,
+                            }))
     ctx.provenance.add(data, job_id=msg.job_id, batch_id=msg.batch_id or "", key=key)
     return Delivered(image=ImageResult(
         index=index, key=key, url=ctx.storage.url_for(key), seed=seed, width=img.width, height=img.height,

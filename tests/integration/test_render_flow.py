@@ -74,8 +74,10 @@ def test_bad_requests_are_refused_before_queueing(client):
 
 def test_worker_killed_mid_render_loses_no_job_and_writes_outputs_once(client, br_env, start_worker):
     # Short limits so the abandoned message becomes visible again within seconds, not an hour.
+    # (The visibility timeout must also exceed a webhook attempt's claim: timeout 2 s + 30 s.)
     env = {**br_env, "BATCHRENDER_SOFT_TIME_LIMIT_S": "30", "BATCHRENDER_HARD_TIME_LIMIT_S": "31",
-           "BATCHRENDER_VISIBILITY_TIMEOUT_S": "34", "BATCHRENDER_MAX_BATCH": "2"}
+           "BATCHRENDER_VISIBILITY_TIMEOUT_S": "34", "BATCHRENDER_MAX_BATCH": "2",
+           "BATCHRENDER_WEBHOOK_TIMEOUT_S": "2"}
     from producer.client import Client
     from jobs.settings import Settings
 

@@ -114,13 +114,16 @@ def test_client_is_created_lazily(s3_endpoint, bucket):
 
 # -- fault injection ---------------------------------------------------------------------------
 class FaultProxy:
-    """Loopback HTTP proxy: the first ``failures`` requests get ``mode`` (503 or a dropped
-    connection), later ones are forwarded to the upstream S3 endpoint."""
+    """Loopback HTTP proxy: the first ``failures`` requests, and every request while ``down`` is
+    set, get ``mode`` (503 or a dropped connection); others are forwarded to the upstream S3
+    endpoint. ``refused`` counts the failed ones."""
 
     def __init__(self, upstream: str, failures: int, mode: str = "503") -> None:
         self.upstream = urlparse(upstream)
         self.failures = failures
         self.mode = mode
+        self.down = False
+        self.refused = 0
         self.requests = 0
         self.lock = threading.Lock()
         proxy = self
@@ -133,7 +136,8 @@ class FaultProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with proxy.lock:
                     proxy.requests += 1
-                    fail = proxy.requests <= proxy.failures
+                    fail = proxy.requests <= proxy.failures or proxy.down
+                    proxy.refused += fail
                 if fail and proxy.mode == "reset":
                     self.close_connection = True
                     self.connection.shutdown(2)
