@@ -12,7 +12,16 @@ from tests.workers import stored_files, wait_for
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_job_in_a_batch_renders_the_pixels_it_renders_alone(tiny_model_dir):
+def test_what_batching_keeps_of_a_jobs_pixels_over_30_seeds(tiny_model_dir):
+    """The determinism statement (README, docs/reliability.md), over 30 seeds and every position.
+
+    * Exact: a row's pixels depend only on its prompt, seed, the call shape, the call size and
+      its row position; what shares the call does not matter (companions changed here).
+    * Across row positions: at most one level (1/255) apart, in a few values. Kernels reduce
+      with an alignment that depends on where a row sits (issue 10, finding 4: 3 of 60 images
+      differed by one level); measured here on CPU, 14 values of 1.1 million in 90 comparisons.
+    """
+    import numpy as np
     from diffusers import DiffusionPipeline
 
     from worker.render import CallShape, RenderItem, render
@@ -20,19 +29,31 @@ def test_job_in_a_batch_renders_the_pixels_it_renders_alone(tiny_model_dir):
     pipe = DiffusionPipeline.from_pretrained(str(tiny_model_dir), safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     shape = CallShape("tiny", 64, 64, 3, 5.0)
-    job = RenderItem("a red bicycle", None, (42,))
-    other = RenderItem("a red bicycle", None, (43,))
+    fill_a = [RenderItem("a studio shot", "blurry", (1000 + i,)) for i in range(3)]
+    fill_b = [RenderItem("a harbour at night", None, (2000 + i,)) for i in range(3)]
+
+    def pixels(items, pos):
+        return np.asarray(render(pipe, "cpu", shape, items, rows_per_call=4)[pos][0], dtype=np.int16)
+
+    worst, differing = 0, 0
+    for seed in range(30):
+        job = RenderItem("a red bicycle", None, (seed,))
+        alone = pixels([job], 0)
+        pos = 1 + seed % 3
+        with_a = pixels(fill_a[:pos] + [job] + fill_a[pos:], pos)
+        with_b = pixels(fill_b[:pos] + [job] + fill_b[pos:], pos)
+        assert np.array_equal(with_a, with_b), f"seed {seed}: companions changed the pixels at position {pos}"
+        diff = np.abs(with_a - alone)
+        worst, differing = max(worst, int(diff.max())), differing + int((diff > 0).sum())
+    assert worst <= 1, f"a row position moved a pixel by {worst} levels"
+    assert differing < 0.001 * 30 * alone.size, differing
+    # A multi-image job split across two calls obeys the same bound.
     three = RenderItem("a studio shot", "blurry, low quality", (7, 8, 9))
-
-    def digest(groups):
-        return [[hashlib.sha256(im.tobytes()).hexdigest() for im in g] for g in groups]
-
-    alone = digest(render(pipe, "cpu", shape, [job], rows_per_call=4))[0]
-    assert digest(render(pipe, "cpu", shape, [other, three, job], rows_per_call=4))[2] == alone
-    assert digest(render(pipe, "cpu", shape, [three, job, job], rows_per_call=4))[1:] == [alone, alone]
-    # A multi-image job split across calls keeps its pixels too.
-    assert digest(render(pipe, "cpu", shape, [three], rows_per_call=4)) == \
-        digest(render(pipe, "cpu", shape, [job, job, three], rows_per_call=4))[2:]
+    one = RenderItem("a red bicycle", None, (42,))
+    alone3 = render(pipe, "cpu", shape, [three], rows_per_call=4)[0]
+    split3 = render(pipe, "cpu", shape, [one, one, three], rows_per_call=4)[2]
+    for a, b in zip(alone3, split3):
+        assert np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max() <= 1
 
 
 def test_batched_jobs_match_the_same_jobs_rendered_one_by_one(br_env, start_worker, client_for):
