@@ -18,6 +18,8 @@ import redis
 from jobs.errors import BrokerUnavailable, JobNotFound
 from jobs.names import (KEY_PREFIX, batch_jobs_key, batch_key, cancel_key, events_channel, job_key, queued_key,
                         tenant_key)
+from jobs.schemas import JobMessage, JobResult
+from jobs.status import TERMINAL, JobStatus
 
 #: Job records written before their message was published (batches): job key -> creation time.
 UNPUBLISHED_KEY = f"{KEY_PREFIX}unpublished"
@@ -49,8 +51,6 @@ def translate_redis_errors(fn: F) -> F:
         except REDIS_DOWN as e:
             raise BrokerUnavailable(f"Redis is unavailable ({type(e).__name__}: {e}); retry when it is back") from e
     return wrapper  # type: ignore[return-value]
-from jobs.schemas import JobMessage, JobResult
-from jobs.status import TERMINAL, JobStatus
 
 # KEYS: job, batch (or ""), tenant (or ""), queued zset of the model.
 # ARGV: new status, allowed-from csv, ttl, then field/value pairs.
@@ -133,10 +133,9 @@ class JobStore:
     """Reads and writes job/batch records. Thread-safe (redis-py pools connections).
 
     Every public method raises ``BrokerUnavailable`` when Redis cannot be reached, never a raw
-    redis-py error: callers (producer, API, worker) treat it as transient.
+    redis-py error: callers (producer, API, worker) treat it as transient (the public methods are
+    wrapped at the end of this module).
     """
-
-
 
     def __init__(self, client: redis.Redis, ttl_s: int = 7 * 24 * 3600) -> None:
         self.r = client
@@ -181,20 +180,6 @@ class JobStore:
 
     def tenant_active(self, tenant: str) -> int:
         return int(self.r.hget(tenant_key(tenant), "active") or 0)
-
-    def create_batch(self, batch_id: str, job_ids: Iterable[str], *, tenant: str | None,
-                     meta: dict[str, Any] | None = None) -> None:
-        ids = list(job_ids)
-        with self.r.pipeline() as p:
-            p.hset(batch_key(batch_id), mapping={
-                "total": len(ids), "done": 0, "created_at": repr(time.time()), "tenant": tenant or "",
-                "meta": json.dumps(meta or {}),
-            })
-            if ids:
-                p.rpush(batch_jobs_key(batch_id), *ids)
-            p.expire(batch_key(batch_id), self.ttl_s)
-            p.expire(batch_jobs_key(batch_id), self.ttl_s)
-            p.execute()
 
     def create_batch_records(self, batch_id: str, msgs: list[JobMessage], *, tenant: str | None,
                              meta: dict[str, Any] | None = None) -> None:
