@@ -16,7 +16,7 @@ from safety.verdict import Action, Decision
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "moderation"
 DATA = DATA_DIR / "prompts.jsonl"
 DEV = ("prompts.jsonl", "holdout.jsonl", "multilingual_dev.jsonl", "multilingual_test_v1.jsonl",
-       "multilingual_test_v2.jsonl", "multilingual_test_v3.jsonl")
+       "multilingual_test_v2.jsonl", "multilingual_test_v3.jsonl", "multilingual_test_v4.jsonl")
 LANGUAGES = {"en", "ja", "ko", "zh-hans", "zh-hant", "es", "fr", "de", "pt", "it", "ru"}
 
 
