@@ -42,7 +42,11 @@ class Settings(BaseModel):
     hard_time_limit_s: int = 660
     #: Must exceed the hard limit, or a slow job is redelivered while it still runs.
     visibility_timeout_s: int = 3600
+    #: Transient failures (Redis, S3, 5xx) retried with backoff before a job fails (jobs/retry.py).
     max_retries: int = 5
+    #: Workers that may die holding one job (SIGKILL, OOM) before it fails as ``worker_lost``;
+    #: counted apart from ``max_retries``.
+    max_worker_losses: int = Field(default=3, ge=0)
     #: A batch's job record whose message is still unpublished after this long was left behind
     #: by a broker failure or a dead producer: ``Client.reconcile`` ends it as ``not_queued``.
     batch_publish_grace_s: int = 600

@@ -93,6 +93,8 @@ class JobRecord:
     finished_at: float | None = None
     progress: dict[str, int] | None = None
     attempts: int = 0
+    #: Times a transient error sent the job back to the queue (attempts - 1 - retries = workers lost).
+    retries: int = 0
     request: dict[str, Any] = field(default_factory=dict)
     result: JobResult | None = None
     error: dict[str, Any] | None = None
@@ -102,7 +104,7 @@ class JobRecord:
             "id": self.job_id, "status": self.status.value, "batch_id": self.batch_id,
             "custom_id": self.custom_id, "model": self.model, "created_at": self.created_at,
             "started_at": self.started_at, "finished_at": self.finished_at,
-            "progress": self.progress, "attempts": self.attempts,
+            "progress": self.progress, "attempts": self.attempts, "retries": self.retries,
         }
         if self.result is not None:
             d["outputs"] = [i.model_dump(mode="json") for i in self.result.images]
@@ -250,8 +252,16 @@ class JobStore:
     def set_progress(self, job_id: str, step: int, total: int) -> None:
         self.r.hset(job_key(job_id), "progress", json.dumps({"step": step, "total": total}))
 
-    def bump_attempts(self, job_id: str) -> int:
-        return int(self.r.hincrby(job_key(job_id), "attempts", 1))
+    def bump_attempts(self, job_id: str) -> tuple[int, int]:
+        """Count a claim; returns ``(attempts, retries)`` as they stand after it."""
+        with self.r.pipeline(transaction=True) as p:
+            p.hincrby(job_key(job_id), "attempts", 1)
+            p.hget(job_key(job_id), "retries")
+            attempts, retries = p.execute()
+        return int(attempts), int(retries or 0)
+
+    def bump_retries(self, job_id: str) -> int:
+        return int(self.r.hincrby(job_key(job_id), "retries", 1))
 
     # -- cancellation ----------------------------------------------------------------------------
     def request_cancel(self, job_id: str) -> None:
@@ -303,7 +313,7 @@ class JobStore:
             tenant=h.get("tenant") or None, custom_id=h.get("custom_id") or None,
             model=h.get("model", ""), created_at=f("created_at") or 0.0, started_at=f("started_at"),
             finished_at=f("finished_at"), progress=json.loads(h["progress"]) if h.get("progress") else None,
-            attempts=int(h.get("attempts", 0)), request=json.loads(h.get("request", "{}")),
+            attempts=int(h.get("attempts", 0)), retries=int(h.get("retries", 0)), request=json.loads(h.get("request", "{}")),
             result=JobResult.model_validate_json(h["result"]) if h.get("result") else None,
             error=json.loads(h["error"]) if h.get("error") else None,
         )

@@ -3,7 +3,9 @@ point, once. Tests of what a crash at that exact point leaves behind run it with
 ``start_worker(env, app="tests.crash_points")`` and the environment variables below.
 
     BR_TEST_CRASH_AT    after_terminal_transition   the job's record says it ended; no event sent
+                        after_claim                 a worker took the job (attempts counted), then died
     BR_TEST_CRASH_MARK  a file path: created when the crash happens, so it happens only once
+    BR_TEST_CRASH_TIMES crash this many times (marks MARK, MARK.2, ...), one per worker; default 1
 """
 from __future__ import annotations
 
@@ -15,15 +17,19 @@ from worker.app import app  # noqa: F401 - the app celery -A loads
 
 POINT = os.environ.get("BR_TEST_CRASH_AT", "")
 MARK = os.environ.get("BR_TEST_CRASH_MARK", "")
+TIMES = int(os.environ.get("BR_TEST_CRASH_TIMES", "1"))
 
 
 def _first_time() -> bool:
-    try:
-        fd = os.open(MARK, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return False
-    os.close(fd)
-    return True
+    """True for the first ``TIMES`` calls across all worker processes (one mark file each)."""
+    for n in range(1, TIMES + 1):
+        try:
+            fd = os.open(MARK if n == 1 else f"{MARK}.{n}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return True
+    return False
 
 
 if POINT == "after_terminal_transition":
@@ -36,3 +42,17 @@ if POINT == "after_terminal_transition":
         return t
 
     JobStore.transition = transition
+
+
+if POINT == "after_claim":
+    from worker.runner import JobRunner
+
+    _claim = JobRunner.claim
+
+    def claim(self, msg):
+        outcome = _claim(self, msg)
+        if outcome is None and _first_time():
+            os._exit(9)
+        return outcome
+
+    JobRunner.claim = claim

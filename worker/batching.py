@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from jobs.errors import PermanentError, TransientError
 from jobs.names import RENDER_TASK
+from jobs.retry import RetryPolicy
 from jobs.schemas import JobMessage
 from jobs.status import JobStatus
 from worker.runner import JobRunner, Outcome, Rendered, group_by_shape
@@ -102,7 +103,7 @@ class Gatherer:
 
 class BatchSession:
     def __init__(self, runner: JobRunner, app, queue: str, *, max_batch: int, window_ms: int,
-                 threads: int, max_pending: int, session_s: float, max_retries: int) -> None:
+                 threads: int, max_pending: int, session_s: float, policy: RetryPolicy) -> None:
         self.runner = runner
         self.app = app
         self.queue = queue
@@ -111,7 +112,7 @@ class BatchSession:
         self.threads = max(1, threads)
         self.max_pending = max(1, max_pending)
         self.session_s = session_s
-        self.max_retries = max_retries
+        self.policy = policy
         self.leader_error: TransientError | None = None
 
     def run(self, leader: JobMessage, progress=None) -> Outcome:
@@ -205,8 +206,8 @@ class BatchSession:
             p.message.ack()
 
     def _retry(self, p: Pulled, e: TransientError, outcomes: dict[str, Outcome]) -> None:
-        attempts = self.runner.ctx.store.get(p.msg.job_id).attempts
-        if attempts > self.max_retries:
+        retries = self.runner.ctx.store.get(p.msg.job_id).retries
+        if not self.policy.may_retry(retries):
             self._settle(p, self.runner.fail(p.msg, e, retryable=True), outcomes)
             return
         self.runner.requeue(p.msg, e)
@@ -214,11 +215,9 @@ class BatchSession:
             self.leader_error = e  # the task turns this into a Celery retry with backoff
             outcomes[p.msg.job_id] = Outcome(p.msg.job_id, JobStatus.QUEUED, e.to_dict())
             return
-        from worker.tasks import backoff
-
         # Re-publish with a delay, then ack the original: a crash in between leaves two copies,
         # and the claim step makes the second one a no-op once the first has finished.
         self.app.send_task(RENDER_TASK, args=[p.msg.model_dump(mode="json")], task_id=p.msg.job_id,
-                           queue=self.queue, countdown=backoff(attempts))
+                           queue=self.queue, countdown=self.policy.backoff(retries))
         outcomes[p.msg.job_id] = Outcome(p.msg.job_id, JobStatus.QUEUED, e.to_dict())
         p.message.ack()

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from jobs.errors import BatchRenderError, PermanentError, TransientError
 from jobs.names import KEY_PREFIX
+from jobs.retry import RetryPolicy, WorkerLost
 from jobs.schemas import ImageResult, JobMessage, JobResult, Timings
 from jobs.status import JobStatus
 from worker.context import WorkerContext
@@ -99,6 +100,7 @@ class JobRunner:
         self.rows_per_call = rows_per_call
         #: Seconds spent inside pipeline calls (for the GPU-idle figure).
         self.busy_s = 0.0
+        self.policy = RetryPolicy.from_settings(ctx.settings)
 
     # 1. claim ------------------------------------------------------------------------------------
     def claim(self, msg: JobMessage) -> Outcome | None:
@@ -119,7 +121,11 @@ class JobRunner:
             return Outcome(msg.job_id, t.current or JobStatus.FAILED, {"reason": "already ended; skipped"})
         if msg.batch_id:
             store.mark_published([msg.job_id])  # a worker has it: never reconcile it as not_queued
-        store.bump_attempts(msg.job_id)
+        attempts, retries = store.bump_attempts(msg.job_id)
+        try:
+            self.policy.check_claim(attempts, retries)
+        except WorkerLost as e:
+            return self.fail(msg, e, retryable=False)
         self.ctx.events.emit("job.started", msg)
         return None
 
@@ -305,7 +311,8 @@ class JobRunner:
 
     def requeue(self, msg: JobMessage, exc: TransientError) -> None:
         """A transient failure: back to queued (a retry is scheduled), keeping the reason visible."""
-        self.ctx.store.transition(msg.job_id, Q, [R], error=exc.to_dict())
+        if self.ctx.store.transition(msg.job_id, Q, [R], error=exc.to_dict()).ok:
+            self.ctx.store.bump_retries(msg.job_id)
 
     def _end(self, msg: JobMessage, status: JobStatus, *, images: list[ImageResult] | None = None,
              timings: Timings | None = None, moderation=None, error=None) -> None:

@@ -1,13 +1,12 @@
 """Celery tasks: thin wrappers that parse the payload and hand it to the runner.
 
-Retry policy reads the error class: ``TransientError`` retries with exponential backoff and
-jitter up to ``max_retries``; ``PermanentError`` fails the job once; anything unexpected is a bug:
-it fails the job with ``internal_error`` rather than looping.
+The retry policy is jobs/retry.py (shared with the batching session): ``TransientError`` retries
+with backoff while the job's ``retries`` budget lasts; ``PermanentError`` fails the job once;
+anything unexpected is a bug: it fails the job with ``internal_error`` rather than looping.
 """
 from __future__ import annotations
 
 import logging
-import random
 from typing import Any
 
 from celery import Celery
@@ -16,18 +15,16 @@ from pydantic import ValidationError
 
 from jobs.errors import PermanentError, TransientError
 from jobs.names import RENDER_TASK, render_queue
+from jobs.retry import RetryPolicy
 from jobs.schemas import JobMessage
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def backoff(retries: int, base: float = 2.0, cap: float = 300.0) -> float:
-    """Full-jitter exponential backoff (AWS architecture blog): spreads a thundering herd."""
-    return random.uniform(0, min(cap, base * 2**retries))
-
-
 def register(app: Celery, settings: Settings) -> None:
+    policy = RetryPolicy.from_settings(settings)
+
     @app.task(name=RENDER_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
     def render_job(self, payload: dict[str, Any]) -> dict[str, Any]:
         from worker.batching import BatchSession, default_max_batch
@@ -43,7 +40,7 @@ def register(app: Celery, settings: Settings) -> None:
         try:
             ctx = get_context(settings)  # built at start-up; here only after a fork or a reset
         except TransientError as e:
-            raise self.retry(exc=e, countdown=backoff(self.request.retries))
+            raise self.retry(exc=e, countdown=policy.backoff(self.request.retries))
         if ctx.publish is None:
             ctx.publish = lambda m: app.send_task(RENDER_TASK, args=[m.model_dump(mode="json")], task_id=m.job_id,
                                                   queue=render_queue(m.request.model))
@@ -59,15 +56,16 @@ def register(app: Celery, settings: Settings) -> None:
             runner, app, queue, max_batch=rows,
             window_ms=settings.batch_window_ms, threads=settings.resolved_postprocess_threads,
             max_pending=settings.postprocess_queue, session_s=settings.visibility_timeout_s / 4,
-            max_retries=settings.max_retries)
+            policy=policy)
         try:
             outcome = session.run(msg, progress)
         except TransientError as e:
-            if self.request.retries >= settings.max_retries:
+            retries = runner.ctx.store.get(msg.job_id).retries
+            if not policy.may_retry(retries):
                 outcome = runner.fail(msg, e, retryable=True)
             else:
                 runner.requeue(msg, e)
-                raise self.retry(exc=e, countdown=backoff(self.request.retries))
+                raise self.retry(exc=e, countdown=policy.backoff(retries))
         except SoftTimeLimitExceeded:
             outcome = runner.fail(msg, PermanentError(
                 f"render exceeded the time limit of {settings.soft_time_limit_s}s"), retryable=False)

@@ -47,3 +47,27 @@ def test_events_lost_to_a_crash_after_the_terminal_transition_are_sent_on_redeli
         assert len(by_id) == len(events), "one webhook-id per event"
         rec = client.status(job)
         assert rec.status is JobStatus.SUCCEEDED and rec.attempts == 1, "not rendered again"
+
+
+def test_a_job_that_keeps_losing_its_worker_ends_as_worker_lost(br_env, client_for, start_worker, tmp_path):
+    """Worker losses have their own budget (jobs/retry.py): past it the job ends, visibly, instead
+    of being handed to the next worker forever (a job that runs workers out of memory would take
+    the whole fleet down one worker at a time)."""
+    env = {**br_env, "BATCHRENDER_MAX_WORKER_LOSSES": "1", "BATCHRENDER_WEBHOOK_TIMEOUT_S": "1",
+           "BATCHRENDER_SOFT_TIME_LIMIT_S": "20", "BATCHRENDER_HARD_TIME_LIMIT_S": "21",
+           "BATCHRENDER_VISIBILITY_TIMEOUT_S": "32"}
+    client = client_for(env)
+    job = client.submit({"prompt": "a lighthouse", "seed": 2, **SMALL})
+    crashing = {**env, "BR_TEST_CRASH_AT": "after_claim", "BR_TEST_CRASH_MARK": str(tmp_path / "crashed"),
+                "BR_TEST_CRASH_TIMES": "5"}
+    for n in (1, 2):  # two workers die holding the job; each time its message comes back
+        w = start_worker(crashing, queues="render.tiny", app="tests.crash_points")
+        wait_for(lambda: w.proc.poll() is not None, timeout=120, what=f"worker {n} to die after claiming")
+        assert client.status(job).attempts == n
+    start_worker(crashing, queues="render.tiny", app="tests.crash_points")  # would die again
+    rec = client.wait(job, timeout=150)
+    assert rec.status is JobStatus.FAILED, rec.to_dict()
+    assert rec.error["code"] == "worker_lost" and rec.error["retryable"] is False, rec.error
+    assert "BATCHRENDER_MAX_WORKER_LOSSES=1" in rec.error["message"]
+    assert (rec.attempts, rec.retries) == (3, 0)
+    assert not (tmp_path / "crashed.3").exists(), "the third worker ended the job instead of dying"

@@ -7,13 +7,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.client
 import os
-import threading
 import urllib.request
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlparse
 
 import pytest
 
@@ -21,6 +17,7 @@ from jobs.errors import StorageError, UnsafeKey
 from jobs.settings import Settings
 from storage import open_storage
 from storage.s3 import S3Storage
+from tests.faults import FaultProxy
 
 MiB = 1024 * 1024
 
@@ -112,72 +109,7 @@ def test_client_is_created_lazily(s3_endpoint, bucket):
     assert store._client is None
 
 
-# -- fault injection ---------------------------------------------------------------------------
-class FaultProxy:
-    """Loopback HTTP proxy: the first ``failures`` requests, and every request while ``down`` is
-    set, get ``mode`` (503 or a dropped connection); others are forwarded to the upstream S3
-    endpoint. ``refused`` counts the failed ones."""
-
-    def __init__(self, upstream: str, failures: int, mode: str = "503") -> None:
-        self.upstream = urlparse(upstream)
-        self.failures = failures
-        self.mode = mode
-        self.down = False
-        self.refused = 0
-        self.requests = 0
-        self.lock = threading.Lock()
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep test output clean
-                pass
-
-            def _handle(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with proxy.lock:
-                    proxy.requests += 1
-                    fail = proxy.requests <= proxy.failures or proxy.down
-                    proxy.refused += fail
-                if fail and proxy.mode == "reset":
-                    self.close_connection = True
-                    self.connection.shutdown(2)
-                    return
-                if fail:
-                    msg = b"<Error><Code>ServiceUnavailable</Code><Message>injected</Message></Error>"
-                    self.send_response(503)
-                    self.send_header("Content-Length", str(len(msg)))
-                    self.end_headers()
-                    self.wfile.write(msg)
-                    return
-                conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
-                conn.request(self.command, self.path, body=body, headers=dict(self.headers))
-                resp = conn.getresponse()
-                payload = resp.read()
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(payload)
-                conn.close()
-
-            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> "FaultProxy":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
+# -- fault injection: tests/faults.py -------------------------------------------------------
 @pytest.mark.parametrize("mode", ["503", "reset"])
 def test_transient_failures_are_retried_until_the_upload_succeeds(s3_endpoint, bucket, mode):
     with FaultProxy(s3_endpoint, failures=2, mode=mode) as proxy:

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from jobs.status import JobStatus
-from tests.integration.test_s3_storage import FaultProxy
+from tests.faults import FaultProxy
 from tests.workers import wait_for
 
 pytestmark = pytest.mark.timeout(240)

@@ -1,0 +1,82 @@
+"""Fault injection on loopback, shared by the integration tests and benchmarks/chaos.py."""
+from __future__ import annotations
+
+import http.client
+import random
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlparse
+
+
+class FaultProxy:
+    """Loopback HTTP proxy: the first ``failures`` requests, and every request while ``down`` is
+    set, get ``mode`` (503 or a dropped connection); others are forwarded to the upstream S3
+    endpoint. Random faults on top: each request gets a 503 with probability ``p_503`` and a
+    dropped connection with probability ``p_reset`` (seeded). ``refused`` counts the failed ones."""
+
+    def __init__(self, upstream: str, failures: int = 0, mode: str = "503", p_503: float = 0.0,
+                 p_reset: float = 0.0, seed: int = 0) -> None:
+        self.upstream = urlparse(upstream)
+        self.failures = failures
+        self.mode = mode
+        self.down = False
+        self.p_503, self.p_reset = p_503, p_reset
+        self.rng = random.Random(seed)
+        self.refused = 0
+        self.requests = 0
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def _handle(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with proxy.lock:
+                    proxy.requests += 1
+                    fail = proxy.requests <= proxy.failures or proxy.down
+                    mode = proxy.mode
+                    if not fail and (proxy.p_503 or proxy.p_reset):
+                        x = proxy.rng.random()
+                        fail = x < proxy.p_503 + proxy.p_reset
+                        mode = "503" if x < proxy.p_503 else "reset"
+                    proxy.refused += fail
+                if fail and mode == "reset":
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                if fail:
+                    msg = b"<Error><Code>ServiceUnavailable</Code><Message>injected</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Length", str(len(msg)))
+                    self.end_headers()
+                    self.wfile.write(msg)
+                    return
+                conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
+                conn.request(self.command, self.path, body=body, headers=dict(self.headers))
+                resp = conn.getresponse()
+                payload = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FaultProxy":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,40 @@
+"""The one retry policy (jobs/retry.py): transient retries and worker losses are separate budgets."""
+from __future__ import annotations
+
+import pytest
+
+from jobs.retry import RetryPolicy, WorkerLost
+from jobs.settings import Settings
+
+
+def test_transient_retries_stop_at_the_budget():
+    policy = RetryPolicy(max_retries=2)
+    assert [policy.may_retry(n) for n in range(4)] == [True, True, False, False]
+
+
+def test_worker_losses_do_not_eat_the_transient_budget():
+    policy = RetryPolicy(max_retries=1, max_worker_losses=3)
+    # Third claim of a job whose first two workers died: two losses, no retry used yet.
+    assert policy.worker_losses(attempts=3, retries=0) == 2
+    policy.check_claim(attempts=3, retries=0)
+    assert policy.may_retry(0), "a transient error after two lost workers is still retried"
+    # Claims explained by retries are not losses.
+    assert policy.worker_losses(attempts=4, retries=3) == 0
+
+
+def test_a_claim_past_the_loss_budget_raises_worker_lost():
+    policy = RetryPolicy(max_worker_losses=1)
+    policy.check_claim(attempts=2, retries=0)
+    with pytest.raises(WorkerLost) as e:
+        policy.check_claim(attempts=3, retries=0)
+    assert e.value.code == "worker_lost" and e.value.details == {"worker_losses": 2}
+
+
+def test_backoff_is_bounded_full_jitter():
+    policy = RetryPolicy(backoff_base_s=2.0, backoff_cap_s=10.0)
+    assert all(0 <= policy.backoff(n) <= min(10.0, 2.0 * 2**n) for n in range(12) for _ in range(20))
+
+
+def test_the_policy_reads_settings():
+    s = Settings.from_env({"BATCHRENDER_MAX_RETRIES": "7", "BATCHRENDER_MAX_WORKER_LOSSES": "2"})
+    assert RetryPolicy.from_settings(s) == RetryPolicy(max_retries=7, max_worker_losses=2)
