@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_REDIS_PORT ?= 6391
 
-.PHONY: demo test install clean bench lint lock
+.PHONY: demo test install clean bench lint lock chaos
 
 # constraints.txt pins every package to the versions the suite last passed with.
 $(STAMP): pyproject.toml constraints.txt
@@ -38,6 +38,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
+
+# Kill workers, Redis, S3 and the webhook receiver while jobs flow, then count what was lost
+# (about 25 minutes: the main scenario, then a 10-minute S3 outage). Not part of `make test`.
+chaos: $(STAMP)
+	$(BIN)/python benchmarks/chaos.py --scenario all --out benchmarks/results/chaos.json
 
 clean:
 	rm -rf $(VENV) .batchrender output .pytest_cache

@@ -49,9 +49,71 @@ def patch_kombu_released_connection() -> None:
     kombu_redis.Channel._connparams = _connparams
 
 
+#: How long an acknowledgement keeps retrying while Redis drops connections (see below).
+ACK_RETRY_S = 10.0
+
+
+def patch_kombu_lost_ack() -> None:
+    """Work around a kombu Redis-transport stall: a worker whose ack failed stopped consuming.
+
+    ``QoS.ack`` first removes the message from Redis's unacked index, then frees the worker's
+    prefetch slot. If Redis drops the connection at that moment, the first step raises, Celery
+    logs "Couldn't ack" and carries on, and the slot is never freed: with one job in hand per
+    process ``can_consume()`` stays False, no BRPOP is ever sent again, and the worker sits idle
+    for good, alive and "connected", while its queue grows (found by benchmarks/chaos.py with
+    Redis dropping connections every 3 s; celery/celery#10302 reads like the same). The patch
+    retries the removal on fresh connections for ``ACK_RETRY_S`` and frees the slot either way.
+    If Redis stayed unreachable the message stays in the unacked set and is delivered again
+    after the visibility timeout, which every task here tolerates (job claims, event ids).
+    Tested by tests/integration/test_redis_restart.py.
+    """
+    import logging
+    import time
+
+    from kombu.transport import redis as kombu_redis
+    from kombu.transport import virtual
+
+    qos = kombu_redis.QoS
+    if getattr(qos.ack, "batchrender_patched", False):
+        return
+    log = logging.getLogger("batchrender.kombu")
+    original_reject = qos.reject
+
+    def _retrying(self, delivery_tag, what, op) -> None:
+        deadline, delay = time.monotonic() + ACK_RETRY_S, 0.1
+        while True:
+            try:
+                op()
+                return
+            except self.channel.connection_errors as e:
+                if time.monotonic() >= deadline:
+                    log.warning("could not %s message %s (%s); it stays in Redis's unacked set and is "
+                                "delivered again after the visibility timeout", what, delivery_tag, e)
+                    return
+                time.sleep(delay)
+                delay = min(2.0, delay * 2)
+
+    def ack(self, delivery_tag):
+        try:
+            _retrying(self, delivery_tag, "acknowledge", lambda: self._remove_from_indices(delivery_tag).execute())
+        finally:
+            virtual.QoS.ack(self, delivery_tag)  # free the prefetch slot, whatever Redis said
+
+    def reject(self, delivery_tag, requeue=False):
+        try:
+            _retrying(self, delivery_tag, "reject", lambda: original_reject(self, delivery_tag, requeue=requeue))
+        finally:
+            if delivery_tag not in self._dirty:
+                virtual.QoS.ack(self, delivery_tag)
+
+    ack.batchrender_patched = True  # type: ignore[attr-defined]
+    qos.ack, qos.reject = ack, reject
+
+
 def make_app(settings: Settings, broker_url: str | None = None) -> Celery:
     """Build the Celery app. ``broker_url`` defaults to the configured or embedded Redis."""
     patch_kombu_released_connection()
+    patch_kombu_lost_ack()
     if broker_url is None:
         from jobs.embedded import redis_url_for
 

@@ -102,6 +102,12 @@ class Settings(BaseModel):
     #: Hosts (names, IPs or CIDRs) the SSRF guard lets through despite being private/loopback.
     webhook_allow_hosts: list[str] = Field(default_factory=list)
     webhook_timeout_s: float = 15.0
+    #: Workers look for pending events whose task message was lost (a worker died between
+    #: recording an event and sending its message, a publish failed) every this many seconds,
+    #: one worker at a time, traffic or not; an event counts as lost once its attempt is
+    #: ``webhook_sweep_overdue_s`` past due.
+    webhook_sweep_every_s: float = Field(default=60.0, gt=0)
+    webhook_sweep_overdue_s: float = Field(default=120.0, ge=0)
     #: Seconds between attempts; default spans about three days like Standard Webhooks.
     webhook_schedule_s: list[float] = Field(
         default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000, 36000, 86400, 86400]

@@ -80,15 +80,16 @@ def replay_cmd(event_id: str) -> None:
 
 
 @webhooks.command("sweep")
-@click.option("--overdue", type=float, default=None, help="Seconds past due (default 120).")
+@click.option("--overdue", type=float, default=None,
+              help="Seconds past due (default: BATCHRENDER_WEBHOOK_SWEEP_OVERDUE_S, 120).")
 def sweep_cmd(overdue: float | None) -> None:
-    """Send a new message for every pending event whose attempt is overdue (for cron; workers
-    also sweep at start-up and at most once a minute while delivering)."""
+    """Send a new message for every pending event whose attempt is overdue (workers do this
+    themselves at start-up and every BATCHRENDER_WEBHOOK_SWEEP_EVERY_S seconds)."""
     from jobs.celery_app import make_app
     from webhooks.store import DeliveryStore
-    from webhooks.tasks import SWEEP_OVERDUE_S, sweep
+    from webhooks.tasks import sweep
 
     settings, client = _connect()
     sent = sweep(make_app(settings), settings, DeliveryStore(client, settings.record_ttl_s),
-                 SWEEP_OVERDUE_S if overdue is None else overdue)
+                 settings.webhook_sweep_overdue_s if overdue is None else overdue)
     click.echo(f"re-sent {len(sent)} overdue event(s)")

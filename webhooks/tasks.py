@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import replace
 from typing import Any, Iterable
@@ -28,11 +29,10 @@ from webhooks.store import DEAD, DELIVERED, GONE, PENDING, PREFIX, DeliveryStore
 log = logging.getLogger(__name__)
 #: Margin on top of the HTTP timeout before another worker may take over a claimed attempt.
 CLAIM_SLACK_S = WEBHOOK_CLAIM_SLACK_S
-#: An event still pending this long after its attempt was due has lost its task message (a
-#: worker died between recording it and sending the message): the sweep sends a new one.
-SWEEP_OVERDUE_S = 120.0
-#: At most one sweep per this many seconds across all workers.
-SWEEP_EVERY_S = 60
+#: Defaults of ``webhook_sweep_overdue_s`` / ``webhook_sweep_every_s``: an event still pending
+#: this long after its attempt was due has lost its task message, and the sweep sends a new one.
+SWEEP_OVERDUE_S = Settings.model_fields["webhook_sweep_overdue_s"].default
+SWEEP_EVERY_S = Settings.model_fields["webhook_sweep_every_s"].default
 
 
 def _send(app: Celery, rec: EventRecord, countdown: float, max_wait_s: float) -> None:
@@ -135,9 +135,20 @@ def register(app: Celery, settings: Settings, *, resolver: Resolver | None = Non
     def _sweep_at_start(sender=None, **_kw) -> None:
         # A worker (re)starting is when lost messages are most likely: look once right away.
         try:
-            sweep(app, settings, deliverer().store)
+            sweep(app, settings, deliverer().store, settings.webhook_sweep_overdue_s)
         except Exception:  # noqa: BLE001 - never stop a worker from starting over a sweep
             log.exception("webhook sweep at start-up failed")
+        # Then keep looking while the worker lives: an idle fleet runs no deliveries, so a sweep
+        # tied to deliveries alone would leave a lost event pending forever.
+        threading.Thread(target=_sweep_forever, name="batchrender-webhook-sweep", daemon=True).start()
+
+    def _sweep_forever() -> None:
+        while True:
+            time.sleep(settings.webhook_sweep_every_s / 2)  # the lock spaces sweeps, not this
+            try:
+                maybe_sweep(app, settings, deliverer().store)
+            except Exception:  # noqa: BLE001 - Redis away: try again next round
+                log.warning("periodic webhook sweep failed", exc_info=True)
 
     @app.task(name=WEBHOOK_TASK, queue=WEBHOOK_QUEUE, ignore_result=True, acks_late=True)
     def deliver(event_id: str, generation: int, attempt: int) -> str:
@@ -208,10 +219,10 @@ def sweep(app: Celery, settings: Settings, store: DeliveryStore, overdue_s: floa
 
 
 def maybe_sweep(app: Celery, settings: Settings, store: DeliveryStore) -> list[str]:
-    """Run ``sweep`` if no worker ran one in the last ``SWEEP_EVERY_S`` seconds."""
-    if not store.redis.set(f"{PREFIX}sweep-lock", "1", nx=True, ex=SWEEP_EVERY_S):
+    """Run ``sweep`` if no worker ran one in the last ``webhook_sweep_every_s`` seconds."""
+    if not store.redis.set(f"{PREFIX}sweep-lock", "1", nx=True, px=int(settings.webhook_sweep_every_s * 1000)):
         return []
-    return sweep(app, settings, store)
+    return sweep(app, settings, store, settings.webhook_sweep_overdue_s)
 
 
 __all__ = ["enqueue_event", "register", "replay", "sweep", "maybe_sweep", "DELIVERED", "DEAD", "GONE", "PENDING"]

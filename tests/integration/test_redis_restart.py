@@ -42,3 +42,41 @@ def test_worker_holding_unacked_messages_survives_a_redis_restart(br_env, privat
     later = client.submit({"prompt": "after the restart", "width": 64, "height": 64, "steps": 2})
     assert client.wait(later, timeout=120).status is JobStatus.SUCCEEDED
     assert w.proc.poll() is None and "AttributeError" not in w.log()
+
+
+def test_a_failed_ack_frees_the_prefetch_slot_so_the_consumer_keeps_consuming(private_redis, monkeypatch):
+    """Found by benchmarks/chaos.py: Redis dropped the connection just as a worker acknowledged a
+    message; kombu's ack raised before freeing the prefetch slot, Celery only logged "Couldn't
+    ack", and with one message in hand per process the worker never asked Redis for another
+    (alive, connected, idle, its queue growing). Here the failure is injected at that exact
+    point, on a real kombu Redis channel: Redis is down while the message is acknowledged."""
+    import jobs.celery_app as celery_app
+    from jobs.settings import Settings
+
+    monkeypatch.setattr(celery_app, "ACK_RETRY_S", 1.0, raising=False)
+    app = celery_app.make_app(Settings(), private_redis.url)
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        channel.basic_qos(0, 1, False)  # one message in hand, as the workers run
+        queue = conn.SimpleQueue("ack-probe", channel=channel)
+        queue.put({"n": 1})
+        queue.put({"n": 2})
+        first = queue.get(timeout=5)
+        assert not channel.qos.can_consume(), "the slot is taken until the ack"
+        private_redis.kill()
+        try:
+            first.ack()  # Redis is gone: the removal from its unacked index fails
+        except conn.connection_errors:
+            pass  # what Celery does too: it logs "Couldn't ack" and carries on
+        assert channel.qos.can_consume(), "the prefetch slot was never freed: the consumer would stall here"
+        private_redis.start()
+
+        def next_message():  # the first read finds the connection Redis dropped, as a worker's would
+            try:
+                return queue.get(timeout=1)
+            except (queue.Empty, *conn.connection_errors):
+                return None
+
+        second = wait_for(next_message, timeout=30, what="the next message after Redis came back")
+        assert second.payload == {"n": 2}
+        second.ack()

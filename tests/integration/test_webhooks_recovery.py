@@ -90,3 +90,22 @@ def test_enqueue_indexes_the_event_as_pending_until_it_is_delivered(wh, start_wo
         start_worker(env, queues="webhooks", app="webhooks.app")
         wait_for(lambda: store.get(event_id).state == DELIVERED, timeout=60, what="delivery")
         assert event_id not in store.pending_ids()
+
+
+def test_an_idle_fleet_still_sweeps_a_lost_event(wh, start_worker):
+    """Found by benchmarks/chaos.py: the sweep ran only when a worker started or delivered
+    something, so once traffic stopped an event whose message was lost stayed pending forever.
+    Workers now sweep on their own every ``webhook_sweep_every_s``."""
+    from webhooks.testing import LoopbackReceiver
+
+    env, settings, client, store, app = wh
+    env = {**env, "BATCHRENDER_WEBHOOK_SWEEP_EVERY_S": "1", "BATCHRENDER_WEBHOOK_SWEEP_OVERDUE_S": "1"}
+    with LoopbackReceiver() as rx:
+        start_worker(env, queues="webhooks", app="webhooks.app")  # its start-up sweep finds nothing
+        # Recorded after the worker started, and its message lost: no start-up sweep, no traffic.
+        rec = EventRecord(id="evt_idle_1", type=ev.JOB_SUCCEEDED, url=rx.url, job_id="job_i",
+                          payload=json.dumps(ev.envelope(ev.JOB_SUCCEEDED, ev.job_finished("job_i", "succeeded"))),
+                          secrets=(SECRET,), not_before=time.time())
+        assert store.create(rec)
+        wait_for(lambda: store.get(rec.id).state == DELIVERED, timeout=60, what="the idle worker to sweep it")
+        assert [r.headers["webhook-id"] for r in rx.received] == [rec.id]
