@@ -1,9 +1,12 @@
 """Render-worker memory over many jobs: RSS after warm-up, at 1,000 and at 5,000 jobs.
 
-    .venv/bin/python benchmarks/memory.py [--jobs 5000] [--warmup 200] [--out benchmarks/results/memory.json]
+    .venv/bin/python benchmarks/memory.py [--jobs 5000] [--warmup 200] [--s3] [--webhooks]
+                                          [--out benchmarks/results/memory.json]
 
 A real ``celery worker`` (solo pool, the tiny model at 8x8, 1 step) on a private redis-server, local
-storage, signing and moderation on (the full per-job path), jobs submitted in waves so the queue
+storage (or, with ``--s3``, a moto S3 server on loopback), signing and moderation on (the full
+per-job path; ``--webhooks``: every job has a webhook to a loopback receiver and the same worker
+delivers its events, as the default worker does), jobs submitted in waves so the queue
 never holds more than a few hundred. The worker's RSS is read from /proc after each wave. The
 figure that matters is the growth per 1,000 jobs after warm-up; the baseline row is the same
 worker idle for the same time. Prints figures; asserts nothing.
@@ -61,6 +64,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=5000)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--wave", type=int, default=250)
+    ap.add_argument("--s3", action="store_true", help="store in a moto S3 server instead of local files")
+    ap.add_argument("--webhooks", action="store_true", help="a webhook per job, delivered by the same worker")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -76,16 +81,38 @@ def main() -> None:
            "BATCHRENDER_STORAGE_URL": (work / "out").as_uri(), "BATCHRENDER_RECORD_TTL_S": "3600"}
     (work / "home" / "models").mkdir(parents=True)
     build_tiny_pipeline(work / "home" / "models" / "tiny")
+    moto = receiver = None
+    if args.s3:
+        import boto3
+        from moto.server import ThreadedMotoServer
+
+        s3_port = free_port()
+        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
+        moto.start()
+        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3_port}", region_name="us-east-1",
+                     aws_access_key_id="test", aws_secret_access_key="test").create_bucket(Bucket="memory")
+        env.update({"BATCHRENDER_STORAGE_URL": "s3://memory/renders",
+                    "BATCHRENDER_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}", "BATCHRENDER_S3_PATH_STYLE": "true",
+                    "BATCHRENDER_S3_ACCESS_KEY_ID": "test", "BATCHRENDER_S3_SECRET_ACCESS_KEY": "test"})
+    queues = "render.tiny"
+    if args.webhooks:
+        from webhooks.testing import LoopbackReceiver
+
+        receiver = LoopbackReceiver(lambda req: (204, {})).__enter__()
+        env.update({"BATCHRENDER_WEBHOOK_SECRET": "whsec_" + "bWVtb3J5LWJlbmNobWFyay1zZWNyZXQtMDAwMA==",
+                    "BATCHRENDER_WEBHOOK_ALLOW_HOSTS": "127.0.0.1"})
+        queues = "render.tiny,webhooks"
     log = open(work / "worker.log", "w")
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "solo", "-Q", "render.tiny",
+        [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "solo", "-Q", queues,
          "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING"],
         cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
     client = None
     try:
         time.sleep(2)
         client = Client(Settings.from_env(env))
-        request = {"prompt": "a small test render", "width": 8, "height": 8, "steps": 1}
+        request = {"prompt": "a small test render", "width": 8, "height": 8, "steps": 1,
+                   **({"webhook": receiver.url} if receiver else {})}
 
         def run(n: int) -> float:
             t = time.perf_counter()
@@ -118,11 +145,19 @@ def main() -> None:
         worker.terminate()
         worker.wait(30)
         redis_proc.terminate()
+        if receiver is not None:
+            received = len(receiver.received)
+            receiver.__exit__()
+        if moto is not None:
+            moto.stop()
         log.close()
         shutil.rmtree(work, ignore_errors=True)
 
     per_k = (marks[done] - base) / 1024 / (done / 1000)
-    print(f"render worker RSS, tiny model 8x8/1 step, after {args.warmup} warm-up jobs")
+    path = ("S3 (moto)" if args.s3 else "local storage") + (", webhooks delivered in the worker" if args.webhooks else "")
+    print(f"render worker RSS, tiny model 8x8/1 step, {path}, after {args.warmup} warm-up jobs")
+    if receiver is not None:
+        print(f"webhook requests received: {received}")
     print(f"python {platform.python_version()}  {platform.platform()}")
     print(f"{'jobs after warm-up':<22}{'RSS MiB':>10}{'growth MiB':>12}")
     for n, kib in marks.items():
@@ -131,7 +166,8 @@ def main() -> None:
     print(f"baseline, the same worker idle: {(idle_after - idle_before) / 1024:+.2f} MiB")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"warmup": args.warmup, "rss_kib": marks, "growth_mib_per_1000": per_k,
+        args.out.write_text(json.dumps({"warmup": args.warmup, "s3": args.s3, "webhooks": args.webhooks,
+                                        "rss_kib": marks, "growth_mib_per_1000": per_k,
                                         "idle_growth_mib": (idle_after - idle_before) / 1024,
                                         "jobs_per_s": done / t_total, "python": platform.python_version(),
                                         "platform": platform.platform()}, indent=2) + "\n")

@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from jobs.errors import PermanentError
+from jobs.errors import BrokerUnavailable, PermanentError, TransientError
 
 if TYPE_CHECKING:
     from jobs.settings import Settings
@@ -64,3 +64,22 @@ class RetryPolicy:
                 f"the job's worker died {lost} times while holding it (limit: BATCHRENDER_MAX_WORKER_LOSSES="
                 f"{self.max_worker_losses}); it may be crashing workers (out of memory?)",
                 worker_losses=lost)
+
+
+def transient(exc: BaseException) -> TransientError | None:
+    """The ``TransientError`` an exception amounts to, or None when it is not transient.
+
+    Ours say so by class. Client libraries raise their own connection errors from paths no
+    wrapper covers (a result-backend write, a pipeline, kombu publishing): those are Redis or
+    the network going away, and retrying later can succeed, so they are transient too, never a
+    job failure (the chaos suite saw two jobs fail as ``internal_error`` that way).
+    """
+    if isinstance(exc, TransientError):
+        return exc
+    import redis
+    from kombu.exceptions import OperationalError
+
+    if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OperationalError,
+                        ConnectionError, TimeoutError)):
+        return BrokerUnavailable(f"Redis or the network is unavailable ({type(exc).__name__}: {exc})")
+    return None

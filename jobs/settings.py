@@ -47,6 +47,10 @@ class Settings(BaseModel):
     #: Workers that may die holding one job (SIGKILL, OOM) before it fails as ``worker_lost``;
     #: counted apart from ``max_retries``.
     max_worker_losses: int = Field(default=3, ge=0)
+    #: Render workers look for queued jobs whose message was lost (worker/sweep.py) every this
+    #: many seconds, one worker at a time; a job counts once it has been queued this long.
+    job_sweep_every_s: float = Field(default=60.0, gt=0)
+    job_sweep_overdue_s: float = Field(default=120.0, ge=0)
     #: A batch's job record whose message is still unpublished after this long was left behind
     #: by a broker failure or a dead producer: ``Client.reconcile`` ends it as ``not_queued``.
     batch_publish_grace_s: int = 600

@@ -64,7 +64,12 @@ if not ok then return {0, cur} end
 redis.call('HSET', KEYS[1], 'status', ARGV[1])
 for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 local terminal = ARGV[1] == 'succeeded' or ARGV[1] == 'failed' or ARGV[1] == 'blocked' or ARGV[1] == 'canceled'
-if ARGV[1] ~= 'queued' then redis.call('ZREM', KEYS[4], KEYS[1]) end
+if ARGV[1] ~= 'queued' then
+  redis.call('ZREM', KEYS[4], KEYS[1])
+elseif KEYS[4] ~= '' then
+  -- back in the queue (a retry): back in the queued index, at its original place
+  redis.call('ZADD', KEYS[4], tonumber(redis.call('HGET', KEYS[1], 'created_at') or '0'), KEYS[1])
+end
 local done = -1
 if terminal then
   if KEYS[2] ~= '' then
@@ -174,7 +179,14 @@ class JobStore:
             "model": msg.request.model, "request": msg.request.model_dump_json(),
             "batch_id": msg.batch_id or "", "tenant": msg.tenant or "",
             "custom_id": msg.request.custom_id or "", "attempts": "0",
+            # the whole queue payload, so a lost message can be published again (worker/sweep.py)
+            "message": msg.model_dump_json(),
         }
+
+    def queued_before(self, model: str, before: float, limit: int = 10000) -> list[str]:
+        """Ids of this model's jobs still queued that were submitted before ``before``."""
+        keys = self.r.zrangebyscore(queued_key(model), "-inf", before, start=0, num=limit)
+        return [k.removeprefix(job_key("")) for k in keys]
 
     def queue_position(self, job_id: str, model: str) -> int | None:
         """0-based position among this model's queued jobs (None once it left the queue)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_ready
 
 from jobs.celery_app import make_app
 from jobs.errors import BatchRenderError
@@ -35,3 +35,12 @@ def _check_configuration(sender=None, **_kwargs) -> None:
         log.critical("worker cannot start: %s", e.message)
         # SystemExit passes through Celery's signal dispatch (it only catches Exception).
         raise SystemExit(2) from None
+
+
+@worker_ready.connect
+def _sweep_lost_jobs(sender=None, **_kwargs) -> None:
+    from worker.context import get_context
+    from worker.sweep import start_sweeping
+
+    start_sweeping(app, lambda: get_context(settings).store, settings.job_sweep_every_s,
+                   settings.job_sweep_overdue_s)

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from jobs.errors import PermanentError, TransientError
 from jobs.names import RENDER_TASK
-from jobs.retry import RetryPolicy
+from jobs.retry import RetryPolicy, transient
 from jobs.schemas import JobMessage
 from jobs.status import JobStatus
 from worker.runner import JobRunner, Outcome, Rendered, group_by_shape
@@ -164,6 +164,11 @@ class BatchSession:
                 self._retry(by_id[x.msg.job_id], e, outcomes)
             return []
         except Exception as e:  # noqa: BLE001 - a permanent failure fails every job of the call
+            t = transient(e)
+            if t is not None:
+                for x in group:
+                    self._retry(by_id[x.msg.job_id], t, outcomes)
+                return []
             log.exception("render failed for %d job(s)", len(group))
             for x in group:
                 self._settle(by_id[x.msg.job_id], self.runner.fail(x.msg, e, retryable=False), outcomes)
@@ -184,6 +189,9 @@ class BatchSession:
         except PermanentError as e:
             return self.runner.fail(item.live.msg, e, retryable=False)
         except Exception as e:  # noqa: BLE001
+            t = transient(e)
+            if t is not None:
+                return t
             log.exception("delivery of job %s failed", item.live.msg.job_id)
             return self.runner.fail(item.live.msg, e, retryable=False)
 

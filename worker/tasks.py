@@ -10,12 +10,12 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 from pydantic import ValidationError
 
 from jobs.errors import PermanentError, TransientError
 from jobs.names import RENDER_TASK, render_queue
-from jobs.retry import RetryPolicy
+from jobs.retry import RetryPolicy, transient
 from jobs.schemas import JobMessage
 from jobs.settings import Settings
 
@@ -58,20 +58,37 @@ def register(app: Celery, settings: Settings) -> None:
             max_pending=settings.postprocess_queue, session_s=settings.visibility_timeout_s / 4,
             policy=policy)
         try:
-            outcome = session.run(msg, progress)
-        except TransientError as e:
-            retries = runner.ctx.store.get(msg.job_id).retries
-            if not policy.may_retry(retries):
-                outcome = runner.fail(msg, e, retryable=True)
-            else:
-                runner.requeue(msg, e)
-                raise self.retry(exc=e, countdown=policy.backoff(retries))
-        except SoftTimeLimitExceeded:
-            outcome = runner.fail(msg, PermanentError(
-                f"render exceeded the time limit of {settings.soft_time_limit_s}s"), retryable=False)
-        except PermanentError as e:
-            outcome = runner.fail(msg, e, retryable=False)
-        except Exception as e:  # a bug: fail the job visibly instead of redelivering it forever
-            log.exception("job %s failed unexpectedly", msg.job_id)
-            outcome = runner.fail(msg, e, retryable=False)
+            try:
+                outcome = session.run(msg, progress)
+            except SoftTimeLimitExceeded:
+                outcome = runner.fail(msg, PermanentError(
+                    f"render exceeded the time limit of {settings.soft_time_limit_s}s"), retryable=False)
+            except PermanentError as e:
+                outcome = runner.fail(msg, e, retryable=False)
+            except Exception as e:
+                t = transient(e)
+                if t is None:  # a bug: fail the job visibly instead of redelivering it forever
+                    log.exception("job %s failed unexpectedly", msg.job_id)
+                    outcome = runner.fail(msg, e, retryable=False)
+                else:
+                    rec = runner.ctx.store.get(msg.job_id)
+                    retries = rec.retries if rec is not None else 0
+                    if not policy.may_retry(retries):
+                        outcome = runner.fail(msg, t, retryable=True)
+                    else:
+                        runner.requeue(msg, t)
+                        try:
+                            raise self.retry(exc=t, countdown=policy.backoff(retries))
+                        except Reject as r:  # Celery could not publish the retry: keep this message
+                            raise Reject(r.reason, requeue=True) from None
+        except (Retry, Reject):
+            raise
+        except Exception as e:
+            if transient(e) is None:
+                raise
+            # Redis went away while the outcome was being recorded: nothing can be written or
+            # published now. Put the message back (or, if Redis stays away, leave it unacked until
+            # the visibility timeout); the next claim takes the job up where it is.
+            log.warning("job %s: broker unavailable while ending it (%s); message kept", msg.job_id, e)
+            raise Reject(str(e), requeue=True) from e
         return {"job_id": outcome.job_id, "status": outcome.status.value}

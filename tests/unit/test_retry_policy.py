@@ -38,3 +38,20 @@ def test_backoff_is_bounded_full_jitter():
 def test_the_policy_reads_settings():
     s = Settings.from_env({"BATCHRENDER_MAX_RETRIES": "7", "BATCHRENDER_MAX_WORKER_LOSSES": "2"})
     assert RetryPolicy.from_settings(s) == RetryPolicy(max_retries=7, max_worker_losses=2)
+
+
+def test_connection_errors_of_client_libraries_are_transient():
+    import redis
+    from kombu.exceptions import OperationalError
+
+    from jobs.errors import BrokerUnavailable, InvalidRequest
+    from jobs.retry import transient
+
+    for exc in (redis.exceptions.ConnectionError("Connection reset by peer"), redis.exceptions.TimeoutError("t"),
+                redis.exceptions.BusyLoadingError("loading"), OperationalError("x"), ConnectionResetError(104, "r")):
+        t = transient(exc)
+        assert isinstance(t, BrokerUnavailable) and type(exc).__name__ in t.message
+    assert transient(ValueError("a bug")) is None
+    assert transient(InvalidRequest("bad")) is None
+    mine = BrokerUnavailable("down")
+    assert transient(mine) is mine

@@ -1,0 +1,127 @@
+"""Find queued jobs whose task message no longer exists anywhere, and publish it again.
+
+A job's message can vanish while its record still says ``queued``: Redis dropped a connection
+while a retry was being published, or a worker died in kombu's window between popping a message
+(BRPOP) and recording it as unacknowledged. Nothing would ever take such a job: it is stuck. The
+chaos suite (benchmarks/chaos.py) found one in 320 jobs.
+
+Render workers run this sweep themselves, one at a time (a Redis lock), every
+``BATCHRENDER_JOB_SWEEP_EVERY_S``: jobs queued for longer than ``BATCHRENDER_JOB_SWEEP_OVERDUE_S``
+whose id is neither in their model's queue nor in the transport's unacknowledged set (messages a
+worker holds, ETA retries included) get a new message, built from the job record, after a
+second look a moment later. A message that was only in flight is harmless: the claim step
+makes a second copy of an ended job a no-op. Jobs of a batch that were never published belong
+to ``Client.reconcile`` and are left alone.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any, Iterable
+
+from jobs.names import KEY_PREFIX, RENDER_TASK, render_queue
+from jobs.schemas import JobMessage, RenderRequest
+from jobs.status import JobStatus
+from jobs.store import JobStore
+
+log = logging.getLogger(__name__)
+LOCK_KEY = f"{KEY_PREFIX}job-sweep-lock"
+#: kombu's Redis transport: the hash of messages delivered and not yet acknowledged.
+UNACKED_KEY = "unacked"
+#: kombu's priority sub-queues (``priority_steps`` 0, 3, 6, 9) use these key suffixes.
+PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+#: Messages read per LRANGE/HSCAN page, and the most one sweep reads before it gives up.
+PAGE, MAX_MESSAGES = 1000, 200_000
+
+
+def _task_id(raw: str) -> str | None:
+    try:
+        return json.loads(raw)["headers"]["id"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def message_ids(r: Any, queues: Iterable[str]) -> set[str] | None:
+    """Task ids of every message in ``queues`` and in the unacknowledged set (None: too many)."""
+    ids: set[str] = set()
+    seen = 0
+    for q in queues:
+        for key in (q + s for s in PRIORITY_SUFFIXES):
+            for start in range(0, MAX_MESSAGES, PAGE):
+                page = r.lrange(key, start, start + PAGE - 1)
+                seen += len(page)
+                ids.update(i for i in map(_task_id, page) if i)
+                if len(page) < PAGE:
+                    break
+            if seen >= MAX_MESSAGES:
+                return None
+    for _, raw in r.hscan_iter(UNACKED_KEY, count=PAGE):
+        try:
+            ids.add(json.loads(raw)[0]["headers"]["id"])
+        except (ValueError, KeyError, TypeError, IndexError):
+            pass
+    return ids
+
+
+def sweep_lost_jobs(app: Any, store: JobStore, overdue_s: float, recheck_s: float = 1.0) -> list[str]:
+    """Publish a new message for each overdue queued job that has none. Returns their ids."""
+    r = store.r
+    before = time.time() - overdue_s
+    candidates: dict[str, str] = {}  # job id -> model
+    for key in r.scan_iter(match=f"{KEY_PREFIX}queued:*", count=100):
+        model = key.removeprefix(f"{KEY_PREFIX}queued:")
+        for job_id in store.queued_before(model, before):
+            candidates[job_id] = model
+    if not candidates:
+        return []
+    queues = {render_queue(m) for m in candidates.values()}
+    present = message_ids(r, queues)
+    if present is None:
+        log.warning("job sweep skipped: more than %d messages queued", MAX_MESSAGES)
+        return []
+    suspects = [j for j in candidates if j not in present]
+    if not suspects:
+        return []
+    time.sleep(recheck_s)  # a message popped just now is in the unacked set by the second look
+    present = message_ids(r, queues) or set()
+    sent = []
+    for job_id in suspects:
+        rec = store.get(job_id)
+        if rec is None or rec.status is not JobStatus.QUEUED or job_id in present:
+            continue
+        published, raw = r.hmget(f"{KEY_PREFIX}job:{job_id}", "published", "message")
+        if published == "0":
+            continue  # a batch record never published: Client.reconcile ends it as not_queued
+        msg = JobMessage.model_validate_json(raw) if raw else JobMessage(
+            job_id=job_id, batch_id=rec.batch_id, tenant=rec.tenant,
+            request=RenderRequest.model_validate(rec.request), submitted_at=rec.created_at)
+        app.send_task(RENDER_TASK, args=[msg.model_dump(mode="json")], task_id=job_id,
+                      queue=render_queue(msg.request.model))
+        sent.append(job_id)
+    if sent:
+        log.warning("job sweep re-sent %d lost job message(s): %s", len(sent), ", ".join(sent[:10]))
+    return sent
+
+
+def maybe_sweep_lost_jobs(app: Any, store: JobStore, every_s: float, overdue_s: float) -> list[str]:
+    """Run ``sweep_lost_jobs`` if no worker ran one in the last ``every_s`` seconds."""
+    if not store.r.set(LOCK_KEY, "1", nx=True, px=int(every_s * 1000)):
+        return []
+    return sweep_lost_jobs(app, store, overdue_s)
+
+
+def start_sweeping(app: Any, store_factory, every_s: float, overdue_s: float) -> threading.Thread:
+    """A daemon thread of the worker process that sweeps for as long as the worker lives."""
+    def run() -> None:
+        while True:
+            time.sleep(every_s / 2)  # the lock spaces sweeps across workers, not this
+            try:
+                maybe_sweep_lost_jobs(app, store_factory(), every_s, overdue_s)
+            except Exception:  # noqa: BLE001 - Redis away: try again next round
+                log.warning("job sweep failed", exc_info=True)
+
+    t = threading.Thread(target=run, name="batchrender-job-sweep", daemon=True)
+    t.start()
+    return t
