@@ -52,7 +52,6 @@ from tests.faults import FaultProxy  # noqa: E402 - test doubles of the repo, re
 from tests.workers import RedisServer, WorkerProcess  # noqa: E402
 
 SECRET = "whsec_" + "Y2hhb3MtYmVuY2htYXJrLXNlY3JldC0wMDAwMDA="
-BUCKET = "chaos"
 TERMINAL = {"succeeded", "failed", "blocked", "canceled"}
 
 
@@ -127,12 +126,15 @@ class Slot:
 
 
 class Rig:
-    def __init__(self, work: Path, *, visibility_s: int, seed: int, record_ttl_s: int = 7 * 24 * 3600) -> None:
+    def __init__(self, work: Path, *, bucket: str, visibility_s: int, seed: int,
+                 record_ttl_s: int = 7 * 24 * 3600) -> None:
         from moto.server import ThreadedMotoServer
 
         from worker.tiny import build_tiny_pipeline
 
         self.work = work
+        # moto servers in one process share their state: each scenario gets a bucket of its own
+        self.bucket = bucket
         self.rng = random.Random(seed)
         self.redis = RedisServer(free_port(), work / "redis").start()
         self.moto_port = free_port()
@@ -144,7 +146,7 @@ class Rig:
         build_tiny_pipeline(home / "models" / "tiny")
         self.env = {
             "BATCHRENDER_HOME": str(home), "BATCHRENDER_REDIS_URL": self.redis.url,
-            "BATCHRENDER_STORAGE_URL": f"s3://{BUCKET}/renders", "BATCHRENDER_S3_ENDPOINT_URL": self.proxy.url,
+            "BATCHRENDER_STORAGE_URL": f"s3://{bucket}/renders", "BATCHRENDER_S3_ENDPOINT_URL": self.proxy.url,
             "BATCHRENDER_S3_PATH_STYLE": "true", "BATCHRENDER_S3_ACCESS_KEY_ID": "test",
             "BATCHRENDER_S3_SECRET_ACCESS_KEY": "test", "BATCHRENDER_S3_MAX_ATTEMPTS": "3",
             "BATCHRENDER_WEBHOOK_SECRET": SECRET, "BATCHRENDER_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
@@ -163,7 +165,7 @@ class Rig:
 
         self.s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{self.moto_port}", region_name="us-east-1",
                                aws_access_key_id="test", aws_secret_access_key="test")
-        self.s3.create_bucket(Bucket=BUCKET)
+        self.s3.create_bucket(Bucket=bucket)
         from jobs.settings import Settings
         from producer.client import Client
 
@@ -328,7 +330,7 @@ def account(rig: Rig, ledger: Ledger, receiver: FlakyReceiver | None, drain_s: f
                 expected_keys[img.key] = j
     job_of = {j: True for j in accepted + ledger.not_queued}
     objects = []
-    for page in rig.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+    for page in rig.s3.get_paginator("list_objects_v2").paginate(Bucket=rig.bucket):
         objects += [o["Key"] for o in page.get("Contents", [])]
     succeeded_ids = {r.job_id for r in succeeded}
     duplicates = orphans = 0
@@ -352,7 +354,7 @@ def account(rig: Rig, ledger: Ledger, receiver: FlakyReceiver | None, drain_s: f
     objset = set(objects)
     for k in sample:
         key = k if k in objset else "renders/" + k
-        data = rig.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        data = rig.s3.get_object(Bucket=rig.bucket, Key=key)["Body"].read()
         if verify(data, ca).state != "Trusted":
             untrusted += 1
 
@@ -410,7 +412,7 @@ def run_main(args) -> dict:
     import redis
 
     work = Path(tempfile.mkdtemp(prefix="br-chaos-"))
-    rig = Rig(work, visibility_s=45, seed=args.seed)
+    rig = Rig(work, bucket="chaos-main", visibility_s=45, seed=args.seed)
     receiver = FlakyReceiver(p_fail=0.2, seed=args.seed)
     receiver.up()
     rig.proxy.p_503, rig.proxy.p_reset = 0.20, 0.04
@@ -487,7 +489,7 @@ def run_main(args) -> dict:
 
 def run_outage(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="br-chaos-outage-"))
-    rig = Rig(work, visibility_s=3600, seed=args.seed)
+    rig = Rig(work, bucket="chaos-s3-outage", visibility_s=3600, seed=args.seed)
     ledger = Ledger()
     try:
         for i in range(args.render_workers):
