@@ -5,8 +5,9 @@
 
 A real ``celery worker`` (solo pool, the tiny model at 8x8, 1 step) on a private redis-server, local
 storage (or, with ``--s3``, a moto S3 server on loopback), signing and moderation on (the full
-per-job path; ``--webhooks``: every job has a webhook to a loopback receiver and the same worker
-delivers its events, as the default worker does), jobs submitted in waves so the queue
+per-job path; ``--webhooks``: every job has a webhook to a loopback receiver, delivered by a
+webhook worker of its own, whose RSS is reported too; each wave waits until every event is
+delivered), jobs submitted in waves so the queue
 never holds more than a few hundred. The worker's RSS is read from /proc after each wave. The
 figure that matters is the growth per 1,000 jobs after warm-up; the baseline row is the same
 worker idle for the same time. Prints figures; asserts nothing.
@@ -65,7 +66,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--wave", type=int, default=250)
     ap.add_argument("--s3", action="store_true", help="store in a moto S3 server instead of local files")
-    ap.add_argument("--webhooks", action="store_true", help="a webhook per job, delivered by the same worker")
+    ap.add_argument("--webhooks", action="store_true", help="a webhook per job, delivered by a webhook worker")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -101,8 +102,13 @@ def main() -> None:
         receiver = LoopbackReceiver(lambda req: (204, {})).__enter__()
         env.update({"BATCHRENDER_WEBHOOK_SECRET": "whsec_" + "bWVtb3J5LWJlbmNobWFyay1zZWNyZXQtMDAwMA==",
                     "BATCHRENDER_WEBHOOK_ALLOW_HOSTS": "127.0.0.1"})
-        queues = "render.tiny,webhooks"
     log = open(work / "worker.log", "w")
+    hooks = None
+    if args.webhooks:
+        hooks = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "webhooks.app", "worker", "-P", "solo", "-Q", "webhooks",
+             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING"],
+            cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "solo", "-Q", queues,
          "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING"],
@@ -114,6 +120,15 @@ def main() -> None:
         request = {"prompt": "a small test render", "width": 8, "height": 8, "steps": 1,
                    **({"webhook": receiver.url} if receiver else {})}
 
+        def events_settled() -> None:
+            if hooks is None:
+                return
+            from webhooks.store import DeliveryStore
+
+            store = DeliveryStore(client.store.r)
+            while store.pending_ids(10):
+                time.sleep(0.05)
+
         def run(n: int) -> float:
             t = time.perf_counter()
             done = 0
@@ -122,12 +137,14 @@ def main() -> None:
                 ids = [client.submit({**request, "seed": done + i}) for i in range(k)]
                 for j in ids:
                     client.wait(j, timeout=600, poll_s=0.02)
+                events_settled()
                 done += k
             return time.perf_counter() - t
 
         run(args.warmup)
         base = rss_kib(worker.pid)
         marks = {0: base}
+        hook_marks = {0: rss_kib(hooks.pid)} if hooks else {}
         t_total = 0.0
         done = 0
         for target in (1000, args.jobs):
@@ -136,14 +153,18 @@ def main() -> None:
             t_total += run(target - done)
             done = target
             marks[done] = rss_kib(worker.pid)
+            if hooks:
+                hook_marks[done] = rss_kib(hooks.pid)
         idle_before = rss_kib(worker.pid)
         time.sleep(min(60.0, t_total / 4))
         idle_after = rss_kib(worker.pid)
     finally:
         if client is not None:
             client.close()
-        worker.terminate()
-        worker.wait(30)
+        for proc in (worker, hooks):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(30)
         redis_proc.terminate()
         if receiver is not None:
             received = len(receiver.received)
@@ -154,7 +175,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     per_k = (marks[done] - base) / 1024 / (done / 1000)
-    path = ("S3 (moto)" if args.s3 else "local storage") + (", webhooks delivered in the worker" if args.webhooks else "")
+    path = ("S3 (moto)" if args.s3 else "local storage") + (", a webhook per job (own worker)" if args.webhooks else "")
     print(f"render worker RSS, tiny model 8x8/1 step, {path}, after {args.warmup} warm-up jobs")
     if receiver is not None:
         print(f"webhook requests received: {received}")
@@ -164,10 +185,19 @@ def main() -> None:
         print(f"{n:<22}{kib / 1024:>10.1f}{(kib - base) / 1024:>12.2f}")
     print(f"growth per 1,000 jobs: {per_k:.2f} MiB  (jobs/s {done / t_total:.1f})")
     print(f"baseline, the same worker idle: {(idle_after - idle_before) / 1024:+.2f} MiB")
+    hook_per_k = None
+    if hook_marks:
+        hook_per_k = (hook_marks[done] - hook_marks[0]) / 1024 / (done / 1000)
+        print("webhook worker RSS (every event delivered before each mark):")
+        for n, kib in hook_marks.items():
+            print(f"{n:<22}{kib / 1024:>10.1f}{(kib - hook_marks[0]) / 1024:>12.2f}")
+        print(f"webhook worker growth per 1,000 jobs: {hook_per_k:.2f} MiB")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"warmup": args.warmup, "s3": args.s3, "webhooks": args.webhooks,
-                                        "rss_kib": marks, "growth_mib_per_1000": per_k,
+                                        "rss_kib": marks, "webhook_worker_rss_kib": hook_marks,
+                                        "webhook_worker_growth_mib_per_1000": hook_per_k,
+                                        "webhook_requests_received": received if receiver is not None else None, "growth_mib_per_1000": per_k,
                                         "idle_growth_mib": (idle_after - idle_before) / 1024,
                                         "jobs_per_s": done / t_total, "python": platform.python_version(),
                                         "platform": platform.platform()}, indent=2) + "\n")
