@@ -258,10 +258,20 @@ def submitter(rig: Rig, ledger: Ledger, total: int, until: float, webhook: str, 
 
 
 # -- accounting --------------------------------------------------------------------------------
+def record(rig: Rig, job_id: str):
+    """The job's record, or None when it does not exist (a lost job)."""
+    from jobs.errors import JobNotFound
+
+    try:
+        return rig.client.store.get(job_id)
+    except JobNotFound:
+        return None
+
+
 def snapshot(rig: Rig, ledger: Ledger) -> dict[str, str | None]:
     out = {}
     for j in list(ledger.accepted) + list(ledger.not_queued):
-        rec = rig.client.store.get(j)
+        rec = record(rig, j)
         out[j] = rec.status.value if rec else None
     return out
 
@@ -319,7 +329,7 @@ def account(rig: Rig, ledger: Ledger, receiver: FlakyReceiver | None, drain_s: f
     expected_keys: dict[str, str] = {}
     succeeded = []
     for j in accepted:
-        rec = rig.client.store.get(j)
+        rec = record(rig, j)
         if rec is None:
             continue
         if rec.status.value == "failed":
@@ -510,7 +520,7 @@ def run_outage(args) -> dict:
         log(f"S3 back; during the outage: {dict(during)}")
         drain_s = drain(rig, ledger, None, args.drain_limit_s)
         result = account(rig, ledger, None, drain_s, args.c2pa_sample, args.seed)
-        attempts = Counter(rig.client.store.get(j).attempts for j in ledger.accepted)
+        attempts = Counter(r.attempts for j in ledger.accepted if (r := record(rig, j)))
         result.update({"scenario": "s3_outage", "outage_s": args.outage_s, "statuses_at_end_of_outage": dict(during),
                        "attempts": {str(k): v for k, v in sorted(attempts.items())}})
         return result

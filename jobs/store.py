@@ -18,7 +18,7 @@ import redis
 from jobs.errors import BrokerUnavailable, JobNotFound
 from jobs.names import (KEY_PREFIX, batch_jobs_key, batch_key, cancel_key, events_channel, job_key, queued_key,
                         tenant_key)
-from jobs.schemas import JobMessage, JobResult
+from jobs.schemas import JobMessage, JobResult, RenderRequest
 from jobs.status import TERMINAL, JobStatus
 
 #: Job records written before their message was published (batches): job key -> creation time.
@@ -288,6 +288,16 @@ class JobStore:
         if not h or "status" not in h:
             raise JobNotFound(f"no job {job_id!r}")
         return self._record(job_id, h)
+
+    def message(self, job_id: str) -> JobMessage:
+        """The job's queue payload: the copy stored with the record, or (records written before
+        it was stored) one rebuilt from the record's fields."""
+        raw = self.r.hget(job_key(job_id), "message")
+        if raw:
+            return JobMessage.model_validate_json(raw)
+        rec = self.get(job_id)
+        return JobMessage(job_id=job_id, batch_id=rec.batch_id, tenant=rec.tenant,
+                          request=RenderRequest.model_validate(rec.request), submitted_at=rec.created_at)
 
     def get_many(self, job_ids: list[str]) -> list[JobRecord]:
         with self.r.pipeline() as p:

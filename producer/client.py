@@ -208,8 +208,7 @@ class Client:
                 if t.ok:
                     ended += 1
                     rec = self.store.get(job_id)
-                    msg = JobMessage(job_id=job_id, batch_id=rec.batch_id, tenant=rec.tenant,
-                                     request=RenderRequest.model_validate(rec.request), submitted_at=rec.created_at)
+                    msg = self.store.message(job_id)
                     result = JobResult(job_id=job_id, batch_id=rec.batch_id, custom_id=rec.custom_id,
                                        status=JobStatus.FAILED, model=rec.model, error=error)
                     self.events.finished(msg, result, t.batch_done)
@@ -286,8 +285,7 @@ class Client:
         error = {"code": "canceled", "message": "canceled before it started"}
         t = self.store.transition(job_id, JobStatus.CANCELED, [Q], error=error)
         if t.ok and rec.request.get("webhook"):
-            msg = JobMessage(job_id=job_id, batch_id=rec.batch_id, tenant=rec.tenant,
-                             request=RenderRequest.model_validate(rec.request), submitted_at=rec.created_at)
+            msg = self.store.message(job_id)
             result = JobResult(job_id=job_id, batch_id=rec.batch_id, custom_id=rec.custom_id,
                                status=JobStatus.CANCELED, model=rec.model, error=error)
             self.events.finished(msg, result, t.batch_done)

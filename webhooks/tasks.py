@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from dataclasses import replace
 from typing import Any, Iterable
@@ -19,6 +18,7 @@ from celery import Celery
 
 from jobs.errors import ConfigurationError
 from jobs.names import WEBHOOK_QUEUE, WEBHOOK_TASK
+from jobs.periodic import start_periodic, take_turn
 from jobs.settings import WEBHOOK_CLAIM_SLACK_S, Settings
 from webhooks import events as ev
 from webhooks.delivery import Deliverer
@@ -140,15 +140,8 @@ def register(app: Celery, settings: Settings, *, resolver: Resolver | None = Non
             log.exception("webhook sweep at start-up failed")
         # Then keep looking while the worker lives: an idle fleet runs no deliveries, so a sweep
         # tied to deliveries alone would leave a lost event pending forever.
-        threading.Thread(target=_sweep_forever, name="batchrender-webhook-sweep", daemon=True).start()
-
-    def _sweep_forever() -> None:
-        while True:
-            time.sleep(settings.webhook_sweep_every_s / 2)  # the lock spaces sweeps, not this
-            try:
-                maybe_sweep(app, settings, deliverer().store)
-            except Exception:  # noqa: BLE001 - Redis away: try again next round
-                log.warning("periodic webhook sweep failed", exc_info=True)
+        start_periodic("webhook-sweep", settings.webhook_sweep_every_s,
+                       lambda: maybe_sweep(app, settings, deliverer().store))
 
     @app.task(name=WEBHOOK_TASK, queue=WEBHOOK_QUEUE, ignore_result=True, acks_late=True)
     def deliver(event_id: str, generation: int, attempt: int) -> str:
@@ -220,7 +213,7 @@ def sweep(app: Celery, settings: Settings, store: DeliveryStore, overdue_s: floa
 
 def maybe_sweep(app: Celery, settings: Settings, store: DeliveryStore) -> list[str]:
     """Run ``sweep`` if no worker ran one in the last ``webhook_sweep_every_s`` seconds."""
-    if not store.redis.set(f"{PREFIX}sweep-lock", "1", nx=True, px=int(settings.webhook_sweep_every_s * 1000)):
+    if not take_turn(store.redis, f"{PREFIX}sweep-lock", settings.webhook_sweep_every_s):
         return []
     return sweep(app, settings, store, settings.webhook_sweep_overdue_s)
 

@@ -39,8 +39,10 @@ def _check_configuration(sender=None, **_kwargs) -> None:
 
 @worker_ready.connect
 def _sweep_lost_jobs(sender=None, **_kwargs) -> None:
+    from jobs.periodic import start_periodic
     from worker.context import get_context
-    from worker.sweep import start_sweeping
+    from worker.sweep import maybe_sweep_lost_jobs
 
-    start_sweeping(app, lambda: get_context(settings).store, settings.job_sweep_every_s,
-                   settings.job_sweep_overdue_s)
+    start_periodic("job-sweep", settings.job_sweep_every_s,
+                   lambda: maybe_sweep_lost_jobs(app, get_context(settings).store, settings.job_sweep_every_s,
+                                                 settings.job_sweep_overdue_s))

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from typing import Any, Iterable
 
 from jobs.names import KEY_PREFIX, RENDER_TASK, render_queue
-from jobs.schemas import JobMessage, RenderRequest
+from jobs.periodic import take_turn
 from jobs.status import JobStatus
 from jobs.store import JobStore
 
@@ -88,15 +87,12 @@ def sweep_lost_jobs(app: Any, store: JobStore, overdue_s: float, recheck_s: floa
     present = message_ids(r, queues) or set()
     sent = []
     for job_id in suspects:
-        rec = store.get(job_id)
-        if rec is None or rec.status is not JobStatus.QUEUED or job_id in present:
-            continue
-        published, raw = r.hmget(f"{KEY_PREFIX}job:{job_id}", "published", "message")
+        status, published = r.hmget(f"{KEY_PREFIX}job:{job_id}", "status", "published")
+        if status != JobStatus.QUEUED.value or job_id in present:
+            continue  # taken, ended, or expired meanwhile
         if published == "0":
             continue  # a batch record never published: Client.reconcile ends it as not_queued
-        msg = JobMessage.model_validate_json(raw) if raw else JobMessage(
-            job_id=job_id, batch_id=rec.batch_id, tenant=rec.tenant,
-            request=RenderRequest.model_validate(rec.request), submitted_at=rec.created_at)
+        msg = store.message(job_id)
         app.send_task(RENDER_TASK, args=[msg.model_dump(mode="json")], task_id=job_id,
                       queue=render_queue(msg.request.model))
         sent.append(job_id)
@@ -107,21 +103,6 @@ def sweep_lost_jobs(app: Any, store: JobStore, overdue_s: float, recheck_s: floa
 
 def maybe_sweep_lost_jobs(app: Any, store: JobStore, every_s: float, overdue_s: float) -> list[str]:
     """Run ``sweep_lost_jobs`` if no worker ran one in the last ``every_s`` seconds."""
-    if not store.r.set(LOCK_KEY, "1", nx=True, px=int(every_s * 1000)):
+    if not take_turn(store.r, LOCK_KEY, every_s):
         return []
     return sweep_lost_jobs(app, store, overdue_s)
-
-
-def start_sweeping(app: Any, store_factory, every_s: float, overdue_s: float) -> threading.Thread:
-    """A daemon thread of the worker process that sweeps for as long as the worker lives."""
-    def run() -> None:
-        while True:
-            time.sleep(every_s / 2)  # the lock spaces sweeps across workers, not this
-            try:
-                maybe_sweep_lost_jobs(app, store_factory(), every_s, overdue_s)
-            except Exception:  # noqa: BLE001 - Redis away: try again next round
-                log.warning("job sweep failed", exc_info=True)
-
-    t = threading.Thread(target=run, name="batchrender-job-sweep", daemon=True)
-    t.start()
-    return t

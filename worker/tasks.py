@@ -71,8 +71,7 @@ def register(app: Celery, settings: Settings) -> None:
                     log.exception("job %s failed unexpectedly", msg.job_id)
                     outcome = runner.fail(msg, e, retryable=False)
                 else:
-                    rec = runner.ctx.store.get(msg.job_id)
-                    retries = rec.retries if rec is not None else 0
+                    retries = runner.ctx.store.get(msg.job_id).retries
                     if not policy.may_retry(retries):
                         outcome = runner.fail(msg, t, retryable=True)
                     else:
