@@ -156,6 +156,7 @@ class Rig:
             "BATCHRENDER_SOFT_TIME_LIMIT_S": "20", "BATCHRENDER_HARD_TIME_LIMIT_S": "25",
             "BATCHRENDER_VISIBILITY_TIMEOUT_S": str(visibility_s),
             "BATCHRENDER_BATCH_PUBLISH_GRACE_S": "20", "BATCHRENDER_RECORD_TTL_S": str(record_ttl_s),
+            "BATCHRENDER_RETENTION_S": str(record_ttl_s),
         }
         if visibility_s > 3000:  # the outage scenario: default time limits
             for k in ("BATCHRENDER_SOFT_TIME_LIMIT_S", "BATCHRENDER_HARD_TIME_LIMIT_S"):

@@ -79,7 +79,8 @@ def main() -> None:
     redis_proc = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {"BATCHRENDER_HOME": str(work / "home"), "BATCHRENDER_REDIS_URL": f"redis://127.0.0.1:{port}/0",
-           "BATCHRENDER_STORAGE_URL": (work / "out").as_uri(), "BATCHRENDER_RECORD_TTL_S": "3600"}
+           "BATCHRENDER_STORAGE_URL": (work / "out").as_uri(), "BATCHRENDER_RECORD_TTL_S": "3600",
+           "BATCHRENDER_RETENTION_S": "3600"}
     (work / "home" / "models").mkdir(parents=True)
     build_tiny_pipeline(work / "home" / "models" / "tiny")
     moto = receiver = None

@@ -55,6 +55,44 @@ class JobNotFound(PermanentError):
     code = "not_found"
 
 
+class JobDeleted(JobNotFound):
+    """The job existed and was deleted (by its tenant, or by retention)."""
+
+    code = "deleted"
+
+
+class OutputNotFound(JobNotFound):
+    code = "output_not_found"
+
+
+class JobNotEnded(PermanentError):
+    """The operation needs an ended job (delete); this one is still queued or running."""
+
+    code = "job_not_ended"
+
+
+class UnsupportedMediaType(InvalidRequest):
+    code = "unsupported_media_type"
+
+
+class QuotaExceeded(PermanentError):
+    """A tenant limit (jobs queued or running at once) would be exceeded; retry later."""
+
+    code = "too_many_queued_jobs"
+
+
+class IdempotencyConflict(PermanentError):
+    """An Idempotency-Key was used before with a different request body."""
+
+    code = "idempotency_conflict"
+
+
+class IdempotencyInProgress(TransientError):
+    """The first request with this Idempotency-Key is still being processed."""
+
+    code = "idempotency_in_progress"
+
+
 class ModerationBlocked(PermanentError):
     """The moderation chain refused the request or its output."""
 

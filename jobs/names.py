@@ -52,3 +52,32 @@ def tenant_key(tenant: str) -> str:
 
 def queued_key(model: str) -> str:
     return f"{KEY_PREFIX}queued:{model}"
+
+
+# Listing indexes. Job and batch listings are lexicographic sorted sets (all scores 0) whose
+# members are "<created_at, fixed width>|<id>": one total order, newest last, so a cursor is a
+# member and pages never skip or repeat an entry however many share a timestamp.
+def tenant_jobs_key(tenant: str | None) -> str:
+    return f"{KEY_PREFIX}idx:jobs:{tenant or '-'}"
+
+
+def tenant_batches_key(tenant: str | None) -> str:
+    return f"{KEY_PREFIX}idx:batches:{tenant or '-'}"
+
+
+def batch_index_key(batch_id: str) -> str:
+    return f"{KEY_PREFIX}idx:batch:{batch_id}"
+
+
+#: Every job by creation time (score), for retention: ``prune`` reads the oldest first.
+ALL_JOBS_KEY = f"{KEY_PREFIX}idx:all-jobs"
+ALL_BATCHES_KEY = f"{KEY_PREFIX}idx:all-batches"
+
+
+def deleted_key(job_id: str) -> str:
+    """A tombstone: the job was deleted (its tenant), so a later read says ``deleted``."""
+    return f"{KEY_PREFIX}deleted:{job_id}"
+
+
+def index_member(created_at: float, ident: str) -> str:
+    return f"{created_at:017.6f}|{ident}"

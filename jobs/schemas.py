@@ -262,6 +262,8 @@ class ImageResult(BaseModel):
     bytes: int
     c2pa: str | None = None
     flags: list[str] = Field(default_factory=list)
+    #: Storage key of the small WebP preview written beside the image (None: no thumbnail).
+    thumbnail_key: str | None = None
 
 
 class JobResult(BaseModel):
@@ -277,3 +279,8 @@ class JobResult(BaseModel):
     timings: Timings = Field(default_factory=Timings)
     moderation: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+
+    @property
+    def outputs(self) -> list[ImageResult]:
+        """The images, under the name the HTTP API and webhooks use."""
+        return self.images

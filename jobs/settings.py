@@ -27,8 +27,12 @@ class Settings(BaseModel):
     home: Path = Path(".batchrender")
     #: Redis URL for broker, job records and indexes. Unset: an embedded private redis-server.
     redis_url: str | None = None
-    #: Seconds a job record (status, result) is kept in Redis after it ends.
-    record_ttl_s: int = 7 * 24 * 3600
+    #: How long a job's record, outputs, provenance entry and webhook log are kept, counted from
+    #: its creation: then ``prune`` (run hourly by one worker, or ``batchrender prune``) deletes them.
+    retention_s: int = Field(default=30 * 24 * 3600, gt=0)
+    #: Redis expiry of records after a job ends: a backstop for deployments that never prune.
+    #: Must be at least ``retention_s``, or a record vanishes before prune finds its outputs.
+    record_ttl_s: int = 37 * 24 * 3600
 
     # -- request limits ------------------------------------------------------------------------
     max_pixels: int = 2048 * 2048
@@ -67,7 +71,19 @@ class Settings(BaseModel):
     s3_path_style: bool = False
     s3_multipart_threshold: int = 8 * 1024 * 1024
     s3_max_attempts: int = 5
-    presign_expiry_s: int = 3600
+    presign_expiry_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    #: The S3 endpoint clients reach (presigned URLs are signed for this host), when it differs
+    #: from ``s3_endpoint_url`` (e.g. ``http://minio:9000`` inside docker-compose).
+    s3_public_endpoint_url: str | None = None
+    #: Where clients reach the HTTP API (``https://render.example.com``): the base of the stable
+    #: output URLs in webhooks and results. Unset: the API answers with the request's own base
+    #: URL and webhooks carry paths (``/v1/jobs/.../outputs/0``).
+    public_base_url: str | None = None
+    #: Key for signed output and gallery links (``?expires=&signature=``). Unset: a random key is
+    #: made once and kept in Redis, shared by every API and worker process of the deployment.
+    url_signing_key: SecretStr | None = None
+    #: Longest side of the WebP thumbnail the worker writes beside each image (0: none).
+    thumbnail_px: int = Field(default=256, ge=0, le=1024)
     #: How long a rendered, signed image waits for storage to come back (uploads retried with
     #: backoff, the bytes kept in memory) before the job is retried instead. Capped at run time
     #: so the job's message is never redelivered while it waits (see ``storage_wait_budget_s``).
@@ -145,7 +161,8 @@ class Settings(BaseModel):
     def __repr_args__(self):  # pragma: no cover - pydantic already masks SecretStr; keep it terse
         return [(k, v) for k, v in super().__repr_args__() if v not in (None, [], False)]
 
-    @field_validator("redis_url", "storage_url", "s3_endpoint_url", mode="before")
+    @field_validator("redis_url", "storage_url", "s3_endpoint_url", "s3_public_endpoint_url", "public_base_url",
+                     mode="before")
     @classmethod
     def _empty_is_none(cls, v: Any) -> Any:
         return None if v == "" else v
@@ -163,6 +180,13 @@ class Settings(BaseModel):
                 f"(webhook_timeout_s {self.webhook_timeout_s:g} + {WEBHOOK_CLAIM_SLACK_S:g} = {self.webhook_lease_s:g}), "
                 "or a delivery whose worker died comes back while its claim still holds"
             )
+        if self.record_ttl_s < self.retention_s:
+            raise ValueError(f"record_ttl_s ({self.record_ttl_s}) must be at least retention_s ({self.retention_s}), "
+                             "or job records expire before prune can delete their outputs")
+        for name in ("public_base_url", "s3_public_endpoint_url"):
+            value = getattr(self, name)
+            if value is not None and not value.startswith(("http://", "https://")):
+                raise ValueError(f"{name} must be an http(s) URL like https://render.example.com, got {value!r}")
         if self.soft_time_limit_s >= self.hard_time_limit_s:
             raise ValueError("soft_time_limit_s must be below hard_time_limit_s")
         if self.provenance_index not in (None, "redis", "sqlite"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, TypeVar
@@ -16,17 +17,21 @@ from typing import Any, Callable, Iterable, TypeVar
 import redis
 
 from jobs.errors import BrokerUnavailable, JobNotFound
-from jobs.names import (KEY_PREFIX, batch_jobs_key, batch_key, cancel_key, events_channel, job_key, queued_key,
-                        tenant_key)
+from jobs.names import (ALL_BATCHES_KEY, ALL_JOBS_KEY, KEY_PREFIX, batch_index_key, batch_jobs_key, batch_key,
+                        cancel_key, deleted_key, events_channel, index_member, job_key, queued_key,
+                        tenant_batches_key, tenant_jobs_key, tenant_key)
 from jobs.schemas import JobMessage, JobResult, RenderRequest
 from jobs.status import TERMINAL, JobStatus
 
 #: Job records written before their message was published (batches): job key -> creation time.
 UNPUBLISHED_KEY = f"{KEY_PREFIX}unpublished"
+URL_SIGNING_KEY = f"{KEY_PREFIX}url-signing-key"
 #: Errors that mean "Redis is not reachable right now" (down, restarting, loading its data,
 #: a dropped connection): retrying later can succeed, so they become ``BrokerUnavailable``.
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 F = TypeVar("F", bound=Callable[..., Any])
+#: Index entries one listing call reads at most when it filters by status.
+LIST_SCAN_MAX = 1000
 
 
 def client_for(url: str) -> redis.Redis:
@@ -169,8 +174,18 @@ class JobStore:
             p.zadd(queued_key(msg.request.model), {key: msg.submitted_at})
             if msg.tenant:
                 p.hincrby(tenant_key(msg.tenant), "active", 1)
+            self._index(p, msg)
             p.execute()
         return True
+
+    @staticmethod
+    def _index(p: Any, msg: JobMessage) -> None:
+        """Listing (per tenant, per batch) and retention entries for one job, in pipeline ``p``."""
+        member = index_member(msg.submitted_at, msg.job_id)
+        p.zadd(tenant_jobs_key(msg.tenant), {member: 0})
+        if msg.batch_id:
+            p.zadd(batch_index_key(msg.batch_id), {member: 0})
+        p.zadd(ALL_JOBS_KEY, {msg.job_id: msg.submitted_at})
 
     @staticmethod
     def _fields(msg: JobMessage) -> dict[str, str]:
@@ -214,11 +229,14 @@ class JobStore:
                 p.rpush(batch_jobs_key(batch_id), *[m.job_id for m in msgs])
             p.expire(batch_key(batch_id), self.ttl_s)
             p.expire(batch_jobs_key(batch_id), self.ttl_s)
+            p.zadd(tenant_batches_key(tenant), {index_member(now, batch_id): 0})
+            p.zadd(ALL_BATCHES_KEY, {batch_id: now})
             for m in msgs:
                 key = job_key(m.job_id)
                 p.hset(key, mapping={**self._fields(m), "published": "0"})
                 p.zadd(queued_key(m.request.model), {key: m.submitted_at})
                 p.zadd(UNPUBLISHED_KEY, {m.job_id: now})
+                self._index(p, m)
             if tenant and msgs:
                 p.hincrby(tenant_key(tenant), "active", len(msgs))
             p.execute()
@@ -326,6 +344,113 @@ class JobStore:
             "created_at": float(h["created_at"]), "counts": {"total": total, **counts, "pending": total - done},
             "status": "completed" if done >= total else "in_progress", "meta": json.loads(h.get("meta", "{}")),
         }
+
+    # -- listing ---------------------------------------------------------------------------------
+    def list_jobs(self, tenant: str | None, *, batch_id: str | None = None, status: JobStatus | None = None,
+                  created_after: float | None = None, limit: int = 20, after: str | None = None,
+                  scan_max: int = LIST_SCAN_MAX) -> tuple[list[JobRecord], str | None]:
+        """A page of ``tenant``'s jobs (of one batch, when given), newest first, and the cursor of
+        the next page (None at the end). ``after`` is the previous page's cursor: the page holds
+        only jobs older than it, so jobs created while a client pages never shift a page.
+
+        A status filter reads records page by page: at most ``scan_max`` index entries per call,
+        so a page may hold fewer than ``limit`` jobs while the cursor still says there is more.
+        """
+        key = batch_index_key(batch_id) if batch_id else tenant_jobs_key(tenant)
+        out: list[JobRecord] = []
+        cursor, scanned = after, 0
+        floor = f"({created_after:017.6f}|~" if created_after is not None else "-"
+        while len(out) < limit and scanned < scan_max:
+            chunk = min(max(limit - len(out), 1) * (4 if status else 1), 200, scan_max - scanned)
+            members = self.r.zrevrangebylex(key, f"({cursor}" if cursor else "+", floor, start=0, num=chunk)
+            if not members:
+                return out, None
+            records = {r.job_id: r for r in self.get_many([m.split("|", 1)[1] for m in members])}
+            for member in members:
+                scanned += 1
+                cursor = member
+                rec = records.get(member.split("|", 1)[1])
+                if rec is None or rec.tenant != (tenant or None):
+                    continue  # expired, deleted, or (batch index) not this tenant's
+                if status is None or rec.status is status:
+                    out.append(rec)
+                    if len(out) >= limit:
+                        break
+            if len(members) < chunk and cursor == members[-1]:
+                return out, None
+        return out, cursor
+
+    def list_batches(self, tenant: str | None, *, created_after: float | None = None, limit: int = 20,
+                     after: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of ``tenant``'s batches, newest first, and the next page's cursor (see ``list_jobs``)."""
+        floor = f"({created_after:017.6f}|~" if created_after is not None else "-"
+        members = self.r.zrevrangebylex(tenant_batches_key(tenant), f"({after}" if after else "+", floor,
+                                        start=0, num=limit + 1)
+        out = []
+        for member in members[:limit]:
+            try:
+                out.append(self.batch_info(member.split("|", 1)[1]))
+            except JobNotFound:
+                continue
+        return out, (members[limit - 1] if len(members) > limit else None)
+
+    # -- retention -------------------------------------------------------------------------------
+    def created_before(self, cutoff: float, limit: int = 1000) -> list[str]:
+        """Ids of jobs created before ``cutoff`` (oldest first): what retention removes."""
+        return list(self.r.zrangebyscore(ALL_JOBS_KEY, "-inf", f"({cutoff}", start=0, num=limit))
+
+    def batches_created_before(self, cutoff: float, limit: int = 1000) -> list[str]:
+        return list(self.r.zrangebyscore(ALL_BATCHES_KEY, "-inf", f"({cutoff}", start=0, num=limit))
+
+    def delete(self, job_id: str, *, tombstone: bool = True) -> JobRecord | None:
+        """Remove a job's record and index entries; returns what was removed (None if nothing was).
+
+        With ``tombstone`` a later read of the id says ``deleted`` (for the retention time)
+        instead of "not found". Outputs and provenance entries are the caller's (``Client.delete``).
+        """
+        try:
+            rec = self.get(job_id)
+        except JobNotFound:
+            self.r.zrem(ALL_JOBS_KEY, job_id)
+            return None
+        member = index_member(rec.created_at, job_id)
+        with self.r.pipeline(transaction=True) as p:
+            p.delete(job_key(job_id), cancel_key(job_id))
+            p.zrem(tenant_jobs_key(rec.tenant), member)
+            if rec.batch_id:
+                p.zrem(batch_index_key(rec.batch_id), member)
+            p.zrem(ALL_JOBS_KEY, job_id)
+            p.zrem(queued_key(rec.model), job_key(job_id))
+            p.zrem(UNPUBLISHED_KEY, job_id)
+            if rec.tenant and not rec.status.terminal:
+                p.hincrby(tenant_key(rec.tenant), "active", -1)
+            if tombstone:
+                p.set(deleted_key(job_id), rec.tenant or "-", ex=self.ttl_s)
+            p.execute()
+        return rec
+
+    def url_signing_key(self) -> bytes:
+        """The deployment's key for signed output links, made on first use and shared by every
+        process through Redis (``BATCHRENDER_URL_SIGNING_KEY`` overrides it)."""
+        key = self.r.get(URL_SIGNING_KEY)
+        if key is None:
+            self.r.set(URL_SIGNING_KEY, secrets.token_hex(32), nx=True)
+            key = self.r.get(URL_SIGNING_KEY)
+        return key.encode()
+
+    def deleted_for(self, job_id: str) -> str | None:
+        """The tenant (``-`` for none) of a deleted job, while its tombstone lasts."""
+        return self.r.get(deleted_key(job_id))
+
+    def delete_batch(self, batch_id: str) -> None:
+        """Remove a batch record (its jobs are deleted one by one by the caller) and its indexes."""
+        h = self.r.hgetall(batch_key(batch_id))
+        with self.r.pipeline(transaction=True) as p:
+            if h:
+                p.zrem(tenant_batches_key(h.get("tenant") or None), index_member(float(h["created_at"]), batch_id))
+            p.delete(batch_key(batch_id), batch_jobs_key(batch_id), batch_index_key(batch_id))
+            p.zrem(ALL_BATCHES_KEY, batch_id)
+            p.execute()
 
     @staticmethod
     def _record(job_id: str, h: dict[str, str]) -> JobRecord:

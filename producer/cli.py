@@ -191,23 +191,78 @@ def cancel(id_: str) -> None:
 
 @cli.command()
 @click.argument("id_")
-def results(id_: str) -> None:
-    """Print results as JSONL, one line per image (for a batch: every job's images)."""
+@click.option("--download", "download_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also save every image into this directory as CUSTOM_ID-INDEX.EXT (or JOB_ID-INDEX.EXT).")
+def results(id_: str, download_dir: Path | None) -> None:
+    """Print results as JSONL, one line per image (for a batch: every job's images), with fresh links."""
     client = _client()
     records = client.batch_results(id_) if id_.startswith("bat_") else [client.status(id_)]
+    if download_dir:
+        download_dir.mkdir(parents=True, exist_ok=True)
     for rec in records:
-        for line in manifest_lines(rec):
+        for line in manifest_lines(client, rec):
+            if download_dir and line.get("key"):
+                path = download_dir / f"{rec.custom_id or rec.job_id}-{line['index']}.{line['format']}"
+                path.write_bytes(client.storage.get(line["key"]))
+                line["file"] = str(path)
             click.echo(json.dumps(line))
 
 
-def manifest_lines(rec) -> list[dict[str, Any]]:
+def manifest_lines(client, rec) -> list[dict[str, Any]]:
     """One manifest line per image of a finished job (or one line saying why it has none)."""
     base = {"job_id": rec.job_id, "batch_id": rec.batch_id, "custom_id": rec.custom_id,
             "status": rec.status.value, "prompt": rec.request.get("prompt")}
     if not rec.result or not rec.result.images:
         return [{**base, "error": rec.error}]
     timings = rec.result.timings.model_dump()
-    return [{**base, **img.model_dump(mode="json"), "timings": timings} for img in rec.result.images]
+    lines = []
+    for img in rec.result.images:
+        line = {**base, **client.links.view(rec.job_id, img), "timings": timings}
+        local = client.storage.url_for(img.key)
+        if "://" not in local:
+            line["path"] = local  # local storage: the file itself
+        lines.append(line)
+    return lines
+
+
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+
+
+def _age_s(value: str) -> float:
+    m = _AGE.match(value.strip())
+    if not m:
+        raise click.BadParameter(f"{value!r}: give a number and a unit, like 30d, 12h, 90m or 45s")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+@cli.command()
+@click.argument("job_id")
+def delete(job_id: str) -> None:
+    """Delete an ended job: its images, thumbnails, provenance entries and record."""
+    _client().delete(job_id)
+    click.echo(f"deleted {job_id}")
+
+
+@cli.command()
+@click.option("--older-than", "older_than", default=None,
+              help="Age like 30d, 12h, 90m (default: BATCHRENDER_RETENTION_S, 30 days).")
+def prune(older_than: str | None) -> None:
+    """Delete ended jobs (outputs, provenance, records) and batches older than the retention time."""
+    client = _client()
+    counts = client.prune(_age_s(older_than) if older_than else None)
+    _echo_json(counts)
+
+
+@cli.command()
+@click.argument("batch_id")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="HTML file to write (self-contained: thumbnails embedded).")
+def gallery(batch_id: str, out: Path) -> None:
+    """Write a batch's contact sheet: thumbnails, prompt, seed, size, flags, C2PA state."""
+    from producer.gallery import local_sheet
+
+    out.write_text(local_sheet(_client(), batch_id), encoding="utf-8")
+    click.echo(str(out))
 
 
 # -- running workers ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from kombu.exceptions import OperationalError
 
 from jobs.celery_app import make_app
 from jobs.embedded import redis_url_for
-from jobs.errors import BatchIncomplete, BrokerUnavailable, InvalidRequest, JobNotFound
+from jobs.errors import BatchIncomplete, BrokerUnavailable, InvalidRequest, JobNotFound, OutputNotFound
 from jobs.names import RENDER_TASK, render_queue
 from jobs.registry import Registry
 from jobs.schemas import ImageResult, JobMessage, JobResult, RenderRequest, resolve
@@ -49,6 +49,8 @@ class Client:
         self._moderation: Any = None
         self._storage: Any = None
         self._events: Any = None
+        self._links: Any = None
+        self._provenance: Any = None
 
     @property
     def moderation(self):
@@ -300,6 +302,15 @@ class Client:
         return self.store.batch_info(batch_id)
 
     # -- results ---------------------------------------------------------------------------------
+    @property
+    def links(self):
+        """Fresh links to outputs (``storage.links.Links``), built on first use."""
+        if self._links is None:
+            from storage.links import open_links
+
+            self._links = open_links(self.settings, self.store)
+        return self._links
+
     def results(self, job_id: str) -> list[ImageResult]:
         rec = self.store.get(job_id)
         return list(rec.result.images) if rec.result else []
@@ -307,5 +318,60 @@ class Client:
     def batch_results(self, batch_id: str) -> list[JobRecord]:
         return self.store.get_many(self.store.batch_job_ids(batch_id))
 
+    def output(self, job_id: str, index: int) -> ImageResult:
+        """Image ``index`` of a succeeded job; ``OutputNotFound`` names what exists."""
+        rec = self.store.get(job_id)
+        images = rec.result.images if rec.result else []
+        for image in images:
+            if image.index == index:
+                return image
+        if not images:
+            raise OutputNotFound(f"job {job_id} has no outputs (it is {rec.status.value})")
+        raise OutputNotFound(f"job {job_id} has no output {index}; its outputs are "
+                             f"{', '.join(str(i.index) for i in images)}")
+
+    def view(self, rec: JobRecord, base: str | None = None) -> dict[str, Any]:
+        """A job as the API, webhooks and the CLI show it: outputs with links made now."""
+        view = rec.to_dict()
+        if rec.result is not None:
+            view["outputs"] = [self.links.view(rec.job_id, i, base) for i in rec.result.images]
+        if rec.status is JobStatus.QUEUED:
+            view["queue_position"] = self.store.queue_position(rec.job_id, rec.model)
+        return view
+
+    # -- listing and retention -------------------------------------------------------------------
+    def list_jobs(self, tenant: str | None = None, **filters: Any) -> tuple[list[JobRecord], str | None]:
+        """A page of jobs, newest first, and the cursor of the next (``JobStore.list_jobs``)."""
+        return self.store.list_jobs(tenant, **filters)
+
+    def list_batches(self, tenant: str | None = None, **filters: Any) -> tuple[list[dict[str, Any]], str | None]:
+        return self.store.list_batches(tenant, **filters)
+
+    def delete(self, job_id: str, *, tombstone: bool = True) -> JobRecord:
+        """Delete an ended job: images, thumbnails, provenance entries, record (``storage.retention``).
+        ``JobNotEnded`` while it is queued or running: cancel it first."""
+        from storage.retention import delete_job
+
+        return delete_job(self.store, self.storage, self.provenance, job_id, tombstone=tombstone)
+
+    def prune(self, older_than_s: float | None = None) -> dict[str, int]:
+        """Delete ended jobs and batches created more than ``older_than_s`` ago (default: ``retention_s``)."""
+        from storage.retention import prune
+
+        return prune(self.store, self.storage, self.provenance,
+                     self.settings.retention_s if older_than_s is None else older_than_s)
+
+    @property
+    def provenance(self):
+        if self._provenance is None:
+            from provenance.index import open_provenance_index
+
+            self._provenance = open_provenance_index(self.settings)
+        return self._provenance
+
     def close(self) -> None:
+        """Release what this client opened: storage clients, the provenance index, Redis."""
+        for part in (self._storage, self._provenance):
+            if part is not None:
+                part.close()
         self.store.r.close()

@@ -36,6 +36,7 @@ def demo(count: int, out: str, timeout: float) -> None:
     from jobs.embedded import redis_url_for, stop
     from jobs.settings import Settings
     from producer.cli import _wait_batch, manifest_lines
+    from producer.gallery import local_sheet
     from producer.client import Client
 
     out_dir = Path(out).resolve()
@@ -65,9 +66,11 @@ def demo(count: int, out: str, timeout: float) -> None:
         code = _wait_batch(client, sub.batch_id, timeout)
         elapsed = time.monotonic() - started
         manifest = out_dir / "manifest.jsonl"
-        lines = [line for rec in client.batch_results(sub.batch_id) for line in manifest_lines(rec)]
+        lines = [line for rec in client.batch_results(sub.batch_id) for line in manifest_lines(client, rec)]
         manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
-        click.echo(f"{len(lines)} images in {elapsed:.1f}s; manifest: {manifest}", err=True)
+        sheet = out_dir / "gallery.html"
+        sheet.write_text(local_sheet(client, sub.batch_id), encoding="utf-8")
+        click.echo(f"{len(lines)} images in {elapsed:.1f}s; manifest: {manifest}; contact sheet: {sheet}", err=True)
         click.echo("note: the tiny model has random weights, so its images are noise (see README to add a real model)",
                    err=True)
         sys.exit(code)

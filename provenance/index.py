@@ -112,6 +112,10 @@ class ProvenanceIndex(abc.ABC):
         """Load one record by backend id."""
 
     @abc.abstractmethod
+    def _remove(self, sha256: str) -> bool:
+        """Delete the record of these exact bytes and its band entries; False when there is none."""
+        raise NotImplementedError
+
     def count(self) -> int:
         """Number of records."""
 
@@ -148,6 +152,10 @@ class ProvenanceIndex(abc.ABC):
             self._store(batch)
             n += len(batch)
         return n
+
+    def remove(self, sha256: str) -> bool:
+        """Forget a delivered image (its job was deleted or pruned): lookups no longer find it."""
+        return self._remove(sha256)
 
     def lookup(self, data: bytes | str | Path | Image.Image) -> Match | None:
         """Where ``data`` came from: exact SHA-256 first, else nearest perceptual hash, else None."""

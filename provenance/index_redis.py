@@ -86,6 +86,22 @@ class RedisProvenanceIndex(ProvenanceIndex):
         return ProvenanceRecord(d["sha256"], tuple(int(h, 16) for h in d["hashes"].split(",") if h),
                                 d["job_id"], d["batch_id"], d["key"], float(d["created_at"]))
 
+    def _remove(self, sha256: str) -> bool:
+        p = self.prefix
+        rid = self.r.get(f"{p}sha:{sha256}")
+        if rid is None:
+            return False
+        rid = int(rid)
+        hashes = self.r.hget(f"{p}rec:{rid}", "hashes") or b""
+        pipe = self.r.pipeline(transaction=True)
+        for h in (int(x, 16) for x in hashes.decode().split(",") if x):
+            member = _MEMBER.pack(h, rid)
+            for b, v in enumerate(band_values(h)):
+                pipe.srem(f"{p}band:{b}:{v}", member)
+        pipe.delete(f"{p}rec:{rid}", f"{p}sha:{sha256}")
+        pipe.execute()
+        return True
+
     def count(self) -> int:
         n = self.r.get(f"{self.prefix}next_id")
         return int(n) if n else 0

@@ -104,6 +104,16 @@ class SQLiteProvenanceIndex(ProvenanceIndex):
             raise KeyError(record_id)
         return _row(row)
 
+    def _remove(self, sha256: str) -> bool:
+        db = self.db
+        with db:
+            row = db.execute("SELECT id FROM records WHERE sha256 = ?", (sha256,)).fetchone()
+            if row is None:
+                return False
+            db.execute("DELETE FROM bands WHERE record_id = ?", (row[0],))
+            db.execute("DELETE FROM records WHERE id = ?", (row[0],))
+        return True
+
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM records").fetchone()[0])
 

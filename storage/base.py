@@ -68,13 +68,25 @@ class Storage(abc.ABC):
 
         Raises UnsafeKey for quarantined objects: they are kept for review, never shared.
         """
+        return self._url_for(self._shareable(key))
+
+    def _shareable(self, key: str) -> str:
         check_key(key)
         if self.is_quarantined(key):
             raise UnsafeKey(
                 f"{key!r} is quarantined; quarantined objects never get a shareable URL",
                 errors=[{"field": "key", "message": "quarantined objects cannot be shared"}],
             )
-        return self._url_for(key)
+        return key
+
+    def presign(self, key: str, expires_s: int, *, filename: str | None = None) -> str | None:
+        """A URL anyone holding it may GET for ``expires_s`` seconds, or None when the backend has
+        no such URLs (local disk: the API serves those bytes itself). ``filename`` asks for an
+        attachment download. Quarantined objects never get one (UnsafeKey)."""
+        return self._presign(self._shareable(key), expires_s, filename)
+
+    def _presign(self, key: str, expires_s: int, filename: str | None) -> str | None:
+        return None
 
     def is_quarantined(self, key: str) -> bool:
         """Whether ``key`` lies under the private quarantine prefix."""

@@ -44,6 +44,7 @@ class S3Storage(Storage):
             check_key(self.prefix)
         self.settings = settings
         self._client: Any = None
+        self._public: Any = None  # presigns for s3_public_endpoint_url; never sends a request
         self._client_pid: int | None = None
         self._lock = threading.Lock()
 
@@ -58,7 +59,7 @@ class S3Storage(Storage):
                     self._client_pid = os.getpid()
         return self._client
 
-    def _make_client(self) -> Any:
+    def _make_client(self, endpoint_url: str | None = None) -> Any:
         import boto3  # imported here: the producer never needs boto3 loaded
         from botocore.config import Config
 
@@ -82,7 +83,8 @@ class S3Storage(Storage):
                 "aws_access_key_id": s.s3_access_key_id.get_secret_value(),
                 "aws_secret_access_key": s.s3_secret_access_key.get_secret_value(),
             }
-        return boto3.session.Session().client("s3", endpoint_url=s.s3_endpoint_url, config=config, **creds)
+        return boto3.session.Session().client("s3", endpoint_url=endpoint_url or s.s3_endpoint_url, config=config,
+                                              **creds)
 
     def _full(self, key: str) -> str:
         check_key(key)
@@ -147,9 +149,22 @@ class S3Storage(Storage):
         self._call("delete", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=full))
 
     def _url_for(self, key: str) -> str:
+        return self._presign(key, self.settings.presign_expiry_s, None)
+
+    def _presign(self, key: str, expires_s: int, filename: str | None) -> str:
+        """A presigned GET, signed for ``s3_public_endpoint_url`` when set: the host clients reach
+        (a signature covers the host, so a URL cannot be rewritten after signing). Offline: no request."""
         full = self._full(key)
-        return self._call("presign", key, lambda: self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=self.settings.presign_expiry_s))
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": full}
+        if filename:
+            params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
+        client = self.client
+        if self.settings.s3_public_endpoint_url:
+            if self._public is None:
+                self._public = self._make_client(self.settings.s3_public_endpoint_url)
+            client = self._public
+        return self._call("presign", key, lambda: client.generate_presigned_url(
+            "get_object", Params=params, ExpiresIn=int(expires_s)))
 
     def ensure_bucket(self) -> None:
         """Create the bucket when missing (tests and the demo; production buckets are provisioned)."""

@@ -67,9 +67,10 @@ def wait_for(pred, timeout: float = 60.0, what: str = "condition", every: float 
 
 
 def stored_files(env: dict[str, str]) -> list[Path]:
-    """Image files under a test's file:// storage root."""
+    """Image files under a test's file:// storage root (thumbnails not counted)."""
     root = Path(env["BATCHRENDER_STORAGE_URL"].removeprefix("file://"))
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".png", ".jpeg", ".webp"))
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".png", ".jpeg", ".webp")
+                  and not p.name.endswith(".thumb.webp"))
 
 
 class RedisServer:

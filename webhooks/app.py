@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from jobs.celery_app import make_app
 from jobs.settings import Settings
+from webhooks.job_events import link_refresher
 from webhooks.tasks import register
 
 settings = Settings.from_env()
 app = make_app(settings)
-deliver = register(app, settings)
+deliver = register(app, settings, refresh=link_refresher(settings))

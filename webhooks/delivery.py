@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import httpx
 
@@ -129,7 +129,9 @@ class Deliverer:
 
     def __init__(self, store: DeliveryStore, *, timeout_s: float, schedule: Sequence[float],
                  allow_hosts: Sequence[str] = (), resolver: Resolver | None = None,
-                 rng: random.Random | None = None, verify_tls: bool | str = True) -> None:
+                 rng: random.Random | None = None, verify_tls: bool | str = True,
+                 refresh: Callable[[str], str] | None = None) -> None:
+        """``refresh`` rewrites a stored body just before each attempt (fresh output links)."""
         if not schedule:
             raise ValueError("webhook schedule must hold at least one step")
         self.store = store
@@ -139,6 +141,7 @@ class Deliverer:
         self.resolver = resolver
         self.rng = rng
         self.verify_tls = verify_tls
+        self.refresh = refresh
 
     def attempt(self, rec: EventRecord) -> Decision:
         """One attempt of ``rec`` (already claimed), logged; returns what to do next."""
@@ -148,7 +151,13 @@ class Deliverer:
                               last_error="not attempted: endpoint answered 410 Gone earlier")
             log.info("webhook %s not sent: endpoint disabled after 410 Gone", rec.id)
             return Decision("gone")
-        result = post_event(rec.url, rec.id, rec.payload.encode(), rec.secrets, timeout_s=self.timeout_s,
+        payload = rec.payload
+        if self.refresh is not None:
+            try:
+                payload = self.refresh(payload)
+            except Exception:  # noqa: BLE001 - stale links beat no delivery
+                log.warning("webhook %s: could not refresh its links; sending the stored body", rec.id, exc_info=True)
+        result = post_event(rec.url, rec.id, payload.encode(), rec.secrets, timeout_s=self.timeout_s,
                             allow_hosts=self.allow_hosts, resolver=self.resolver, verify_tls=self.verify_tls)
         decision = classify(result, n, self.schedule, self.rng)
         self.store.log_attempt(rec.id, Attempt(n, time.time(), result.status, result.latency_ms,

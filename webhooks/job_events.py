@@ -5,6 +5,7 @@ canceled while queued) with the same ids and payloads as the worker.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any, Callable
@@ -76,6 +77,14 @@ def webhook_sender(settings, redis_url: str, store, app=None) -> Sender:
 
     app = app or make_app(settings, redis_url)
     r = store.r
+    state: dict[str, Any] = {}
+
+    def links():
+        if "links" not in state:
+            from storage.links import open_links
+
+            state["links"] = open_links(settings, store)
+        return state["links"]
 
     def send(event_type: str, msg: JobMessage, data: dict[str, Any], batch_done: int | None) -> None:
         req = msg.request
@@ -87,8 +96,7 @@ def webhook_sender(settings, redis_url: str, store, app=None) -> Sender:
         elif event_type == ev.JOB_PROGRESS:
             body = ev.job_progress(msg.job_id, data["step"], data["total"], msg.batch_id, **common)
         else:
-            outputs = [{k: img[k] for k in ("index", "url", "key", "seed", "width", "height", "format",
-                                             "sha256", "c2pa", "flags")} for img in data.get("images", [])]
+            outputs = links().refresh(data.get("images", []), msg.job_id)
             body = ev.job_finished(msg.job_id, data.get("status", event_type.split(".")[1]), msg.batch_id,
                                    outputs=outputs or None, error=data.get("error"),
                                    moderation=data.get("moderation"), timings=data.get("timings"), **common)
@@ -100,12 +108,12 @@ def webhook_sender(settings, redis_url: str, store, app=None) -> Sender:
             info = store.batch_info(msg.batch_id)
             if info["done"] >= info["total"]:
                 enqueue_event(app, settings, r, event_type=ev.BATCH_COMPLETED,
-                              data=batch_completed_data(store, msg.batch_id, info), **kw)
+                              data=batch_completed_data(store, links(), msg.batch_id, info), **kw)
 
     return send
 
 
-def batch_completed_data(store, batch_id: str, info: dict[str, Any]) -> dict[str, Any]:
+def batch_completed_data(store, links, batch_id: str, info: dict[str, Any]) -> dict[str, Any]:
     from webhooks import events as ev
 
     counts = {k: v for k, v in info["counts"].items() if k != "pending"}
@@ -114,6 +122,33 @@ def batch_completed_data(store, batch_id: str, info: dict[str, Any]) -> dict[str
     items = []
     for rec in store.get_many(store.batch_job_ids(batch_id)):
         items.append({"job_id": rec.job_id, "custom_id": rec.custom_id, "status": rec.status.value,
-                      "outputs": [{"url": i.url, "key": i.key, "seed": i.seed} for i in rec.result.images]
-                      if rec.result else [], "error": rec.error})
+                      "outputs": [links.view(rec.job_id, i) for i in rec.result.images] if rec.result else [],
+                      "error": rec.error})
     return ev.batch_completed(batch_id, counts, items=items)
+
+
+def link_refresher(settings, redis_url: str | None = None) -> Callable[[str], str]:
+    """For the webhook deliverer: a stored event body with its output links made anew, so an
+    event delivered days after it was recorded (retries, replays) carries links that work."""
+    state: dict[str, Any] = {}
+
+    def refresh(payload: str) -> str:
+        if '"outputs"' not in payload:
+            return payload
+        if "links" not in state:
+            from jobs.embedded import redis_url_for
+            from jobs.store import JobStore
+            from storage.links import open_links
+
+            state["links"] = open_links(settings, JobStore.from_url(redis_url or redis_url_for(settings)))
+        links = state["links"]
+        body = json.loads(payload)
+        data = body.get("data") or {}
+        if data.get("outputs") and data.get("job_id"):
+            data["outputs"] = links.refresh(data["outputs"], data["job_id"])
+        for item in data.get("items") or []:
+            if item.get("outputs") and item.get("job_id"):
+                item["outputs"] = links.refresh(item["outputs"], item["job_id"])
+        return json.dumps(body, separators=(",", ":"))
+
+    return refresh

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from dataclasses import replace
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from celery import Celery
 
@@ -106,11 +106,13 @@ def replay(app: Celery, settings: Settings, redis: Any, event_id: str) -> EventR
     return fresh
 
 
-def register(app: Celery, settings: Settings, *, resolver: Resolver | None = None, redis: Any = None) -> Any:
+def register(app: Celery, settings: Settings, *, resolver: Resolver | None = None, redis: Any = None,
+             refresh: Callable[[str], str] | None = None) -> Any:
     """Register the delivery task (``WEBHOOK_TASK`` on ``WEBHOOK_QUEUE``) on ``app``; returns it.
 
     ``redis`` defaults to a client for the configured Redis, created on first use in the worker
-    process (after fork). ``resolver`` is for tests.
+    process (after fork). ``resolver`` is for tests. ``refresh`` rewrites each stored body before
+    an attempt (``webhooks.job_events.link_refresher``: output links made at delivery time).
     """
     app.conf.task_routes = {**(app.conf.task_routes or {}), WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE}}
     state: dict[str, Any] = {"redis": redis}
@@ -126,7 +128,8 @@ def register(app: Celery, settings: Settings, *, resolver: Resolver | None = Non
                 client = redis_lib.Redis.from_url(redis_url_for(settings))
             state["deliverer"] = Deliverer(DeliveryStore(client, settings.record_ttl_s),
                                            timeout_s=settings.webhook_timeout_s, schedule=settings.webhook_schedule_s,
-                                           allow_hosts=settings.webhook_allow_hosts, resolver=resolver)
+                                           allow_hosts=settings.webhook_allow_hosts, resolver=resolver,
+                                           refresh=refresh)
         return state["deliverer"]
 
     from celery.signals import worker_ready

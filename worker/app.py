@@ -14,15 +14,18 @@ from celery.signals import worker_init, worker_ready
 from jobs.celery_app import make_app
 from jobs.errors import BatchRenderError
 from jobs.settings import Settings
+from webhooks.job_events import link_refresher
 from webhooks.tasks import register as register_webhooks
 from worker.tasks import register
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("worker.app")
+#: How often one worker of the fleet applies retention (``storage.retention.maybe_prune``).
+PRUNE_EVERY_S = 3600.0
 settings = Settings.from_env()
 app = make_app(settings)
 register(app, settings)
-register_webhooks(app, settings)
+register_webhooks(app, settings, refresh=link_refresher(settings))
 
 
 @worker_init.connect
@@ -38,11 +41,19 @@ def _check_configuration(sender=None, **_kwargs) -> None:
 
 
 @worker_ready.connect
-def _sweep_lost_jobs(sender=None, **_kwargs) -> None:
+def _housekeeping(sender=None, **_kwargs) -> None:
     from jobs.periodic import start_periodic
+    from storage.retention import maybe_prune
     from worker.context import get_context
     from worker.sweep import maybe_sweep_lost_jobs
 
     start_periodic("job-sweep", settings.job_sweep_every_s,
                    lambda: maybe_sweep_lost_jobs(app, get_context(settings).store, settings.job_sweep_every_s,
                                                  settings.job_sweep_overdue_s))
+
+    def prune() -> None:
+        ctx = get_context(settings)
+        maybe_prune(ctx.store, ctx.storage, ctx.provenance, settings.retention_s, PRUNE_EVERY_S)
+
+    # Retention: one worker of the fleet deletes what is older than retention_s, hourly.
+    start_periodic("retention", PRUNE_EVERY_S, prune)

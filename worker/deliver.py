@@ -24,8 +24,9 @@ from PIL import Image
 from jobs.errors import StorageError
 from jobs.schemas import ImageResult, JobMessage
 from storage.keys import build_key
+from storage.links import thumbnail_key
 from worker.context import WorkerContext
-from worker.encode import encode, pixel_sha256
+from worker.encode import encode, pixel_sha256, thumbnail
 
 SINGLE = "single"  # the batch segment of keys for jobs submitted on their own
 log = logging.getLogger(__name__)
@@ -96,8 +97,17 @@ def deliver_image(ctx: WorkerContext, msg: JobMessage, index: int, seed: int, im
                                 "job_id": msg.job_id, "batch_id": msg.batch_id or "", "model": r.model,
                                 "seed": str(seed), "sha256": sha,
                             }))
+    thumb = None
+    if ctx.settings.thumbnail_px:
+        # A preview for galleries: derived from the signed image's pixels, unsigned itself.
+        thumb = thumbnail_key(key)
+        preview = thumbnail(img, ctx.settings.thumbnail_px)
+        through_outage(f"job {msg.job_id} thumbnail {index}", ctx.settings.storage_wait_budget_s,
+                       lambda: ctx.storage.put(thumb, preview, content_type="image/webp",
+                                               metadata={"job_id": msg.job_id, "kind": "thumbnail"}))
     ctx.provenance.add(data, job_id=msg.job_id, batch_id=msg.batch_id or "", key=key)
     return Delivered(image=ImageResult(
         index=index, key=key, url=ctx.storage.url_for(key), seed=seed, width=img.width, height=img.height,
         format=fmt, sha256=sha, pixel_sha256=pixel_sha256(img), bytes=stored.size, c2pa="signed", flags=flags,
+        thumbnail_key=thumb,
     ))

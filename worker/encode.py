@@ -21,6 +21,15 @@ def encode(img: Image.Image, fmt: OutputFormat, quality: int) -> bytes:
     return buf.getvalue()
 
 
+def thumbnail(img: Image.Image, longest_side: int) -> bytes:
+    """A small WebP preview (galleries, listings): longest side ``longest_side``, never enlarged."""
+    small = img.convert("RGB")
+    small.thumbnail((longest_side, longest_side), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    small.save(buf, format="WEBP", quality=80, method=4)
+    return buf.getvalue()
+
+
 def pixel_sha256(img: Image.Image) -> str:
     """Hash of the raw RGB pixels: equal for equal renders, whatever the container or signature."""
     rgb = img.convert("RGB")

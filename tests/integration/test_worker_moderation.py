@@ -38,7 +38,8 @@ def storage_root(env) -> Path:
 
 def stored_images(env) -> list[Path]:
     root = storage_root(env)
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in IMAGE_SUFFIXES) if root.exists() else []
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in IMAGE_SUFFIXES
+                  and not p.name.endswith(".thumb.webp")) if root.exists() else []
 
 
 def audit_entries(env) -> list[dict]:

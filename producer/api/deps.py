@@ -1,0 +1,128 @@
+"""Dependencies every router shares: the process's services, the caller's tenant (API key and
+rate limit), ownership checks, signed links and the cursor parameter.
+
+A tenant sees only its own jobs, batches and deliveries: anything else is a 404, exactly like an
+unknown id. A job the tenant deleted answers 404 with code ``deleted``.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from jobs.errors import InvalidRequest, JobDeleted, JobNotFound
+from jobs.settings import Settings
+from jobs.store import JobRecord
+from producer.api.errors import ApiError
+from producer.client import Client
+from producer.submit import Idempotency
+from producer.tenants import Tenants
+
+bearer = HTTPBearer(auto_error=False, description="An API key from 'batchrender tenants create'.")
+_CURSOR = re.compile(r"^\d{10}\.\d{6}\|[A-Za-z0-9_]{1,80}$")
+
+
+@dataclass
+class Services:
+    """What the routes use, built once per app by the lifespan (``producer.api.app``)."""
+
+    settings: Settings
+    client: Client
+    tenants: Tenants
+    idempotency: Idempotency
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(services)]
+
+
+def current_tenant(svc: ServicesDep,
+                   credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
+    """The caller's tenant (401 without a valid key), after taking one token from its rate bucket."""
+    tenant = svc.tenants.authenticate(credentials.credentials if credentials else None)
+    if tenant is None:
+        raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <API key>'; keys come from "
+                       "'batchrender tenants create'", headers={"WWW-Authenticate": "Bearer"})
+    s = svc.settings
+    allowed, wait = svc.tenants.allow(tenant, s.api_rate_per_s, s.api_burst)
+    if not allowed:
+        raise ApiError(429, "rate_limited", f"more than {s.api_rate_per_s:g} requests/s; retry later",
+                       headers={"Retry-After": str(max(1, math.ceil(wait)))})
+    return tenant
+
+
+Tenant = Annotated[str, Depends(current_tenant)]
+
+
+def signed_or_tenant(request: Request, svc: ServicesDep, expires: str | None = None,
+                     signature: str | None = None,
+                     credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str | None:
+    """For links a browser follows: a valid ``?expires=&signature=`` for this path, or the API key.
+    Returns the tenant, or None when the signature alone admitted the request."""
+    if signature is not None and svc.client.links.verify(request.url.path, expires, signature):
+        return None
+    if signature is not None and credentials is None:
+        raise ApiError(403, "link_expired", "this link has expired or its signature does not match; ask the "
+                       "API for the job again to get fresh links")
+    return current_tenant(svc, credentials)
+
+
+SignedOrTenant = Annotated[str | None, Depends(signed_or_tenant)]
+
+
+def own_job(svc: Services, tenant: str | None, job_id: str) -> JobRecord:
+    """The job when ``tenant`` owns it (``None``: a signed link already proved access)."""
+    try:
+        rec = svc.client.store.get(job_id)
+    except JobNotFound:
+        rec = None
+    if rec is None or (tenant is not None and rec.tenant != tenant):
+        if rec is None and tenant is not None and svc.client.store.deleted_for(job_id) == tenant:
+            raise JobDeleted(f"job {job_id!r} was deleted")
+        raise ApiError(404, "not_found", f"no job {job_id!r}")
+    return rec
+
+
+def own_batch(svc: Services, tenant: str | None, batch_id: str) -> dict[str, Any]:
+    try:
+        info = svc.client.store.batch_info(batch_id)
+    except JobNotFound:
+        info = None
+    if info is None or (tenant is not None and info.get("tenant") != tenant):
+        raise ApiError(404, "not_found", f"no batch {batch_id!r}")
+    return info
+
+
+def request_base(request: Request) -> str:
+    """The API's own base URL as the client reached it (``public_base_url`` overrides it in Links)."""
+    return str(request.base_url).rstrip("/")
+
+
+def decode_cursor(after: str | None = Query(None, max_length=200, description=(
+        "The next_cursor of the previous page."))) -> str | None:
+    if after is None:
+        return None
+    try:
+        member = base64.urlsafe_b64decode(after + "=" * (-len(after) % 4)).decode("ascii")
+    except (binascii.Error, ValueError):
+        member = ""
+    if not _CURSOR.match(member):
+        raise InvalidRequest("after: not a cursor this API issued; pass the next_cursor of the previous page",
+                             errors=[{"field": "after", "message": "not a cursor this API issued"}])
+    return member
+
+
+def encode_cursor(member: str | None) -> str | None:
+    return base64.urlsafe_b64encode(member.encode()).decode().rstrip("=") if member else None
+
+
+Cursor = Annotated[str | None, Depends(decode_cursor)]

@@ -1,0 +1,109 @@
+"""One error model for every answer that is not 2xx: ``{"error": {"code", "message", ...}}``.
+
+Domain errors (``jobs.errors``) map to HTTP statuses by class, so route functions just let them
+rise; ``ApiError`` is for the few errors only HTTP has (authentication, rate limits).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from jobs.errors import (BatchRenderError, IdempotencyConflict, IdempotencyInProgress, JobNotEnded, JobNotFound,
+                         QuotaExceeded, TransientError, UnsupportedMediaType)
+
+
+class ApiError(Exception):
+    """An HTTP error answered as ``{"error": {"code", "message", **extra}}``."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any):
+        self.status, self.code, self.message, self.headers, self.extra = status, code, message, headers or {}, extra
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [
+        {"code": "invalid_request", "message": "steps: 900 steps is out of range; allowed 1–150",
+         "errors": [{"field": "steps", "message": "900 steps is out of range; allowed 1–150"}]}]})
+    code: str
+    message: str
+    errors: list[FieldError] | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+def _described(text: str) -> dict[str, Any]:
+    return {"description": text, "model": ErrorBody}
+
+
+#: The error answers every operation may give, for the OpenAPI document.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _described("Bad request"), 401: _described("No or unknown API key"),
+    403: _described("Expired or bad signed link"), 404: _described("Not found or deleted"), 409: _described("Conflict"),
+    413: _described("Body too large"), 415: _described("Unsupported media type"),
+    422: _described("Invalid or blocked"), 429: _described("Rate limited or too many queued jobs"),
+    503: _described("Redis or the broker is unavailable; retry after Retry-After seconds"),
+}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                   **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status, headers=headers)
+
+
+def _status_of(e: BatchRenderError) -> tuple[int, dict[str, str]]:
+    if isinstance(e, JobNotFound):
+        return 404, {}
+    if isinstance(e, IdempotencyInProgress):
+        return 409, {"Retry-After": "1"}
+    if isinstance(e, (JobNotEnded, IdempotencyConflict)):
+        return 409, {}
+    if isinstance(e, QuotaExceeded):
+        return 429, {"Retry-After": "5"}
+    if isinstance(e, UnsupportedMediaType):
+        return 415, {}
+    if isinstance(e, TransientError):
+        return 503, {"Retry-After": "5"}
+    return 422, {}
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every error into ``ErrorBody``."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, e: ApiError):
+        return error_response(e.status, e.code, e.message, e.headers, **e.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, e: RequestValidationError):
+        errors = [{"field": ".".join(str(p) for p in err["loc"][1:]) or "body",
+                   "message": str(err["msg"]).removeprefix("Value error, ")} for err in e.errors()]
+        return error_response(422, "invalid_request", "; ".join(f"{x['field']}: {x['message']}" for x in errors),
+                              errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        return error_response(e.status_code, code, str(e.detail), getattr(e, "headers", None))
+
+    @app.exception_handler(BatchRenderError)
+    async def _domain(_: Request, e: BatchRenderError):
+        status, headers = _status_of(e)
+        extra = {"errors": e.details["errors"]} if e.details.get("errors") else {}
+        return error_response(status, e.code, e.message, headers or None, **extra)
+
+    @app.exception_handler(redis.RedisError)
+    async def _redis(_: Request, e: redis.RedisError):
+        return error_response(503, "broker_unavailable", "the job store is unavailable; retry shortly",
+                              {"Retry-After": "5"})

@@ -1,0 +1,137 @@
+"""Typed response bodies: what the OpenAPI document promises and every route returns."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobs.schemas import OutputFormat
+from jobs.status import JobStatus
+
+
+class Output(BaseModel):
+    """One delivered image, with links made at the moment of the answer."""
+
+    index: int
+    key: str = Field(description="Storage key.")
+    seed: int
+    width: int
+    height: int
+    format: OutputFormat
+    sha256: str = Field(description="SHA-256 of the delivered (signed) bytes; also the ETag.")
+    pixel_sha256: str
+    bytes: int
+    c2pa: str | None = Field(None, description="'signed' when Content Credentials are embedded.")
+    flags: list[str] = Field(default_factory=list, description="Moderation categories flagged (not blocked).")
+    url: str = Field(description="Stable URL; needs the API key; never expires.")
+    download_url: str = Field(description="Fetchable without a key until download_expires_at.")
+    download_expires_at: float = Field(description="Unix time.")
+    thumbnail_url: str | None = Field(None, description="Signed link to a small WebP preview.")
+
+
+class Progress(BaseModel):
+    step: int
+    total: int
+
+
+class Timings(BaseModel):
+    queue_wait_s: float = 0.0
+    load_s: float = 0.0
+    render_s: float = 0.0
+    postprocess_s: float = 0.0
+    batch_size: int = 1
+
+
+class Job(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "job_3f2a", "status": "succeeded", "batch_id": None, "custom_id": "sku-1", "model": "tiny",
+        "created_at": 1764150000.0, "started_at": 1764150001.0, "finished_at": 1764150003.5,
+        "progress": {"step": 4, "total": 4}, "attempts": 1, "retries": 0}]})
+
+    id: str
+    status: JobStatus
+    batch_id: str | None = None
+    custom_id: str | None = None
+    model: str
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: Progress | None = None
+    attempts: int = 0
+    retries: int = 0
+    queue_position: int | None = Field(None, description="0-based, while queued.")
+    outputs: list[Output] | None = None
+    timings: Timings | None = None
+    moderation: dict[str, Any] | None = None
+    error: dict[str, Any] | None = Field(None, description="{code, message, ...} when the job did not succeed.")
+
+
+class Page(BaseModel):
+    next_cursor: str | None = Field(None, description="Pass as ?after= for the next (older) page; null at the end.")
+    has_more: bool
+
+
+class JobPage(Page):
+    data: list[Job]
+
+
+class BatchCounts(BaseModel):
+    total: int
+    succeeded: int = 0
+    failed: int = 0
+    blocked: int = 0
+    canceled: int = 0
+    pending: int = 0
+
+
+class Batch(BaseModel):
+    id: str
+    total: int
+    done: int
+    created_at: float
+    counts: BatchCounts
+    status: Literal["in_progress", "completed"]
+    meta: dict[str, Any] = Field(default_factory=dict)
+    gallery_url: str | None = Field(None, description="Signed link to the batch's contact sheet (HTML).")
+
+
+class LineError(BaseModel):
+    line: int
+    custom_id: str | None = None
+    code: str
+    message: str
+    errors: list[dict[str, Any]] | None = None
+
+
+class BatchSubmitted(Batch):
+    accepted: int
+    rejected: int
+    errors: list[LineError]
+
+
+class BatchPage(Page):
+    data: list[Batch]
+
+
+class Delivery(BaseModel):
+    id: str
+    type: str
+    url: str
+    job_id: str | None = None
+    batch_id: str | None = None
+    state: str
+    attempts: int
+    last_status: int | None = None
+    last_error: str | None = None
+    created_at: float
+    updated_at: float
+    attempt_log: list[dict[str, Any]]
+
+
+class DeliveryPage(BaseModel):
+    data: list[Delivery]
+
+
+class Deleted(BaseModel):
+    id: str
+    deleted: Literal[True] = True

@@ -1,0 +1,102 @@
+"""``/v1/jobs``: submit, list, read, cancel and delete jobs."""
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+
+from jobs.status import JobStatus
+from jobs.schemas import RenderRequest
+from jobs.store import JobRecord
+from producer.api.deps import (Cursor, ServicesDep, Services, Tenant, encode_cursor, own_batch, own_job,
+                               request_base)
+from producer.api.errors import ApiError
+from producer.api.models import Deleted, Job, JobPage
+from producer.submit import submit_job
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+#: Longest ``Prefer: wait=N`` honoured, in seconds.
+MAX_WAIT_S = 60
+_PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait=(\d+)")
+
+
+def _view(svc: Services, rec: JobRecord, request: Request) -> Job:
+    return Job.model_validate(svc.client.view(rec, request_base(request)))
+
+
+def _answer(svc: Services, rec: JobRecord, request: Request, headers: dict[str, str]) -> Job:
+    """The job, or ``moderation_blocked`` (422) when the content policy refused it."""
+    if rec.status is JobStatus.BLOCKED:
+        error = rec.error or {}
+        moderation = (rec.result.moderation if rec.result else None) or {}
+        raise ApiError(422, "moderation_blocked", error.get("message") or "blocked by the content policy",
+                       headers=headers, job_id=rec.job_id,
+                       stage=error.get("stage") or moderation.get("blocking_stage"),
+                       categories=error.get("categories") or moderation.get("categories") or [])
+    return _view(svc, rec, request)
+
+
+@router.post("", status_code=201)
+def create_job(body: RenderRequest, request: Request, response: Response, svc: ServicesDep, tenant: Tenant,
+               idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+               prefer: Annotated[str | None, Header(max_length=1024)] = None) -> Job:
+    """Queue a render. ``Idempotency-Key`` makes retries safe; ``Prefer: wait=N`` waits up to N s.
+
+    A prompt the content policy refuses is recorded as a ``blocked`` job and answered with 422
+    ``moderation_blocked`` (stage and categories), never queued.
+    """
+    rec, replayed = submit_job(svc.client, svc.idempotency, tenant, body, idempotency_key)
+    if replayed:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+        return _answer(svc, rec, request, {"Idempotent-Replayed": "true"})
+    wait = _PREFER_WAIT.search(prefer or "")
+    if wait and not rec.status.terminal:
+        seconds = min(MAX_WAIT_S, int(wait.group(1)[:4]))
+        response.headers["Preference-Applied"] = f"wait={seconds}"
+        try:
+            rec = svc.client.wait(rec.job_id, timeout=seconds, poll_s=0.05)
+        except TimeoutError:
+            rec = svc.client.store.get(rec.job_id)
+    return _answer(svc, rec, request, {})
+
+
+@router.get("")
+def list_jobs(request: Request, svc: ServicesDep, tenant: Tenant, after: Cursor,
+              status: JobStatus | None = None, batch_id: Annotated[str | None, Query(max_length=100)] = None,
+              created_after: Annotated[float | None, Query(ge=0, le=1e10, description="Unix time.")] = None,
+              limit: Annotated[int, Query(ge=1, le=100)] = 20) -> JobPage:
+    """This tenant's jobs, newest first, a page at a time; filter by status, batch or creation time.
+
+    Follow ``next_cursor`` (as ``?after=``) until it is null: jobs created meanwhile never shift
+    a page, so a walk sees every older job exactly once.
+    """
+    if batch_id is not None:
+        own_batch(svc, tenant, batch_id)
+    records, cursor = svc.client.list_jobs(tenant, status=status, batch_id=batch_id, created_after=created_after,
+                                           limit=limit, after=after)
+    return JobPage(data=[_view(svc, r, request) for r in records], next_cursor=encode_cursor(cursor),
+                   has_more=cursor is not None)
+
+
+@router.get("/{job_id}")
+def get_job(job_id: str, request: Request, svc: ServicesDep, tenant: Tenant) -> Job:
+    """Status, queue position while queued, progress while running, outputs (with fresh links) when done."""
+    return _view(svc, own_job(svc, tenant, job_id), request)
+
+
+@router.post("/{job_id}/cancel")
+def cancel_job(job_id: str, request: Request, svc: ServicesDep, tenant: Tenant) -> Job:
+    """Cancel a queued job at once, a running one at its next step; an ended job stays as it is."""
+    own_job(svc, tenant, job_id)
+    return _view(svc, svc.client.cancel(job_id), request)
+
+
+@router.delete("/{job_id}")
+def delete_job(job_id: str, svc: ServicesDep, tenant: Tenant) -> Deleted:
+    """Delete an ended job: its images, thumbnails, provenance entries and record. A queued or
+    running job answers 409 ``job_not_ended``: cancel it first. Later reads answer 404 ``deleted``."""
+    own_job(svc, tenant, job_id)
+    svc.client.delete(job_id)
+    return Deleted(id=job_id)

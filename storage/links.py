@@ -1,0 +1,109 @@
+"""Links to outputs, made fresh each time a client is told about an image.
+
+- ``url``: ``{base}/v1/jobs/{job_id}/outputs/{index}``: stable, never expires, needs the tenant's
+  API key (the API streams the bytes from local disk or redirects to a fresh presigned URL).
+- ``download_url``: fetchable without a key until ``download_expires_at``: a presigned GET on S3
+  (signed for ``s3_public_endpoint_url`` when set), otherwise the API path with
+  ``?expires=<unix time>&signature=<HMAC-SHA256>``, which the API honours until then.
+- ``thumbnail_url``: the small WebP the worker writes beside the image, signed the same way.
+
+``base`` is ``public_base_url`` when configured, else what the caller passes (the API passes the
+request's own base URL), else nothing: webhooks then carry paths.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+from jobs.schemas import ImageResult
+from jobs.settings import Settings
+from storage.base import Storage
+
+THUMBNAIL_SUFFIX = ".thumb.webp"
+
+
+def thumbnail_key(key: str) -> str:
+    """Where the worker puts an image's thumbnail: beside it."""
+    return key + THUMBNAIL_SUFFIX
+
+
+class Links:
+    def __init__(self, settings: Settings, storage: Storage, signing_key: bytes) -> None:
+        self.settings, self.storage, self._key = settings, storage, signing_key
+
+    # -- paths and bases -------------------------------------------------------------------------
+    @staticmethod
+    def output_path(job_id: str, index: int, thumbnail: bool = False) -> str:
+        return f"/v1/jobs/{job_id}/outputs/{index}" + ("/thumbnail" if thumbnail else "")
+
+    @staticmethod
+    def gallery_path(batch_id: str) -> str:
+        return f"/v1/batches/{batch_id}/gallery"
+
+    def base(self, request_base: str | None = None) -> str:
+        return (self.settings.public_base_url or request_base or "").rstrip("/")
+
+    # -- signed API links ------------------------------------------------------------------------
+    def _mac(self, path: str, expires: int) -> str:
+        return hmac.new(self._key, f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def signed(self, path: str, base: str | None = None, expires_s: int | None = None) -> tuple[str, float]:
+        """``base + path?expires=&signature=`` and its expiry time."""
+        expires = int(time.time() + (expires_s or self.settings.presign_expiry_s))
+        query = urlencode({"expires": expires, "signature": self._mac(path, expires)})
+        return f"{self.base(base)}{path}?{query}", float(expires)
+
+    def verify(self, path: str, expires: str | int | None, signature: str | None) -> bool:
+        """Whether ``signature`` was made here for ``path`` and ``expires`` has not passed."""
+        try:
+            when = int(expires)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return False
+        if not signature or when < time.time():
+            return False
+        return hmac.compare_digest(self._mac(path, when), signature)
+
+    # -- what a client sees ----------------------------------------------------------------------
+    def download(self, job_id: str, image: ImageResult, base: str | None = None,
+                 filename: str | None = None) -> tuple[str, float]:
+        """A keyless URL for the image's bytes and when it expires."""
+        expires_s = self.settings.presign_expiry_s
+        url = self.storage.presign(image.key, expires_s, filename=filename)
+        if url is not None:
+            return url, time.time() + expires_s
+        return self.signed(self.output_path(job_id, image.index), base, expires_s)
+
+    def view(self, job_id: str, image: ImageResult, base: str | None = None) -> dict[str, Any]:
+        """The image as the API, webhooks and ``results`` show it, with links made now."""
+        view = image.model_dump(mode="json", exclude={"url", "thumbnail_key"})
+        download, expires_at = self.download(job_id, image, base)
+        view.update(url=self.base(base) + self.output_path(job_id, image.index), download_url=download,
+                    download_expires_at=round(expires_at, 3), thumbnail_url=None)
+        if image.thumbnail_key:
+            view["thumbnail_url"] = self.signed(self.output_path(job_id, image.index, True), base)[0]
+        return view
+
+    def refresh(self, outputs: list[dict[str, Any]], job_id: str) -> list[dict[str, Any]]:
+        """Outputs of a stored payload (a webhook recorded days ago) with their links made anew."""
+        fresh = []
+        for out in outputs:
+            try:
+                image = ImageResult.model_validate({k: v for k, v in out.items() if k in ImageResult.model_fields})
+            except ValueError:
+                fresh.append(out)
+                continue
+            kept = {k: v for k, v in out.items() if k != "thumbnail_key"}
+            fresh.append({**kept, **self.view(job_id, image)})
+        return fresh
+
+
+def open_links(settings: Settings, store: Any) -> Links:
+    """Links for this deployment: its storage, and the signing key from settings or (shared by
+    every process) from Redis through ``store`` (a ``jobs.store.JobStore``)."""
+    from storage import open_storage
+
+    key = settings.url_signing_key
+    return Links(settings, open_storage(settings), key.get_secret_value().encode() if key else store.url_signing_key())
