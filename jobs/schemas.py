@@ -49,7 +49,9 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 class RenderRequest(BaseModel):
     """What a client asks for. Unset size/steps/guidance/seed are filled in by ``resolve``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"prompt": "a red bicycle leaning on a brick wall, studio photo", "aspect_ratio": "4:5", "seed": 7,
+         "num_images": 2, "custom_id": "sku-1042", "metadata": {"campaign": "spring"}}]})
 
     prompt: str = Field(..., description="What to render (1–2000 characters).")
     negative_prompt: str | None = Field(None, max_length=2000)

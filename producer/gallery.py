@@ -24,7 +24,7 @@ MAX_JOBS = 1000
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;background:#f6f6f4;color:#222}
 h1{font-size:20px;margin:0 0 4px}.sub{color:#666;margin:0 0 20px}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:14px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:14px;align-items:start}
 .card{background:#fff;border:1px solid #ddd;border-radius:8px;padding:8px;overflow:hidden}
 .card img{width:100%;height:auto;display:block;border-radius:4px;background:#eee}
 .prompt{margin:6px 0 4px;max-height:4.2em;overflow:hidden}.meta{color:#666;font-size:12px}

@@ -98,6 +98,13 @@ class LocalStorage(Storage):
         path = self._path(key)
         path.unlink(missing_ok=True)
         path.with_name(path.name + SIDECAR_SUFFIX).unlink(missing_ok=True)
+        for parent in path.parents:  # folders the key made, once empty (never the root)
+            if parent == self.root or not parent.is_relative_to(self.root):
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break  # not empty (or already gone)
 
     def _url_for(self, key: str) -> str:
         return str(self._path(key))

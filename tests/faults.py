@@ -4,8 +4,10 @@ from __future__ import annotations
 import http.client
 import random
 import threading
+import time
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -19,10 +21,13 @@ class FaultProxy:
     """Loopback HTTP proxy: the first ``failures`` requests, and every request while ``down`` is
     set, get ``mode`` (503 or a dropped connection); others are forwarded to the upstream S3
     endpoint. Random faults on top: each request gets a 503 with probability ``p_503`` and a
-    dropped connection with probability ``p_reset`` (seeded). ``refused`` counts the failed ones."""
+    dropped connection with probability ``p_reset`` (seeded). ``refused`` counts the failed ones.
+
+    With ``presign_grace_s`` set it also does what moto does not: refuses a presigned GET (403
+    ``AccessDenied``, "Request has expired") once ``X-Amz-Date + X-Amz-Expires + grace`` has passed."""
 
     def __init__(self, upstream: str, failures: int = 0, mode: str = "503", p_503: float = 0.0,
-                 p_reset: float = 0.0, seed: int = 0) -> None:
+                 p_reset: float = 0.0, seed: int = 0, presign_grace_s: float | None = None) -> None:
         self.upstream = urlparse(upstream)
         self.failures = failures
         self.mode = mode
@@ -31,6 +36,8 @@ class FaultProxy:
         self.rng = random.Random(seed)
         self.refused = 0
         self.requests = 0
+        self.presign_grace_s = presign_grace_s
+        self.expired = 0
         self.lock = threading.Lock()
         proxy = self
 
@@ -49,6 +56,15 @@ class FaultProxy:
                         fail = x < proxy.p_503 + proxy.p_reset
                         mode = "503" if x < proxy.p_503 else "reset"
                     proxy.refused += fail
+                if not fail and proxy.presign_grace_s is not None and proxy._expired(self.path):
+                    with proxy.lock:
+                        proxy.expired += 1
+                    msg = b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
+                    self.send_response(403)
+                    self.send_header("Content-Length", str(len(msg)))
+                    self.end_headers()
+                    self.wfile.write(msg)
+                    return
                 if fail and mode == "reset":
                     self.close_connection = True
                     self.connection.shutdown(2)
@@ -79,6 +95,13 @@ class FaultProxy:
         self.server = _QuietServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _expired(self, path: str) -> bool:
+        query = parse_qs(urlparse(path).query)
+        if "X-Amz-Date" not in query or "X-Amz-Expires" not in query:
+            return False
+        signed = datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        return time.time() > signed.timestamp() + int(query["X-Amz-Expires"][0]) + (self.presign_grace_s or 0)
 
     def __enter__(self) -> "FaultProxy":
         self.thread.start()

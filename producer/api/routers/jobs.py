@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 
 from jobs.status import JobStatus
 from jobs.schemas import RenderRequest
@@ -19,6 +19,11 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 #: Longest ``Prefer: wait=N`` honoured, in seconds.
 MAX_WAIT_S = 60
 _PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait=(\d+)")
+_EXAMPLES = {
+    "product": {"summary": "Two product shots", "value": RenderRequest.model_config["json_schema_extra"]["examples"][0]},
+    "webhook": {"summary": "With a webhook", "value": {"prompt": "a lighthouse at dusk", "width": 768, "height": 512,
+                                                        "webhook": "https://hooks.example.com/batchrender"}},
+}
 
 
 def _view(svc: Services, rec: JobRecord, request: Request) -> Job:
@@ -38,7 +43,7 @@ def _answer(svc: Services, rec: JobRecord, request: Request, headers: dict[str, 
 
 
 @router.post("", status_code=201)
-def create_job(body: RenderRequest, request: Request, response: Response, svc: ServicesDep, tenant: Tenant,
+def create_job(body: Annotated[RenderRequest, Body(openapi_examples=_EXAMPLES)], request: Request, response: Response, svc: ServicesDep, tenant: Tenant,
                idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
                prefer: Annotated[str | None, Header(max_length=1024)] = None) -> Job:
     """Queue a render. ``Idempotency-Key`` makes retries safe; ``Prefer: wait=N`` waits up to N s.
