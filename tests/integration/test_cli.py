@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -91,3 +92,52 @@ def test_batchrender_worker_command_serves_its_models_queue(br_env, settings_for
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
         log.close()
+
+
+def test_results_download_gallery_delete_and_prune(br_env, start_worker, tmp_path, settings_for):
+    """``results --download DIR`` saves the images; ``gallery --out`` writes a self-contained sheet;
+    ``delete`` and ``prune --older-than`` remove outputs, provenance entries and records."""
+    from producer.client import Client
+    from provenance.index import open_provenance_index
+
+    runner = CliRunner()
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"a vase {i}", "seed": i, "custom_id": f"v{i}", "width": 64,
+                                           "height": 64, "steps": 2}) + "\n" for i in range(3)))
+    batch_id = runner.invoke(cli, ["submit", "--file", str(prompts)], env=br_env).stdout.strip().splitlines()[-1]
+    start_worker(br_env)
+    assert runner.invoke(cli, ["wait", batch_id, "--timeout", "120"], env=br_env).exit_code == 0
+
+    got = runner.invoke(cli, ["results", batch_id, "--download", str(tmp_path / "dl")], env=br_env)
+    assert got.exit_code == 0, got.output
+    rows = [json.loads(line) for line in got.stdout.splitlines()]
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["v0-0.png", "v1-0.png", "v2-0.png"]
+    for row in rows:
+        assert open(row["file"], "rb").read() == open(row["path"], "rb").read()
+        assert row["url"] == f"/v1/jobs/{row['job_id']}/outputs/0" and "signature=" in row["download_url"]
+
+    sheet = tmp_path / "sheet.html"
+    assert runner.invoke(cli, ["gallery", batch_id, "--out", str(sheet)], env=br_env).exit_code == 0
+    html = sheet.read_text()
+    assert html.count('class="thumb" src="data:image/webp;base64,') == 3 and "v2" in html
+
+    client = Client(settings_for(br_env))
+    index = open_provenance_index(settings_for(br_env))
+    first = rows[0]
+    assert index.lookup(open(first["path"], "rb").read()).job_id == first["job_id"]
+    deleted = runner.invoke(cli, ["delete", first["job_id"]], env=br_env)
+    assert deleted.exit_code == 0, deleted.output
+    assert index.lookup(open(tmp_path / "dl" / "v0-0.png", "rb").read()) is None, "provenance entry gone"
+    assert not Path(first["path"]).exists()
+
+    kept = runner.invoke(cli, ["prune", "--older-than", "1d"], env=br_env)
+    assert json.loads(kept.stdout) == {"jobs": 0, "kept_in_flight": 0, "batches": 0}
+    pruned = runner.invoke(cli, ["prune", "--older-than", "0s"], env=br_env)
+    assert json.loads(pruned.stdout) == {"jobs": 2, "kept_in_flight": 0, "batches": 1}, pruned.output
+    assert client.list_jobs(None)[0] == [] and client.list_batches(None)[0] == []
+    leftovers = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert leftovers == [], leftovers
+    bad = runner.invoke(cli, ["prune", "--older-than", "a month"], env=br_env)
+    assert bad.exit_code == 2 and "30d" in bad.output
+    client.close()
+    index.close()
