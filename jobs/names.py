@@ -1,6 +1,7 @@
 """Task and queue names: the producer sends tasks by these names and never imports worker code."""
 from __future__ import annotations
 
+import hashlib
 import re
 
 RENDER_TASK = "batchrender.render"
@@ -72,6 +73,11 @@ def batch_index_key(batch_id: str) -> str:
 #: Every job by creation time (score), for retention: ``prune`` reads the oldest first.
 ALL_JOBS_KEY = f"{KEY_PREFIX}idx:all-jobs"
 ALL_BATCHES_KEY = f"{KEY_PREFIX}idx:all-batches"
+
+
+def idem_key(tenant: str, key: str) -> str:
+    """An ``Idempotency-Key`` of a tenant (hashed: keys are client text of any shape)."""
+    return f"{KEY_PREFIX}idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 def deleted_key(job_id: str) -> str:

@@ -18,7 +18,7 @@ import redis
 
 from jobs.errors import BrokerUnavailable, JobNotFound
 from jobs.names import (ALL_BATCHES_KEY, ALL_JOBS_KEY, KEY_PREFIX, batch_index_key, batch_jobs_key, batch_key,
-                        cancel_key, deleted_key, events_channel, index_member, job_key, queued_key,
+                        cancel_key, deleted_key, events_channel, idem_key, index_member, job_key, queued_key,
                         tenant_batches_key, tenant_jobs_key, tenant_key)
 from jobs.schemas import JobMessage, JobResult, RenderRequest
 from jobs.status import TERMINAL, JobStatus
@@ -437,6 +437,20 @@ class JobStore:
             self.r.set(URL_SIGNING_KEY, secrets.token_hex(32), nx=True)
             key = self.r.get(URL_SIGNING_KEY)
         return key.encode()
+
+    # -- idempotency keys ------------------------------------------------------------------------
+    def idempotency_claim(self, tenant: str, key: str, body_digest: str, job_id: str) -> bool:
+        """Claim ``key`` for ``tenant`` (True), or find it claimed by an earlier request (False)."""
+        return bool(self.r.set(idem_key(tenant, key), json.dumps({"body": body_digest, "job_id": job_id}),
+                               nx=True, ex=self.ttl_s))
+
+    def idempotency_prior(self, tenant: str, key: str) -> dict[str, str] | None:
+        """``{"body", "job_id"}`` of the request that holds ``key``, or None once it is released."""
+        raw = self.r.get(idem_key(tenant, key))
+        return json.loads(raw) if raw else None
+
+    def idempotency_release(self, tenant: str, key: str) -> None:
+        self.r.delete(idem_key(tenant, key))
 
     def deleted_for(self, job_id: str) -> str | None:
         """The tenant (``-`` for none) of a deleted job, while its tombstone lasts."""

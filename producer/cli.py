@@ -88,17 +88,17 @@ def submit(prompt, file_, wait_, **opts) -> None:
     fields.update(_size(opts.get("size")))
     client = _client()
     if file_:
-        requests, bad = [], 0
+        from producer.submit import parse_batch
+
+        items, errors, _ = parse_batch(Path(file_).read_bytes(), "application/jsonl")
+        for e in errors:
+            click.echo(f"{file_}:{e['line']}: not valid JSON: {e['message']}", err=True)
+        bad = len(errors)
+        requests: list[dict[str, Any]] = []
         line_of: list[int] = []
-        for lineno, line in enumerate(Path(file_).read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-                if not isinstance(item, dict):
-                    raise ValueError("each line must be a JSON object")
-            except ValueError as e:
-                click.echo(f"{file_}:{lineno}: not valid JSON: {e}", err=True)
+        for lineno, item in items:
+            if not isinstance(item, dict):
+                click.echo(f"{file_}:{lineno}: not valid JSON: each line must be a JSON object", err=True)
                 bad += 1
                 continue
             requests.append({**fields, **item})
@@ -131,7 +131,7 @@ def status(id_: str) -> None:
     if id_.startswith("bat_"):
         _echo_json(client.batch(id_))
     else:
-        _echo_json(client.status(id_).to_dict())
+        _echo_json(client.view(client.status(id_)))
 
 
 def _wait_job(client, job_id: str, timeout: float | None) -> int:
@@ -145,7 +145,7 @@ def _wait_job(client, job_id: str, timeout: float | None) -> int:
             bar.update(step - bar.n)
             bar.set_postfix_str(r.status.value)
         rec = client.wait(job_id, timeout, on_update=update)
-    _echo_json(rec.to_dict())
+    _echo_json(client.view(rec))
     return 0 if rec.status.value == "succeeded" else 1
 
 
@@ -186,7 +186,7 @@ def cancel(id_: str) -> None:
     if id_.startswith("bat_"):
         _echo_json(client.cancel_batch(id_))
     else:
-        _echo_json(client.cancel(id_).to_dict())
+        _echo_json(client.view(client.cancel(id_)))
 
 
 @cli.command()

@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from jobs.errors import (DeliveryFailed, IdempotencyConflict, IdempotencyInProgress, InvalidRequest, JobNotFound,
                          QuotaExceeded, UnsupportedMediaType, WebhookTargetRefused)
-from jobs.names import KEY_PREFIX
 from jobs.schemas import RenderRequest, invalid_from
 from jobs.store import JobRecord
 
@@ -73,10 +72,7 @@ class Idempotency:
     a repeat with the same body gets that job, with a different body a conflict."""
 
     def __init__(self, client) -> None:
-        self.client = client
-
-    def _key(self, tenant: str, key: str) -> str:
-        return f"{KEY_PREFIX}idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
+        self.store = client.store
 
     @staticmethod
     def job_id(tenant: str, key: str) -> str:
@@ -85,30 +81,27 @@ class Idempotency:
     def claim(self, tenant: str, key: str, body: RenderRequest) -> JobRecord | None:
         """None when this request now owns the key; else the job an earlier request created."""
         digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-        r, slot = self.client.store.r, self._key(tenant, key)
-        claim = json.dumps({"body": digest, "job_id": self.job_id(tenant, key)})
-        while not r.set(slot, claim, nx=True, ex=self.client.settings.record_ttl_s):
-            prior = self._prior(tenant, slot, digest)
+        while not self.store.idempotency_claim(tenant, key, digest, self.job_id(tenant, key)):
+            prior = self._prior(tenant, key, digest)
             if prior is not None:
                 return prior
         return None
 
     def release(self, tenant: str, key: str) -> None:
         """Nothing was accepted: let the client retry with the same key."""
-        self.client.store.r.delete(self._key(tenant, key))
+        self.store.idempotency_release(tenant, key)
 
-    def _prior(self, tenant: str, slot: str, digest: str) -> JobRecord | None:
+    def _prior(self, tenant: str, key: str, digest: str) -> JobRecord | None:
         deadline = time.monotonic() + IDEMPOTENCY_RACE_S
         while True:
-            raw = self.client.store.r.get(slot)
-            if raw is None:
+            prior = self.store.idempotency_prior(tenant, key)
+            if prior is None:
                 return None  # the first request failed and released the key: this one proceeds
-            prior = json.loads(raw)
             if prior["body"] != digest:
                 raise IdempotencyConflict("this Idempotency-Key was used with a different request body; "
                                           "use a new key for a new request")
             try:
-                rec = self.client.store.get(prior["job_id"])
+                rec = self.store.get(prior["job_id"])
                 if rec.tenant == tenant:
                     return rec
             except JobNotFound:

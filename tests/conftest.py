@@ -84,6 +84,18 @@ def br_env(tmp_path, redis_url, tiny_model_dir):
 
 
 @pytest.fixture
+def tenants(redis_url):
+    """``producer.tenants.Tenants`` on the test's Redis: ``tenants.create(name)`` gives an API key."""
+    import redis
+
+    from producer.tenants import Tenants
+
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield Tenants(r)
+    r.close()
+
+
+@pytest.fixture
 def settings_for():
     """Build Settings from a test env dict (the way worker processes do: from the environment)."""
     from jobs.settings import Settings

@@ -45,6 +45,12 @@ class FaultProxy:
             def log_message(self, *args):  # keep test output clean
                 pass
 
+            def _error(self, status: int, msg: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(msg)))
+                self.end_headers()
+                self.wfile.write(msg)
+
             def _handle(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with proxy.lock:
@@ -59,23 +65,15 @@ class FaultProxy:
                 if not fail and proxy.presign_grace_s is not None and proxy._expired(self.path):
                     with proxy.lock:
                         proxy.expired += 1
-                    msg = b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
-                    self.send_response(403)
-                    self.send_header("Content-Length", str(len(msg)))
-                    self.end_headers()
-                    self.wfile.write(msg)
-                    return
+                    return self._error(403, b"<Error><Code>AccessDenied</Code><Message>Request has expired"
+                                            b"</Message></Error>")
                 if fail and mode == "reset":
                     self.close_connection = True
                     self.connection.shutdown(2)
                     return
                 if fail:
-                    msg = b"<Error><Code>ServiceUnavailable</Code><Message>injected</Message></Error>"
-                    self.send_response(503)
-                    self.send_header("Content-Length", str(len(msg)))
-                    self.end_headers()
-                    self.wfile.write(msg)
-                    return
+                    return self._error(503, b"<Error><Code>ServiceUnavailable</Code><Message>injected</Message>"
+                                            b"</Error>")
                 conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
                 conn.request(self.command, self.path, body=body, headers=dict(self.headers))
                 resp = conn.getresponse()

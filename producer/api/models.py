@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobs.schemas import OutputFormat
+from jobs.schemas import OutputFormat, Timings
 from jobs.status import JobStatus
 
 
@@ -32,14 +32,6 @@ class Output(BaseModel):
 class Progress(BaseModel):
     step: int
     total: int
-
-
-class Timings(BaseModel):
-    queue_wait_s: float = 0.0
-    load_s: float = 0.0
-    render_s: float = 0.0
-    postprocess_s: float = 0.0
-    batch_size: int = 1
 
 
 class Job(BaseModel):

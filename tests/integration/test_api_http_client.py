@@ -41,17 +41,6 @@ class ApiServer:
 
 
 @pytest.fixture
-def tenants(redis_url):
-    import redis
-
-    from producer.tenants import Tenants
-
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield Tenants(r)
-    r.close()
-
-
-@pytest.fixture
 def serve(settings_for):
     from producer.api import create_app
 

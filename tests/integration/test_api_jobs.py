@@ -35,17 +35,6 @@ def make_api(api_env, settings_for):
         c.close()
 
 
-@pytest.fixture
-def tenants(redis_url):
-    import redis
-
-    from producer.tenants import Tenants
-
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield Tenants(r)
-    r.close()
-
-
 def auth(tenant) -> dict[str, str]:
     return {"Authorization": f"Bearer {tenant.api_key}"}
 

@@ -23,14 +23,8 @@ SMALL = {"width": 64, "height": 64, "steps": 2}
 
 
 @pytest.fixture
-def alice(redis_url):
-    import redis
-
-    from producer.tenants import Tenants
-
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield Tenants(r).create("alice")
-    r.close()
+def alice(tenants):
+    return tenants.create("alice")
 
 
 def _auth(tenant) -> dict[str, str]:
@@ -39,10 +33,12 @@ def _auth(tenant) -> dict[str, str]:
 
 def _succeeded(api: httpx.Client, tenant, job_id: str) -> dict:
     def done():
-        job = api.get(f"/v1/jobs/{job_id}", headers=_auth(tenant)).json()
+        r = api.get(f"/v1/jobs/{job_id}", headers=_auth(tenant))
+        assert r.status_code == 200, r.text
+        job = r.json()
         return job if job["status"] in ("succeeded", "failed", "blocked", "canceled") else None
 
-    job = wait_for(done, timeout=120)
+    job = wait_for(done, timeout=120, every=0.2)
     assert job["status"] == "succeeded", job
     return job
 
@@ -63,8 +59,8 @@ def test_local_output_outlives_its_link_and_the_webhook_url_works_after_expiry(b
         return (503, {}) if len(calls) == 1 else (200, {})
 
     start_worker(env)
-    with LoopbackReceiver(responder) as rx, ApiServer(create_app(settings_for(env)), port=port), \
-            httpx.Client(base_url=base, timeout=30) as api:
+    app = create_app(settings_for(env, api_rate_per_s=1000, api_burst=1000))
+    with LoopbackReceiver(responder) as rx, ApiServer(app, port=port), httpx.Client(base_url=base, timeout=30) as api:
         r = api.post("/v1/jobs", json={"prompt": "a teapot", "seed": 3, "webhook": rx.url,
                                        "webhook_events_filter": ["job.succeeded"], **SMALL}, headers=_auth(alice))
         assert r.status_code == 201, r.text
@@ -118,7 +114,7 @@ def test_s3_output_redirects_to_a_fresh_presigned_url_on_the_public_endpoint(br_
                "BATCHRENDER_S3_ACCESS_KEY_ID": "t", "BATCHRENDER_S3_SECRET_ACCESS_KEY": "t",
                "BATCHRENDER_PRESIGN_EXPIRY_S": "1"}
         start_worker(env)
-        with ApiServer(create_app(settings_for(env))) as server, \
+        with ApiServer(create_app(settings_for(env, api_rate_per_s=1000, api_burst=1000))) as server, \
                 httpx.Client(base_url=server.url, timeout=30) as api:
             r = api.post("/v1/jobs", json={"prompt": "a lamp", "seed": 4, **SMALL}, headers=_auth(alice))
             job = _succeeded(api, alice, r.json()["id"])
@@ -139,16 +135,14 @@ def test_s3_output_redirects_to_a_fresh_presigned_url_on_the_public_endpoint(br_
             assert thumb.status_code == 200 and thumb.content[:4] == b"RIFF"
 
 
-def test_unknown_foreign_and_deleted_jobs_answer_404(br_env, settings_for, alice, redis_url, start_worker, tmp_path):
-    import redis
+def test_unknown_foreign_and_deleted_jobs_answer_404(br_env, settings_for, alice, tenants, start_worker, tmp_path):
     from starlette.testclient import TestClient
 
     from producer.api import create_app
-    from producer.tenants import Tenants
 
-    bob = Tenants(redis.Redis.from_url(redis_url, decode_responses=True)).create("bob")
+    bob = tenants.create("bob")
     start_worker(br_env)
-    api = TestClient(create_app(settings_for(br_env)))
+    api = TestClient(create_app(settings_for(br_env, api_rate_per_s=1000, api_burst=1000)))
     job_id = api.post("/v1/jobs", json={"prompt": "a chair", **SMALL}, headers=_auth(alice)).json()["id"]
     job = _succeeded(api, alice, job_id)
     path = urlparse(job["outputs"][0]["url"]).path

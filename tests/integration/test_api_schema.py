@@ -111,3 +111,46 @@ def test_every_documented_example_is_accepted(api_schema, api_key):
                     tried += 1
     assert tried >= 4, tried
     assert doc["webhooks"].keys() == {"job-event", "batch-event"}
+
+
+def test_no_input_on_real_ids_yields_a_server_error(br_env, settings_for, tenants, start_worker):
+    """The same fuzzing with the path pointing at a real rendered job and batch (and a webhook),
+    so outputs, thumbnails, the gallery, results and delete run their full paths, not only 404s.
+    DELETE goes last: after it the job answers ``deleted``."""
+    from hypothesis import given
+    from schemathesis import GenerationMode
+    from starlette.testclient import TestClient
+
+    from producer.api import create_app
+    from tests.workers import wait_for
+
+    key = tenants.create("fuzz").api_key
+    auth = {"Authorization": f"Bearer {key}"}
+    app = create_app(settings_for(br_env, api_rate_per_s=10_000, api_burst=10_000, api_max_body_bytes=64 * 1024))
+    client = TestClient(app)
+    start_worker(br_env)
+    small = {"width": 64, "height": 64, "steps": 2}
+    batch = client.post("/v1/batches", json={"requests": [{"prompt": "a cup", **small}, {"prompt": "a jar", **small}],
+                                             "webhook": "http://127.0.0.1:9/hook"}, headers=auth).json()
+    wait_for(lambda: client.get(f"/v1/batches/{batch['id']}", headers=auth).json()["status"] == "completed",
+             timeout=120, every=0.2)
+    job_id = client.get(f"/v1/jobs?batch_id={batch['id']}", headers=auth).json()["data"][0]["id"]
+    real = {"job_id": job_id, "batch_id": batch["id"], "index": 0}
+    assert client.get(f"/v1/jobs/{job_id}/outputs/0", headers=auth).status_code == 200
+
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    operations = sorted((r.ok() for r in schema.get_all_operations()), key=lambda op: op.method.upper() == "DELETE")
+    assert {op.label for op in operations} == EVERY_OPERATION
+    for op in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            @given(case=op.as_strategy(mode))
+            @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+            def run(case):
+                if case.path_parameters:
+                    case.path_parameters = {k: real.get(k, v) for k, v in case.path_parameters.items()}
+                case.call_and_validate(headers=auth, checks=[not_a_server_error])
+
+            try:
+                run()
+            except Unsatisfiable:
+                assert mode is GenerationMode.NEGATIVE, op.label

@@ -35,13 +35,10 @@ def chromium(tmp_path: Path, *args: str) -> str:
     return out.stdout
 
 
-def test_gallery_shows_every_thumbnail_of_a_12_job_batch(br_env, settings_for, redis_url, start_worker, tmp_path):
-    import redis
-
+def test_gallery_shows_every_thumbnail_of_a_12_job_batch(br_env, settings_for, tenants, start_worker, tmp_path):
     from producer.api import create_app
-    from producer.tenants import Tenants
 
-    alice = Tenants(redis.Redis.from_url(redis_url, decode_responses=True)).create("alice")
+    alice = tenants.create("alice")
     auth = {"Authorization": f"Bearer {alice.api_key}"}
     subjects = ["teapot", "bicycle", "lighthouse", "armchair", "sneaker", "desk lamp", "backpack", "guitar",
                 "wristwatch", "camera", "kettle", "umbrella"]
@@ -52,7 +49,7 @@ def test_gallery_shows_every_thumbnail_of_a_12_job_batch(br_env, settings_for, r
     with ApiServer(create_app(settings_for(br_env))) as server, httpx.Client(base_url=server.url, timeout=30) as api:
         batch = api.post("/v1/batches", json={"requests": requests}, headers=auth).json()
         wait_for(lambda: api.get(f"/v1/batches/{batch['id']}", headers=auth).json()["status"] == "completed",
-                 timeout=180)
+                 timeout=180, every=0.25)
         info = api.get(f"/v1/batches/{batch['id']}", headers=auth).json()
         assert info["counts"]["succeeded"] == 12, info
 

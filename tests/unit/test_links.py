@@ -1,0 +1,50 @@
+"""Signed output links: bound to their path, refused once expired or altered."""
+from __future__ import annotations
+
+import time
+from urllib.parse import parse_qs, urlparse
+
+from jobs.schemas import ImageResult, OutputFormat
+from jobs.settings import Settings
+from storage.links import Links
+from storage.local import LocalStorage
+
+
+def _links(tmp_path, **settings) -> Links:
+    return Links(Settings(**settings), LocalStorage(tmp_path), b"k" * 32)
+
+
+def _image() -> ImageResult:
+    return ImageResult(index=1, key="b/j/1.png", url="/abs/b/j/1.png", seed=5, width=8, height=8,
+                       format=OutputFormat.PNG, sha256="a" * 64, pixel_sha256="b" * 64, bytes=10,
+                       thumbnail_key="b/j/1.png.thumb.webp")
+
+
+def test_a_signed_link_verifies_only_for_its_path_and_until_it_expires(tmp_path):
+    links = _links(tmp_path)
+    url, expires = links.signed("/v1/jobs/j/outputs/1", "http://api")
+    q = parse_qs(urlparse(url).query)
+    assert url.startswith("http://api/v1/jobs/j/outputs/1?") and expires > time.time()
+    assert links.verify("/v1/jobs/j/outputs/1", q["expires"][0], q["signature"][0])
+    assert not links.verify("/v1/jobs/j/outputs/2", q["expires"][0], q["signature"][0]), "other path"
+    assert not links.verify("/v1/jobs/j/outputs/1", str(int(q["expires"][0]) + 1), q["signature"][0]), "longer life"
+    assert not links.verify("/v1/jobs/j/outputs/1", "soon", q["signature"][0])
+    assert not links.verify("/v1/jobs/j/outputs/1", q["expires"][0], None)
+    other = Links(Settings(), LocalStorage(tmp_path), b"x" * 32)
+    assert not other.verify("/v1/jobs/j/outputs/1", q["expires"][0], q["signature"][0]), "another key"
+    past = int(time.time()) - 1
+    assert not links.verify("/p", past, links._mac("/p", past)), "expired"
+
+
+def test_view_replaces_stored_urls_with_links_made_now(tmp_path):
+    links = _links(tmp_path, public_base_url="https://render.example.com")
+    view = links.view("j", _image(), base="http://ignored:8000")
+    assert view["url"] == "https://render.example.com/v1/jobs/j/outputs/1", "public_base_url wins"
+    assert view["download_url"].startswith(view["url"] + "?expires=")
+    assert view["thumbnail_url"].startswith(view["url"] + "/thumbnail?expires=")
+    assert "thumbnail_key" not in view and view["seed"] == 5
+    again = links.refresh([{**_image().model_dump(mode="json"), "custom": 1}], "j")[0]
+    assert again["url"] == view["url"] and again["custom"] == 1 and "thumbnail_key" not in again
+    assert links.refresh([{"url": "x"}], "j") == [{"url": "x"}], "not an image: left as it was"
+    plain = _links(tmp_path).view("j", _image())
+    assert plain["url"] == "/v1/jobs/j/outputs/1", "no base: a path"
