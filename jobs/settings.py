@@ -41,6 +41,9 @@ class Settings(BaseModel):
     max_images: int = 8
     max_prompt_chars: int = 2000
 
+    #: CPU seconds an untrusted reference image may take to decode (in a child process).
+    image_decode_cpu_s: float = Field(default=1.0, gt=0, le=60)
+
     # -- queue ---------------------------------------------------------------------------------
     soft_time_limit_s: int = 600
     hard_time_limit_s: int = 660

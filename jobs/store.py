@@ -88,6 +88,15 @@ return {1, done}
 """
 
 
+# KEYS: tenant hash. ARGV: n, limit. Returns {1, active before} or {0, active}.
+_RESERVE = """
+local active = tonumber(redis.call('HGET', KEYS[1], 'active') or '0')
+if active + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return {0, active} end
+redis.call('HINCRBY', KEYS[1], 'active', ARGV[1])
+return {1, active}
+"""
+
+
 @dataclass
 class JobRecord:
     """What a client sees of one job."""
@@ -153,26 +162,43 @@ class JobStore:
         self.r = client
         self.ttl_s = ttl_s
         self._transition = client.register_script(_TRANSITION)
+        self._reserve = client.register_script(_RESERVE)
 
     @classmethod
     def from_url(cls, url: str, ttl_s: int = 7 * 24 * 3600) -> "JobStore":
         return cls(client_for(url), ttl_s)
 
     # -- creating --------------------------------------------------------------------------------
-    def create(self, msg: JobMessage) -> bool:
-        """Write the queued record. Returns False when it exists already (idempotent submit)."""
+    def reserve(self, tenant: str, n: int, limit: int) -> int | None:
+        """Count ``n`` more active jobs for ``tenant`` if that keeps it within ``limit``, atomically
+        (concurrent submits cannot overshoot); None when it would not. Returns the count before."""
+        ok, active = self._reserve(keys=[tenant_key(tenant)], args=[n, limit])
+        return int(active) if ok else None
+
+    def release(self, tenant: str, n: int) -> None:
+        """Give back reserved slots that did not become jobs."""
+        if n:
+            self.r.hincrby(tenant_key(tenant), "active", -n)
+
+    def create(self, msg: JobMessage, *, reserved: bool = False) -> bool:
+        """Write the queued record. Returns False when it exists already (idempotent submit).
+
+        ``reserved``: the tenant's active count already holds this job (``reserve``); when the
+        record turns out to exist already, the slot is given back."""
         key = job_key(msg.job_id)
         fields = self._fields(msg)
         with self.r.pipeline() as p:
             p.hsetnx(key, "status", JobStatus.QUEUED.value)
             created = p.execute()[0]
         if not created:
+            if reserved and msg.tenant:
+                self.release(msg.tenant, 1)
             return False
         with self.r.pipeline() as p:
             p.hset(key, mapping=fields)
             # Queue position and the per-tenant active count; the transition script undoes both.
             p.zadd(queued_key(msg.request.model), {key: msg.submitted_at})
-            if msg.tenant:
+            if msg.tenant and not reserved:
                 p.hincrby(tenant_key(msg.tenant), "active", 1)
             self._index(p, msg)
             p.execute()
@@ -211,7 +237,7 @@ class JobStore:
         return int(self.r.hget(tenant_key(tenant), "active") or 0)
 
     def create_batch_records(self, batch_id: str, msgs: list[JobMessage], *, tenant: str | None,
-                             meta: dict[str, Any] | None = None) -> None:
+                             meta: dict[str, Any] | None = None, reserved: bool = False) -> None:
         """The batch and ALL its job records, atomically (MULTI/EXEC): all exist, or none does.
 
         The records are marked *unpublished* until ``mark_published``: a record whose message was
@@ -237,7 +263,7 @@ class JobStore:
                 p.zadd(queued_key(m.request.model), {key: m.submitted_at})
                 p.zadd(UNPUBLISHED_KEY, {m.job_id: now})
                 self._index(p, m)
-            if tenant and msgs:
+            if tenant and msgs and not reserved:
                 p.hincrby(tenant_key(tenant), "active", len(msgs))
             p.execute()
 

@@ -100,7 +100,7 @@ class Client:
         msg._input_bytes = data
         return msg
 
-    def enqueue(self, msg: JobMessage) -> None:
+    def enqueue(self, msg: JobMessage, *, reserved: bool = False) -> None:
         """Moderate the prompt, publish the job, then record it as queued.
 
         Publishing comes first so that a producer dying in between loses nothing: the worker
@@ -108,17 +108,21 @@ class Client:
         record with no message behind it). A prompt the policy blocks ends here as ``blocked``
         and is never queued, so it costs no GPU time (workers check again, in case the policy
         changed while it waited). Redis or the broker being down raises ``BrokerUnavailable``;
-        the job was then not queued.
+        the job was then not queued. ``reserved``: the tenant's slot was taken already
+        (``JobStore.reserve``) and is given back when no record is written.
         """
         if self.store.status(msg.job_id) is not None:
+            if reserved and msg.tenant:
+                self.store.release(msg.tenant, 1)
             return  # already recorded: an idempotent resubmission
         decision = self._check_prompt(msg)
         if decision.action.value == "block":
-            self.store.create(msg)
+            self.store.create(msg, reserved=reserved)
             self._block(msg, decision)
             return
         self._publish(msg)
-        self.store.create(msg)  # no-op when a fast worker has already rebuilt it from the message
+        # A no-op when a fast worker has already rebuilt the record from the message.
+        self.store.create(msg, reserved=reserved)
 
     def _check_prompt(self, msg: JobMessage):
         return self.moderation.check_prompt(msg.request.prompt, msg.request.negative_prompt,
@@ -156,7 +160,7 @@ class Client:
 
     def submit_batch(self, requests: Iterable[RenderRequest | dict[str, Any]], *,
                      tenant: str | None = None, batch_id: str | None = None,
-                     meta: dict[str, Any] | None = None) -> BatchSubmission:
+                     meta: dict[str, Any] | None = None, reserved: int = 0) -> BatchSubmission:
         """Queue many jobs as one batch. Invalid items are reported by index; the valid ones run.
 
         The batch and all its job records are written in one Redis transaction, then the
@@ -164,21 +168,33 @@ class Client:
         says exactly which jobs were queued and which were not; the ones that were not end as
         ``failed`` (code ``not_queued``) at once, or, when Redis itself is down, at the first
         ``reconcile`` after it is back (``batch``/``wait_batch`` and workers run it), so the
-        batch always completes.
+        batch always completes. ``reserved``: slots already taken for the tenant
+        (``JobStore.reserve``); those that do not become jobs are given back.
         """
         batch_id = batch_id or new_id("bat")
         msgs: list[JobMessage] = []
         errors: list[tuple[int, InvalidRequest]] = []
-        for i, req in enumerate(requests):
-            try:
-                msgs.append(self.prepare(req, batch_id=batch_id, tenant=tenant))
-            except InvalidRequest as e:
-                errors.append((i, e))
-        decisions = {m.job_id: self._check_prompt(m) for m in msgs}
+        held = reserved if tenant else 0  # reserved slots not yet owned by a record
         try:
-            self.store.create_batch_records(batch_id, msgs, tenant=tenant, meta=meta)
-        except BrokerUnavailable as e:
-            raise BatchIncomplete(batch_id, [], [m.job_id for m in msgs], e) from e
+            for i, req in enumerate(requests):
+                try:
+                    msgs.append(self.prepare(req, batch_id=batch_id, tenant=tenant))
+                except InvalidRequest as e:
+                    errors.append((i, e))
+            decisions = {m.job_id: self._check_prompt(m) for m in msgs}
+            try:
+                self.store.create_batch_records(batch_id, msgs, tenant=tenant, meta=meta, reserved=bool(held))
+            except BrokerUnavailable as e:
+                raise BatchIncomplete(batch_id, [], [m.job_id for m in msgs], e) from e
+            if held:
+                self.store.release(tenant, held - len(msgs))  # the items that were refused
+            held = 0
+        finally:
+            if held:
+                try:
+                    self.store.release(tenant, held)
+                except BrokerUnavailable:
+                    pass  # Redis is away: the count stays high by these slots (docs/security.md)
         done: list[str] = []
         for i, m in enumerate(msgs):
             try:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from jobs.errors import (DeliveryFailed, IdempotencyConflict, IdempotencyInProgress, InvalidRequest, JobNotFound,
+from jobs.errors import (BrokerUnavailable, DeliveryFailed, IdempotencyConflict, IdempotencyInProgress, InvalidRequest, JobNotFound,
                          QuotaExceeded, UnsupportedMediaType, WebhookTargetRefused)
 from jobs.schemas import RenderRequest, invalid_from
 from jobs.store import JobRecord
@@ -40,11 +40,13 @@ class BatchCreate(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-def check_capacity(client, tenant: str, adding: int) -> None:
-    """QuotaExceeded when ``adding`` more jobs would pass the tenant's queued-or-running limit."""
+def reserve_capacity(client, tenant: str, adding: int) -> None:
+    """Take ``adding`` of the tenant's queued-or-running slots at once (atomic: concurrent submits
+    cannot overshoot); QuotaExceeded naming the count when they would pass the limit. The caller
+    hands the slots to ``enqueue``/``submit_batch`` (``reserved``), which give back unused ones."""
     limit = client.settings.api_max_queued_per_tenant
-    active = client.store.tenant_active(tenant)
-    if active + adding > limit:
+    if client.store.reserve(tenant, adding, limit) is None:
+        active = client.store.tenant_active(tenant)
         raise QuotaExceeded(f"{active} jobs are queued or running and this adds {adding}; the limit is {limit}")
 
 
@@ -171,8 +173,8 @@ def submit_batch_body(client, tenant: str, raw: bytes, ctype: str) -> dict[str, 
         raise InvalidRequest("the batch holds no valid request" +
                              (f"; line {errors[0]['line']}: {errors[0]['message']}" if errors else " (it is empty)"),
                              errors=errors)
-    check_capacity(client, tenant, len(good))
-    sub = client.submit_batch([r for _, r in good], tenant=tenant, meta=options.get("meta"))
+    reserve_capacity(client, tenant, len(good))
+    sub = client.submit_batch([r for _, r in good], tenant=tenant, meta=options.get("meta"), reserved=len(good))
     for index, e in sub.errors:
         line, req = good[index]
         errors.append({"line": line, "custom_id": req.custom_id, "code": e.code, "message": e.message,
@@ -194,11 +196,27 @@ def submit_job(client, idempotency: Idempotency, tenant: str, body: RenderReques
             return prior, True
         job_id = idempotency.job_id(tenant, idempotency_key)
     try:
-        check_capacity(client, tenant, 1)
-        msg = client.prepare(body, tenant=tenant, job_id=job_id)
-        client.enqueue(msg)
+        reserve_capacity(client, tenant, 1)
     except BaseException:
         if idempotency_key:
             idempotency.release(tenant, idempotency_key)
         raise
+    msg = None
+    try:
+        msg = client.prepare(body, tenant=tenant, job_id=job_id)
+        client.enqueue(msg, reserved=True)
+    except BaseException:
+        _give_back_unused(client, tenant, msg)
+        if idempotency_key:
+            idempotency.release(tenant, idempotency_key)
+        raise
     return client.store.get(msg.job_id), False
+
+
+def _give_back_unused(client, tenant: str, msg) -> None:
+    """A submit failed after taking a slot: give it back unless a record now holds it."""
+    try:
+        if msg is None or client.store.status(msg.job_id) is None:
+            client.store.release(tenant, 1)
+    except BrokerUnavailable:
+        pass  # Redis is away: the count stays high by one (docs/security.md)

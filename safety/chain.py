@@ -97,7 +97,7 @@ class ModerationChain:
 
         policy = load_policy(settings.policy_file)
         input_stage = InputImageStage(policy.version, max_pixels=settings.max_pixels, max_bytes=DEFAULT_MAX_BYTES,
-                                      face_detector=HaarFaceDetector())
+                                      face_detector=HaarFaceDetector(), decode_cpu_s=settings.image_decode_cpu_s)
         return cls(policy, prompt_stages=[PromptRules(policy)], input_stage=input_stage,
                    fail_open=settings.moderation_fail_open,
                    audit=AuditLog.from_settings(settings) if audit else None)
@@ -130,7 +130,8 @@ class ModerationChain:
 
             detector = HaarFaceDetector()
         input_stage = InputImageStage(policy.version, max_pixels=settings.max_pixels,
-                                      max_bytes=max_input_bytes, face_detector=detector)
+                                      max_bytes=max_input_bytes, face_detector=detector,
+                                      decode_cpu_s=settings.image_decode_cpu_s)
         output_stages: list[ImageStage] = []
         if settings.phash_blocklist:
             from safety.blocklist import DEFAULT_MAX_DISTANCE, PhashBlocklistStage

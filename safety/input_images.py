@@ -1,8 +1,10 @@
 """Stage 3: reference images for image-to-image, refused or accepted before any GPU time.
 
 Order matters: byte size, then the format and pixel count from the header alone (PIL opens
-lazily), and only then the full decode. A decompression bomb (a small file that claims a huge
-canvas) is refused before a single row is decoded. The accepted image is returned already
+lazily), and only then the full decode, in a child process under a CPU and memory budget
+(``safety.decode``). A decompression bomb (a small file that claims a huge canvas) is refused
+before a single row is decoded; a scan bomb (a small file that takes minutes to decode) when it
+has used its CPU budget. The accepted image is returned already
 decoded so the worker does not parse the bytes a second time.
 
 A face in the image is a *signal*, not a verdict: it turns on the stricter real-person prompt
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from safety.decode import decode_bounded
 from safety.faces import FaceDetector
 from safety.verdict import INVALID_IMAGE, Action, Verdict
 
@@ -23,6 +26,8 @@ STAGE = "input_images"
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
 #: Reference images larger than this are refused before PIL sees them (no setting exists).
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+#: CPU seconds one reference image may take to decode (a legitimate 4 MP image takes ~0.1 s).
+DEFAULT_DECODE_CPU_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +45,9 @@ class InputImageStage:
     name = STAGE
 
     def __init__(self, policy_version: str, *, max_pixels: int, max_bytes: int = DEFAULT_MAX_BYTES,
-                 face_detector: FaceDetector | None = None) -> None:
+                 face_detector: FaceDetector | None = None, decode_cpu_s: float = DEFAULT_DECODE_CPU_S) -> None:
         self.policy_version = policy_version
+        self.decode_cpu_s = decode_cpu_s
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
         self.face_detector = face_detector
@@ -64,8 +70,6 @@ class InputImageStage:
                 width, height = img.size  # header only: nothing is decoded yet
                 if width * height > self.max_pixels:
                     return self._refuse(f"too_many_pixels:{width}x{height}>{self.max_pixels}")
-                img.load()
-                rgb = img.convert("RGB")
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             return self._refuse("decompression_bomb")
         except UnidentifiedImageError:
@@ -73,6 +77,11 @@ class InputImageStage:
         except (OSError, ValueError, SyntaxError, EOFError):
             # Truncated or corrupt data: PIL reports it with any of these depending on the codec.
             return self._refuse("corrupt_image")
+        # The decode itself: in a child process under a CPU and memory budget (safety/decode.py).
+        decoded = decode_bounded(data, max_pixels=self.max_pixels, formats=ALLOWED_FORMATS, cpu_s=self.decode_cpu_s)
+        if decoded.image is None:
+            return self._refuse(decoded.refused or "corrupt_image")
+        rgb = decoded.image
         faces = self.face_detector.count(rgb) if self.face_detector is not None else None
         verdict = Verdict(STAGE, "real_person" if faces else "none", float(bool(faces)), Action.ALLOW,
                           self.policy_version, 0, f"faces:{faces}" if faces is not None else "faces:not_checked")

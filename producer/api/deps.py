@@ -45,18 +45,24 @@ def services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(services)]
 
 
-def current_tenant(svc: ServicesDep,
-                   credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
-    """The caller's tenant (401 without a valid key), after taking one token from its rate bucket."""
-    tenant = svc.tenants.authenticate(credentials.credentials if credentials else None)
-    if tenant is None:
-        raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <API key>'; keys come from "
-                       "'batchrender tenants create'", headers={"WWW-Authenticate": "Bearer"})
+def _take_token(svc: Services, bucket: str) -> None:
     s = svc.settings
-    allowed, wait = svc.tenants.allow(tenant, s.api_rate_per_s, s.api_burst)
+    allowed, wait = svc.tenants.allow(bucket, s.api_rate_per_s, s.api_burst)
     if not allowed:
         raise ApiError(429, "rate_limited", f"more than {s.api_rate_per_s:g} requests/s; retry later",
                        headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+
+def current_tenant(request: Request, svc: ServicesDep,
+                   credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
+    """The caller's tenant (401 without a valid key), after taking one token from its rate bucket.
+    Requests without a valid key draw on a bucket per client address, so guessing is limited too."""
+    tenant = svc.tenants.authenticate(credentials.credentials if credentials else None)
+    if tenant is None:
+        _take_token(svc, f"anon:{request.client.host if request.client else '-'}")
+        raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <API key>'; keys come from "
+                       "'batchrender tenants create'", headers={"WWW-Authenticate": "Bearer"})
+    _take_token(svc, tenant)
     return tenant
 
 
@@ -73,7 +79,7 @@ def signed_or_tenant(request: Request, svc: ServicesDep, expires: str | None = N
     if signature is not None and credentials is None:
         raise ApiError(403, "link_expired", "this link has expired or its signature does not match; ask the "
                        "API for the job again to get fresh links")
-    return current_tenant(svc, credentials)
+    return current_tenant(request, svc, credentials)
 
 
 SignedOrTenant = Annotated[str | None, Depends(signed_or_tenant)]

@@ -1,39 +1,49 @@
-"""Limits applied before a request reaches a route: the body size."""
+"""Limits applied before a request reaches a route: body size (bytes actually read) and how long
+a client may take to send its body."""
 from __future__ import annotations
+
+import asyncio
 
 from producer.api.errors import error_response
 
+#: Seconds a client has to send its whole body; a slow sender is cut off with 408.
+BODY_TIMEOUT_S = 30.0
+
 
 class BodyLimit:
-    """413 for bodies over ``limit`` bytes, by ``Content-Length`` or, for chunked uploads, by counting.
+    """413 for a body over ``limit`` bytes, counted on the bytes actually received.
 
-    A pure ASGI middleware: a chunked body is read (up to the limit) before the app sees it, so an
-    oversized upload is refused with a JSON error instead of failing half-way through a handler.
+    A pure ASGI middleware that reads the whole body (up to the limit) before the app sees it,
+    whatever ``Content-Length`` or ``Transfer-Encoding`` claim: a small declared length with a
+    chunked body, or a lying length, cannot get more than ``limit`` bytes into memory. A declared
+    length over the limit is refused before reading anything. A body that takes longer than
+    ``timeout_s`` to arrive gets 408.
     """
 
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, timeout_s: float = BODY_TIMEOUT_S) -> None:
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if length is not None:
-            if not length.isdigit() or int(length) > self.limit:
-                return await self._refuse(scope, receive, send)
-            return await self.app(scope, receive, send)
-        if b"chunked" not in headers.get(b"transfer-encoding", b"").lower():
-            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers") or []:
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                return await self._refuse(413, scope, receive, send)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
         messages, size = [], 0
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                return await self._refuse(408, scope, receive, send)
             messages.append(message)
             if message["type"] != "http.request":
                 break
             size += len(message.get("body", b""))
             if size > self.limit:
-                return await self._refuse(scope, receive, send)
+                messages.clear()
+                return await self._refuse(413, scope, receive, send)
             if not message.get("more_body"):
                 break
 
@@ -42,7 +52,11 @@ class BodyLimit:
 
         return await self.app(scope, replay, send)
 
-    async def _refuse(self, scope, receive, send):
-        response = error_response(413, "body_too_large", f"request bodies are limited to {self.limit} bytes",
-                                  headers={"Connection": "close"})
+    async def _refuse(self, status: int, scope, receive, send):
+        if status == 413:
+            response = error_response(413, "body_too_large", f"request bodies are limited to {self.limit} bytes",
+                                      headers={"Connection": "close"})
+        else:
+            response = error_response(408, "body_timeout", f"the request body did not arrive within "
+                                      f"{self.timeout_s:g} s", headers={"Connection": "close"})
         await response(scope, receive, send)

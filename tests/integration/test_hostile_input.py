@@ -1,0 +1,151 @@
+"""Security findings of issue 12, each as an attacker would try it against real processes.
+
+H1 a scan-bomb JPEG; H2 bodies over the limit by any transfer encoding; M2 racing the
+per-tenant queued-job limit. (Forged task messages: tests/integration/test_signed_messages.py.)
+"""
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.hostile import scan_bomb
+from tests.integration.test_api_http_client import ApiServer
+from tests.workers import wait_for
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _auth(tenant) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tenant.api_key}"}
+
+
+def test_a_scan_bomb_costs_the_api_little_cpu_and_is_refused(br_env, settings_for, tenants):
+    """H1: 5,000 refinement scans (~75 KB) take ~10 s of CPU to decode unbounded; the API refuses
+    the image after its decode budget (1 s, spent in a child process) with a 422 naming it."""
+    from producer.api import create_app
+
+    alice = tenants.create("alice")
+    bomb = scan_bomb(scans=5000)
+    uri = "data:image/jpeg;base64," + base64.b64encode(bomb).decode()
+    with ApiServer(create_app(settings_for(br_env))) as server:
+        before = time.process_time()
+        r = httpx.post(f"{server.url}/v1/jobs", json={"prompt": "make it blue", "image": uri},
+                       headers=_auth(alice), timeout=60)
+        api_cpu = time.process_time() - before
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["errors"][0]["field"] == "image" and "decode_budget" in error["message"]
+    assert api_cpu < 2.0, f"the API spent {api_cpu:.2f} s of CPU on one image"
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _send_chunked(port: int, path: str, total: int, headers: str, key: str | None = None) -> str:
+    """POST ``total`` bytes chunked (1 MiB chunks) until the server answers; its status line."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\n{auth}{headers}\r\n".encode())
+    chunk = b"[" * (1 << 20)
+    sent = 0
+    try:
+        while sent < total:
+            s.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            sent += len(chunk)
+        s.sendall(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server stopped reading: it has answered
+    s.settimeout(30)
+    try:
+        answer = s.recv(4096).decode("latin-1")
+    except ConnectionResetError:
+        answer = ""
+    s.close()
+    return answer.split("\r\n")[0]
+
+
+def test_an_over_limit_body_is_refused_by_any_encoding_without_memory_growth(br_env, tenants, tmp_path):
+    """H2: 200 MiB chunked behind a small Content-Length, chunked alone, unauthenticated and not:
+    413 every time, the API process grows by less than 10 MB."""
+    alice = tenants.create("alice")
+    port = free_port()
+    env = {**os.environ, **br_env, "BATCHRENDER_API_MAX_BODY_BYTES": str(4 << 20)}
+    log = open(tmp_path / "api.log", "wb")
+    api = subprocess.Popen([sys.executable, "-m", "producer.cli", "api", "--port", str(port)], env=env,
+                           stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200 if _up(port) else False,
+                 timeout=60)
+        # Warm up the code paths a refusal uses, so the measurement sees growth, not first use.
+        _send_chunked(port, "/v1/batches", 5 << 20, "Transfer-Encoding: chunked\r\nContent-Type: application/jsonl\r\n")
+        before = _rss_kb(api.pid)
+        attacks = [
+            (None, "Content-Length: 10\r\nTransfer-Encoding: chunked\r\nContent-Type: application/jsonl\r\n"),
+            (alice.api_key, "Content-Length: 10\r\nTransfer-Encoding: chunked\r\nContent-Type: application/jsonl\r\n"),
+            (alice.api_key, "Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n"),
+        ]
+        for key, headers in attacks:
+            status = _send_chunked(port, "/v1/batches", 200 << 20, headers, key)
+            assert status.startswith("HTTP/1.1 413") or status.startswith("HTTP/1.1 400"), (headers, status)
+        declared = httpx.post(f"http://127.0.0.1:{port}/v1/jobs", content=b"x" * (5 << 20),
+                              headers={**_auth(alice), "content-type": "application/json"})
+        assert declared.status_code == 413 and declared.json()["error"]["code"] == "body_too_large"
+        grown = (_rss_kb(api.pid) - before) / 1024
+        assert grown < 10, f"API memory grew by {grown:.1f} MB"
+    finally:
+        api.terminate()
+        api.wait(20)
+        log.close()
+
+
+def _up(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_200_concurrent_submits_against_a_limit_of_50_leave_exactly_50_queued(br_env, settings_for, tenants):
+    """M2: the check and the count are one Lua script, so racing requests cannot overshoot."""
+    from producer.api import create_app
+
+    alice = tenants.create("alice")
+    settings = settings_for(br_env, api_max_queued_per_tenant=50, api_rate_per_s=10_000, api_burst=10_000)
+    statuses: list[int] = []
+    with ApiServer(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=60,
+                                                                 limits=httpx.Limits(max_connections=200)) as api:
+        go = threading.Barrier(200)
+
+        def submit(i: int) -> None:
+            go.wait()
+            statuses.append(api.post("/v1/jobs", json={"prompt": f"vase {i}"}, headers=_auth(alice)).status_code)
+
+        threads = [threading.Thread(target=submit, args=(i,)) for i in range(200)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        listed = api.get("/v1/jobs?limit=100&status=queued", headers=_auth(alice)).json()["data"]
+    assert sorted(set(statuses)) == [201, 429] and statuses.count(201) == 50, sorted(statuses)
+    assert len(listed) == 50
+    import redis
+
+    from jobs.names import tenant_key
+
+    r = redis.Redis.from_url(br_env["BATCHRENDER_REDIS_URL"], decode_responses=True)
+    assert int(r.hget(tenant_key(alice.tenant_id), "active")) == 50
