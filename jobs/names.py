@@ -87,3 +87,8 @@ def deleted_key(job_id: str) -> str:
 
 def index_member(created_at: float, ident: str) -> str:
     return f"{created_at:017.6f}|{ident}"
+
+
+def input_key(job_id: str) -> str:
+    """Where a job's reference image is kept (private: never presigned or listed in results)."""
+    return f"_inputs/{job_id}"

@@ -187,6 +187,8 @@ class JobMessage(BaseModel):
     input_key: str | None = None
     #: The reference image shows a face: the stricter real-person rules apply to the prompt.
     real_person_context: bool = False
+    #: HMAC of everything else, by a producer or worker of this deployment (jobs/signing.py).
+    signature: str | None = Field(None, max_length=128)
     #: The reference image's bytes between validation and upload (never serialized).
     _input_bytes: bytes | None = PrivateAttr(None)
 
@@ -213,21 +215,8 @@ def resolve(request: RenderRequest, spec: Any, settings: Any) -> RenderRequest:
     if width is None:
         width, height = size_for_ratio(request.aspect_ratio or "1:1", spec.base_size)
     assert height is not None
-    for name, side in (("width", width), ("height", height)):
-        if side > settings.max_side:
-            errors.append({"field": name, "message": f"{side} exceeds the maximum side {settings.max_side}"})
-    if width * height > settings.max_pixels:
-        errors.append({"field": "width", "message": f"{width}x{height} = {width * height} pixels exceeds "
-                       f"the limit of {settings.max_pixels} pixels"})
     steps = request.steps or spec.default_steps
-    if steps > settings.max_steps:
-        errors.append({"field": "steps", "message": f"{steps} steps is out of range; allowed 1–{settings.max_steps}"})
-    if request.num_images > settings.max_images:
-        errors.append({"field": "num_images", "message": f"{request.num_images} images is out of range; "
-                       f"allowed 1–{settings.max_images}"})
-    if len(request.prompt) > settings.max_prompt_chars:
-        errors.append({"field": "prompt", "message": f"prompt is {len(request.prompt)} characters; the limit "
-                       f"is {settings.max_prompt_chars}"})
+    errors += limit_errors(width, height, steps, request.num_images, request.prompt, settings)
     if errors:
         summary = "; ".join(f"{x['field']}: {x['message']}" for x in errors)
         raise InvalidRequest(f"invalid request: {summary}", errors=errors)
@@ -237,6 +226,27 @@ def resolve(request: RenderRequest, spec: Any, settings: Any) -> RenderRequest:
         "seed": secrets.randbelow(2**32) if request.seed is None else request.seed,
         "strength": (request.strength or DEFAULT_STRENGTH) if request.image else None,
     })
+
+
+def limit_errors(width: int, height: int, steps: int, num_images: int, prompt: str, settings: Any) -> list[dict[str, str]]:
+    """What a resolved request breaks of the deployment's limits (the producer checks at
+    submission, the worker again before rendering: limits may have changed, messages may lie)."""
+    errors = []
+    for name, side in (("width", width), ("height", height)):
+        if side > settings.max_side:
+            errors.append({"field": name, "message": f"{side} exceeds the maximum side {settings.max_side}"})
+    if width * height > settings.max_pixels:
+        errors.append({"field": "width", "message": f"{width}x{height} = {width * height} pixels exceeds "
+                       f"the limit of {settings.max_pixels} pixels"})
+    if steps > settings.max_steps:
+        errors.append({"field": "steps", "message": f"{steps} steps is out of range; allowed 1–{settings.max_steps}"})
+    if num_images > settings.max_images:
+        errors.append({"field": "num_images", "message": f"{num_images} images is out of range; "
+                       f"allowed 1–{settings.max_images}"})
+    if len(prompt) > settings.max_prompt_chars:
+        errors.append({"field": "prompt", "message": f"prompt is {len(prompt)} characters; the limit "
+                       f"is {settings.max_prompt_chars}"})
+    return errors
 
 
 # -- results -------------------------------------------------------------------------------------

@@ -41,6 +41,9 @@ class Settings(BaseModel):
     max_images: int = 8
     max_prompt_chars: int = 2000
 
+    #: Key that signs render messages (jobs/signing.py); the same in every API, producer and
+    #: worker process. Unset: ``home/keys/message.key``, made on first use.
+    message_signing_key: SecretStr | None = None
     #: CPU seconds an untrusted reference image may take to decode (in a child process).
     image_decode_cpu_s: float = Field(default=1.0, gt=0, le=60)
 

@@ -233,6 +233,13 @@ class JobStore:
         """0-based position among this model's queued jobs (None once it left the queue)."""
         return self.r.zrank(queued_key(model), job_key(job_id))
 
+    def tenant_state(self, tenant: str) -> str | None:
+        """``active``, ``disabled``, or None for a tenant that does not exist."""
+        created, disabled = self.r.hmget(tenant_key(tenant), "created_at", "disabled")
+        if created is None:
+            return None
+        return "disabled" if disabled == "1" else "active"
+
     def tenant_active(self, tenant: str) -> int:
         return int(self.r.hget(tenant_key(tenant), "active") or 0)
 

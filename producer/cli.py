@@ -384,6 +384,33 @@ def tenants_rotate(tenant_id: str) -> None:
     click.echo(Tenants(_client().store.r).rotate_webhook_secret(tenant_id))
 
 
+@tenants.command("revoke-key")
+@click.argument("api_key")
+def tenants_revoke_key(api_key: str) -> None:
+    """Stop accepting one API key (the tenant's other keys keep working)."""
+    from producer.tenants import Tenants
+
+    if not Tenants(_client().store.r).revoke_key(api_key):
+        click.echo("error: no such API key", err=True)
+        sys.exit(2)
+    click.echo("revoked")
+
+
+@tenants.command("disable")
+@click.argument("tenant_id")
+@click.option("--enable", is_flag=True, help="Undo: accept the tenant's keys and render its jobs again.")
+def tenants_disable(tenant_id: str, enable: bool) -> None:
+    """Refuse every key of a tenant and stop rendering its queued jobs (they fail as refused)."""
+    from producer.tenants import Tenants
+
+    try:
+        Tenants(_client().store.r).set_disabled(tenant_id, not enable)
+    except KeyError:
+        click.echo(f"error: no tenant {tenant_id}", err=True)
+        sys.exit(2)
+    click.echo(f"{tenant_id} {'enabled' if enable else 'disabled'}")
+
+
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
@@ -393,7 +420,10 @@ def api(host: str, port: int) -> None:
 
     from producer.api import create_app
 
-    uvicorn.run(create_app(_settings()), host=host, port=port, log_level="info")
+    # Slow clients: idle keep-alive connections close after 5 s; a body must arrive within 30 s
+    # (producer/api/limits.py); at most 1,000 connections at once.
+    uvicorn.run(create_app(_settings()), host=host, port=port, log_level="info", timeout_keep_alive=5,
+                limit_concurrency=1000)
 
 
 # -- keys -----------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ class Client:
         self._storage: Any = None
         self._events: Any = None
         self._links: Any = None
+        self._signer: Any = None
         self._provenance: Any = None
 
     @property
@@ -60,6 +61,15 @@ class Client:
 
             self._moderation = ModerationChain.producer_side(self.settings)
         return self._moderation
+
+    @property
+    def signer(self):
+        """Signs render messages (jobs/signing.py): workers drop what it did not sign."""
+        if self._signer is None:
+            from jobs.signing import Signer
+
+            self._signer = Signer.for_settings(self.settings)
+        return self._signer
 
     @property
     def storage(self):
@@ -86,7 +96,7 @@ class Client:
         resolved = resolve(req, spec, self.settings)
         job_id = job_id or new_id("job")
         if req.image is None:
-            return JobMessage(job_id=job_id, batch_id=batch_id, tenant=tenant, request=resolved)
+            return self.signer.sign(JobMessage(job_id=job_id, batch_id=batch_id, tenant=tenant, request=resolved))
         data = load_reference(req.image, self.settings)
         check = self.moderation.check_input_image(data, actor=tenant or "producer", job_id=job_id)
         if check.decision.blocked:
@@ -98,7 +108,7 @@ class Client:
         msg = JobMessage(job_id=job_id, batch_id=batch_id, tenant=tenant, request=resolved.model_copy(update={"image": None}),
                          input_key=input_key(job_id), real_person_context=check.real_person_context)
         msg._input_bytes = data
-        return msg
+        return self.signer.sign(msg)
 
     def enqueue(self, msg: JobMessage, *, reserved: bool = False) -> None:
         """Moderate the prompt, publish the job, then record it as queued.

@@ -12,6 +12,7 @@ import binascii
 import re
 
 from jobs.errors import DeliveryFailed, InvalidRequest, WebhookTargetRefused
+from jobs.names import input_key  # noqa: F401 - re-exported: where references are kept
 from jobs.settings import Settings
 
 MAX_INPUT_BYTES = 20 * 1024 * 1024
@@ -68,8 +69,3 @@ def _fetch(url: str, settings: Settings, max_bytes: int) -> bytes:
         raise
     except Exception as e:  # noqa: BLE001 - network errors become a clear input error
         raise _refuse(f"cannot fetch {url!r}: {type(e).__name__}: {e}") from None
-
-
-def input_key(job_id: str) -> str:
-    """Where a job's reference image is kept (private: never presigned or listed in results)."""
-    return f"_inputs/{job_id}"

@@ -81,11 +81,21 @@ class Tenants:
         return bool(self.r.delete(_apikey_key(_hash(api_key))))
 
     def authenticate(self, api_key: str | None) -> str | None:
-        """The tenant id for a presented key, or None."""
+        """The tenant id for a presented key, or None (unknown key, or the tenant is disabled)."""
         if not api_key or not api_key.startswith(KEY_PREFIX_LIVE) or len(api_key) > 200:
             return None
         tid = self.r.get(_apikey_key(_hash(api_key)))
-        return tid.decode() if isinstance(tid, bytes) else tid
+        tid = tid.decode() if isinstance(tid, bytes) else tid
+        if tid is None:
+            return None
+        disabled = self.r.hget(tenant_key(tid), "disabled")
+        return None if disabled in ("1", b"1") else tid
+
+    def set_disabled(self, tenant_id: str, disabled: bool = True) -> None:
+        """A disabled tenant's keys stop working and workers refuse its queued jobs; reversible."""
+        if not self.r.exists(tenant_key(tenant_id)):
+            raise KeyError(tenant_id)
+        self.r.hset(tenant_key(tenant_id), "disabled", "1" if disabled else "0")
 
     def rotate_webhook_secret(self, tenant_id: str, keep_old: bool = True) -> str:
         """A new signing secret; the old one keeps signing too until rotated again (overlap)."""

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import ValidationError
 
@@ -27,6 +27,7 @@ from jobs.errors import PermanentError, TransientError
 from jobs.names import RENDER_TASK
 from jobs.retry import RetryPolicy, transient
 from jobs.schemas import JobMessage
+from jobs.signing import ForgedMessage
 from jobs.status import JobStatus
 from worker.runner import JobRunner, Outcome, Rendered, group_by_shape
 
@@ -61,9 +62,10 @@ class Pulled:
 class Gatherer:
     """Takes render messages from one queue without acknowledging them."""
 
-    def __init__(self, app, queue: str) -> None:
+    def __init__(self, app, queue: str, verify: Callable[[JobMessage], JobMessage]) -> None:
         self.app = app
         self.queue = queue
+        self.verify = verify  # jobs.signing.Signer.verify: forged messages are dropped
         self.conn = app.connection_for_read()
         self.conn.ensure_connection(max_retries=3)
         self.channel = self.conn.default_channel
@@ -91,9 +93,9 @@ class Gatherer:
             return None
         try:
             args, _kwargs, _embed = message.decode()
-            return Pulled(JobMessage.model_validate(args[0]), message)
-        except (ValueError, TypeError, IndexError, ValidationError) as e:
-            log.error("dropping malformed render message %s: %s", headers.get("id"), e)
+            return Pulled(self.verify(JobMessage.model_validate(args[0])), message)
+        except (ValueError, TypeError, IndexError, ValidationError, ForgedMessage) as e:
+            log.error("dropping render message %s: %s", headers.get("id"), e)
             message.ack()
             return None
 
@@ -117,7 +119,7 @@ class BatchSession:
 
     def run(self, leader: JobMessage, progress=None) -> Outcome:
         """Render the leader and whatever compatible work arrives; returns the leader's outcome."""
-        gatherer = Gatherer(self.app, self.queue)
+        gatherer = Gatherer(self.app, self.queue, self.runner.ctx.messages.verify)
         pending: deque[tuple[Future, Pulled]] = deque()
         outcomes: dict[str, Outcome] = {}
         by_id: dict[str, Pulled] = {leader.job_id: Pulled(leader)}

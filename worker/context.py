@@ -26,6 +26,8 @@ class WorkerContext:
     storage: Any
     moderation: Any
     signer: Any = None
+    #: Verifies render messages and signs the ones this worker changes (jobs/signing.py).
+    messages: Any = None
     provenance: Any = None
     events: Events = field(default_factory=Events)
     #: Publishes a JobMessage back onto its model's queue (set by the task module).
@@ -34,6 +36,7 @@ class WorkerContext:
 
     @classmethod
     def build(cls, settings: Settings) -> "WorkerContext":
+        from jobs.signing import Signer
         from provenance.c2pa_sign import process_signer
         from provenance.index import open_provenance_index
         from safety.chain import ModerationChain
@@ -53,6 +56,7 @@ class WorkerContext:
             moderation=ModerationChain.from_settings(settings),
             # Created here, i.e. after fork, once per process: a bad key fails at start-up.
             signer=process_signer(settings),
+            messages=Signer.for_settings(settings),
             provenance=open_provenance_index(settings),
             events=Events(webhook_sender(settings, url, store), settings.webhook_progress_interval_s),
         )

@@ -18,10 +18,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from jobs.errors import BatchRenderError, PermanentError, TransientError
-from jobs.names import KEY_PREFIX
+from jobs.errors import BatchRenderError, InvalidRequest, PermanentError, TransientError
+from jobs.names import KEY_PREFIX, input_key
 from jobs.retry import RetryPolicy, WorkerLost
-from jobs.schemas import ImageResult, JobMessage, JobResult, Timings
+from jobs.schemas import ImageResult, JobMessage, JobResult, Timings, limit_errors
 from jobs.status import JobStatus
 from worker.context import WorkerContext
 from worker.deliver import Delivered, deliver_image
@@ -124,10 +124,28 @@ class JobRunner:
         attempts, retries = store.bump_attempts(msg.job_id)
         try:
             self.policy.check_claim(attempts, retries)
-        except WorkerLost as e:
+            self.recheck(msg)
+        except (WorkerLost, InvalidRequest) as e:
             return self.fail(msg, e, retryable=False)
         self.ctx.events.emit("job.started", msg)
         return None
+
+    def recheck(self, msg: JobMessage) -> None:
+        """Never trust a message: the tenant must exist and be enabled, and the request must be
+        within today's limits (they may have changed while it waited). InvalidRequest if not."""
+        s, r = self.ctx.settings, msg.request
+        if msg.tenant:
+            state = self.ctx.store.tenant_state(msg.tenant)
+            if state != "active":
+                raise InvalidRequest(f"tenant {msg.tenant} is {state or 'unknown'}: its jobs are not rendered",
+                                     errors=[{"field": "tenant", "message": state or "unknown"}])
+        if msg.input_key and msg.input_key != input_key(msg.job_id):
+            raise InvalidRequest("the reference image must be the job's own upload",
+                                 errors=[{"field": "image", "message": "not this job's reference"}])
+        errors = limit_errors(r.width or 0, r.height or 0, r.steps or 0, r.num_images, r.prompt, s)
+        if errors:
+            raise InvalidRequest("invalid request: " + "; ".join(f"{x['field']}: {x['message']}" for x in errors),
+                                 errors=errors)
 
     # 2. moderate ---------------------------------------------------------------------------------
     def check_reference(self, msg: JobMessage) -> tuple[Outcome | None, Any, bool]:

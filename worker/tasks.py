@@ -18,6 +18,7 @@ from jobs.names import RENDER_TASK, render_queue
 from jobs.retry import RetryPolicy, transient
 from jobs.schemas import JobMessage
 from jobs.settings import Settings
+from jobs.signing import ForgedMessage
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +33,19 @@ def register(app: Celery, settings: Settings) -> None:
         from worker.runner import JobRunner
 
         try:
-            msg = JobMessage.model_validate(payload)
-        except ValidationError as e:
-            # Nothing to retry: a malformed message is dropped (acked) and logged, never pickled back.
-            log.error("dropping malformed render message: %s", e)
-            return {"status": "rejected", "error": str(e)}
-        try:
             ctx = get_context(settings)  # built at start-up; here only after a fork or a reset
         except TransientError as e:
             raise self.retry(exc=e, countdown=policy.backoff(self.request.retries))
+        try:
+            msg = ctx.messages.verify(JobMessage.model_validate(payload))
+        except (ValidationError, ForgedMessage) as e:
+            # Nothing to retry: a malformed or forged message is dropped (acked) and logged, never
+            # pickled back, and the job it names is not touched.
+            log.error("dropping render message %s: %s", self.request.id, e)
+            return {"status": "rejected", "error": str(e)}
         if ctx.publish is None:
-            ctx.publish = lambda m: app.send_task(RENDER_TASK, args=[m.model_dump(mode="json")], task_id=m.job_id,
-                                                  queue=render_queue(m.request.model))
+            ctx.publish = lambda m: app.send_task(RENDER_TASK, args=[ctx.messages.sign(m).model_dump(mode="json")],
+                                                  task_id=m.job_id, queue=render_queue(m.request.model))
         rows = settings.max_batch or default_max_batch(settings.device)
         runner = JobRunner(ctx, rows_per_call=rows)
         queue = (self.request.delivery_info or {}).get("routing_key") or render_queue(msg.request.model)

@@ -62,8 +62,9 @@ def test_worker_checks_the_reference_again_when_the_producer_is_bypassed(client,
     # A message that claims no real person is shown, with a face in the stored reference.
     msg = client.prepare({"prompt": "a portrait", "image": data_uri(drawn_face()), "width": 64, "height": 64})
     assert msg.real_person_context
-    forged = msg.model_copy(update={"real_person_context": False,
-                                    "request": msg.request.model_copy(update={"prompt": UNDRESS})})
+    # Signed with the deployment key, as a buggy producer would: the worker still checks the image.
+    forged = client.signer.sign(msg.model_copy(update={"real_person_context": False,
+                                                       "request": msg.request.model_copy(update={"prompt": UNDRESS})}))
     client.storage.put(forged.input_key, msg._input_bytes, content_type="image/png")
     client.store.create(forged)
     client.app.send_task(RENDER_TASK, args=[forged.model_dump(mode="json")], task_id=forged.job_id,
