@@ -65,6 +65,12 @@ class OutputNotFound(JobNotFound):
     code = "output_not_found"
 
 
+class TimeLimitExceeded(PermanentError):
+    """The job used its total rendering time over all its attempts."""
+
+    code = "time_limit"
+
+
 class JobNotEnded(PermanentError):
     """The operation needs an ended job (delete); this one is still queued or running."""
 

@@ -23,6 +23,10 @@ from jobs.status import JobStatus
 SCHEMA_VERSION = 1
 MAX_SEED = 2**63 - 1
 MAX_METADATA_BYTES = 16 * 1024
+#: metadata: nesting levels (the top object is level 1) and keys in all.
+MAX_METADATA_DEPTH = 8
+MAX_METADATA_KEYS = 256
+MAX_METADATA_KEY_CHARS = 128
 #: A data URI of a 20 MiB image; the HTTP API's body limit is usually the tighter bound.
 MAX_IMAGE_CHARS = 28 * 1024 * 1024
 DEFAULT_STRENGTH = 0.75
@@ -30,7 +34,7 @@ ASPECT_RATIOS: dict[str, tuple[int, int]] = {
     "1:1": (1, 1), "16:9": (16, 9), "9:16": (9, 16), "4:5": (4, 5), "5:4": (5, 4),
     "3:2": (3, 2), "2:3": (2, 3), "4:3": (4, 3), "3:4": (3, 4), "21:9": (21, 9),
 }
-_CUSTOM_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_CUSTOM_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class OutputFormat(str, Enum):
@@ -56,20 +60,21 @@ class RenderRequest(BaseModel):
     prompt: str = Field(..., description="What to render (1–2000 characters).")
     negative_prompt: str | None = Field(None, max_length=2000)
     model: str = "tiny"
-    width: int | None = Field(None, ge=8, le=8192, description="Multiple of 8.")
-    height: int | None = Field(None, ge=8, le=8192, description="Multiple of 8.")
+    width: int | None = Field(None, ge=8, le=8192, strict=True, description="Multiple of 8.")
+    height: int | None = Field(None, ge=8, le=8192, strict=True, description="Multiple of 8.")
     aspect_ratio: str | None = Field(None, description=f"One of {', '.join(ASPECT_RATIOS)}.")
-    steps: int | None = Field(None, ge=1, le=500)
-    guidance_scale: float | None = Field(None, ge=0, le=50)
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Image i uses seed + i.")
-    num_images: int = Field(1, ge=1, le=64)
+    steps: int | None = Field(None, ge=1, le=500, strict=True)
+    guidance_scale: float | None = Field(None, ge=0, le=50, strict=True)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, strict=True, description="Image i uses seed + i.")
+    num_images: int = Field(1, ge=1, le=64, strict=True)
     output_format: OutputFormat = OutputFormat.PNG
-    quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality.")
+    quality: int = Field(90, ge=1, le=100, strict=True, description="JPEG/WebP quality.")
     custom_id: str | None = Field(None, description="Your reference; letters, digits, . _ : - (max 128).")
     metadata: dict[str, Any] = Field(default_factory=dict)
     image: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description=(
         "Reference image for image-to-image: a data: URI (base64 PNG, JPEG or WebP) or an http(s) URL."))
-    strength: float | None = Field(None, gt=0, le=1, description="How far to move from the reference (0-1].")
+    strength: float | None = Field(None, gt=0, le=1, strict=True,
+                                   description="How far to move from the reference (0-1].")
     webhook: str | None = Field(None, max_length=2048, description="http(s) URL for signed callbacks.")
     webhook_events_filter: list[str] | None = None
 
@@ -111,8 +116,9 @@ class RenderRequest(BaseModel):
     @field_validator("custom_id")
     @classmethod
     def _custom_id(cls, v: str | None) -> str | None:
-        if v is not None and not _CUSTOM_ID.match(v):
-            raise ValueError("custom_id allows letters, digits, '.', '_', ':' and '-' (1–128 characters)")
+        if v is not None and (not _CUSTOM_ID.fullmatch(v) or v in (".", "..")):
+            raise ValueError("custom_id allows letters, digits, '.', '_', ':' and '-' (1–128 characters), "
+                             "not '.' or '..'")
         return v
 
     @field_validator("image")
@@ -125,10 +131,25 @@ class RenderRequest(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _metadata(cls, v: dict[str, Any]) -> dict[str, Any]:
+        check_metadata(v)
         size = len(json.dumps(v))
         if size > MAX_METADATA_BYTES:
             raise ValueError(f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text(cls, data: Any) -> Any:
+        # Lone surrogates ("\ud800" in JSON) are not text: they cannot be stored, logged or sent
+        # on. Refused in every string of the request, naming where.
+        if isinstance(data, dict):
+            # prompt and negative_prompt have their own check, which names the field as the loc.
+            found = find_surrogate({k: v for k, v in data.items() if k not in ("prompt", "negative_prompt")})
+            if found:
+                where, bad = found
+                raise ValueError(f"{where} contains a lone surrogate U+{ord(bad.group()):04X} at character "
+                                 f"{bad.start()}; send valid Unicode text (UTF-8)")
+        return data
 
     @model_validator(mode="after")
     def _size_xor_ratio(self) -> "RenderRequest":
@@ -145,6 +166,48 @@ class RenderRequest(BaseModel):
             return cls.model_validate(data)
         except ValidationError as e:
             raise invalid_from(e) from None
+
+
+def check_metadata(v: dict[str, Any]) -> None:
+    """Depth, key count and key length of ``metadata``, walked without recursion."""
+    stack: list[tuple[Any, int]] = [(v, 1)]
+    keys = 0
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_METADATA_DEPTH:
+            raise ValueError(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
+        if isinstance(node, dict):
+            keys += len(node)
+            if keys > MAX_METADATA_KEYS:
+                raise ValueError(f"metadata holds more than {MAX_METADATA_KEYS} keys")
+            for k, child in node.items():
+                if len(k) > MAX_METADATA_KEY_CHARS:
+                    raise ValueError(f"metadata key {k[:20]!r}... is longer than {MAX_METADATA_KEY_CHARS} characters")
+                stack.append((child, depth + 1))
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node)
+
+
+def find_surrogate(data: Any, limit: int = 100_000) -> tuple[str, re.Match] | None:
+    """Where the first lone surrogate is (the string's path, the match), or None; walked
+    without recursion."""
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack and limit > 0:
+        limit -= 1
+        node, path = stack.pop()
+        if isinstance(node, str):
+            bad = _SURROGATE.search(node)
+            if bad:
+                return path or "request", bad
+        elif isinstance(node, dict):
+            for k, child in node.items():
+                bad = _SURROGATE.search(k) if isinstance(k, str) else None
+                if bad:
+                    return f"{path}.{k!a}".lstrip("."), bad
+                stack.append((child, f"{path}.{k}".lstrip(".")))
+        elif isinstance(node, list):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(node))
+    return None
 
 
 def invalid_from(e: ValidationError) -> InvalidRequest:
@@ -246,6 +309,11 @@ def limit_errors(width: int, height: int, steps: int, num_images: int, prompt: s
     if len(prompt) > settings.max_prompt_chars:
         errors.append({"field": "prompt", "message": f"prompt is {len(prompt)} characters; the limit "
                        f"is {settings.max_prompt_chars}"})
+    cost = width * height * steps * num_images
+    if cost > settings.max_job_cost and not errors:
+        errors.append({"field": "steps", "message": f"width × height × steps × num_images = {width}×{height}×{steps}"
+                       f"×{num_images} = {cost} exceeds the per-job budget of {settings.max_job_cost}; use fewer "
+                       "steps, a smaller size or fewer images"})
     return errors
 
 

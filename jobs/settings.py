@@ -6,6 +6,7 @@ Secrets are ``SecretStr`` so they never show in ``repr`` or logs.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -17,6 +18,11 @@ ENV_PREFIX = "BATCHRENDER_"
 #: A webhook attempt's claim lasts the HTTP timeout plus this margin; another worker may take the
 #: attempt over only after it (a worker that died mid-attempt leaves its claim behind).
 WEBHOOK_CLAIM_SLACK_S = 30.0
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs, reprs and messages)."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
 
 
 class Settings(BaseModel):
@@ -40,6 +46,11 @@ class Settings(BaseModel):
     max_steps: int = 150
     max_images: int = 8
     max_prompt_chars: int = 2000
+    #: Budget per job: width × height × steps × num_images (default: two 2048² images at 50 steps,
+    #: or eight 1024² images at 50). Caps what one request can cost however the limits above combine.
+    max_job_cost: int = Field(default=2048 * 2048 * 50 * 2, gt=0)
+    #: Jobs one batch may hold (the HTTP API and the CLI).
+    max_batch_jobs: int = Field(default=1000, ge=1, le=10_000)
 
     #: Key that signs render messages (jobs/signing.py); the same in every API, producer and
     #: worker process. Unset: ``home/keys/message.key``, made on first use.
@@ -50,6 +61,9 @@ class Settings(BaseModel):
     # -- queue ---------------------------------------------------------------------------------
     soft_time_limit_s: int = 600
     hard_time_limit_s: int = 660
+    #: Rendering time one job may use across all its attempts (retries and lost workers), counted
+    #: from its first start; a job over it fails as ``time_limit`` at its next claim.
+    job_time_limit_s: int = Field(default=1800, gt=0)
     #: Must exceed the hard limit, or a slow job is redelivered while it still runs.
     visibility_timeout_s: int = 3600
     #: Transient failures (Redis, S3, 5xx) retried with backoff before a job fails (jobs/retry.py).
@@ -127,7 +141,15 @@ class Settings(BaseModel):
     # -- webhooks ------------------------------------------------------------------------------
     #: Hosts (names, IPs or CIDRs) the SSRF guard lets through despite being private/loopback.
     webhook_allow_hosts: list[str] = Field(default_factory=list)
+    #: The same for reference-image URLs (image-to-image); a separate list, so opening one
+    #: internal host to webhooks does not open it to fetches (and the other way round).
+    image_fetch_allow_hosts: list[str] = Field(default_factory=list)
     webhook_timeout_s: float = 15.0
+    #: Deliveries of one tenant in flight at once, fleet-wide: a slow receiver holds at most
+    #: this many of the webhook worker's threads.
+    webhook_tenant_concurrency: int = Field(default=4, ge=1)
+    #: Threads of the webhook worker that ``batchrender worker`` starts beside the render worker.
+    webhook_threads: int = Field(default=16, ge=1, le=256)
     #: Workers look for pending events whose task message was lost (a worker died between
     #: recording an event and sending its message, a publish failed) every this many seconds,
     #: one worker at a time, traffic or not; an event counts as lost once its attempt is
@@ -141,6 +163,9 @@ class Settings(BaseModel):
     webhook_progress_interval_s: float = 2.0
     #: Secret used when a request brings no per-request secret (``whsec_...``).
     webhook_secret: SecretStr | None = None
+    #: Fernet key that encrypts tenants' webhook secrets in Redis (jobs/secretbox.py); the same in
+    #: every process. Unset: ``home/keys/secrets.key``, made on first use.
+    secrets_key: SecretStr | None = None
 
     # -- HTTP API ------------------------------------------------------------------------------
     api_rate_per_s: float = 20.0
@@ -164,8 +189,10 @@ class Settings(BaseModel):
     #: Decode with VAE tiling at or above this many pixels (bounded memory for large sizes).
     vae_tiling_above_pixels: int = 1536 * 1536
 
-    def __repr_args__(self):  # pragma: no cover - pydantic already masks SecretStr; keep it terse
-        return [(k, v) for k, v in super().__repr_args__() if v not in (None, [], False)]
+    def __repr_args__(self):
+        # SecretStr fields are masked by pydantic; URLs may carry a password (redis://:pw@host).
+        return [(k, redact_url(v) if isinstance(v, str) and "://" in v else v)
+                for k, v in super().__repr_args__() if v not in (None, [], False)]
 
     @field_validator("redis_url", "storage_url", "s3_endpoint_url", "s3_public_endpoint_url", "public_base_url",
                      mode="before")

@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 from pathlib import Path
+from typing import Callable
 
 from jobs.errors import PermanentError
 from jobs.schemas import JobMessage
@@ -34,11 +35,8 @@ class ForgedMessage(PermanentError):
     code = "forged_message"
 
 
-def message_key(settings: Settings) -> bytes:
-    """The deployment's message key (see the module doc)."""
-    if settings.message_signing_key is not None:
-        return settings.message_signing_key.get_secret_value().encode()
-    path = settings.home / KEY_FILE
+def local_key(path: Path, make: Callable[[], str]) -> bytes:
+    """The key kept in ``path`` (mode 0600), made with ``make`` by the first process to need it."""
     try:
         return path.read_bytes().strip()
     except FileNotFoundError:
@@ -48,8 +46,15 @@ def message_key(settings: Settings) -> bytes:
         except FileExistsError:  # another process made it first
             return path.read_bytes().strip()
         with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
+            fh.write(make())
         return path.read_bytes().strip()
+
+
+def message_key(settings: Settings) -> bytes:
+    """The deployment's message key (see the module doc)."""
+    if settings.message_signing_key is not None:
+        return settings.message_signing_key.get_secret_value().encode()
+    return local_key(settings.home / KEY_FILE, lambda: secrets.token_hex(32))
 
 
 class Signer:

@@ -323,6 +323,13 @@ class JobStore:
             attempts, retries = p.execute()
         return int(attempts), int(retries or 0)
 
+    def first_started(self, job_id: str) -> float:
+        """When the job was first claimed (set once; its total time limit counts from here)."""
+        with self.r.pipeline(transaction=True) as p:
+            p.hsetnx(job_key(job_id), "first_started_at", repr(time.time()))
+            p.hget(job_key(job_id), "first_started_at")
+            return float(p.execute()[1])
+
     def bump_retries(self, job_id: str) -> int:
         return int(self.r.hincrby(job_key(job_id), "retries", 1))
 

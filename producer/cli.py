@@ -5,12 +5,13 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from jobs.errors import BatchIncomplete, BatchRenderError, TransientError
+from jobs.errors import BatchIncomplete, BatchRenderError, InvalidRequest, TransientError
 from jobs.settings import Settings
 
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
@@ -24,6 +25,13 @@ def _client():
     from producer.client import Client
 
     return Client(_settings())
+
+
+def _tenants():
+    from producer.tenants import Tenants
+
+    client = _client()
+    return Tenants(client.store.r, client.settings)
 
 
 def _echo_json(obj: Any) -> None:
@@ -103,6 +111,9 @@ def submit(prompt, file_, wait_, **opts) -> None:
                 continue
             requests.append({**fields, **item})
             line_of.append(lineno)
+        if len(requests) > client.settings.max_batch_jobs:
+            raise InvalidRequest(f"{file_} holds {len(requests)} requests; a batch holds at most "
+                                 f"{client.settings.max_batch_jobs} (BATCHRENDER_MAX_BATCH_JOBS): split the file")
         sub = client.submit_batch(requests)
         for index, err in sub.errors:
             click.echo(f"{file_}:{line_of[index]}: {err.message}", err=True)
@@ -268,30 +279,61 @@ def gallery(batch_id: str, out: Path) -> None:
 # -- running workers ------------------------------------------------------------------------------
 @cli.command()
 @click.option("--models", default="tiny", show_default=True, help="Comma-separated models to serve.")
-@click.option("--webhooks/--no-webhooks", default=True, show_default=True, help="Also deliver webhooks.")
+@click.option("--webhooks/--no-webhooks", default=True, show_default=True,
+              help="Also start a webhook worker process (threads; BATCHRENDER_WEBHOOK_THREADS) beside the render one.")
 @click.option("--name", default=None, help="Worker node name.")
 @click.option("--loglevel", default="INFO")
 def worker(models: str, webhooks: bool, name: str | None, loglevel: str) -> None:
-    """Start a render worker: one process per GPU (solo pool, so CUDA never lives in a forked child)."""
+    """Start the workers of one host: a render worker per GPU (solo pool, so CUDA never lives in
+    a forked child) and, unless --no-webhooks, a webhook worker in its own process, so a slow
+    receiver never delays a render and a render never delays a delivery. Signals reach every
+    process; when one exits the others are stopped and its exit code is this command's."""
+    import signal
+    import subprocess
+
     from jobs.embedded import redis_url_for
     from jobs.names import WEBHOOK_QUEUE, render_queue
 
     settings = _settings()
     redis_url_for(settings, start=True)
-    queues = [render_queue(m.strip()) for m in models.split(",") if m.strip()]
-    if webhooks:
-        queues.append(WEBHOOK_QUEUE)
-    argv = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "solo",
-            "-Q", ",".join(queues), "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle",
-            "-l", loglevel, "-n", name or f"render-{os.getpid()}@%h"]
+    queues = ",".join(render_queue(m.strip()) for m in models.split(",") if m.strip())
+    base = [sys.executable, "-m", "celery", "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle",
+            "-l", loglevel]
+    render = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "solo", "-Q", queues, *base[3:]]
+    commands = []
     gpus = _gpu_count()
-    if gpus <= 1:
-        os.execv(sys.executable, argv)
-    import subprocess
+    for i in range(max(1, gpus)):
+        node = name or f"render-{os.getpid()}" + (f"-gpu{i}" if gpus > 1 else "")
+        env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": str(i)} if gpus > 1 else {})}
+        commands.append((render + ["-n", f"{node}@%h"], env))
+    if webhooks:
+        commands.append(([sys.executable, "-m", "celery", "-A", "webhooks.app:app", "worker", "-P", "threads",
+                          "-c", str(settings.webhook_threads), "-Q", WEBHOOK_QUEUE, *base[3:],
+                          "-n", f"webhooks-{os.getpid()}@%h"], dict(os.environ)))
+    procs = [subprocess.Popen(argv, env=env) for argv, env in commands]
 
-    procs = [subprocess.Popen(argv[:-1] + [f"render-gpu{i}@%h"], env={**os.environ, "CUDA_VISIBLE_DEVICES": str(i)})
-             for i in range(gpus)]
-    sys.exit(max(p.wait() for p in procs))
+    def forward(signum, _frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    code = None
+    while code is None:
+        for p in procs:
+            if p.poll() is not None:
+                code = p.returncode
+                break
+        else:
+            time.sleep(0.5)
+    forward(signal.SIGTERM, None)
+    for p in procs:
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    sys.exit(code)
 
 
 def _gpu_count() -> int:
@@ -358,9 +400,7 @@ def tenants() -> None:
 @click.argument("name")
 def tenants_create(name: str) -> None:
     """Create a tenant; prints its API key and webhook secret ONCE (only their hashes/copies are kept)."""
-    from producer.tenants import Tenants
-
-    t = Tenants(_client().store.r).create(name)
+    t = _tenants().create(name)
     click.echo(json.dumps({"tenant_id": t.tenant_id, "name": t.name, "api_key": t.api_key,
                            "webhook_secret": t.webhook_secret}))
     click.echo("store the API key now: it cannot be shown again", err=True)
@@ -370,27 +410,21 @@ def tenants_create(name: str) -> None:
 @click.argument("tenant_id")
 def tenants_add_key(tenant_id: str) -> None:
     """Another API key for a tenant (rotation); printed once."""
-    from producer.tenants import Tenants
-
-    click.echo(Tenants(_client().store.r).add_key(tenant_id))
+    click.echo(_tenants().add_key(tenant_id))
 
 
 @tenants.command("rotate-webhook-secret")
 @click.argument("tenant_id")
 def tenants_rotate(tenant_id: str) -> None:
     """A new webhook secret; the previous one keeps signing too until the next rotation."""
-    from producer.tenants import Tenants
-
-    click.echo(Tenants(_client().store.r).rotate_webhook_secret(tenant_id))
+    click.echo(_tenants().rotate_webhook_secret(tenant_id))
 
 
 @tenants.command("revoke-key")
 @click.argument("api_key")
 def tenants_revoke_key(api_key: str) -> None:
     """Stop accepting one API key (the tenant's other keys keep working)."""
-    from producer.tenants import Tenants
-
-    if not Tenants(_client().store.r).revoke_key(api_key):
+    if not _tenants().revoke_key(api_key):
         click.echo("error: no such API key", err=True)
         sys.exit(2)
     click.echo("revoked")
@@ -401,10 +435,8 @@ def tenants_revoke_key(api_key: str) -> None:
 @click.option("--enable", is_flag=True, help="Undo: accept the tenant's keys and render its jobs again.")
 def tenants_disable(tenant_id: str, enable: bool) -> None:
     """Refuse every key of a tenant and stop rendering its queued jobs (they fail as refused)."""
-    from producer.tenants import Tenants
-
     try:
-        Tenants(_client().store.r).set_disabled(tenant_id, not enable)
+        _tenants().set_disabled(tenant_id, not enable)
     except KeyError:
         click.echo(f"error: no tenant {tenant_id}", err=True)
         sys.exit(2)

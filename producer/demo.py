@@ -34,6 +34,7 @@ PROMPTS = [
 def demo(count: int, out: str, timeout: float) -> None:
     """Render a demo batch end to end and write images + manifest under --out."""
     from jobs.embedded import redis_url_for, stop
+    from jobs.settings import redact_url
     from jobs.settings import Settings
     from producer.cli import _wait_batch, manifest_lines
     from producer.gallery import local_sheet
@@ -45,7 +46,7 @@ def demo(count: int, out: str, timeout: float) -> None:
     settings = Settings.from_env(**overrides)
     embedded = not settings.redis_url
     url = redis_url_for(settings, start=True)
-    click.echo(f"broker: {'embedded private redis-server at ' + url if embedded else url}", err=True)
+    click.echo(f"broker: {'embedded private redis-server at ' + url if embedded else redact_url(url)}", err=True)
     click.echo(f"storage: {settings.resolved_storage_url}", err=True)
 
     env = {**os.environ, **({"BATCHRENDER_STORAGE_URL": settings.resolved_storage_url} if overrides else {})}

@@ -10,13 +10,17 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import time
 
 from jobs.errors import DeliveryFailed, InvalidRequest, WebhookTargetRefused
 from jobs.names import input_key  # noqa: F401 - re-exported: where references are kept
 from jobs.settings import Settings
 
 MAX_INPUT_BYTES = 20 * 1024 * 1024
+#: The whole fetch (connect, headers, every byte) must finish within this; each read within
+#: ``FETCH_READ_TIMEOUT_S``, so a server dripping bytes cannot hold a request for longer.
 FETCH_TIMEOUT_S = 15.0
+FETCH_READ_TIMEOUT_S = 5.0
 _DATA_URI = re.compile(r"^data:image/(png|jpeg|jpg|webp);base64,", re.IGNORECASE)
 
 
@@ -44,15 +48,24 @@ def _from_data_uri(value: str, max_bytes: int) -> bytes:
         raise _refuse("the data URI is not valid base64") from None
 
 
+def tenant_safe(message: str) -> str:
+    """A refusal as a tenant may read it: never what an internal name resolves to."""
+    if "resolves to" in message:
+        return ("its host resolves to an address that is not allowed (private, loopback, link-local, "
+                "metadata or special-purpose)")
+    return message
+
+
 def _fetch(url: str, settings: Settings, max_bytes: int) -> bytes:
     from webhooks.ssrf import check_url, pinned_client
 
     try:
-        target = check_url(url, settings.webhook_allow_hosts)
+        target = check_url(url, settings.image_fetch_allow_hosts)
     except (WebhookTargetRefused, DeliveryFailed) as e:
-        raise _refuse(f"cannot fetch {url!r}: {e.message}") from None
+        raise _refuse(f"cannot fetch {url!r}: {tenant_safe(e.message)}") from None
+    deadline = time.monotonic() + FETCH_TIMEOUT_S
     try:
-        with pinned_client(target, FETCH_TIMEOUT_S) as client, client.stream("GET", url) as resp:
+        with pinned_client(target, FETCH_READ_TIMEOUT_S) as client, client.stream("GET", url) as resp:
             if resp.status_code != 200:
                 raise _refuse(f"fetching {url!r} answered HTTP {resp.status_code} (redirects are not followed)")
             declared = resp.headers.get("content-length")
@@ -60,6 +73,8 @@ def _fetch(url: str, settings: Settings, max_bytes: int) -> bytes:
                 raise _refuse(f"the image is larger than {max_bytes} bytes")
             chunks, size = [], 0
             for chunk in resp.iter_bytes():
+                if time.monotonic() > deadline:
+                    raise _refuse(f"fetching {url!r} took longer than {FETCH_TIMEOUT_S:g} s")
                 size += len(chunk)
                 if size > max_bytes:
                     raise _refuse(f"the image is larger than {max_bytes} bytes")

@@ -17,6 +17,7 @@ from jobs.errors import (BrokerUnavailable, DeliveryFailed, IdempotencyConflict,
                          QuotaExceeded, UnsupportedMediaType, WebhookTargetRefused)
 from jobs.schemas import RenderRequest, invalid_from
 from jobs.store import JobRecord
+from producer.inputs import tenant_safe
 
 #: Items in one batch, as a JSON list or JSONL lines.
 MAX_BATCH_ITEMS = 10_000
@@ -65,6 +66,8 @@ def check_webhook(req: RenderRequest, settings) -> None:
         check_url(req.webhook, settings.webhook_allow_hosts)
     except DeliveryFailed:
         check_url(req.webhook, settings.webhook_allow_hosts, resolve=False)
+    except WebhookTargetRefused as e:
+        raise WebhookTargetRefused(f"webhook URL refused: {tenant_safe(e.message)}") from None
     except (ValueError, UnicodeError) as e:  # a host name getaddrinfo cannot even encode
         raise WebhookTargetRefused(f"webhook URL host is not a valid name: {e}") from None
 
@@ -124,7 +127,7 @@ def parse_batch(raw: bytes, ctype: str) -> tuple[list[tuple[int, Any]], list[dic
                 continue
             try:
                 items.append((lineno, json.loads(line)))
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:
                 errors.append({"line": lineno, "custom_id": None, "code": "invalid_json", "message": str(e)})
         if len(items) + len(errors) > MAX_BATCH_ITEMS:
             raise InvalidRequest(f"a batch holds at most {MAX_BATCH_ITEMS} lines")
@@ -145,6 +148,11 @@ def parse_batch(raw: bytes, ctype: str) -> tuple[list[tuple[int, Any]], list[dic
 def submit_batch_body(client, tenant: str, raw: bytes, ctype: str) -> dict[str, Any]:
     """Validate every item, queue the valid ones as one batch; the batch plus per-line errors."""
     items, errors, options = parse_batch(raw, ctype)
+    limit = client.settings.max_batch_jobs
+    if len(items) + len(errors) > limit:
+        raise InvalidRequest(f"a batch holds at most {limit} jobs (BATCHRENDER_MAX_BATCH_JOBS); this one has "
+                             f"{len(items) + len(errors)}: split it", errors=[{"field": "requests",
+                                                                               "message": f"at most {limit}"}])
     good: list[tuple[int, RenderRequest]] = []
     seen: set[str] = set()
     for line, item in items:

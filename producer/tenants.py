@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import redis
 
 from jobs.names import KEY_PREFIX, tenant_key
+from jobs.secretbox import SecretBox
+from jobs.settings import Settings
 
 KEY_PREFIX_LIVE = "br_"
 
@@ -52,9 +54,19 @@ class NewTenant:
 
 
 class Tenants:
-    def __init__(self, client: redis.Redis) -> None:
+    """``settings``: the deployment's, for the key that encrypts webhook secrets at rest."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.r = client
+        self.settings = settings
         self._bucket = client.register_script(_BUCKET)
+        self._box: SecretBox | None = None
+
+    @property
+    def box(self) -> SecretBox:
+        if self._box is None:
+            self._box = SecretBox.for_settings(self.settings)
+        return self._box
 
     def create(self, name: str) -> NewTenant:
         from webhooks.signing import generate_secret
@@ -64,7 +76,7 @@ class Tenants:
         secret = generate_secret()
         with self.r.pipeline() as p:
             p.hset(tenant_key(tenant_id), mapping={"name": name, "created_at": repr(time.time()),
-                                                   "webhook_secrets": secret, "active": 0})
+                                                   "webhook_secrets": self.box.seal(secret), "active": 0})
             p.set(_apikey_key(_hash(api_key)), tenant_id)
             p.execute()
         return NewTenant(tenant_id, name, api_key, secret)
@@ -103,9 +115,9 @@ class Tenants:
 
         new = generate_secret()
         old = self.r.hget(tenant_key(tenant_id), "webhook_secrets")
-        old = old.decode() if isinstance(old, bytes) else (old or "")
+        old = self.box.open(old.decode() if isinstance(old, bytes) else (old or ""))
         current = [new] + ([old.split(" ")[0]] if keep_old and old else [])
-        self.r.hset(tenant_key(tenant_id), "webhook_secrets", " ".join(current))
+        self.r.hset(tenant_key(tenant_id), "webhook_secrets", self.box.seal(" ".join(current)))
         return new
 
     def allow(self, tenant_id: str, rate_per_s: float, burst: int) -> tuple[bool, float]:

@@ -84,14 +84,16 @@ def br_env(tmp_path, redis_url, tiny_model_dir):
 
 
 @pytest.fixture
-def tenants(redis_url):
-    """``producer.tenants.Tenants`` on the test's Redis: ``tenants.create(name)`` gives an API key."""
+def tenants(redis_url, br_env):
+    """``producer.tenants.Tenants`` on the test's Redis and home: ``tenants.create(name)`` gives an
+    API key (its webhook secret encrypted with the home's key, as the test's workers read it)."""
     import redis
 
+    from jobs.settings import Settings
     from producer.tenants import Tenants
 
     r = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield Tenants(r)
+    yield Tenants(r, Settings.from_env(br_env))
     r.close()
 
 

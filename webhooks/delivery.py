@@ -28,6 +28,8 @@ USER_AGENT = f"batchrender-webhooks/{jobs.__version__}"
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 #: Error text kept per attempt; receivers' error pages can be huge.
 MAX_ERROR_CHARS = 300
+#: Bytes of a receiver's answer that are read at most (the status is what counts).
+MAX_RESPONSE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,15 @@ def post_event(url: str, event_id: str, body: bytes, secrets: Sequence[str], *, 
         "user-agent": USER_AGENT,
     }
     try:
-        with pinned_client(target, timeout_s, verify=verify_tls) as client:
-            resp = client.post(url, content=body, headers=headers)
+        with pinned_client(target, timeout_s, verify=verify_tls) as client, \
+                client.stream("POST", url, content=body, headers=headers) as resp:
+            # Only the status counts: read at most MAX_RESPONSE_BYTES of the answer and hang up,
+            # so a receiver answering with gigabytes costs nothing.
+            read = 0
+            for chunk in resp.iter_raw():
+                read += len(chunk)
+                if read >= MAX_RESPONSE_BYTES or time.monotonic() - started > timeout_s:
+                    break
     except httpx.TimeoutException as e:
         return HttpResult(0, ms(), f"timeout: {type(e).__name__}")
     except httpx.HTTPError as e:
@@ -130,8 +139,10 @@ class Deliverer:
     def __init__(self, store: DeliveryStore, *, timeout_s: float, schedule: Sequence[float],
                  allow_hosts: Sequence[str] = (), resolver: Resolver | None = None,
                  rng: random.Random | None = None, verify_tls: bool | str = True,
-                 refresh: Callable[[str], str] | None = None) -> None:
-        """``refresh`` rewrites a stored body just before each attempt (fresh output links)."""
+                 refresh: Callable[[str], str] | None = None,
+                 secrets_for: Callable[[EventRecord], Sequence[str]] | None = None) -> None:
+        """``refresh`` rewrites a stored body just before each attempt (fresh output links);
+        ``secrets_for`` finds an event's signing secrets at each attempt (default: its record's)."""
         if not schedule:
             raise ValueError("webhook schedule must hold at least one step")
         self.store = store
@@ -142,6 +153,7 @@ class Deliverer:
         self.rng = rng
         self.verify_tls = verify_tls
         self.refresh = refresh
+        self.secrets_for = secrets_for
 
     def attempt(self, rec: EventRecord) -> Decision:
         """One attempt of ``rec`` (already claimed), logged; returns what to do next."""
@@ -157,7 +169,8 @@ class Deliverer:
                 payload = self.refresh(payload)
             except Exception:  # noqa: BLE001 - stale links beat no delivery
                 log.warning("webhook %s: could not refresh its links; sending the stored body", rec.id, exc_info=True)
-        result = post_event(rec.url, rec.id, payload.encode(), rec.secrets, timeout_s=self.timeout_s,
+        secrets = self.secrets_for(rec) if self.secrets_for is not None else rec.secrets
+        result = post_event(rec.url, rec.id, payload.encode(), secrets, timeout_s=self.timeout_s,
                             allow_hosts=self.allow_hosts, resolver=self.resolver, verify_tls=self.verify_tls)
         decision = classify(result, n, self.schedule, self.rng)
         self.store.log_attempt(rec.id, Attempt(n, time.time(), result.status, result.latency_ms,

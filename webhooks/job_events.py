@@ -61,12 +61,33 @@ class Events:
 BATCH_MANIFEST_INLINE = 100
 
 
-def tenant_secrets(redis_client, tenant: str | None) -> list[str] | None:
-    """A tenant's webhook signing secret(s) (several during rotation), or None for the default."""
+def tenant_secrets(redis_client, tenant: str | None, box) -> list[str] | None:
+    """A tenant's webhook signing secret(s) (several during rotation), decrypted with ``box``
+    (``jobs.secretbox.SecretBox``), or None for the default."""
     if not tenant:
         return None
     raw = redis_client.hget(tenant_key(tenant), "webhook_secrets")
-    return [s for s in raw.split(" ") if s] if raw else None
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    return [s for s in box.open(raw).split(" ") if s] if raw else None
+
+
+def secrets_resolver(settings, redis_client) -> Callable[[Any], tuple[str, ...]]:
+    """For the deliverer: the secrets that sign an event, looked up at each attempt: the ones
+    given with the event (kept encrypted in its record), else its tenant's current ones, else
+    ``BATCHRENDER_WEBHOOK_SECRET``. Secrets are kept once per tenant, never copied into events,
+    so a rotation takes effect at the next attempt."""
+    from jobs.secretbox import SecretBox
+    from webhooks.signing import normalize_secrets
+
+    box = SecretBox.for_settings(settings)
+
+    def secrets_for(rec) -> tuple[str, ...]:
+        if rec.secrets:
+            return tuple(box.open(s) for s in rec.secrets)
+        return normalize_secrets(tenant_secrets(redis_client, rec.tenant, box) or settings.webhook_secret)
+
+    return secrets_for
 
 
 def webhook_sender(settings, redis_url: str, store, app=None) -> Sender:
@@ -100,8 +121,8 @@ def webhook_sender(settings, redis_url: str, store, app=None) -> Sender:
             body = ev.job_finished(msg.job_id, data.get("status", event_type.split(".")[1]), msg.batch_id,
                                    outputs=outputs or None, error=data.get("error"),
                                    moderation=data.get("moderation"), timings=data.get("timings"), **common)
-        secrets = tenant_secrets(r, msg.tenant)
-        kw = dict(url=req.webhook, secret=secrets, job_id=msg.job_id, batch_id=msg.batch_id, tenant=msg.tenant,
+        # No secret in the event: the deliverer signs with the tenant's (or the default) at each attempt.
+        kw = dict(url=req.webhook, secret=None, job_id=msg.job_id, batch_id=msg.batch_id, tenant=msg.tenant,
                   event_filter=req.webhook_events_filter)
         enqueue_event(app, settings, r, event_type=event_type, data=body, **kw)
         if msg.batch_id and batch_done is not None:

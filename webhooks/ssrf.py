@@ -38,6 +38,19 @@ METADATA_HOSTS = frozenset({
 })
 METADATA_IPS = frozenset(ipaddress.ip_address(a) for a in (
     "169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200", "192.0.0.192",
+    # Azure's platform endpoint (WireServer): a public address only Azure VMs reach.
+    "168.63.129.16",
+))
+#: The IANA IPv4 and IPv6 Special-Purpose Address Registries, every entry, including those marked
+#: "globally reachable" (anycast relays, AS112, AMT): none is a webhook receiver or an image host.
+SPECIAL_PURPOSE = tuple(ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.31.196.0/24", "192.52.193.0/24", "192.88.99.0/24",
+    "192.168.0.0/16", "192.175.48.0/24", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24",
+    "240.0.0.0/4", "255.255.255.255/32",
+    "::/128", "::1/128", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64", "100:0:0:1::/64",
+    "2001::/23", "2001:db8::/32", "2002::/16", "2620:4f:8000::/48", "3fff::/20", "5f00::/16", "fc00::/7",
+    "fe80::/10", "fec0::/10", "ff00::/8",
 ))
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 # Any all-numeric/hex label set that is not a canonical dotted quad: inet_aton would accept it.
@@ -93,6 +106,9 @@ def refusal_reason(addr: IPAddress) -> str | None:
                        ("is_reserved", "reserved"), ("is_private", "private")):
         if getattr(addr, attr):
             return f"a {name} address"
+    for net in SPECIAL_PURPOSE:
+        if addr.version == net.version and addr in net:
+            return f"a special-purpose address ({net}, IANA registry)"
     if not addr.is_global:
         return "not a globally routable address"
     return None

@@ -109,6 +109,16 @@ class Attempt:
     generation: int = 1
 
 
+# KEYS: the tenant's slot set (holder -> lease end). ARGV: now, lease, limit, token.
+_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), ARGV[4])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 60)
+return 1
+"""
+
+
 class DeliveryStore:
     """Reads and writes the delivery log. ``redis`` is a redis-py client (bytes or str replies)."""
 
@@ -116,6 +126,7 @@ class DeliveryStore:
         self.redis = redis
         self.ttl_s = int(ttl_s)
         self._create = redis.register_script(_CREATE)
+        self._slot = redis.register_script(_SLOT)
 
     # -- keys ------------------------------------------------------------------------------------
     @staticmethod
@@ -162,6 +173,15 @@ class DeliveryStore:
         elif "state" in fields:
             pipe.zrem(PREFIX + "pending", event_id)
         pipe.execute()
+
+    # -- per-tenant concurrency -------------------------------------------------------------------
+    def acquire_slot(self, tenant: str, limit: int, lease_s: float, token: str) -> bool:
+        """One of ``tenant``'s ``limit`` delivery slots for ``token``; a slot whose holder died
+        frees itself after ``lease_s``. False when all are taken."""
+        return bool(self._slot(keys=[f"{PREFIX}slots:{tenant or '-'}"], args=[time.time(), lease_s, limit, token]))
+
+    def release_slot(self, tenant: str, token: str) -> None:
+        self.redis.zrem(f"{PREFIX}slots:{tenant or '-'}", token)
 
     def claim(self, event_id: str, generation: int, attempt: int, lease_s: float) -> EventRecord | None:
         """Take the right to run ``attempt``: None if the message is stale, a duplicate, or

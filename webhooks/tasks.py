@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from dataclasses import replace
 from typing import Any, Callable, Iterable
@@ -17,11 +18,13 @@ from typing import Any, Callable, Iterable
 from celery import Celery
 
 from jobs.errors import ConfigurationError
-from jobs.names import WEBHOOK_QUEUE, WEBHOOK_TASK
+from jobs.names import WEBHOOK_QUEUE, WEBHOOK_TASK, tenant_key
+from jobs.secretbox import SecretBox
 from jobs.periodic import start_periodic, take_turn
 from jobs.settings import WEBHOOK_CLAIM_SLACK_S, Settings
 from webhooks import events as ev
 from webhooks.delivery import Deliverer
+from webhooks.job_events import secrets_resolver
 from webhooks.signing import SecretLike, normalize_secrets
 from webhooks.ssrf import Resolver, check_url
 from webhooks.store import DEAD, DELIVERED, GONE, PENDING, PREFIX, DeliveryStore, EventRecord
@@ -59,9 +62,13 @@ def enqueue_event(app: Celery, settings: Settings, redis: Any, *, url: str,
     """
     if event_type not in ev.parse_event_filter(event_filter):
         return None
-    secrets = normalize_secrets(secret if secret is not None else settings.webhook_secret)
-    if not secrets:
+    explicit = normalize_secrets(secret) if secret is not None else ()
+    has_tenant_secret = bool(tenant) and bool(redis.hexists(tenant_key(tenant), "webhook_secrets"))
+    if not explicit and not has_tenant_secret and not settings.webhook_secret:
         raise ConfigurationError("no webhook secret: pass one with the request or set BATCHRENDER_WEBHOOK_SECRET")
+    # Only secrets given with this event are kept in its record, encrypted; tenant and default
+    # secrets are looked up at each attempt (webhooks.job_events.secrets_resolver).
+    secrets = tuple(SecretBox.for_settings(settings).seal(s) for s in explicit)
     check_url(url, settings.webhook_allow_hosts, resolve=False)
     subject = ev.subject_of(event_type, job_id, batch_id)
     step = data.get("step") if event_type == ev.JOB_PROGRESS else None
@@ -129,7 +136,7 @@ def register(app: Celery, settings: Settings, *, resolver: Resolver | None = Non
             state["deliverer"] = Deliverer(DeliveryStore(client, settings.record_ttl_s),
                                            timeout_s=settings.webhook_timeout_s, schedule=settings.webhook_schedule_s,
                                            allow_hosts=settings.webhook_allow_hosts, resolver=resolver,
-                                           refresh=refresh)
+                                           refresh=refresh, secrets_for=secrets_resolver(settings, client))
         return state["deliverer"]
 
     from celery.signals import worker_ready
@@ -165,6 +172,19 @@ def register(app: Celery, settings: Settings, *, resolver: Resolver | None = Non
         if early > 1.0:
             _send(app, rec, early, _max_wait(settings))  # a long delay, hopping; see module doc
             return "waiting"
+        token = f"{event_id}:{generation}:{attempt}"
+        if not store.acquire_slot(rec.tenant, settings.webhook_tenant_concurrency, settings.webhook_lease_s, token):
+            # This tenant already has its share of deliveries in flight (a slow receiver, say):
+            # come back shortly rather than take a thread other tenants' events need.
+            _send(app, rec, 1.0 + random.random(), _max_wait(settings))
+            return "throttled"
+        try:
+            return _attempt(d, store, rec, event_id, generation, attempt)
+        finally:
+            store.release_slot(rec.tenant, token)
+
+    def _attempt(d: Deliverer, store: DeliveryStore, rec: EventRecord, event_id: str, generation: int,
+                 attempt: int) -> str:
         claimed = store.claim(event_id, generation, attempt, settings.webhook_lease_s)
         if claimed is None:
             held = store.get(event_id)

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from jobs.errors import BatchRenderError, InvalidRequest, PermanentError, TransientError
+from jobs.errors import BatchRenderError, InvalidRequest, PermanentError, TimeLimitExceeded, TransientError
 from jobs.names import KEY_PREFIX, input_key
 from jobs.retry import RetryPolicy, WorkerLost
 from jobs.schemas import ImageResult, JobMessage, JobResult, Timings, limit_errors
@@ -125,7 +125,7 @@ class JobRunner:
         try:
             self.policy.check_claim(attempts, retries)
             self.recheck(msg)
-        except (WorkerLost, InvalidRequest) as e:
+        except (WorkerLost, InvalidRequest, TimeLimitExceeded) as e:
             return self.fail(msg, e, retryable=False)
         self.ctx.events.emit("job.started", msg)
         return None
@@ -142,6 +142,10 @@ class JobRunner:
         if msg.input_key and msg.input_key != input_key(msg.job_id):
             raise InvalidRequest("the reference image must be the job's own upload",
                                  errors=[{"field": "image", "message": "not this job's reference"}])
+        used = time.time() - self.ctx.store.first_started(msg.job_id)
+        if used > s.job_time_limit_s:
+            raise TimeLimitExceeded(f"the job has been rendering for {used:.0f} s over its attempts; the limit is "
+                                    f"{s.job_time_limit_s} s (BATCHRENDER_JOB_TIME_LIMIT_S)")
         errors = limit_errors(r.width or 0, r.height or 0, r.steps or 0, r.num_images, r.prompt, s)
         if errors:
             raise InvalidRequest("invalid request: " + "; ".join(f"{x['field']}: {x['message']}" for x in errors),

@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None, *, client=None) -> FastAPI:
     settings = settings or Settings.from_env()
     owned = client is None
     client = client or Client(settings)
-    services = Services(settings, client, Tenants(client.store.r), Idempotency(client))
+    services = Services(settings, client, Tenants(client.store.r, settings), Idempotency(client))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -3,11 +3,25 @@ a client may take to send its body."""
 from __future__ import annotations
 
 import asyncio
+import re
+from itertools import accumulate
 
 from producer.api.errors import error_response
 
 #: Seconds a client has to send its whole body; a slow sender is cut off with 408.
 BODY_TIMEOUT_S = 30.0
+#: JSON bodies (and JSONL lines) nested deeper than this are refused before any parser sees them.
+MAX_JSON_DEPTH = 32
+_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in _DEPTH_STEP)
+
+
+def json_depth(raw: bytes) -> int:
+    """How deeply ``raw`` nests arrays and objects (strings skipped), at C speed: parsers recurse,
+    so a body of 10,000 brackets must never reach one."""
+    brackets = _STRINGS.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    return max(accumulate(_DEPTH_STEP[b] for b in brackets), default=0)
 
 
 class BodyLimit:
@@ -46,6 +60,15 @@ class BodyLimit:
                 return await self._refuse(413, scope, receive, send)
             if not message.get("more_body"):
                 break
+
+        ctype = dict(scope.get("headers") or []).get(b"content-type", b"")
+        if b"json" in ctype or ctype.startswith(b"text/plain"):
+            body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
+            if json_depth(body) > MAX_JSON_DEPTH:
+                response = error_response(422, "invalid_request", f"the JSON body is nested deeper than "
+                                          f"{MAX_JSON_DEPTH} levels", errors=[{"field": "body", "message":
+                                                                                f"nesting over {MAX_JSON_DEPTH}"}])
+                return await response(scope, receive, send)
 
         async def replay():
             return messages.pop(0) if messages else await receive()

@@ -22,14 +22,8 @@ def api(tmp_path, redis_url, settings_for):
 
 
 @pytest.fixture
-def headers(redis_url):
-    import redis
-
-    from producer.tenants import Tenants
-
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield {"Authorization": f"Bearer {Tenants(r).create('alice').api_key}"}
-    r.close()
+def headers(tenants):
+    return {"Authorization": f"Bearer {tenants.create('alice').api_key}"}
 
 
 def jsonl(*lines) -> bytes:

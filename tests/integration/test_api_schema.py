@@ -21,14 +21,8 @@ EXAMPLES = 25
 
 
 @pytest.fixture
-def api_key(redis_url):
-    import redis
-
-    from producer.tenants import Tenants
-
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield Tenants(r).create("fuzz").api_key
-    r.close()
+def api_key(tenants):
+    return tenants.create("fuzz").api_key
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ def test_tenants_create_prints_the_key_once_and_stores_only_its_hash(tmp_path, r
     import redis
     from click.testing import CliRunner
 
+    from jobs.settings import Settings
     from producer.cli import cli
     from producer.tenants import Tenants
 
@@ -42,8 +43,9 @@ def test_tenants_create_prints_the_key_once_and_stores_only_its_hash(tmp_path, r
                 dump.extend(r.zrange(k, 0, -1))
         blob = b"\n".join(dump)
         assert key.encode() not in blob, "the plain API key must not be stored anywhere in Redis"
+        assert out["webhook_secret"].encode() not in blob, "webhook secrets are kept encrypted"
         assert hashlib.sha256(key.encode()).hexdigest().encode() in blob
-        assert Tenants(redis.Redis.from_url(redis_url, decode_responses=True)).authenticate(key) == tenant_id
+        assert Tenants(redis.Redis.from_url(redis_url, decode_responses=True), Settings()).authenticate(key) == tenant_id
     finally:
         r.close()
 

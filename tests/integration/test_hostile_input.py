@@ -1,7 +1,9 @@
 """Security findings of issue 12, each as an attacker would try it against real processes.
 
 H1 a scan-bomb JPEG; H2 bodies over the limit by any transfer encoding; M2 racing the
-per-tenant queued-job limit. (Forged task messages: tests/integration/test_signed_messages.py.)
+per-tenant queued-job limit; M3 deep nesting and bad text; M5 waiting requests and dripping
+image servers; M7 costly requests; the low findings. Elsewhere: M1 in
+tests/unit/test_webhooks_ssrf.py, M4 in test_webhook_isolation.py, M6 in test_signed_messages.py.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -149,3 +152,139 @@ def test_200_concurrent_submits_against_a_limit_of_50_leave_exactly_50_queued(br
 
     r = redis.Redis.from_url(br_env["BATCHRENDER_REDIS_URL"], decode_responses=True)
     assert int(r.hget(tenant_key(alice.tenant_id), "active")) == 50
+
+
+@pytest.fixture
+def api(br_env, settings_for):
+    from starlette.testclient import TestClient
+
+    from producer.api import create_app
+
+    settings = settings_for(br_env, api_rate_per_s=10_000, api_burst=10_000)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def test_deep_nesting_and_bad_text_get_named_422s_not_500s(api, tenants):
+    """M3: metadata 300 levels deep, a JSONL line 1,000 deep, lone surrogates anywhere."""
+    alice = tenants.create("alice")
+    auth = _auth(alice)
+    deep = '{"prompt": "a", "metadata": ' + '{"a": ' * 300 + "1" + "}" * 300 + "}"
+    r = api.post("/v1/jobs", content=deep, headers={**auth, "content-type": "application/json"})
+    assert r.status_code == 422 and "nested deeper than 32" in r.json()["error"]["message"], r.text
+    ten = {"a": 1}
+    for _ in range(10):
+        ten = {"a": ten}
+    r = api.post("/v1/jobs", json={"prompt": "a", "metadata": ten}, headers=auth)
+    assert r.status_code == 422 and r.json()["error"]["errors"][0]["field"] == "metadata", r.text
+    line = "[" * 1000 + "]" * 1000
+    r = api.post("/v1/batches", content=f'{{"prompt": "ok"}}\n{line}\n',
+                 headers={**auth, "content-type": "application/jsonl"})
+    assert r.status_code == 422, r.text
+    assert api.get("/v1/batches", headers=auth).json()["data"] == [], "no batch left in_progress"
+    for body in ('{"prompt": "a\\ud800"}', '{"prompt": "a", "metadata": {"k": "\\udfff"}}',
+                 '{"prompt": "a", "negative_prompt": "\\ud83d"}'):
+        r = api.post("/v1/jobs", content=body, headers={**auth, "content-type": "application/json"})
+        message = r.json()["error"]["message"]
+        assert r.status_code == 422 and ("surrogate" in message or "unicode" in message), (body, r.text)
+    r = api.post("/v1/batches", content='{"prompt": "b\\ud800"}\n', headers={**auth, "content-type": "application/jsonl"})
+    assert r.status_code == 422 and "surrogate" in r.text
+
+
+def test_costly_requests_and_oversized_batches_are_refused_by_name(api, tenants):
+    """M7: one job of 2048² × 150 steps × 8 images, a batch of 1,001 jobs."""
+    alice = tenants.create("alice")
+    r = api.post("/v1/jobs", json={"prompt": "a", "width": 2048, "height": 2048, "steps": 150, "num_images": 8},
+                 headers=_auth(alice))
+    assert r.status_code == 422 and "per-job budget" in r.json()["error"]["message"], r.text
+    lines = "".join('{"prompt": "x"}\n' for _ in range(1001))
+    r = api.post("/v1/batches", content=lines, headers={**_auth(alice), "content-type": "application/jsonl"})
+    assert r.status_code == 422 and "at most 1000 jobs" in r.json()["error"]["message"], r.text
+
+
+def test_loose_input_is_refused_and_secrets_stay_out_of_answers(api, tenants, settings_for, br_env):
+    """Low: custom_id '.', '..', a trailing newline; numbers sent as strings; the Redis password
+    in reprs; what an internal name resolves to."""
+    alice = tenants.create("alice")
+    for custom_id in (".", "..", "sku-1\n"):
+        r = api.post("/v1/jobs", json={"prompt": "a", "custom_id": custom_id}, headers=_auth(alice))
+        assert r.status_code == 422 and r.json()["error"]["errors"][0]["field"] == "custom_id", r.text
+    for field, value in (("steps", "20"), ("seed", "7"), ("width", "512"), ("guidance_scale", "7.5")):
+        r = api.post("/v1/jobs", json={"prompt": "a", field: value}, headers=_auth(alice))
+        assert r.status_code == 422 and r.json()["error"]["errors"][0]["field"] == field, r.text
+    assert "hunter2" not in repr(settings_for(br_env, redis_url="redis://:hunter2@127.0.0.1:6379/0"))
+    from starlette.testclient import TestClient
+
+    from producer.api import create_app
+
+    with TestClient(create_app(settings_for(br_env, webhook_allow_hosts=[]))) as strict:
+        r = strict.post("/v1/jobs", json={"prompt": "a", "webhook": "http://localhost:9/hook"}, headers=_auth(alice))
+    assert r.status_code == 422 and "not allowed" in r.text, r.text
+    assert "127.0.0.1" not in r.text and "::1" not in r.text, "what an internal name resolves to stays inside"
+
+
+def test_waiting_requests_hold_no_threads_other_tenants_need(br_env, settings_for, tenants):
+    """M5: 45 requests with ``Prefer: wait=30`` (no worker: they wait the whole time) while another
+    tenant submits; that submit is answered while every waiting request is still waiting."""
+    from producer.api import create_app
+
+    alice, bob = tenants.create("alice"), tenants.create("bob")
+    settings = settings_for(br_env, api_rate_per_s=10_000, api_burst=10_000)
+    done_waiting: list[float] = []
+    with ApiServer(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=90,
+                                                                 limits=httpx.Limits(max_connections=100)) as http:
+        def wait_one() -> None:
+            http.post("/v1/jobs", json={"prompt": "slow"}, headers={**_auth(alice), "Prefer": "wait=30"})
+            done_waiting.append(time.monotonic())
+
+        waiters = [threading.Thread(target=wait_one) for _ in range(45)]
+        for t in waiters:
+            t.start()
+        wait_for(lambda: len(http.get("/v1/jobs?limit=100", headers=_auth(alice)).json()["data"]) == 45, timeout=60)
+        r = http.post("/v1/jobs", json={"prompt": "quick"}, headers=_auth(bob))
+        answered = time.monotonic()
+        assert r.status_code == 201
+        assert not done_waiting, "bob was answered only after the waiting requests gave up"
+        for t in waiters:
+            t.join()
+    assert len(done_waiting) == 45 and min(done_waiting) > answered
+
+
+def test_a_dripping_image_server_is_cut_off_at_the_total_deadline(api, tenants, br_env, settings_for, monkeypatch):
+    """M5: a reference-image server that sends one byte every 0.3 s: refused at the total deadline
+    (the per-read timeout alone never fires)."""
+    import producer.inputs
+    from starlette.testclient import TestClient
+
+    from producer.api import create_app
+
+    monkeypatch.setattr(producer.inputs, "FETCH_TIMEOUT_S", 2.0)
+
+    class Drip(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("content-type", "image/png")
+            self.end_headers()
+            try:
+                for _ in range(200):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.3)
+            except OSError:
+                pass
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    alice = tenants.create("alice")
+    settings = settings_for(br_env, image_fetch_allow_hosts=["127.0.0.1"])
+    try:
+        with TestClient(create_app(settings)) as client:
+            r = client.post("/v1/jobs", json={"prompt": "a", "image": f"http://127.0.0.1:{server.server_address[1]}/x.png"},
+                            headers=_auth(alice))
+        assert r.status_code == 422 and "took longer than 2 s" in r.json()["error"]["message"], r.text
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -54,7 +54,7 @@ def test_every_event_is_delivered_once_per_id_across_a_receiver_outage(br_env, s
     env = {**br_env, "BATCHRENDER_WEBHOOK_SCHEDULE_S": "0,0.5,1,1,1,2,2,2",
            "BATCHRENDER_WEBHOOK_ALLOW_HOSTS": "127.0.0.1"}
     r = redis.Redis.from_url(redis_url, decode_responses=True)
-    alice = Tenants(r).create("alice")
+    alice = Tenants(r, settings_for(env)).create("alice")
     app = create_app(settings_for(env))
     port = free_port()
     received = []

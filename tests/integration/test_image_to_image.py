@@ -96,7 +96,7 @@ def test_http_api_accepts_a_reference_image(br_env, settings_for):
 
     settings = settings_for(br_env)
     app = create_app(settings)
-    tenant = Tenants(app.state.client.store.r).create("acme")
+    tenant = Tenants(app.state.client.store.r, app.state.client.settings).create("acme")
     with TestClient(app) as http:
         r = http.post("/v1/jobs", headers={"Authorization": f"Bearer {tenant.api_key}"},
                       json={"prompt": "a mug", "image": data_uri(Image.new("RGB", (64, 64))), "strength": 0.5})

@@ -42,12 +42,33 @@ def test_same_event_twice_gives_one_record_and_one_task(env) -> None:
     assert [r.id for r in store.by_job("j1")] == [first] == [r.id for r in store.by_tenant("acme")]
 
 
-def test_secrets_are_stored_for_retries_but_never_in_reprs(env) -> None:
+def test_secrets_given_with_an_event_are_kept_encrypted_and_never_in_reprs(env) -> None:
+    from webhooks.job_events import secrets_resolver
+
     settings, app, client = env
     eid = send(settings, app, client)
     rec = DeliveryStore(client).get(eid)
-    assert rec and rec.secrets == (SECRET,)
+    assert rec and len(rec.secrets) == 1 and SECRET not in rec.secrets[0], "encrypted at rest"
+    assert SECRET.encode() not in b"".join(v for v in client.hgetall(DeliveryStore.key(eid)).values())
+    assert secrets_resolver(settings, client)(rec) == (SECRET,), "the deliverer gets it back"
     assert SECRET not in repr(rec) and SECRET not in repr(settings)
+
+
+def test_tenant_secrets_are_kept_once_and_rotation_applies_to_pending_events(env) -> None:
+    """A tenant's secret is not copied into its events: the deliverer reads the current one."""
+    from producer.tenants import Tenants
+    from webhooks.job_events import secrets_resolver
+
+    settings, app, client = env
+    tenants = Tenants(client, settings)
+    acme = tenants.create("acme-co")
+    eid = send(settings, app, client, secret=None, tenant=acme.tenant_id)
+    rec = DeliveryStore(client).get(eid)
+    assert rec.secrets == (), "no per-event copy"
+    resolve = secrets_resolver(settings, client)
+    assert resolve(rec) == (acme.webhook_secret,)
+    new = tenants.rotate_webhook_secret(acme.tenant_id)
+    assert resolve(rec) == (new, acme.webhook_secret), "the pending event signs with the rotated secrets"
 
 
 def test_filter_and_progress_throttle(env) -> None:

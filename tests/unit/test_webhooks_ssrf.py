@@ -30,11 +30,20 @@ def resolving_to(*addresses: str):
     ("http://224.0.0.1/", "multicast"),
     ("http://0.0.0.0/", "unspecified"),
     ("http://240.0.0.1/", "reserved"),
-    ("http://100.64.0.1/", "not a globally routable"),
+    ("http://100.64.0.1/", "special-purpose"),
     ("http://169.254.169.254/latest/meta-data/", "metadata"),
     ("http://[fd00:ec2::254]/", "metadata"),
     ("http://metadata.google.internal/computeMetadata/v1/", "metadata"),
     ("http://[2002:7f00:1::]/", "embedded"),
+    # Issue 12 M1: what the probe got through before the IANA registries were checked in full.
+    ("http://168.63.129.16/machine?comp=goalstate", "metadata"),
+    ("http://192.0.0.9/", "special-purpose"),
+    ("http://192.0.0.170/", "private"),
+    ("http://[fec0::1]/", "special-purpose"),
+    ("http://192.88.99.1/", "special-purpose"),
+    ("http://192.31.196.1/", "special-purpose"),
+    ("http://[2001:4:112::1]/", "private"),
+    ("http://[3fff::1]/", "special-purpose"),
 ])
 def test_refused_targets(url: str, why: str) -> None:
     with pytest.raises(WebhookTargetRefused, match=why):

@@ -1,10 +1,13 @@
 """``/v1/jobs``: submit, list, read, cancel and delete jobs."""
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 
 from jobs.status import JobStatus
 from jobs.schemas import RenderRequest
@@ -43,7 +46,7 @@ def _answer(svc: Services, rec: JobRecord, request: Request, headers: dict[str, 
 
 
 @router.post("", status_code=201)
-def create_job(body: Annotated[RenderRequest, Body(openapi_examples=_EXAMPLES)], request: Request, response: Response, svc: ServicesDep, tenant: Tenant,
+async def create_job(body: Annotated[RenderRequest, Body(openapi_examples=_EXAMPLES)], request: Request, response: Response, svc: ServicesDep, tenant: Tenant,
                idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
                prefer: Annotated[str | None, Header(max_length=1024)] = None) -> Job:
     """Queue a render. ``Idempotency-Key`` makes retries safe; ``Prefer: wait=N`` waits up to N s.
@@ -51,20 +54,28 @@ def create_job(body: Annotated[RenderRequest, Body(openapi_examples=_EXAMPLES)],
     A prompt the content policy refuses is recorded as a ``blocked`` job and answered with 422
     ``moderation_blocked`` (stage and categories), never queued.
     """
-    rec, replayed = submit_job(svc.client, svc.idempotency, tenant, body, idempotency_key)
+    rec, replayed = await run_in_threadpool(submit_job, svc.client, svc.idempotency, tenant, body, idempotency_key)
     if replayed:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
-        return _answer(svc, rec, request, {"Idempotent-Replayed": "true"})
+        return await run_in_threadpool(_answer, svc, rec, request, {"Idempotent-Replayed": "true"})
     wait = _PREFER_WAIT.search(prefer or "")
     if wait and not rec.status.terminal:
         seconds = min(MAX_WAIT_S, int(wait.group(1)[:4]))
         response.headers["Preference-Applied"] = f"wait={seconds}"
-        try:
-            rec = svc.client.wait(rec.job_id, timeout=seconds, poll_s=0.05)
-        except TimeoutError:
-            rec = svc.client.store.get(rec.job_id)
-    return _answer(svc, rec, request, {})
+        rec = await _wait(svc, rec.job_id, seconds)
+    return await run_in_threadpool(_answer, svc, rec, request, {})
+
+
+async def _wait(svc: Services, job_id: str, seconds: float) -> JobRecord:
+    """Poll until the job ends or ``seconds`` pass, holding no thread while it sleeps: a crowd of
+    ``Prefer: wait`` requests must not take the threads other requests need."""
+    deadline = time.monotonic() + seconds
+    while True:
+        rec = await run_in_threadpool(svc.client.store.get, job_id)
+        if rec.status.terminal or time.monotonic() >= deadline:
+            return rec
+        await asyncio.sleep(0.1)
 
 
 @router.get("")
