@@ -195,7 +195,7 @@ class Settings(BaseModel):
                 for k, v in super().__repr_args__() if v not in (None, [], False)]
 
     @field_validator("redis_url", "storage_url", "s3_endpoint_url", "s3_public_endpoint_url", "public_base_url",
-                     mode="before")
+                     "message_signing_key", "secrets_key", "url_signing_key", "webhook_secret", mode="before")
     @classmethod
     def _empty_is_none(cls, v: Any) -> Any:
         return None if v == "" else v

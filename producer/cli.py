@@ -477,6 +477,14 @@ def keys_init(directory: Path) -> None:
     click.echo(f"use: BATCHRENDER_C2PA_CERT_CHAIN={paths.cert_chain} BATCHRENDER_C2PA_PRIVATE_KEY={paths.private_key}")
 
 
+@keys.command("secrets-key")
+def keys_secrets_key() -> None:
+    """Print a new key for BATCHRENDER_SECRETS_KEY (encrypts webhook secrets at rest)."""
+    from cryptography.fernet import Fernet
+
+    click.echo(Fernet.generate_key().decode())
+
+
 def _attach_groups() -> None:
     from producer.demo import demo
     from provenance.cli import provenance, verify

@@ -11,7 +11,7 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs.errors import (BatchRenderError, IdempotencyConflict, IdempotencyInProgress, JobNotEnded, JobNotFound,
@@ -25,18 +25,15 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.headers, self.extra = status, code, message, headers or {}, extra
 
 
-class FieldError(BaseModel):
-    field: str
-    message: str
-
-
 class ErrorDetail(BaseModel):
     model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [
         {"code": "invalid_request", "message": "steps: 900 steps is out of range; allowed 1–150",
          "errors": [{"field": "steps", "message": "900 steps is out of range; allowed 1–150"}]}]})
     code: str
     message: str
-    errors: list[FieldError] | None = None
+    errors: list[dict[str, Any]] | None = Field(None, description=(
+        "What was wrong, item by item: {field, message} for a request; for a batch also line, "
+        "custom_id and code."))
 
 
 class ErrorBody(BaseModel):
@@ -44,7 +41,9 @@ class ErrorBody(BaseModel):
 
 
 def _described(text: str) -> dict[str, Any]:
-    return {"description": text, "model": ErrorBody}
+    # JSON whatever the route's own media type (HTML, JSONL, images): errors are always ErrorBody.
+    return {"description": text, "model": ErrorBody,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
 
 
 #: The error answers every operation may give, for the OpenAPI document.

@@ -52,3 +52,29 @@ def test_tenants_create_prints_the_key_once_and_stores_only_its_hash(tmp_path, r
     # a second tenant gets another key; the first is never printed again
     again = CliRunner().invoke(cli, ["tenants", "create", "acme-2"], env=env)
     assert again.exit_code == 0 and key not in again.output
+
+
+def test_keys_can_be_revoked_and_tenants_disabled(tmp_path, redis_url):
+    import redis
+    from click.testing import CliRunner
+
+    from jobs.settings import Settings
+    from producer.cli import cli
+    from producer.tenants import Tenants
+
+    env = {"BATCHRENDER_HOME": str(tmp_path / "home"), "BATCHRENDER_REDIS_URL": redis_url}
+    run = lambda *args: CliRunner().invoke(cli, list(args), env=env)  # noqa: E731
+    out = json.loads(run("tenants", "create", "acme").stdout.strip().splitlines()[-1])
+    second = run("tenants", "add-key", out["tenant_id"]).stdout.strip()
+    tenants = Tenants(redis.Redis.from_url(redis_url, decode_responses=True), Settings(home=tmp_path / "home"))
+    assert tenants.authenticate(out["api_key"]) == tenants.authenticate(second) == out["tenant_id"]
+
+    assert run("tenants", "revoke-key", out["api_key"]).exit_code == 0
+    assert tenants.authenticate(out["api_key"]) is None and tenants.authenticate(second) == out["tenant_id"]
+    assert run("tenants", "revoke-key", out["api_key"]).exit_code == 2, "an unknown key is an error"
+
+    assert run("tenants", "disable", out["tenant_id"]).exit_code == 0
+    assert tenants.authenticate(second) is None, "a disabled tenant's keys stop working"
+    assert run("tenants", "disable", out["tenant_id"], "--enable").exit_code == 0
+    assert tenants.authenticate(second) == out["tenant_id"]
+    assert run("tenants", "disable", "ten_nobody").exit_code == 2

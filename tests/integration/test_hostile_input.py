@@ -32,7 +32,7 @@ def _auth(tenant) -> dict[str, str]:
     return {"Authorization": f"Bearer {tenant.api_key}"}
 
 
-def test_a_scan_bomb_costs_the_api_little_cpu_and_is_refused(br_env, settings_for, tenants):
+def test_a_scan_bomb_costs_the_api_little_cpu_and_is_refused(br_env, settings_for, tenants, capsys):
     """H1: 5,000 refinement scans (~75 KB) take ~10 s of CPU to decode unbounded; the API refuses
     the image after its decode budget (1 s, spent in a child process) with a 422 naming it."""
     from producer.api import create_app
@@ -48,6 +48,8 @@ def test_a_scan_bomb_costs_the_api_little_cpu_and_is_refused(br_env, settings_fo
     assert r.status_code == 422, r.text
     error = r.json()["error"]
     assert error["errors"][0]["field"] == "image" and "decode_budget" in error["message"]
+    with capsys.disabled():
+        print(f"\nscan bomb ({len(bomb)} bytes): refused, API CPU {api_cpu:.3f} s")
     assert api_cpu < 2.0, f"the API spent {api_cpu:.2f} s of CPU on one image"
 
 
@@ -81,7 +83,7 @@ def _send_chunked(port: int, path: str, total: int, headers: str, key: str | Non
     return answer.split("\r\n")[0]
 
 
-def test_an_over_limit_body_is_refused_by_any_encoding_without_memory_growth(br_env, tenants, tmp_path):
+def test_an_over_limit_body_is_refused_by_any_encoding_without_memory_growth(br_env, tenants, tmp_path, capsys):
     """H2: 200 MiB chunked behind a small Content-Length, chunked alone, unauthenticated and not:
     413 every time, the API process grows by less than 10 MB."""
     alice = tenants.create("alice")
@@ -108,6 +110,8 @@ def test_an_over_limit_body_is_refused_by_any_encoding_without_memory_growth(br_
                               headers={**_auth(alice), "content-type": "application/json"})
         assert declared.status_code == 413 and declared.json()["error"]["code"] == "body_too_large"
         grown = (_rss_kb(api.pid) - before) / 1024
+        with capsys.disabled():
+            print(f"\nover-limit bodies: 4 tried, 4 refused 413, API memory growth {grown:.1f} MB")
         assert grown < 10, f"API memory grew by {grown:.1f} MB"
     finally:
         api.terminate()

@@ -61,7 +61,7 @@ def test_a_held_receiver_delays_neither_renders_nor_another_tenants_events(clien
         log.close()
 
 
-def test_a_huge_answer_is_not_read(tmp_path):
+def test_a_huge_answer_is_not_read(tmp_path, capsys):
     """The receiver answers 200 with 200 MB; the deliverer reads at most 64 KiB and hangs up."""
     from webhooks.delivery import post_event
     from webhooks.signing import generate_secret
@@ -92,6 +92,8 @@ def test_a_huge_answer_is_not_read(tmp_path):
                             timeout_s=30, allow_hosts=["127.0.0.1"])
         assert result.status == 200
         wait_for(lambda: sent["bytes"] < (200 << 20), timeout=10)
+        with capsys.disabled():
+            print(f"\nhuge answer: 200 MiB offered, {sent['bytes'] / 2**20:.0f} MiB written before the hang-up")
         assert sent["bytes"] < (50 << 20), f"{sent['bytes']} bytes were pulled from the receiver"
     finally:
         server.shutdown()

@@ -45,7 +45,8 @@ def _answer(svc: Services, rec: JobRecord, request: Request, headers: dict[str, 
     return _view(svc, rec, request)
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses={200: {"model": Job, "description": (
+    "An earlier request with the same Idempotency-Key created this job (header Idempotent-Replayed).")}})
 async def create_job(body: Annotated[RenderRequest, Body(openapi_examples=_EXAMPLES)], request: Request, response: Response, svc: ServicesDep, tenant: Tenant,
                idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
                prefer: Annotated[str | None, Header(max_length=1024)] = None) -> Job:
