@@ -172,6 +172,8 @@ class Settings(BaseModel):
     api_burst: int = 40
     api_max_queued_per_tenant: int = 1000
     api_max_body_bytes: int = 4 * 1024 * 1024
+    #: Seconds a client has to send its whole request body (408 after that).
+    api_body_timeout_s: float = Field(default=30.0, gt=0)
 
     # -- worker --------------------------------------------------------------------------------
     #: ``cuda``, ``cpu``, or unset for cuda-when-present.

@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None, *, client=None) -> FastAPI:
                   docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.services = services
     app.state.client = client
-    app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes, timeout_s=settings.api_body_timeout_s)
     errors.install(app)
     docs.install(app)
     for module in (jobs, outputs, batches, deliveries, system):

@@ -292,3 +292,21 @@ def test_a_dripping_image_server_is_cut_off_at_the_total_deadline(api, tenants, 
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_slow_bodies_time_out_and_unauthenticated_guessing_is_rate_limited(br_env, settings_for, tenants):
+    """Low: a client that stops sending half-way through its body gets 408 (not a thread held
+    forever); requests without a valid key draw on a bucket per address, so guessing gets 429."""
+    from producer.api import create_app
+
+    settings = settings_for(br_env, api_body_timeout_s=1.0, api_rate_per_s=1, api_burst=5)
+    with ApiServer(create_app(settings)) as server:
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        s.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100\r\n\r\n{\"prompt\": ")
+        answer = s.recv(4096).decode("latin-1")  # nothing more is sent: the server must answer
+        s.close()
+        assert answer.startswith("HTTP/1.1 408"), answer[:200]
+        codes = [httpx.get(f"{server.url}/v1/jobs", headers={"Authorization": "Bearer br_guess"}).status_code
+                 for _ in range(12)]
+    assert codes[:5] == [401] * 5 and 429 in codes[5:], codes
