@@ -172,6 +172,9 @@ class Settings(BaseModel):
     api_burst: int = 40
     api_max_queued_per_tenant: int = 1000
     api_max_body_bytes: int = 4 * 1024 * 1024
+    #: How long ``POST /v1/images/generations`` (OpenAI-compatible, synchronous) waits for its
+    #: render; the OpenAI SDK's default timeout is 10 minutes.
+    openai_sync_timeout_s: float = Field(default=540.0, gt=0)
     #: Seconds a client has to send its whole request body (408 after that).
     api_body_timeout_s: float = Field(default=30.0, gt=0)
 

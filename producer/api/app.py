@@ -12,8 +12,8 @@ from fastapi import FastAPI
 from jobs.settings import Settings
 from producer.api import docs, errors
 from producer.api.deps import Services
-from producer.api.limits import BodyLimit
-from producer.api.routers import batches, deliveries, jobs, outputs, system
+from producer.api.limits import BodyLimit, RequestId
+from producer.api.routers import batches, deliveries, jobs, openai_images, outputs, system
 
 DESCRIPTION = """Submit, watch, list and fetch render jobs and batches per tenant.
 
@@ -43,8 +43,9 @@ def create_app(settings: Settings | None = None, *, client=None) -> FastAPI:
     app.state.services = services
     app.state.client = client
     app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes, timeout_s=settings.api_body_timeout_s)
+    app.add_middleware(RequestId)
     errors.install(app)
     docs.install(app)
-    for module in (jobs, outputs, batches, deliveries, system):
+    for module in (jobs, outputs, batches, deliveries, openai_images, system):
         app.include_router(module.router)
     return app

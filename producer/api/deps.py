@@ -6,14 +6,17 @@ unknown id. A job the tenant deleted answers 404 with code ``deleted``.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import math
 import re
+import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from jobs.errors import InvalidRequest, JobDeleted, JobNotFound
@@ -132,3 +135,14 @@ def encode_cursor(member: str | None) -> str | None:
 
 
 Cursor = Annotated[str | None, Depends(decode_cursor)]
+
+
+async def wait_for_end(svc: Services, job_id: str, seconds: float) -> JobRecord:
+    """Poll until the job ends or ``seconds`` pass, holding no thread while it sleeps: a crowd of
+    waiting requests must not take the threads other requests need."""
+    deadline = time.monotonic() + seconds
+    while True:
+        rec = await run_in_threadpool(svc.client.store.get, job_id)
+        if rec.status.terminal or time.monotonic() >= deadline:
+            return rec
+        await asyncio.sleep(0.1)

@@ -56,8 +56,29 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+#: Routes of the OpenAI-compatible surface answer errors in OpenAI's shape.
+OPENAI_PREFIXES = ("/v1/images/", "/v1/models")
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                 404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error",
+                 415: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def is_openai(request: Request | None) -> bool:
+    return request is not None and request.url.path.startswith(OPENAI_PREFIXES)
+
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
-                   **extra: Any) -> JSONResponse:
+                   request: Request | None = None, **extra: Any) -> JSONResponse:
+    """Our ``{"error": {"code", "message", ...}}``, or on OpenAI-compatible routes OpenAI's
+    ``{"error": {"message", "type", "param", "code"}}`` (422 becomes 400 there, as OpenAI answers)."""
+    if is_openai(request):
+        status = 400 if status == 422 else status
+        errors = extra.get("errors") or []
+        param = errors[0].get("field") if errors and isinstance(errors[0], dict) else None
+        kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+        headers = {**(headers or {}), **({"x-should-retry": "false"} if status >= 500 else {})}
+        return JSONResponse(body, status_code=status, headers=headers)
     return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status, headers=headers)
 
 
@@ -81,28 +102,28 @@ def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into ``ErrorBody``."""
 
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, e: ApiError):
-        return error_response(e.status, e.code, e.message, e.headers, **e.extra)
+    async def _api_error(request: Request, e: ApiError):
+        return error_response(e.status, e.code, e.message, e.headers, request, **e.extra)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, e: RequestValidationError):
+    async def _validation(request: Request, e: RequestValidationError):
         errors = [{"field": ".".join(str(p) for p in err["loc"][1:]) or "body",
                    "message": str(err["msg"]).removeprefix("Value error, ")} for err in e.errors()]
         return error_response(422, "invalid_request", "; ".join(f"{x['field']}: {x['message']}" for x in errors),
-                              errors=errors)
+                              None, request, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, e: StarletteHTTPException):
+    async def _http(request: Request, e: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
-        return error_response(e.status_code, code, str(e.detail), getattr(e, "headers", None))
+        return error_response(e.status_code, code, str(e.detail), getattr(e, "headers", None), request)
 
     @app.exception_handler(BatchRenderError)
-    async def _domain(_: Request, e: BatchRenderError):
+    async def _domain(request: Request, e: BatchRenderError):
         status, headers = _status_of(e)
         extra = {"errors": e.details["errors"]} if e.details.get("errors") else {}
-        return error_response(status, e.code, e.message, headers or None, **extra)
+        return error_response(status, e.code, e.message, headers or None, request, **extra)
 
     @app.exception_handler(redis.RedisError)
-    async def _redis(_: Request, e: redis.RedisError):
+    async def _redis(request: Request, e: redis.RedisError):
         return error_response(503, "broker_unavailable", "the job store is unavailable; retry shortly",
-                              {"Retry-After": "5"})
+                              {"Retry-After": "5"}, request)

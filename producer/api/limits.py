@@ -1,9 +1,10 @@
-"""Limits applied before a request reaches a route: body size (bytes actually read) and how long
-a client may take to send its body."""
+"""What wraps every request before it reaches a route: an ``x-request-id`` on every answer, the
+body size (bytes actually read), how long a client may take to send its body, JSON depth."""
 from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 from itertools import accumulate
 
 from producer.api.errors import error_response
@@ -22,6 +23,25 @@ def json_depth(raw: bytes) -> int:
     so a body of 10,000 brackets must never reach one."""
     brackets = _STRINGS.sub(b"", raw).translate(None, _NOT_BRACKETS)
     return max(accumulate(_DEPTH_STEP[b] for b in brackets), default=0)
+
+
+class RequestId:
+    """Adds ``x-request-id: req_<hex>`` to every answer (OpenAI clients log it; so can support)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        rid = b"req_" + secrets.token_hex(12).encode()
+
+        async def with_id(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid)]}
+            await send(message)
+
+        return await self.app(scope, receive, with_id)
 
 
 class BodyLimit:

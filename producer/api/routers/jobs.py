@@ -1,9 +1,7 @@
 """``/v1/jobs``: submit, list, read, cancel and delete jobs."""
 from __future__ import annotations
 
-import asyncio
 import re
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
@@ -13,7 +11,7 @@ from jobs.status import JobStatus
 from jobs.schemas import RenderRequest
 from jobs.store import JobRecord
 from producer.api.deps import (Cursor, ServicesDep, Services, Tenant, encode_cursor, own_batch, own_job,
-                               request_base)
+                               request_base, wait_for_end)
 from producer.api.errors import ApiError
 from producer.api.models import Deleted, Job, JobPage
 from producer.submit import submit_job
@@ -64,19 +62,8 @@ async def create_job(body: Annotated[RenderRequest, Body(openapi_examples=_EXAMP
     if wait and not rec.status.terminal:
         seconds = min(MAX_WAIT_S, int(wait.group(1)[:4]))
         response.headers["Preference-Applied"] = f"wait={seconds}"
-        rec = await _wait(svc, rec.job_id, seconds)
+        rec = await wait_for_end(svc, rec.job_id, seconds)
     return await run_in_threadpool(_answer, svc, rec, request, {})
-
-
-async def _wait(svc: Services, job_id: str, seconds: float) -> JobRecord:
-    """Poll until the job ends or ``seconds`` pass, holding no thread while it sleeps: a crowd of
-    ``Prefer: wait`` requests must not take the threads other requests need."""
-    deadline = time.monotonic() + seconds
-    while True:
-        rec = await run_in_threadpool(svc.client.store.get, job_id)
-        if rec.status.terminal or time.monotonic() >= deadline:
-            return rec
-        await asyncio.sleep(0.1)
 
 
 @router.get("")

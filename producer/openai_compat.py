@@ -1,0 +1,126 @@
+"""OpenAI Images API requests and answers, mapped onto ordinary batchrender jobs.
+
+Torch-free service code the HTTP routes call (``producer/api/routers/openai_images.py``): a
+request becomes a ``RenderRequest`` (validated like any other: limits, budget, moderation), the
+finished job becomes OpenAI's ``ImagesResponse``. The job itself is an ordinary job: listed,
+signed, indexed, retained. What maps how is in docs/openai-compatibility.md.
+"""
+from __future__ import annotations
+
+import base64
+import math
+import re
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobs.errors import InvalidRequest, PermanentError
+from jobs.schemas import RenderRequest
+from jobs.status import JobStatus
+from jobs.store import JobRecord
+
+_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+#: ``quality`` → the model's default steps times this (at least one step).
+QUALITY_STEPS = {"low": 0.5, "medium": 1.0, "auto": 1.0, "high": 1.5}
+
+
+class ImageGenerate(BaseModel):
+    """``POST /v1/images/generations`` as the OpenAI SDK sends it."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"prompt": "a red bicycle, studio photo", "model": "tiny", "n": 2, "size": "64x64", "quality": "low",
+         "response_format": "b64_json"}]})
+    prompt: str = Field(..., max_length=32_000)
+    model: str | None = Field(None, description="A registered model (GET /v1/models); default: tiny.")
+    n: int = Field(1, ge=1, le=10)
+    size: str | None = Field("auto", description="'WIDTHxHEIGHT' (multiples of 8) or 'auto'.")
+    quality: Literal["low", "medium", "high", "auto"] | None = None
+    background: Literal["transparent", "opaque", "auto"] | None = None
+    output_format: Literal["png", "jpeg", "webp"] | None = None
+    output_compression: int | None = Field(None, ge=0, le=100)
+    moderation: Literal["auto", "low"] | None = None
+    response_format: Literal["url", "b64_json"] | None = None
+    user: str | None = Field(None, max_length=256)
+    stream: Literal[False] | None = None
+
+
+class ModerationRefused(PermanentError):
+    """The content policy refused the prompt or every image."""
+
+    code = "moderation_blocked"
+
+
+class RenderFailed(PermanentError):
+    code = "render_failed"
+
+
+def _invalid(param: str, message: str) -> InvalidRequest:
+    return InvalidRequest(f"{param}: {message}", errors=[{"field": param, "message": message}])
+
+
+def render_request(client, body: ImageGenerate) -> RenderRequest:
+    """The batchrender request for an OpenAI one; ``InvalidRequest`` naming the OpenAI parameter."""
+    name = body.model or "tiny"
+    models = client.registry.all()
+    if name not in models:
+        raise _invalid("model", f"unknown model {name!r}; available: {', '.join(sorted(models))} (GET /v1/models)")
+    spec = models[name]
+    if body.background == "transparent":
+        raise _invalid("background", "transparent backgrounds are not supported yet; use 'opaque' or 'auto'")
+    fields: dict[str, Any] = {"prompt": body.prompt, "model": name, "num_images": body.n,
+                              "output_format": body.output_format or "png"}
+    size = body.size or "auto"
+    if size != "auto":
+        m = _SIZE.match(size)
+        if not m:
+            raise _invalid("size", f"{size!r} is not 'WIDTHxHEIGHT' or 'auto'")
+        width, height = int(m.group(1)), int(m.group(2))
+        if width % 8 or height % 8:
+            raise _invalid("size", f"{size} is not a multiple of 8 on both sides; model {name} renders multiples of 8")
+        fields.update(width=width, height=height)
+    fields["steps"] = max(1, math.ceil(spec.default_steps * QUALITY_STEPS[body.quality or "auto"]))
+    if body.output_compression is not None:
+        fields["quality"] = max(1, body.output_compression)
+    if body.user:
+        fields["metadata"] = {"openai_user": body.user}
+    return RenderRequest.parse(fields)
+
+
+def images_response(client, rec: JobRecord, body: ImageGenerate, base: str | None) -> dict[str, Any]:
+    """OpenAI's ``ImagesResponse`` for a finished job; ModerationRefused / RenderFailed otherwise."""
+    if rec.status is JobStatus.BLOCKED:
+        error = rec.error or {}
+        raise ModerationRefused(error.get("message") or "the content policy refused this request",
+                                categories=error.get("categories") or [])
+    if rec.status is not JobStatus.SUCCEEDED or rec.result is None:
+        error = rec.error or {}
+        raise RenderFailed(f"the render {rec.status.value}: {error.get('message') or error.get('code') or 'no reason'} "
+                           f"(job {rec.job_id})")
+    data = []
+    for image in rec.result.images:
+        if body.response_format == "b64_json":
+            data.append({"b64_json": base64.b64encode(client.storage.get(image.key)).decode()})
+        else:
+            data.append({"url": client.links.download(rec.job_id, image, base)[0]})
+    first = rec.result.images[0] if rec.result.images else None
+    words = len(body.prompt.split())
+    return {
+        "created": int(rec.created_at or time.time()), "data": data, "background": "opaque",
+        "output_format": first.format.value if first else (body.output_format or "png"),
+        "quality": {"auto": "medium"}.get(body.quality or "auto", body.quality),
+        "size": f"{first.width}x{first.height}" if first else body.size,
+        "usage": {"input_tokens": words, "output_tokens": 0, "total_tokens": words,
+                  "input_tokens_details": {"text_tokens": words, "image_tokens": 0}},
+        "batchrender": {"job_id": rec.job_id},
+    }
+
+
+def models_list(client) -> dict[str, Any]:
+    """OpenAI's model list: the registry."""
+    return {"object": "list", "data": [model_object(spec) for spec in client.registry.all().values()]}
+
+
+def model_object(spec) -> dict[str, Any]:
+    return {"id": spec.name, "object": "model", "created": 0, "owned_by": "batchrender",
+            "default_steps": spec.default_steps, "base_size": spec.base_size}
