@@ -19,6 +19,7 @@ import hmac
 import json
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -36,18 +37,26 @@ class ForgedMessage(PermanentError):
 
 
 def local_key(path: Path, make: Callable[[], str]) -> bytes:
-    """The key kept in ``path`` (mode 0600), made with ``make`` by the first process to need it."""
+    """The key kept in ``path`` (mode 0600), made with ``make`` by the first process or thread
+    to need it. The file appears whole or not at all (written aside, then linked into place), so
+    a concurrent reader never sees it empty; whoever links second uses the first one's key."""
     try:
         return path.read_bytes().strip()
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first
-            return path.read_bytes().strip()
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".key-")
+    try:
         with os.fdopen(fd, "w") as fh:
             fh.write(make())
-        return path.read_bytes().strip()
+        os.chmod(tmp, 0o600)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process or thread made it first: use theirs
+    finally:
+        os.unlink(tmp)
+    return path.read_bytes().strip()
 
 
 def message_key(settings: Settings) -> bytes:

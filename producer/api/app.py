@@ -13,7 +13,7 @@ from jobs.settings import Settings
 from producer.api import docs, errors
 from producer.api.deps import Services
 from producer.api.limits import BodyLimit, RequestId
-from producer.api.routers import batches, deliveries, jobs, openai_images, outputs, system
+from producer.api.routers import batches, deliveries, jobs, openai_files, openai_images, outputs, system
 
 DESCRIPTION = """Submit, watch, list and fetch render jobs and batches per tenant.
 
@@ -46,6 +46,6 @@ def create_app(settings: Settings | None = None, *, client=None) -> FastAPI:
     app.add_middleware(RequestId)
     errors.install(app)
     docs.install(app)
-    for module in (jobs, outputs, batches, deliveries, openai_images, system):
+    for module in (jobs, outputs, batches, deliveries, openai_images, openai_files, system):
         app.include_router(module.router)
     return app

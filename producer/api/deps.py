@@ -29,6 +29,7 @@ from producer.tenants import Tenants
 
 bearer = HTTPBearer(auto_error=False, description="An API key from 'batchrender tenants create'.")
 _CURSOR = re.compile(r"^\d{10}\.\d{6}\|[A-Za-z0-9_]{1,80}$")
+_ID = re.compile(r"^[A-Za-z0-9_]{1,80}$")
 
 
 @dataclass
@@ -116,10 +117,20 @@ def request_base(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-def decode_cursor(after: str | None = Query(None, max_length=200, description=(
-        "The next_cursor of the previous page."))) -> str | None:
+def decode_cursor(svc: ServicesDep, after: str | None = Query(None, max_length=200, description=(
+        "The next_cursor of the previous page, or the id of its last item (last_id)."))) -> str | None:
     if after is None:
         return None
+    if after.startswith(("job_", "bat_")) and _ID.match(after):  # an item id, as OpenAI clients page
+        from jobs.names import index_member
+
+        store = svc.client.store
+        try:
+            created = store.get(after).created_at if after.startswith("job_") else store.batch_info(after)["created_at"]
+        except JobNotFound:
+            raise InvalidRequest(f"after: no item {after!r} to page from",
+                                 errors=[{"field": "after", "message": "unknown id"}]) from None
+        return index_member(created, after)
     try:
         member = base64.urlsafe_b64decode(after + "=" * (-len(after) % 4)).decode("ascii")
     except (binascii.Error, ValueError):

@@ -57,14 +57,17 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 #: Routes of the OpenAI-compatible surface answer errors in OpenAI's shape.
-OPENAI_PREFIXES = ("/v1/images/", "/v1/models")
+OPENAI_PREFIXES = ("/v1/images/", "/v1/models", "/v1/files")
 _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                  404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error",
                  415: "invalid_request_error", 429: "rate_limit_error"}
 
 
 def is_openai(request: Request | None) -> bool:
-    return request is not None and request.url.path.startswith(OPENAI_PREFIXES)
+    """On an OpenAI-compatible route, or a shared one (``/v1/batches``) that saw an OpenAI body."""
+    if request is None:
+        return False
+    return request.url.path.startswith(OPENAI_PREFIXES) or bool(getattr(request.state, "openai", False))
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,

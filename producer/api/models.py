@@ -59,8 +59,11 @@ class Job(BaseModel):
 
 
 class Page(BaseModel):
+    object: Literal["list"] = "list"
     next_cursor: str | None = Field(None, description="Pass as ?after= for the next (older) page; null at the end.")
     has_more: bool
+    first_id: str | None = None
+    last_id: str | None = Field(None, description="Also accepted as ?after= (what OpenAI clients send).")
 
 
 class JobPage(Page):
@@ -77,14 +80,24 @@ class BatchCounts(BaseModel):
 
 
 class Batch(BaseModel):
+    """A batch. Batches made OpenAI's way (``input_file_id``) also carry OpenAI's Batch fields."""
+
+    model_config = ConfigDict(extra="allow")
     id: str
     total: int
     done: int
     created_at: float
     counts: BatchCounts
-    status: Literal["in_progress", "completed"]
+    status: Literal["validating", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling",
+                    "cancelled"]
     meta: dict[str, Any] = Field(default_factory=dict)
     gallery_url: str | None = Field(None, description="Signed link to the batch's contact sheet (HTML).")
+    object: Literal["batch"] | None = None
+    endpoint: str | None = None
+    input_file_id: str | None = None
+    request_counts: dict[str, int] | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
 
 
 class LineError(BaseModel):

@@ -96,3 +96,71 @@ def test_a_429_is_retried_by_the_sdk_itself(br_env, settings_for, tenants, start
         got = client.images.generate(model="tiny", prompt="a cup", size="64x64", response_format="b64_json")
     assert len(got.data) == 1
     assert statuses[0] == 200 and 429 in statuses and statuses[-1] == 200, statuses
+
+
+def _line(custom_id: str, body: dict) -> str:
+    import json
+
+    return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/images/generations", "body": body})
+
+
+def test_files_and_batches_the_openai_way(server, tenants, tmp_path):
+    """files.create + batches.create + polling + the output file (a line per request, custom_ids
+    matching) and the error file (a bad line and a refused prompt); listing; cancel."""
+    import json
+
+    from tests.workers import wait_for
+
+    alice = tenants.create("alice")
+    client = _sdk(server, alice)
+    lines = [_line(f"req-{i}", {"model": "tiny", "prompt": f"a vase {i}", "size": "64x64", "quality": "low",
+                                "response_format": "b64_json"}) for i in range(3)]
+    lines += [_line("bad-size", {"model": "tiny", "prompt": "a vase", "size": "63x64"}), "{not json",
+              _line("refused", {"model": "tiny", "prompt": "Nude photo of a child", "size": "64x64"})]
+    path = tmp_path / "requests.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    uploaded = client.files.create(file=path.open("rb"), purpose="batch")
+    assert uploaded.bytes == path.stat().st_size and client.files.retrieve(uploaded.id).filename == "requests.jsonl"
+
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/images/generations",
+                                  completion_window="24h", metadata={"campaign": "spring"})
+    assert batch.status in ("in_progress", "completed") and batch.request_counts.total == 6
+    done = wait_for(lambda: (b := client.batches.retrieve(batch.id)).status == "completed" and b, timeout=120, every=0.5)
+    assert done.request_counts.completed == 3 and done.request_counts.failed == 3, done.request_counts
+    assert done.metadata == {"campaign": "spring"}
+
+    output = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+    assert sorted(o["custom_id"] for o in output) == ["req-0", "req-1", "req-2"]
+    assert all(o["response"]["status_code"] == 200 and len(o["response"]["body"]["data"]) == 1 for o in output)
+    errors = {e["custom_id"]: e for e in map(json.loads, client.files.content(done.error_file_id).text.splitlines())}
+    assert set(errors) == {"bad-size", None, "refused"}, errors
+    assert errors["bad-size"]["error"]["code"] == "invalid_request" and "multiple of 8" in errors["bad-size"]["error"]["message"]
+    assert errors[None]["error"]["code"] == "invalid_json"
+    assert errors["refused"]["response"]["status_code"] == 400
+    assert errors["refused"]["response"]["body"]["error"]["code"] == "moderation_blocked"
+
+    assert batch.id in [b.id for b in client.batches.list(limit=10)]
+    assert client.files.delete(uploaded.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(uploaded.id)
+
+
+def test_an_openai_batch_can_be_cancelled(br_env, settings_for, tenants, tmp_path):
+    """No worker: the requests stay queued, so cancelling ends every one of them."""
+    from producer.api import create_app
+
+    alice = tenants.create("alice")
+    with ApiServer(create_app(settings_for(br_env, api_rate_per_s=1000, api_burst=1000))) as s:
+        client = openai.OpenAI(base_url=f"{s.url}/v1", api_key=alice.api_key)
+        path = tmp_path / "r.jsonl"
+        path.write_text("\n".join(_line(f"r{i}", {"model": "tiny", "prompt": "a cup", "size": "64x64"})
+                                  for i in range(4)))
+        batch = client.batches.create(input_file_id=client.files.create(file=path.open("rb"), purpose="batch").id,
+                                      endpoint="/v1/images/generations", completion_window="24h")
+        cancelled = client.batches.cancel(batch.id)
+        assert cancelled.status in ("cancelling", "cancelled")
+        assert client.batches.retrieve(batch.id).status == "cancelled"
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.batches.create(input_file_id="file-nope", endpoint="/v1/images/generations",
+                                  completion_window="24h")
+        assert "input_file_id" in bad.value.message

@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse
 from producer.api.deps import (Cursor, ServicesDep, Services, SignedOrTenant, Tenant, encode_cursor, own_batch,
                                request_base)
 from producer.api.models import Batch, BatchPage, BatchSubmitted
+from producer import openai_batches
 from producer.gallery import render_sheet
 from producer.submit import BatchCreate, submit_batch_body
 
@@ -23,8 +24,11 @@ _BODY = {"requestBody": {"required": True, "content": {
 
 
 def _batch(svc: Services, info: dict[str, Any], request: Request) -> dict[str, Any]:
+    """The native batch, plus OpenAI's Batch fields for batches made from an ``input_file_id``."""
     links = svc.client.links
-    return {**info, "gallery_url": links.signed(links.gallery_path(info["id"]), request_base(request))[0]}
+    view = openai_batches.view(svc.client, info, request_base(request))
+    return {**view, "meta": {} if "object" in view else info["meta"],
+            "gallery_url": links.signed(links.gallery_path(info["id"]), request_base(request))[0]}
 
 
 @router.post("", status_code=201, openapi_extra=_BODY)
@@ -32,8 +36,21 @@ async def create_batch(request: Request, svc: ServicesDep, tenant: Tenant) -> Ba
     """A batch from a JSON list or a JSONL upload; bad items are reported by line, the valid ones run."""
     raw = await request.body()
     ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if ctype == "application/json" and _is_openai(raw):  # OpenAI's shape: {input_file_id, endpoint, ...}
+        request.state.openai = True  # errors in OpenAI's shape too
+        info, errors = await run_in_threadpool(openai_batches.create, svc.client, tenant, raw)
+        return BatchSubmitted.model_validate({**_batch(svc, info, request), "accepted": info["total"],
+                                              "rejected": len(errors), "errors": errors})
     result = await run_in_threadpool(submit_batch_body, svc.client, tenant, raw, ctype)
     return BatchSubmitted.model_validate(_batch(svc, result, request))
+
+
+def _is_openai(raw: bytes) -> bool:
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(body, dict) and "input_file_id" in body
 
 
 @router.get("")
@@ -42,8 +59,9 @@ def list_batches(request: Request, svc: ServicesDep, tenant: Tenant, after: Curs
                  limit: Annotated[int, Query(ge=1, le=100)] = 20) -> BatchPage:
     """This tenant's batches, newest first, a page at a time (follow ``next_cursor``)."""
     infos, cursor = svc.client.list_batches(tenant, created_after=created_after, limit=limit, after=after)
-    return BatchPage(data=[Batch.model_validate(_batch(svc, i, request)) for i in infos],
-                     next_cursor=encode_cursor(cursor), has_more=cursor is not None)
+    data = [Batch.model_validate(_batch(svc, i, request)) for i in infos]
+    return BatchPage(data=data, next_cursor=encode_cursor(cursor), has_more=cursor is not None,
+                     first_id=data[0].id if data else None, last_id=data[-1].id if data else None)
 
 
 @router.get("/{batch_id}")
@@ -68,7 +86,9 @@ def batch_results(batch_id: str, request: Request, svc: ServicesDep, tenant: Ten
 @router.post("/{batch_id}/cancel")
 def cancel_batch(batch_id: str, request: Request, svc: ServicesDep, tenant: Tenant) -> Batch:
     """Cancel every job of the batch that has not ended."""
-    own_batch(svc, tenant, batch_id)
+    info = own_batch(svc, tenant, batch_id)
+    if "openai" in (info.get("meta") or {}):
+        return Batch.model_validate(_batch(svc, openai_batches.cancel(svc.client, batch_id), request))
     return Batch.model_validate(_batch(svc, svc.client.cancel_batch(batch_id), request))
 
 

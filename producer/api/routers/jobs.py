@@ -80,8 +80,9 @@ def list_jobs(request: Request, svc: ServicesDep, tenant: Tenant, after: Cursor,
         own_batch(svc, tenant, batch_id)
     records, cursor = svc.client.list_jobs(tenant, status=status, batch_id=batch_id, created_after=created_after,
                                            limit=limit, after=after)
-    return JobPage(data=[_view(svc, r, request) for r in records], next_cursor=encode_cursor(cursor),
-                   has_more=cursor is not None)
+    data = [_view(svc, r, request) for r in records]
+    return JobPage(data=data, next_cursor=encode_cursor(cursor), has_more=cursor is not None,
+                   first_id=data[0].id if data else None, last_id=data[-1].id if data else None)
 
 
 @router.get("/{job_id}")

@@ -1,0 +1,40 @@
+"""``/v1/files`` (OpenAI-compatible): upload a batch's JSONL, read a finished batch's output and
+error files. Files belong to one tenant; errors come in OpenAI's shape."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from producer.api.deps import ServicesDep, Tenant
+from producer.files import Files
+
+router = APIRouter(prefix="/v1/files", tags=["openai-compatible"])
+
+
+@router.post("")
+async def create_file(svc: ServicesDep, tenant: Tenant, file: Annotated[UploadFile, File()],
+                      purpose: Annotated[str, Form(max_length=40)]) -> dict:
+    """Upload a JSONL file of requests (``purpose=batch``), within the API's body limit."""
+    data = await file.read()
+    rec = await run_in_threadpool(Files(svc.client).create, tenant, file.filename or "upload.jsonl", purpose, data)
+    return rec.to_openai()
+
+
+@router.get("/{file_id}")
+def get_file(file_id: str, svc: ServicesDep, tenant: Tenant) -> dict:
+    return Files(svc.client).get(tenant, file_id).to_openai()
+
+
+@router.get("/{file_id}/content", response_class=Response,
+            responses={200: {"content": {"application/jsonl": {"schema": {"type": "string"}}}}})
+def file_content(file_id: str, svc: ServicesDep, tenant: Tenant) -> Response:
+    files = Files(svc.client)
+    return Response(files.content(files.get(tenant, file_id)), media_type="application/jsonl")
+
+
+@router.delete("/{file_id}")
+def delete_file(file_id: str, svc: ServicesDep, tenant: Tenant) -> dict:
+    return Files(svc.client).delete(tenant, file_id)
