@@ -92,3 +92,8 @@ def index_member(created_at: float, ident: str) -> str:
 def input_key(job_id: str) -> str:
     """Where a job's reference image is kept (private: never presigned or listed in results)."""
     return f"_inputs/{job_id}"
+
+
+def mask_key(job_id: str) -> str:
+    """Where a job's inpainting mask is kept, beside its reference."""
+    return f"_inputs/{job_id}.mask"

@@ -73,6 +73,9 @@ class RenderRequest(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     image: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description=(
         "Reference image for image-to-image: a data: URI (base64 PNG, JPEG or WebP) or an http(s) URL."))
+    mask: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description=(
+        "Inpainting: a mask the size of the reference, white where the image is to be redrawn "
+        "(data: URI or http(s) URL); needs image."))
     strength: float | None = Field(None, gt=0, le=1, strict=True,
                                    description="How far to move from the reference (0-1].")
     webhook: str | None = Field(None, max_length=2048, description="http(s) URL for signed callbacks.")
@@ -121,7 +124,7 @@ class RenderRequest(BaseModel):
                              "not '.' or '..'")
         return v
 
-    @field_validator("image")
+    @field_validator("image", "mask")
     @classmethod
     def _image(cls, v: str | None) -> str | None:
         if v is not None and not (v.startswith("data:image/") or v.startswith(("http://", "https://"))):
@@ -248,12 +251,15 @@ class JobMessage(BaseModel):
     reroll: int = Field(0, ge=0)
     #: Storage key of the reference image (image-to-image); the bytes never travel in messages.
     input_key: str | None = None
+    #: Storage key of the inpainting mask (white: redraw), beside the reference.
+    mask_key: str | None = None
     #: The reference image shows a face: the stricter real-person rules apply to the prompt.
     real_person_context: bool = False
     #: HMAC of everything else, by a producer or worker of this deployment (jobs/signing.py).
     signature: str | None = Field(None, max_length=128)
-    #: The reference image's bytes between validation and upload (never serialized).
+    #: The reference image's (and mask's) bytes between validation and upload (never serialized).
     _input_bytes: bytes | None = PrivateAttr(None)
+    _mask_bytes: bytes | None = PrivateAttr(None)
 
     @field_validator("v")
     @classmethod
@@ -274,6 +280,8 @@ def resolve(request: RenderRequest, spec: Any, settings: Any) -> RenderRequest:
     errors: list[dict[str, str]] = []
     if request.strength is not None and request.image is None:
         errors.append({"field": "strength", "message": "strength applies to image-to-image: give an image too"})
+    if request.mask is not None and request.image is None:
+        errors.append({"field": "mask", "message": "a mask applies to an image: give the image too"})
     width, height = request.width, request.height
     if width is None:
         width, height = size_for_ratio(request.aspect_ratio or "1:1", spec.base_size)

@@ -82,7 +82,7 @@ class Signer:
 
     def sign(self, msg: JobMessage) -> JobMessage:
         signed = msg.model_copy(update={"signature": self._mac(msg)})
-        signed._input_bytes = msg._input_bytes
+        signed._input_bytes, signed._mask_bytes = msg._input_bytes, msg._mask_bytes
         return signed
 
     def verify(self, msg: JobMessage) -> JobMessage:

@@ -20,6 +20,7 @@ from jobs.schemas import ImageResult, JobMessage, JobResult, RenderRequest, reso
 from jobs.settings import Settings
 from jobs.status import JobStatus
 from jobs.store import JobRecord, JobStore
+from jobs.names import mask_key
 from producer.inputs import input_key, load_reference
 
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
@@ -97,18 +98,26 @@ class Client:
         job_id = job_id or new_id("job")
         if req.image is None:
             return self.signer.sign(JobMessage(job_id=job_id, batch_id=batch_id, tenant=tenant, request=resolved))
-        data = load_reference(req.image, self.settings)
+        data, check = self._checked_image("image", req.image, tenant, job_id)
+        mask = self._checked_image("mask", req.mask, tenant, job_id)[0] if req.mask else None
+        # No image bytes in messages or records: the reference goes to storage, the message has its key.
+        msg = JobMessage(job_id=job_id, batch_id=batch_id, tenant=tenant,
+                         request=resolved.model_copy(update={"image": None, "mask": None}),
+                         input_key=input_key(job_id), mask_key=mask_key(job_id) if mask else None,
+                         real_person_context=check.real_person_context)
+        msg._input_bytes, msg._mask_bytes = data, mask
+        return self.signer.sign(msg)
+
+    def _checked_image(self, field: str, value: str, tenant: str | None, job_id: str):
+        """An input image's bytes (and the check), fetched and checked like every reference."""
+        data = load_reference(value, self.settings, field=field)
         check = self.moderation.check_input_image(data, actor=tenant or "producer", job_id=job_id)
         if check.decision.blocked:
             rule = next((v.rule for v in check.decision.verdicts if v.action.value == "block"), "")
-            message = f"the reference image was refused ({rule or check.decision.message}); " \
-                      "send a PNG, JPEG or WebP within the size and pixel limits"
-            raise InvalidRequest(f"invalid request: image: {message}", errors=[{"field": "image", "message": message}])
-        # No image bytes in messages or records: the reference goes to storage, the message has its key.
-        msg = JobMessage(job_id=job_id, batch_id=batch_id, tenant=tenant, request=resolved.model_copy(update={"image": None}),
-                         input_key=input_key(job_id), real_person_context=check.real_person_context)
-        msg._input_bytes = data
-        return self.signer.sign(msg)
+            message = f"the {'reference image' if field == 'image' else field} was refused " \
+                      f"({rule or check.decision.message}); send a PNG, JPEG or WebP within the size and pixel limits"
+            raise InvalidRequest(f"invalid request: {field}: {message}", errors=[{"field": field, "message": message}])
+        return data, check
 
     def enqueue(self, msg: JobMessage, *, reserved: bool = False) -> None:
         """Moderate the prompt, publish the job, then record it as queued.
@@ -152,6 +161,9 @@ class Client:
 
     def _publish(self, msg: JobMessage) -> None:
         """Store the reference image (if any) and send the render message; BrokerUnavailable if not sent."""
+        if msg.mask_key and msg._mask_bytes is not None:
+            self.storage.put(msg.mask_key, msg._mask_bytes, content_type="application/octet-stream",
+                             metadata={"job_id": msg.job_id, "kind": "mask"})
         if msg.input_key and msg._input_bytes is not None:
             self.storage.put(msg.input_key, msg._input_bytes, content_type="application/octet-stream",
                              metadata={"job_id": msg.job_id, "kind": "reference"})

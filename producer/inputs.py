@@ -24,15 +24,20 @@ FETCH_READ_TIMEOUT_S = 5.0
 _DATA_URI = re.compile(r"^data:image/(png|jpeg|jpg|webp);base64,", re.IGNORECASE)
 
 
-def _refuse(message: str) -> InvalidRequest:
-    return InvalidRequest(f"invalid request: image: {message}", errors=[{"field": "image", "message": message}])
+def _refuse(message: str, field: str = "image") -> InvalidRequest:
+    return InvalidRequest(f"invalid request: {field}: {message}", errors=[{"field": field, "message": message}])
 
 
-def load_reference(value: str, settings: Settings, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
-    """The reference image's bytes; ``InvalidRequest`` naming ``image`` for anything wrong with it."""
-    if value.startswith("data:"):
-        return _from_data_uri(value, max_bytes)
-    return _fetch(value, settings, max_bytes)
+def load_reference(value: str, settings: Settings, max_bytes: int = MAX_INPUT_BYTES, field: str = "image") -> bytes:
+    """An input image's bytes; ``InvalidRequest`` naming ``field`` for anything wrong with it."""
+    try:
+        if value.startswith("data:"):
+            return _from_data_uri(value, max_bytes)
+        return _fetch(value, settings, max_bytes)
+    except InvalidRequest as e:
+        if field == "image":
+            raise
+        raise _refuse(e.errors[0]["message"], field) from None
 
 
 def _from_data_uri(value: str, max_bytes: int) -> bytes:

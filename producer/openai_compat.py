@@ -87,6 +87,67 @@ def render_request(client, body: ImageGenerate) -> RenderRequest:
     return RenderRequest.parse(fields)
 
 
+class ImageEdit(ImageGenerate):
+    """``POST /v1/images/edits`` (multipart): the generation fields plus the uploaded images."""
+
+    model_config = ConfigDict(extra="forbid")
+    strength: float | None = Field(None, gt=0, le=1)
+
+
+def data_uri(data: bytes, field: str) -> str:
+    """An uploaded image as a data URI (PNG, JPEG or WebP by its first bytes)."""
+    kind = "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "jpeg" if data[:3] == b"\xff\xd8\xff" else \
+        "webp" if data[:4] == b"RIFF" and data[8:12] == b"WEBP" else None
+    if kind is None:
+        raise _invalid(field, "upload a PNG, JPEG or WebP image")
+    return f"data:image/{kind};base64,{base64.b64encode(data).decode()}"
+
+
+def openai_mask(client, data: bytes) -> bytes:
+    """OpenAI's mask (transparent where the image is to change) as ours (white there), decoded
+    under the same CPU budget as any upload. A mask with no transparency is read as ours."""
+    import io
+
+    from safety.decode import decode_bounded
+    from safety.input_images import ALLOWED_FORMATS
+
+    decoded = decode_bounded(data, max_pixels=client.settings.max_pixels, formats=ALLOWED_FORMATS,
+                             cpu_s=client.settings.image_decode_cpu_s, mode="RGBA")
+    if decoded.image is None:
+        raise _invalid("mask", f"the mask was refused ({decoded.refused})")
+    alpha = decoded.image.getchannel("A")
+    if alpha.getextrema()[0] == 255:  # fully opaque: white already means "change here"
+        mask = decoded.image.convert("L")
+    else:
+        mask = alpha.point(lambda a: 255 if a < 128 else 0)
+    buf = io.BytesIO()
+    mask.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def edit_request(client, body: ImageEdit, images: list[bytes], mask: bytes | None) -> RenderRequest:
+    """An image-to-image (or, with a mask, inpainting) request from an OpenAI edit."""
+    if not images:
+        raise _invalid("image", "upload at least one image")
+    if len(images) > 16:
+        raise _invalid("image", f"{len(images)} images; at most 16")
+    base = render_request(client, body)
+    fields = base.model_dump(exclude_none=True)
+    if body.size in (None, "auto"):
+        fields.pop("width", None)
+        fields.pop("height", None)
+    # Several references: the first drives the render (IP-Adapter conditioning is issue 16); the
+    # others are still decoded under the budget and moderated like any upload.
+    for n, extra in enumerate(images[1:], 2):
+        check = client.moderation.check_input_image(extra, actor="openai-edit")
+        if check.decision.blocked:
+            raise _invalid("image", f"image {n} was refused ({check.decision.message})")
+    fields.update(image=data_uri(images[0], "image"), strength=body.strength or (0.99 if mask else 0.75))
+    if mask is not None:
+        fields["mask"] = data_uri(openai_mask(client, mask), "mask")
+    return RenderRequest.parse(fields)
+
+
 def images_response(client, rec: JobRecord, body: ImageGenerate, base: str | None) -> dict[str, Any]:
     """OpenAI's ``ImagesResponse`` for a finished job; ModerationRefused / RenderFailed otherwise."""
     if rec.status is JobStatus.BLOCKED:

@@ -30,8 +30,9 @@ class Decoded:
     refused: str | None = None
 
 
-def decode_bounded(data: bytes, *, max_pixels: int, formats: tuple[str, ...], cpu_s: float) -> Decoded:
-    """The image as RGB, decoded in a child with ``cpu_s`` seconds of CPU at most."""
+def decode_bounded(data: bytes, *, max_pixels: int, formats: tuple[str, ...], cpu_s: float,
+                   mode: str = "RGB") -> Decoded:
+    """The image in ``mode`` (RGB or RGBA), decoded in a child with ``cpu_s`` seconds of CPU at most."""
     limit = max(1, math.ceil(cpu_s))
 
     def limits() -> None:  # runs in the child, before Python starts
@@ -39,14 +40,14 @@ def decode_bounded(data: bytes, *, max_pixels: int, formats: tuple[str, ...], cp
         resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY_BYTES, CHILD_MEMORY_BYTES))
 
     try:
-        done = subprocess.run([sys.executable, "-I", str(_CHILD), str(max_pixels), *formats], input=data,
+        done = subprocess.run([sys.executable, "-I", str(_CHILD), str(max_pixels), mode, *formats], input=data,
                               capture_output=True, preexec_fn=limits, timeout=limit * 10 + 20)
     except subprocess.TimeoutExpired:  # stuck without using CPU (it never should)
         return Decoded(None, "decode_budget")
     if done.returncode == 0:
         head, _, raw = done.stdout.partition(b"\n")
         width, height = (int(x) for x in head.split())
-        return Decoded(Image.frombytes("RGB", (width, height), raw))
+        return Decoded(Image.frombytes(mode, (width, height), raw))
     if done.returncode == 3:
         return Decoded(None, done.stderr.decode("utf-8", "replace")[:200] or "corrupt_image")
     if done.returncode in (-signal.SIGXCPU, -signal.SIGKILL):

@@ -12,7 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 
 def main() -> int:
-    max_pixels, formats = int(sys.argv[1]), tuple(sys.argv[2:])
+    max_pixels, mode, formats = int(sys.argv[1]), sys.argv[2], tuple(sys.argv[3:])
     data = sys.stdin.buffer.read()
     Image.MAX_IMAGE_PIXELS = max_pixels
     try:
@@ -23,7 +23,7 @@ def main() -> int:
                 sys.stderr.write(f"too_many_pixels:{img.size[0]}x{img.size[1]}>{max_pixels}")
                 return 3
             img.load()
-            rgb = img.convert("RGB")
+            rgb = img.convert(mode)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         sys.stderr.write("decompression_bomb")
         return 3

@@ -30,9 +30,10 @@ def delete_job(store: JobStore, storage: Storage, provenance: Any, job_id: str, 
             if key:
                 storage.delete(key)
         provenance.remove(image.sha256)
-    reference = store.message(job_id).input_key
-    if reference:
-        storage.delete(reference)
+    msg = store.message(job_id)
+    for reference in (msg.input_key, msg.mask_key):
+        if reference:
+            storage.delete(reference)
     store.delete(job_id, tombstone=tombstone)
     return rec
 

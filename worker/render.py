@@ -26,6 +26,8 @@ class RenderItem:
     negative_prompt: str | None
     seeds: tuple[int, ...]
     image: Image.Image | None = None
+    #: Inpainting: white where the image is redrawn.
+    mask: Image.Image | None = None
 
 
 @dataclass(frozen=True)
@@ -39,13 +41,15 @@ class CallShape:
     guidance_scale: float
     #: Image-to-image strength; None for text-to-image.
     strength: float | None = None
+    #: Inpainting (jobs with a mask): a pipeline of its own.
+    inpaint: bool = False
 
 
 #: ``on_step(step, total) -> stop`` : return True to interrupt at the next step.
 StepHook = Callable[[int, int], bool]
 
 
-_PAD = ("", "", 0, None)  # prompt, negative prompt, seed, reference of a padding row (dropped)
+_PAD = ("", "", 0, None, None)  # prompt, negative prompt, seed, reference, mask of a padding row (dropped)
 
 
 def render(pipe, device: str, shape: CallShape, items: list[RenderItem],
@@ -58,7 +62,8 @@ def render(pipe, device: str, shape: CallShape, items: list[RenderItem],
     are dropped here and never reach moderation, signing or storage.
     """
     # diffusers treats a missing negative prompt as "", so mixing them stays exact.
-    rows = [(item.prompt, item.negative_prompt or "", seed, item.image) for item in items for seed in item.seeds]
+    rows = [(item.prompt, item.negative_prompt or "", seed, item.image, item.mask)
+            for item in items for seed in item.seeds]
     size = rows_per_call or len(rows)
     images: list[Image.Image] = []
     for start in range(0, len(rows), size):
@@ -100,18 +105,26 @@ def _call(pipe, device: str, shape: CallShape, rows: list[tuple],
             size = (shape.width, shape.height)
             blank = Image.new("RGB", size, (127, 127, 127))  # reference of padding rows
             images = [(r[3] or blank).convert("RGB").resize(size, Image.LANCZOS) for r in rows]
-            out = img2img_of(pipe)(image=images, strength=shape.strength, **common)
+            if shape.inpaint:
+                keep = Image.new("L", size, 0)  # mask of padding rows: redraw nothing
+                masks = [(r[4] or keep).convert("L").resize(size, Image.NEAREST) for r in rows]
+                out = pipeline_of(pipe, "inpaint")(image=images, mask_image=masks, strength=shape.strength,
+                                                   width=shape.width, height=shape.height, **common)
+            else:
+                out = pipeline_of(pipe, "img2img")(image=images, strength=shape.strength, **common)
     # An interrupted call still decodes and returns images: half-made, so they are dropped.
     return None if interrupted else list(out.images)
 
 
-def img2img_of(pipe):
-    """The image-to-image pipeline sharing ``pipe``'s weights (built once, kept on the pipe)."""
-    i2i = getattr(pipe, "_batchrender_img2img", None)
-    if i2i is None:
-        from diffusers import AutoPipelineForImage2Image
+def pipeline_of(pipe, task: str):
+    """The image-to-image or inpainting pipeline sharing ``pipe``'s weights (built once, kept on
+    the pipe). SD 1.5-style UNets of 4 channels inpaint by blending the kept area at each step."""
+    attr = f"_batchrender_{task}"
+    derived = getattr(pipe, attr, None)
+    if derived is None:
+        from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 
-        i2i = AutoPipelineForImage2Image.from_pipe(pipe)
-        i2i.set_progress_bar_config(disable=True)
-        pipe._batchrender_img2img = i2i
-    return i2i
+        derived = (AutoPipelineForInpainting if task == "inpaint" else AutoPipelineForImage2Image).from_pipe(pipe)
+        derived.set_progress_bar_config(disable=True)
+        setattr(pipe, attr, derived)
+    return derived

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from jobs.errors import BatchRenderError, InvalidRequest, PermanentError, TimeLimitExceeded, TransientError
-from jobs.names import KEY_PREFIX, input_key
+from jobs.names import KEY_PREFIX, input_key, mask_key
 from jobs.retry import RetryPolicy, WorkerLost
 from jobs.schemas import ImageResult, JobMessage, JobResult, Timings, limit_errors
 from jobs.status import JobStatus
@@ -47,8 +47,9 @@ class Live:
     msg: JobMessage
     flags: dict[str, Any] | None
     claimed_at: float
-    #: The decoded reference image, for image-to-image jobs.
+    #: The decoded reference image, for image-to-image jobs, and its inpainting mask.
     image: Any = None
+    mask: Any = None
 
 
 @dataclass
@@ -90,7 +91,8 @@ def shape_of(msg: JobMessage) -> CallShape:
     r = msg.request
     assert r.width and r.height and r.steps and r.guidance_scale is not None
     return CallShape(r.model, r.width, r.height, r.steps, float(r.guidance_scale),
-                     float(r.strength) if msg.input_key and r.strength is not None else None)
+                     float(r.strength) if msg.input_key and r.strength is not None else None,
+                     inpaint=bool(msg.mask_key))
 
 
 class JobRunner:
@@ -139,8 +141,9 @@ class JobRunner:
             if state != "active":
                 raise InvalidRequest(f"tenant {msg.tenant} is {state or 'unknown'}: its jobs are not rendered",
                                      errors=[{"field": "tenant", "message": state or "unknown"}])
-        if msg.input_key and msg.input_key != input_key(msg.job_id):
-            raise InvalidRequest("the reference image must be the job's own upload",
+        if (msg.input_key and msg.input_key != input_key(msg.job_id)) or \
+                (msg.mask_key and msg.mask_key != mask_key(msg.job_id)):
+            raise InvalidRequest("the reference image and mask must be the job's own uploads",
                                  errors=[{"field": "image", "message": "not this job's reference"}])
         used = time.time() - self.ctx.store.first_started(msg.job_id)
         if used > s.job_time_limit_s:
@@ -152,20 +155,28 @@ class JobRunner:
                                  errors=errors)
 
     # 2. moderate ---------------------------------------------------------------------------------
-    def check_reference(self, msg: JobMessage) -> tuple[Outcome | None, Any, bool]:
-        """Image-to-image: load the stored reference and check it again (never trust a message)."""
+    def check_reference(self, msg: JobMessage) -> tuple[Outcome | None, Any, Any, bool]:
+        """Image-to-image: load the stored reference (and mask) and check them again (never trust
+        a message): ``(ended, image, mask, real_person_context)``."""
         if not msg.input_key:
-            return None, None, False
-        try:
-            data = self.ctx.storage.get(msg.input_key)
-        except KeyError:
-            return self.fail(msg, PermanentError(f"reference image {msg.input_key!r} is missing from storage"),
-                             retryable=False), None, False
-        check = self.ctx.moderation.check_input_image(data, actor=msg.tenant or "worker", job_id=msg.job_id)
-        if check.decision.blocked:
-            return self.fail(msg, PermanentError(f"the reference image was refused: {check.decision.message}"),
-                             retryable=False), None, False
-        return None, check.image, check.real_person_context or msg.real_person_context
+            return None, None, None, False
+        checked = []
+        for what, key in (("reference image", msg.input_key), ("mask", msg.mask_key)):
+            if key is None:
+                checked.append(None)
+                continue
+            try:
+                data = self.ctx.storage.get(key)
+            except KeyError:
+                return self.fail(msg, PermanentError(f"{what} {key!r} is missing from storage"),
+                                 retryable=False), None, None, False
+            check = self.ctx.moderation.check_input_image(data, actor=msg.tenant or "worker", job_id=msg.job_id)
+            if check.decision.blocked:
+                return self.fail(msg, PermanentError(f"the {what} was refused: {check.decision.message}"),
+                                 retryable=False), None, None, False
+            checked.append(check)
+        image, mask = checked
+        return None, image.image, mask.image if mask else None, image.real_person_context or msg.real_person_context
 
     def moderate_prompt(self, msg: JobMessage, real_person_context: bool = False
                         ) -> tuple[Outcome | None, dict[str, Any] | None]:
@@ -189,15 +200,15 @@ class JobRunner:
         live: list[Live] = []
         for msg in msgs:
             done = self.claim(msg)
-            flags = image = None
+            flags = image = mask = None
             if done is None:
-                done, image, real_person = self.check_reference(msg)
+                done, image, mask, real_person = self.check_reference(msg)
             if done is None:
                 done, flags = self.moderate_prompt(msg, real_person)
             if done is not None:
                 ended[msg.job_id] = done
             else:
-                live.append(Live(msg, flags, time.time(), image))
+                live.append(Live(msg, flags, time.time(), image, mask))
         return ended, live
 
     def run(self, msgs: list[JobMessage], progress: Progress | None = None) -> list[Outcome]:
@@ -246,7 +257,7 @@ class JobRunner:
             except TransientError:
                 return False
 
-        items = [RenderItem(x.msg.request.prompt, x.msg.request.negative_prompt, tuple(x.msg.seeds), x.image)
+        items = [RenderItem(x.msg.request.prompt, x.msg.request.negative_prompt, tuple(x.msg.seeds), x.image, x.mask)
                  for x in live]
         t0 = time.perf_counter()
         images = render(loaded.pipe, loaded.device, shape, items, on_step, self.rows_per_call)

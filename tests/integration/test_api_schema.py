@@ -15,7 +15,7 @@ EVERY_OPERATION = {
     "GET /v1/jobs/{job_id}/outputs/{index}/thumbnail", "POST /v1/batches", "GET /v1/batches",
     "GET /v1/batches/{batch_id}", "GET /v1/batches/{batch_id}/results", "POST /v1/batches/{batch_id}/cancel",
     "GET /v1/batches/{batch_id}/gallery", "GET /v1/deliveries",
-    "POST /v1/images/generations", "GET /v1/models", "GET /v1/models/{model}",
+    "POST /v1/images/generations", "POST /v1/images/edits", "GET /v1/models", "GET /v1/models/{model}",
     "POST /v1/files", "GET /v1/files/{file_id}", "GET /v1/files/{file_id}/content", "DELETE /v1/files/{file_id}",
 }
 #: Per operation and generation mode (positive, negative): bounded so the test stays under a minute.

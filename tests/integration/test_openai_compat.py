@@ -164,3 +164,38 @@ def test_an_openai_batch_can_be_cancelled(br_env, settings_for, tenants, tmp_pat
             client.batches.create(input_file_id="file-nope", endpoint="/v1/images/generations",
                                   completion_window="24h")
         assert "input_file_id" in bad.value.message
+
+
+def _png(size=(64, 64), color=(200, 40, 40), alpha_hole: bool = False) -> bytes:
+    img = Image.new("RGBA", size, (*color, 255))
+    if alpha_hole:
+        img.paste((0, 0, 0, 0), (16, 16, 48, 48))  # transparent: the part to change
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_images_edit_with_an_image_and_a_mask(server, tenants, client, br_env):
+    """images.edit: image-to-image with an image, inpainting with image + mask; every image checked."""
+    alice = tenants.create("alice")
+    sdk = _sdk(server, alice)
+    plain = sdk.images.edit(model="tiny", image=("a.png", _png(), "image/png"), prompt="make it blue",
+                            size="64x64", response_format="b64_json")
+    assert len(plain.data) == 1
+    masked = sdk.images.edit(model="tiny", image=("a.png", _png(), "image/png"), prompt="a blue square",
+                             mask=("m.png", _png(alpha_hole=True), "image/png"), size="64x64", n=2,
+                             response_format="b64_json")
+    assert len(masked.data) == 2
+    for item in masked.data:
+        with Image.open(io.BytesIO(base64.b64decode(item.b64_json))) as im:
+            assert im.size == (64, 64)
+    # The job underneath carried the mask: white where the upload was transparent.
+    job = client.status(masked.batchrender["job_id"] if isinstance(masked.batchrender, dict) else
+                        masked.model_extra["batchrender"]["job_id"])
+    msg = client.store.message(job.job_id)
+    assert msg.mask_key and msg.input_key
+    with Image.open(io.BytesIO(client.storage.get(msg.mask_key))) as m:
+        assert m.getpixel((32, 32)) == 255 and m.getpixel((2, 2)) == 0
+    with pytest.raises(openai.BadRequestError) as bad:
+        sdk.images.edit(model="tiny", image=("a.gif", b"GIF89a....", "image/gif"), prompt="x", size="64x64")
+    assert bad.value.param == "image"
