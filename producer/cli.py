@@ -430,6 +430,19 @@ def tenants_revoke_key(api_key: str) -> None:
     click.echo("revoked")
 
 
+@tenants.command("set-webhook")
+@click.argument("tenant_id")
+@click.argument("url", required=False)
+def tenants_set_webhook(tenant_id: str, url: str | None) -> None:
+    """The tenant's default webhook (batch.completed of batches made OpenAI's way); no URL removes it."""
+    try:
+        _tenants().set_webhook(tenant_id, url)
+    except KeyError:
+        click.echo(f"error: no tenant {tenant_id}", err=True)
+        sys.exit(2)
+    click.echo(f"{tenant_id} webhook: {url or 'none'}")
+
+
 @tenants.command("disable")
 @click.argument("tenant_id")
 @click.option("--enable", is_flag=True, help="Undo: accept the tenant's keys and render its jobs again.")

@@ -60,6 +60,11 @@ def create(client, tenant: str, raw: bytes) -> tuple[dict[str, Any], list[dict[s
     if len([x for x in lines if x.strip()]) > limit:
         raise InvalidRequest(f"input_file_id: the file holds more than {limit} requests (BATCHRENDER_MAX_BATCH_JOBS)",
                              errors=[{"field": "input_file_id", "message": f"at most {limit} requests"}])
+    # OpenAI batches carry no webhook: the tenant's default one (tenants set-webhook) gets
+    # batch.completed, signed like every event.
+    from producer.tenants import Tenants
+
+    hook = Tenants(client.store.r, client.settings).webhook(tenant)
     good, errors, seen = [], [], set()
     for number, text in enumerate(lines, 1):
         if not text.strip():
@@ -78,7 +83,8 @@ def create(client, tenant: str, raw: bytes) -> tuple[dict[str, Any], list[dict[s
             if custom_id in seen:
                 raise InvalidRequest(f"custom_id {custom_id!r} is used by an earlier line")
             req = render_request(client, ImageGenerate.model_validate(item.get("body") or {}))
-            req = req.model_copy(update={"custom_id": custom_id})
+            req = req.model_copy(update={"custom_id": custom_id, **({"webhook": hook, "webhook_events_filter": [
+                "batch.completed"]} if hook else {})})
             type(req).parse(req.model_dump())  # custom_id must suit storage keys too
         except ValidationError as e:
             errors.append(_line_error(number, custom_id, "invalid_request", invalid_from(e).message))

@@ -103,6 +103,23 @@ class Tenants:
         disabled = self.r.hget(tenant_key(tid), "disabled")
         return None if disabled in ("1", b"1") else tid
 
+    def set_webhook(self, tenant_id: str, url: str | None) -> None:
+        """The tenant's default webhook: where batches made OpenAI's way (no per-request webhook)
+        send ``batch.completed``. None removes it."""
+        if not self.r.exists(tenant_key(tenant_id)):
+            raise KeyError(tenant_id)
+        if url is None:
+            self.r.hdel(tenant_key(tenant_id), "webhook_url")
+            return
+        from webhooks.ssrf import check_url
+
+        check_url(url, self.settings.webhook_allow_hosts, resolve=False)
+        self.r.hset(tenant_key(tenant_id), "webhook_url", url)
+
+    def webhook(self, tenant_id: str) -> str | None:
+        url = self.r.hget(tenant_key(tenant_id), "webhook_url")
+        return url.decode() if isinstance(url, bytes) else url
+
     def set_disabled(self, tenant_id: str, disabled: bool = True) -> None:
         """A disabled tenant's keys stop working and workers refuse its queued jobs; reversible."""
         if not self.r.exists(tenant_key(tenant_id)):

@@ -199,3 +199,29 @@ def test_images_edit_with_an_image_and_a_mask(server, tenants, client, br_env):
     with pytest.raises(openai.BadRequestError) as bad:
         sdk.images.edit(model="tiny", image=("a.gif", b"GIF89a....", "image/gif"), prompt="x", size="64x64")
     assert bad.value.param == "image"
+
+
+def test_an_openai_batch_sends_a_signed_batch_completed_webhook(server, tenants, tmp_path):
+    """OpenAI batches have no webhook field: the tenant's default webhook gets batch.completed,
+    signed with the tenant's secret (Standard Webhooks, as OpenAI signs its own)."""
+    import json
+
+    from standardwebhooks.webhooks import Webhook
+
+    from tests.workers import wait_for
+    from webhooks.testing import LoopbackReceiver
+
+    alice = tenants.create("alice")
+    with LoopbackReceiver() as rx:
+        tenants.set_webhook(alice.tenant_id, rx.url)
+        client = _sdk(server, alice)
+        path = tmp_path / "r.jsonl"
+        path.write_text("\n".join(_line(f"r{i}", {"model": "tiny", "prompt": "a cup", "size": "64x64"})
+                                  for i in range(2)))
+        batch = client.batches.create(input_file_id=client.files.create(file=path.open("rb"), purpose="batch").id,
+                                      endpoint="/v1/images/generations", completion_window="24h")
+        wait_for(lambda: rx.received, timeout=120)
+    [event] = rx.received
+    payload = Webhook(alice.webhook_secret).verify(event.body, event.headers)
+    assert payload["type"] == "batch.completed" and payload["data"]["batch_id"] == batch.id
+    assert payload["data"]["counts"]["succeeded"] == 2 and json.loads(event.body) == payload
