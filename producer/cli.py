@@ -120,17 +120,15 @@ def submit(prompt, file_, wait_, **opts) -> None:
         bad += len(sub.errors)
         click.echo(f"batch {sub.batch_id}: {len(sub.job_ids)} queued, {bad} rejected", err=True)
         click.echo(sub.batch_id)
-        if wait_:
-            _wait_batch(client, sub.batch_id, None)
-        if not sub.job_ids and bad:
-            sys.exit(2)
-        return
+        code = _wait_batch(client, sub.batch_id, None) if wait_ else 0
+        # A rejected line is bad input (2) even when the rest ran; else 1 when a job did not succeed.
+        sys.exit(2 if bad else code)
     if not prompt:
         raise click.UsageError("give a PROMPT or --file prompts.jsonl")
     job_id = client.submit({"prompt": prompt, **fields})
     click.echo(job_id)
     if wait_:
-        _wait_job(client, job_id, None)
+        sys.exit(_wait_job(client, job_id, None))
 
 
 # -- watching -------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ import click
 def verify(file_or_url: str, trust: Path | None) -> None:
     """Check the C2PA Content Credentials of FILE_OR_URL (a path or an http(s) URL).
 
-    Exit 0 only for a valid manifest (Valid or Trusted); 1 when it is missing or invalid.
+    Exit 0 for a valid manifest, and with --trust only for one that chains to that CA (Trusted);
+    1 when it is missing, invalid, or (with --trust) not Trusted.
     """
     from provenance.verify import verify as run_verify
 
@@ -26,6 +27,9 @@ def verify(file_or_url: str, trust: Path | None) -> None:
     except (OSError, ValueError) as e:
         raise click.ClickException(f"cannot read {file_or_url}: {e}") from e
     click.echo(report.summary())
+    if trust is not None and report.state != "Trusted":
+        click.echo(f"not Trusted by {trust}: the manifest does not chain to that CA", err=True)
+        sys.exit(1)
     sys.exit(0 if report.ok else 1)
 
 

@@ -38,7 +38,8 @@ def moderation() -> None:
 def check(prompt: str | None, file: Path | None, negative: str | None, real_person: bool) -> None:
     """Print one JSON verdict per prompt: its action (allow/flag/block) and categories.
 
-    Exits 1 when any line of --file could not be read (those lines are reported on stderr).
+    Exit 0 when every prompt is allowed (or only flagged), 1 when any is blocked, 2 when a line
+    of --file could not be read (reported on stderr; the others are still checked).
     """
     if (prompt is None) == (file is None):
         raise click.UsageError("give either PROMPT or --file, not both")
@@ -48,8 +49,12 @@ def check(prompt: str | None, file: Path | None, negative: str | None, real_pers
         raise click.ClickException(e.message) from None
     actor = f"cli:{getpass.getuser()}"
 
+    blocked = []
+
     def emit(text: str, neg: str | None, line: int | None = None) -> None:
         d = chain.check_prompt(text, neg, real_person_context=real_person, actor=actor)
+        if d.action.value == "block":
+            blocked.append(line)
         out = {"action": d.action.value, "categories": list(d.categories), "policy_version": d.policy_version,
                "verdicts": [v.to_dict() for v in d.verdicts if v.category != "none"]}
         if line is not None:
@@ -58,7 +63,7 @@ def check(prompt: str | None, file: Path | None, negative: str | None, real_pers
 
     if prompt is not None:
         emit(prompt, negative)
-        return
+        raise SystemExit(1 if blocked else 0)
     bad = 0
     assert file is not None
     with file.open(encoding="utf-8") as f:
@@ -77,8 +82,7 @@ def check(prompt: str | None, file: Path | None, negative: str | None, real_pers
                 click.echo(f"{file}:{n}: skipped: {e}", err=True)
                 continue
             emit(row["prompt"], neg, n)
-    if bad:
-        raise SystemExit(1)
+    raise SystemExit(2 if bad else 1 if blocked else 0)
 
 
 @moderation.command(name="log")

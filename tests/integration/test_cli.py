@@ -26,7 +26,7 @@ def test_submit_file_reports_bad_lines_by_number_and_queues_the_good_ones(br_env
     prompts.write_text("\n".join(lines) + "\n")
     runner = CliRunner()
     out = runner.invoke(cli, ["submit", "--file", str(prompts)], env=br_env)
-    assert out.exit_code == 0, out.output
+    assert out.exit_code == 2, "rejected lines are bad input, even when the rest are queued"
     assert f"{prompts}:2: not valid JSON" in out.stderr
     assert f"{prompts}:3: invalid request: width: 100 is not a multiple of 8" in out.stderr
     assert "2 queued, 2 rejected" in out.stderr

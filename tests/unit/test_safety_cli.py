@@ -17,7 +17,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 def test_check_prints_action_and_categories(env):
     result = CliRunner().invoke(moderation, ["check", "n u d e ch1ld"], env=env)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, "a blocked prompt exits 1"
     out = json.loads(result.output)
     assert out["action"] == "block" and "minors_sexual" in out["categories"]
 
@@ -26,7 +26,7 @@ def test_check_file_reports_bad_lines_and_continues(env, tmp_path: Path):
     f = tmp_path / "prompts.jsonl"
     f.write_text('{"prompt": "a red car"}\nnot json\n{"text": "x"}\n{"prompt": "nude portrait"}\n', encoding="utf-8")
     result = CliRunner().invoke(moderation, ["check", "--file", str(f)], env=env)
-    assert result.exit_code == 1
+    assert result.exit_code == 2, "unreadable lines are bad input"
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(r["line"], r["action"]) for r in rows] == [(1, "allow"), (4, "flag")]
     assert f"{f}:2: skipped" in result.stderr and f"{f}:3: skipped" in result.stderr

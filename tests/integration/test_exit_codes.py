@@ -1,0 +1,67 @@
+"""The README's exit-code table, command by command, against a real worker and Redis.
+
+0 everything succeeded / allowed / verified; 1 a job did not succeed, a prompt was blocked, no
+manifest, not Trusted, no provenance match; 2 bad input (a rejected line included); 3 a wait
+timed out; 75 Redis or the broker unavailable (tests/integration/test_broker_outage.py).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from producer.cli import cli
+
+pytestmark = pytest.mark.timeout(240)
+SMALL = ["--size", "64x64", "--steps", "2"]
+BLOCKED = "Nude photo of a child"
+
+
+def test_every_command_exits_as_the_table_says(br_env, start_worker, tmp_path):
+    run = lambda *args: CliRunner().invoke(cli, list(args), env=br_env)  # noqa: E731
+    start_worker(br_env)
+
+    ok = run("submit", "a teapot", "--seed", "1", *SMALL, "--wait")
+    assert ok.exit_code == 0, ok.output
+    job = json.loads(ok.stdout[ok.stdout.index("{"):])
+    assert run("submit", BLOCKED, *SMALL, "--wait").exit_code == 1, "a blocked job is not a success"
+
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"prompt": "a cup", "width": 64, "height": 64, "steps": 2}\n')
+    assert run("submit", "--file", str(good), "--wait").exit_code == 0
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(f'{{"prompt": "a cup", "width": 64, "height": 64, "steps": 2}}\n{{"prompt": "{BLOCKED}"}}\n'
+                     '{"prompt": "a lamp", "width": 100, "height": 64}\n')
+    rejected = run("submit", "--file", str(mixed))
+    assert rejected.exit_code == 2, "a rejected line is bad input"
+    batch_id = rejected.stdout.strip().splitlines()[-1]
+    assert run("wait", batch_id, "--timeout", "120").exit_code == 1, "the blocked job makes the batch not succeed"
+    slow = run("submit", "a kettle", "--size", "64x64", "--steps", "400")
+    assert slow.exit_code == 2, "over the step limit"
+    long_job = run("submit", "a kettle", "--size", "64x64", "--steps", "150").stdout.strip()
+    assert run("wait", long_job, "--timeout", "0.01").exit_code == 3
+
+    assert run("moderation", "check", "a red car").exit_code == 0
+    assert run("moderation", "check", BLOCKED).exit_code == 1
+    lines = tmp_path / "check.jsonl"
+    lines.write_text('{"prompt": "a red car"}\nnot json\n')
+    assert run("moderation", "check", "--file", str(lines)).exit_code == 2
+
+    image = Path(json.loads(run("results", job["id"]).stdout.splitlines()[0])["path"])
+    ca = Path(br_env["BATCHRENDER_HOME"]) / "keys" / "ca.pem"
+    assert run("verify", str(image)).exit_code == 0
+    assert run("verify", str(image), "--trust", str(ca)).exit_code == 0
+    other = tmp_path / "other-keys"
+    assert run("keys", "init", str(other)).exit_code == 0
+    wrong = run("verify", str(image), "--trust", str(other / "ca.pem"))
+    assert wrong.exit_code == 1 and "not Trusted" in wrong.output
+    plain = tmp_path / "plain.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(plain)
+    assert run("verify", str(plain)).exit_code == 1
+
+    assert run("provenance", str(image)).exit_code == 0
+    assert run("provenance", str(plain)).exit_code == 1
