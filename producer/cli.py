@@ -293,8 +293,14 @@ def worker(models: str, webhooks: bool, name: str | None, loglevel: str) -> None
     from jobs.names import WEBHOOK_QUEUE, render_queue
 
     settings = _settings()
+    from jobs.registry import Registry
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    registry = Registry(settings)
+    for model in names:
+        registry.get(model)  # UnknownModel (exit 2, naming the registered ones) before anything starts
     redis_url_for(settings, start=True)
-    queues = ",".join(render_queue(m.strip()) for m in models.split(",") if m.strip())
+    queues = ",".join(render_queue(m) for m in names)
     base = [sys.executable, "-m", "celery", "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle",
             "-l", loglevel]
     render = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "solo", "-Q", queues, *base[3:]]
@@ -383,6 +389,14 @@ def models_add(name: str, source: str, **opts) -> None:
     """Register a model: a local diffusers directory (save_pretrained) or a hub id."""
     from jobs.registry import ModelSpec, Registry
 
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise InvalidRequest(f"{source} has no model_index.json: give a directory written by a diffusers "
+                                 "pipeline's save_pretrained (or a hub id like org/name)")
+        source = str(path.resolve())
+    elif source.startswith(("/", ".", "~")) or not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
+        raise InvalidRequest(f"{source}: no such directory (and not a hub id like org/name)")
     spec = ModelSpec(name=name, source=source, **opts)
     Registry(_settings()).register(spec)
     click.echo(f"registered {name}: {spec.model_dump_json()}")

@@ -65,3 +65,15 @@ def test_every_command_exits_as_the_table_says(br_env, start_worker, tmp_path):
 
     assert run("provenance", str(image)).exit_code == 0
     assert run("provenance", str(plain)).exit_code == 1
+
+
+def test_misconfigurations_fail_loudly_at_once(br_env, tmp_path):
+    """A worker for a model nobody registered, a model directory that is not one: exit 2, named."""
+    run = lambda *args: CliRunner().invoke(cli, list(args), env=br_env)  # noqa: E731
+    unknown = run("worker", "--models", "tiny,sdxl-typo")
+    assert unknown.exit_code == 2 and "sdxl-typo" in unknown.output and "tiny" in unknown.output
+    assert run("models", "add", "ghost", str(tmp_path / "nowhere")).exit_code == 2
+    (tmp_path / "empty").mkdir()
+    empty = run("models", "add", "empty", str(tmp_path / "empty"))
+    assert empty.exit_code == 2 and "model_index.json" in empty.output
+    assert "ghost" not in run("models", "list").output
