@@ -77,3 +77,20 @@ def test_misconfigurations_fail_loudly_at_once(br_env, tmp_path):
     empty = run("models", "add", "empty", str(tmp_path / "empty"))
     assert empty.exit_code == 2 and "model_index.json" in empty.output
     assert "ghost" not in run("models", "list").output
+
+
+def test_readyz_names_what_is_missing_until_workers_serve_every_queue(br_env, settings_for, start_worker):
+    from starlette.testclient import TestClient
+
+    from producer.api import create_app
+
+    api = TestClient(create_app(settings_for(br_env)))
+    assert api.get("/healthz").status_code == 200
+    cold = api.get("/readyz")
+    assert cold.status_code == 503, cold.text
+    checks = cold.json()["checks"]
+    assert checks["redis"]["ok"] and checks["storage"]["ok"]
+    assert not checks["queue:render.tiny"]["ok"] and "batchrender worker --models tiny" in checks["queue:render.tiny"]["detail"]
+    start_worker(br_env, queues="render.tiny,webhooks")
+    warm = api.get("/readyz")
+    assert warm.status_code == 200 and warm.json()["ready"], warm.text
