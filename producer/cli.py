@@ -483,6 +483,22 @@ def api(host: str, port: int) -> None:
                 limit_concurrency=1000)
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per check instead of the table.")
+def doctor(as_json: bool) -> None:
+    """Check everything a deployment needs (Redis, storage, signer, models, keys, workers), with
+    the fix for each failure. Exit 0 when nothing failed (warnings allowed), 1 otherwise."""
+    from producer.doctor import FAIL, diagnose, table
+
+    findings = diagnose(_settings())
+    if as_json:
+        for f in findings:
+            click.echo(json.dumps(f.__dict__))
+    else:
+        click.echo(table(findings))
+    sys.exit(1 if any(f.state == FAIL for f in findings) else 0)
+
+
 # -- keys -----------------------------------------------------------------------------------------
 @cli.group()
 def keys() -> None:

@@ -94,3 +94,33 @@ def test_readyz_names_what_is_missing_until_workers_serve_every_queue(br_env, se
     start_worker(br_env, queues="render.tiny,webhooks")
     warm = api.get("/readyz")
     assert warm.status_code == 200 and warm.json()["ready"], warm.text
+
+
+def test_doctor_catches_seeded_misconfigurations_each_with_its_fix(br_env, tmp_path, start_worker):
+    run = lambda env: CliRunner().invoke(cli, ["doctor", "--json"], env=env)  # noqa: E731
+    rows = lambda result: {r["check"]: r for r in map(json.loads, result.stdout.splitlines())}  # noqa: E731
+
+    start_worker(br_env, queues="render.tiny,webhooks")
+    healthy = run(br_env)
+    assert healthy.exit_code == 0, healthy.output
+    assert rows(healthy)["c2pa signer"]["state"] == "warn", "development keys are reported"
+
+    home = Path(br_env["BATCHRENDER_HOME"])
+    (home / "models.json").write_text(json.dumps({"models": {"ghost": {"source": str(tmp_path / "gone")}}}))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("storage cannot make a directory here")
+    seeded = {
+        "redis": {"BATCHRENDER_REDIS_URL": "redis://127.0.0.1:1/0"},
+        "storage": {"BATCHRENDER_STORAGE_URL": (blocker / "out").as_uri()},
+        "c2pa signer": {"BATCHRENDER_C2PA_CERT_CHAIN": str(tmp_path / "no-chain.pem"),
+                        "BATCHRENDER_C2PA_PRIVATE_KEY": str(tmp_path / "no-key.pem")},
+        "keys": {"BATCHRENDER_SECRETS_KEY": "not-a-fernet-key"},
+        "models": {},
+        "queue:render.ghost": {},
+    }
+    for check, extra in seeded.items():
+        result = run({**br_env, **extra})
+        found = rows(result)[check]
+        assert result.exit_code == 1 and found["state"] == "FAIL" and found["fix"], (check, found)
+    table = CliRunner().invoke(cli, ["doctor"], env={**br_env, "BATCHRENDER_REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert table.exit_code == 1 and "FAIL  redis" in table.output and "fix: start Redis" in table.output
