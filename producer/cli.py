@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from jobs.errors import BatchIncomplete, BatchRenderError, InvalidRequest, TransientError
-from jobs.settings import Settings
+from jobs.settings import Settings, redact_url
 
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
 
@@ -497,6 +497,39 @@ def doctor(as_json: bool) -> None:
     else:
         click.echo(table(findings))
     sys.exit(1 if any(f.state == FAIL for f in findings) else 0)
+
+
+@cli.group()
+def embedded() -> None:
+    """The private redis-server used when BATCHRENDER_REDIS_URL is unset."""
+
+
+@embedded.command("status")
+def embedded_status() -> None:
+    """Say which home's embedded broker this is, where, and whether it runs (exit 1 when not)."""
+    from jobs.embedded import _alive, _dir
+
+    settings = _settings()
+    if settings.redis_url:
+        click.echo(f"BATCHRENDER_REDIS_URL is set ({redact_url(settings.redis_url)}): no embedded broker is used")
+        return
+    d = _dir(settings)
+    port_file = d / "port"
+    port = int(port_file.read_text().strip() or 0) if port_file.exists() else None
+    running = port is not None and _alive(port)
+    click.echo(f"home {settings.home.resolve()}: embedded redis-server "
+               f"{'running on 127.0.0.1:' + str(port) if running else 'not running'} (data {d})")
+    sys.exit(0 if running else 1)
+
+
+@embedded.command("stop")
+def embedded_stop() -> None:
+    """Stop this home's embedded redis-server (it keeps running after demo or worker otherwise)."""
+    from jobs.embedded import stop
+
+    settings = _settings()
+    stop(settings)
+    click.echo(f"home {settings.home.resolve()}: embedded redis-server stopped")
 
 
 # -- keys -----------------------------------------------------------------------------------------

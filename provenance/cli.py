@@ -49,7 +49,12 @@ def provenance(file: Path) -> None:
     finally:
         index.close()
     if match is None:
+        # Say which index was asked: "no match" from another home's empty index misleads.
+        settings = Settings.from_env()
+        where = (f"redis at {settings.redis_url.split('@')[-1]}" if settings.resolved_provenance_index == "redis"
+                 else f"sqlite at {(settings.home / 'provenance.sqlite').resolve()}")
         click.echo("no match")
+        click.echo(f"(asked the provenance index: {where})", err=True)
         sys.exit(1)
     kind = "exact file" if match.exact else "perceptual"
     click.echo(f"job id      {match.job_id}\nbatch id    {match.batch_id}\nkey         {match.key}\n"

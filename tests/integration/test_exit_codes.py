@@ -124,3 +124,25 @@ def test_doctor_catches_seeded_misconfigurations_each_with_its_fix(br_env, tmp_p
         assert result.exit_code == 1 and found["state"] == "FAIL" and found["fix"], (check, found)
     table = CliRunner().invoke(cli, ["doctor"], env={**br_env, "BATCHRENDER_REDIS_URL": "redis://127.0.0.1:1/0"})
     assert table.exit_code == 1 and "FAIL  redis" in table.output and "fix: start Redis" in table.output
+
+
+def test_embedded_broker_status_and_stop_name_their_home(tmp_path):
+    """The embedded redis-server belongs to one home: status says which, stop stops it."""
+    import shutil
+
+    from tests.conftest import require
+
+    require(shutil.which("redis-server") is not None, "redis-server")
+    env = {"BATCHRENDER_HOME": str(tmp_path / "home")}
+    run = lambda *args: CliRunner().invoke(cli, list(args), env=env)  # noqa: E731
+    assert run("embedded", "status").exit_code == 1
+    from jobs.embedded import redis_url_for
+    from jobs.settings import Settings
+
+    url = redis_url_for(Settings.from_env(env), start=True)
+    try:
+        up = run("embedded", "status")
+        assert up.exit_code == 0 and str(tmp_path / "home") in up.output and url.split("/")[2] in up.output
+    finally:
+        stopped = run("embedded", "stop")
+    assert stopped.exit_code == 0 and run("embedded", "status").exit_code == 1

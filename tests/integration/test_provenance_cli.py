@@ -27,7 +27,7 @@ def provenance(env: dict[str, str], file: Path) -> tuple[int, str]:
 
     res = CliRunner().invoke(cli, ["provenance", str(file)], env=env)
     assert res.exception is None or isinstance(res.exception, SystemExit), res.output
-    return res.exit_code, res.output
+    return res.exit_code, res.stdout
 
 
 def matched_job(output: str) -> str:
