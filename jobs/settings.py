@@ -269,8 +269,8 @@ class Settings(BaseModel):
         values: dict[str, Any] = {}
         for name, field in cls.model_fields.items():
             raw = env.get(ENV_PREFIX + name.upper())
-            if raw is None:
-                continue
+            if raw is None or (raw == "" and field.default is None):
+                continue  # unset, or set empty (compose's ${X:-}) where unset means "not configured"
             if "list" in str(field.annotation):
                 values[name] = [p.strip() for p in raw.split(",") if p.strip()]
             else:

@@ -35,3 +35,4 @@ def test_signatures_cover_every_field():
             signer.verify(msg.model_copy(update=change))
     with pytest.raises(ForgedMessage):
         Signer(b"x" * 32).verify(msg)
+
