@@ -1,5 +1,36 @@
-"""Settings read from the environment."""
-from __future__ import annotations
+import pytest
+
+from jobs.errors import ConfigurationError
+from jobs.settings import Settings
+
+
+def test_settings_come_from_prefixed_environment_variables():
+    s = Settings.from_env({"BATCHRENDER_MAX_STEPS": "40", "BATCHRENDER_WEBHOOK_ALLOW_HOSTS": "a.example, 10.0.0.0/8"})
+    assert s.max_steps == 40
+    assert s.webhook_allow_hosts == ["a.example", "10.0.0.0/8"]
+
+
+def test_unknown_setting_is_refused_by_name():
+    with pytest.raises(ConfigurationError, match="BATCHRENDER_MAX_STEP"):
+        Settings.from_env({"BATCHRENDER_MAX_STEP": "4"})
+
+
+def test_bad_value_names_the_variable():
+    with pytest.raises(ConfigurationError, match="BATCHRENDER_MAX_STEPS"):
+        Settings.from_env({"BATCHRENDER_MAX_STEPS": "many"})
+
+
+def test_visibility_timeout_must_outlast_the_hard_time_limit():
+    with pytest.raises(ConfigurationError, match="visibility_timeout_s"):
+        Settings.from_env({"BATCHRENDER_VISIBILITY_TIMEOUT_S": "60", "BATCHRENDER_HARD_TIME_LIMIT_S": "120",
+                           "BATCHRENDER_SOFT_TIME_LIMIT_S": "100"})
+
+
+def test_secrets_never_appear_in_repr():
+    s = Settings.from_env({"BATCHRENDER_S3_SECRET_ACCESS_KEY": "hunter2-secret",
+                           "BATCHRENDER_WEBHOOK_SECRET": "whsec_c2VjcmV0"})
+    assert "hunter2" not in repr(s) and "c2VjcmV0" not in repr(s) and "hunter2" not in str(s)
+    assert s.s3_secret_access_key.get_secret_value() == "hunter2-secret"
 
 
 def test_empty_variables_mean_unset_for_optional_settings(tmp_path):
