@@ -32,6 +32,8 @@ def test_demo_renders_signed_images_and_a_manifest(redis_url, tiny_model_dir, tm
     lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert len(lines) == 2, lines
     assert len({line["job_id"] for line in lines}) == 2
+    sheet = (out / "gallery.html").read_text()  # the README's "make demo ... gallery.html"
+    assert sheet.count('class="thumb" src="data:image/webp;base64,') == 2
     ca = (home / "keys" / "ca.pem").read_text()
     for line in lines:
         assert line["status"] == "succeeded" and line["key"] and line["sha256"]
