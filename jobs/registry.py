@@ -11,9 +11,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from jobs.errors import ConfigurationError, UnknownModel
+from jobs.families import FAMILIES, Family
 from jobs.names import is_valid_model_name
 from jobs.settings import Settings
 
@@ -39,6 +40,28 @@ class ModelSpec(BaseModel):
     base_size: int = Field(512, ge=8, le=8192)
     #: Built by ``batchrender models init-tiny`` (random weights; renders noise).
     tiny: bool = False
+    #: sd15, sdxl, sd3 or flux (jobs/families.py): sizes, defaults, inputs and how it is called.
+    family: Family = "sd15"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_defaults(cls, data):
+        # Steps, guidance and size not given take the family's defaults (SDXL: 30, 5.0, 1024...).
+        if isinstance(data, dict) and data.get("family") in FAMILIES:
+            fam = FAMILIES[data["family"]]
+            for key, value in (("default_steps", fam.default_steps), ("default_guidance", fam.default_guidance),
+                               ("base_size", fam.base_size)):
+                if data.get(key) is None:
+                    data = {**data, key: value}
+        return data
+
+    @model_validator(mode="after")
+    def _scheduler_fits(self) -> "ModelSpec":
+        prefix = FAMILIES[self.family].scheduler_prefix
+        if self.scheduler and prefix and not self.scheduler.startswith(prefix):
+            raise ValueError(f"scheduler {self.scheduler!r} does not fit a {self.family} model: it needs a "
+                             f"flow-matching scheduler (FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler)")
+        return self
 
     @field_validator("name")
     @classmethod

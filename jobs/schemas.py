@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from jobs.errors import InvalidRequest
+from jobs.families import FAMILIES, family, size_for
 from jobs.status import JobStatus
 
 SCHEMA_VERSION = 1
@@ -282,9 +283,11 @@ def resolve(request: RenderRequest, spec: Any, settings: Any) -> RenderRequest:
         errors.append({"field": "strength", "message": "strength applies to image-to-image: give an image too"})
     if request.mask is not None and request.image is None:
         errors.append({"field": "mask", "message": "a mask applies to an image: give the image too"})
+    errors += family_errors(request, spec)
     width, height = request.width, request.height
     if width is None:
-        width, height = size_for_ratio(request.aspect_ratio or "1:1", spec.base_size)
+        width, height = size_for(ASPECT_RATIOS[request.aspect_ratio or "1:1"], spec.base_size,
+                                 family(getattr(spec, "family", "sd15")))
     assert height is not None
     steps = request.steps or spec.default_steps
     errors += limit_errors(width, height, steps, request.num_images, request.prompt, settings)
@@ -297,6 +300,27 @@ def resolve(request: RenderRequest, spec: Any, settings: Any) -> RenderRequest:
         "seed": secrets.randbelow(2**32) if request.seed is None else request.seed,
         "strength": (request.strength or DEFAULT_STRENGTH) if request.image else None,
     })
+
+
+def family_errors(request: RenderRequest, spec: Any) -> list[dict[str, str]]:
+    """What the model's family cannot take: sizes off its grid, a negative prompt (FLUX), a
+    reference image or mask where its pipelines have none."""
+    fam = family(getattr(spec, "family", "sd15"))
+    errors = []
+    for name in ("width", "height"):
+        side = getattr(request, name)
+        if side is not None and side % fam.multiple:
+            errors.append({"field": name, "message": f"{side} is not a multiple of {fam.multiple}; model "
+                           f"{spec.name!r} ({fam.name}) renders multiples of {fam.multiple}"})
+    if request.negative_prompt and not fam.negative_prompt:
+        errors.append({"field": "negative_prompt", "message": f"model {spec.name!r} ({fam.name}) takes no "
+                       "negative prompt; leave it out or pick an sd15, sdxl or sd3 model"})
+    for name, task, what in (("image", "image", "image-to-image"), ("mask", "mask", "inpainting")):
+        if getattr(request, name) is not None and task not in fam.tasks:
+            allowed = [n for n, f in FAMILIES.items() if task in f.tasks]
+            errors.append({"field": name, "message": f"model {spec.name!r} ({fam.name}) does no {what}; "
+                           f"it renders from text only. Families that take {name}: {', '.join(allowed)}"})
+    return errors
 
 
 def limit_errors(width: int, height: int, steps: int, num_images: int, prompt: str, settings: Any) -> list[dict[str, str]]:
@@ -367,6 +391,9 @@ class JobResult(BaseModel):
     timings: Timings = Field(default_factory=Timings)
     moderation: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    #: Tokens of the prompt the text encoder read, all of them: prompts longer than CLIP's window
+    #: are encoded in chunks, never cut (SD3/FLUX: the T5 encoder's count). None: not rendered.
+    prompt_tokens: int | None = None
 
     @property
     def outputs(self) -> list[ImageResult]:

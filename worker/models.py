@@ -15,9 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from jobs.errors import ConfigurationError, PermanentError
+from jobs.families import family_of_pipeline
 from jobs.registry import ModelSpec
 
 log = logging.getLogger(__name__)
+
+#: ``from_pretrained`` arguments per family: SD 1.5 has a safety checker slot (moderation is ours);
+#: SDXL would add an invisible watermark when the package is installed (C2PA is the provenance).
+_LOAD_KWARGS: dict[str, dict[str, Any]] = {
+    "sd15": dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False),
+    "sdxl": dict(add_watermarker=False),
+}
 
 
 def pick_device(requested: str | None) -> str:
@@ -119,18 +127,27 @@ class ModelCache:
         dtype = pick_dtype(spec.dtype, device)
         source = spec.source
         if spec.tiny and not Path(source).exists():
-            from worker.tiny import build_tiny_pipeline
-
             log.info("writing the tiny random-weight model to %s (first use)", source)
-            build_tiny_pipeline(Path(source))
+            if spec.family == "sd15":
+                from worker.tiny import build_tiny_pipeline
+
+                build_tiny_pipeline(Path(source))
+            else:
+                from worker.tiny_families import build_tiny_family
+
+                build_tiny_family(spec.family, Path(source))
         started = time.perf_counter()
         try:
-            pipe = DiffusionPipeline.from_pretrained(
-                source, dtype=dtype, safety_checker=None, feature_extractor=None,
-                requires_safety_checker=False, local_files_only=Path(source).exists(),
-            )
+            pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, local_files_only=Path(source).exists(),
+                                                     **_LOAD_KWARGS.get(spec.family, {}))
         except (OSError, ValueError) as e:
             raise PermanentError(f"model {spec.name!r} could not be loaded from {source!r}: {e}") from e
+        loaded_family = family_of_pipeline(type(pipe).__name__)
+        if loaded_family != spec.family:
+            raise ConfigurationError(
+                f"model {spec.name!r} is registered as family {spec.family!r} but {source!r} holds a "
+                f"{type(pipe).__name__} ({loaded_family or 'unsupported family'}); register it again with "
+                f"--family {loaded_family or 'sd15|sdxl|sd3|flux'}")
         if spec.scheduler:
             import diffusers
 

@@ -62,16 +62,28 @@ def render(pipe, device: str, shape: CallShape, items: list[RenderItem],
     are dropped here and never reach moderation, signing or storage.
     """
     # diffusers treats a missing negative prompt as "", so mixing them stays exact.
+    from worker.prompts import check_t5_window, chunks_for
+
     rows = [(item.prompt, item.negative_prompt or "", seed, item.image, item.mask)
             for item in items for seed in item.seeds]
-    size = rows_per_call or len(rows)
-    images: list[Image.Image] = []
-    for start in range(0, len(rows), size):
-        chunk = rows[start:start + size]
-        out = _call(pipe, device, shape, chunk + [_PAD] * (size - len(chunk)), on_step)
-        if out is None:
-            return None
-        images.extend(out[:len(chunk)])
+    check_t5_window(pipe, shape.model, [t for item in items for t in (item.prompt, item.negative_prompt or "")])
+    # Rows whose prompts need the same number of CLIP windows share calls (worker/prompts.py).
+    by_chunks: dict[int, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_chunks.setdefault(chunks_for(pipe, row[0], row[1]), []).append(i)
+    placed: list[Image.Image | None] = [None] * len(rows)
+    for chunks, indices in by_chunks.items():
+        size = rows_per_call or len(indices)
+        for start in range(0, len(indices), size):
+            part = indices[start:start + size]
+            out = _call(pipe, device, shape, [rows[i] for i in part] + [_PAD] * (size - len(part)), on_step,
+                        chunks=chunks)
+            if out is None:
+                return None
+            for i, img in zip(part, out):
+                placed[i] = img
+    images = [img for img in placed if img is not None]
+    assert len(images) == len(rows)
     grouped: list[list[Image.Image]] = []
     for item in items:
         grouped.append(images[: len(item.seeds)])
@@ -80,9 +92,23 @@ def render(pipe, device: str, shape: CallShape, items: list[RenderItem],
 
 
 def _call(pipe, device: str, shape: CallShape, rows: list[tuple],
-          on_step: StepHook | None) -> list[Image.Image] | None:
+          on_step: StepHook | None, chunks: int = 1) -> list[Image.Image] | None:
+    """One pipeline call. ``chunks`` > 1: prompts longer than one CLIP window, passed as
+    embeddings of that many windows (worker/prompts.py). SD3/FLUX take their T5 window whole;
+    FLUX takes no negative prompt."""
     import torch
 
+    from jobs.errors import PermanentError
+    from jobs.families import FAMILIES
+    from worker.prompts import encode_chunked, family_of
+
+    fam = FAMILIES[family_of(pipe)]
+    task = None if shape.strength is None else ("mask" if shape.inpaint else "image")
+    if task is not None and task not in fam.tasks:
+        allowed = [n for n, f in FAMILIES.items() if task in f.tasks]
+        raise PermanentError(f"model {shape.model!r} ({fam.name}) does no "
+                             f"{'inpainting' if task == 'mask' else 'image-to-image'}; it renders from text only "
+                             f"(families that do: {', '.join(allowed)})")
     gen_device = "cpu" if device.startswith("mps") else device
     interrupted = False
 
@@ -94,10 +120,20 @@ def _call(pipe, device: str, shape: CallShape, rows: list[tuple],
         return kwargs
 
     common = dict(
-        prompt=[r[0] for r in rows], negative_prompt=[r[1] for r in rows], num_inference_steps=shape.steps,
-        guidance_scale=shape.guidance_scale, generator=[torch.Generator(gen_device).manual_seed(r[2]) for r in rows],
+        num_inference_steps=shape.steps, guidance_scale=shape.guidance_scale,
+        generator=[torch.Generator(gen_device).manual_seed(r[2]) for r in rows],
         callback_on_step_end=_callback, output_type="pil",
     )
+    if chunks > 1:
+        common.update(encode_chunked(pipe, [r[0] for r in rows], [r[1] for r in rows], chunks, device))
+    else:
+        common["prompt"] = [r[0] for r in rows]
+        if fam.negative_prompt:
+            common["negative_prompt"] = [r[1] for r in rows]
+        elif any(r[1] for r in rows):
+            raise PermanentError(f"model {shape.model!r} ({fam.name}) takes no negative prompt")
+    if fam.t5_window:
+        common["max_sequence_length"] = fam.t5_window
     with torch.inference_mode():
         if shape.strength is None:
             out = pipe(width=shape.width, height=shape.height, **common)
@@ -118,7 +154,7 @@ def _call(pipe, device: str, shape: CallShape, rows: list[tuple],
 
 def pipeline_of(pipe, task: str):
     """The image-to-image or inpainting pipeline sharing ``pipe``'s weights (built once, kept on
-    the pipe). SD 1.5-style UNets of 4 channels inpaint by blending the kept area at each step."""
+    the pipe): SD 1.5 and SDXL. UNets of 4 channels inpaint by blending the kept area at each step."""
     attr = f"_batchrender_{task}"
     derived = getattr(pipe, attr, None)
     if derived is None:

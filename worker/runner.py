@@ -25,6 +25,7 @@ from jobs.schemas import ImageResult, JobMessage, JobResult, Timings, limit_erro
 from jobs.status import JobStatus
 from worker.context import WorkerContext
 from worker.deliver import Delivered, deliver_image
+from worker.prompts import prompt_tokens
 from worker.render import CallShape, RenderItem, render
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ class Rendered:
     images: list[Any]
     timings: Timings
     outcome: Outcome | None = None
+    #: Tokens of the prompt the text encoder read (worker/prompts.py).
+    prompt_tokens: int | None = None
 
 
 Progress = Callable[[str, int, int], None]
@@ -271,19 +274,19 @@ class JobRunner:
                 return [Rendered(x, [], Timings(), self.fail(x.msg, err, retryable=False)) for x in live]
             return [Rendered(x, [], Timings(), self._canceled(x.msg)) for x in live]
         out = []
-        for x, imgs in zip(live, images):
+        for x, imgs, item in zip(live, images, items):
             timings = Timings(queue_wait_s=max(0.0, x.claimed_at - x.msg.submitted_at), load_s=load_s,
                               render_s=render_s / len(live), batch_size=len(live))
             # Rendered alongside others, but its owner gave up: discard, never deliver.
             ended = self._canceled(x.msg) if store.cancel_requested(x.msg.job_id) else None
-            out.append(Rendered(x, imgs, timings, ended))
+            out.append(Rendered(x, imgs, timings, ended, prompt_tokens(loaded.pipe, item.prompt)))
         return out
 
     def deliver(self, item: Rendered) -> Outcome:
         """Stages 5-6 for one rendered job; thread-safe, so it can run off the GPU's critical path."""
-        return self._deliver(item.live.msg, item.images, item.timings, item.live.flags)
+        return self._deliver(item.live.msg, item.images, item.timings, item.live.flags, item.prompt_tokens)
 
-    def _deliver(self, msg: JobMessage, imgs, timings: Timings, flags) -> Outcome:
+    def _deliver(self, msg: JobMessage, imgs, timings: Timings, flags, prompt_tokens: int | None = None) -> Outcome:
         t0 = time.perf_counter()
         results: list[ImageResult] = []
         for index, (img, seed) in enumerate(zip(imgs, msg.seeds)):
@@ -299,7 +302,8 @@ class JobRunner:
                 return Outcome(msg.job_id, JobStatus.BLOCKED, d.blocked)
             results.append(d.image)
         timings.postprocess_s = time.perf_counter() - t0
-        self._end(msg, JobStatus.SUCCEEDED, images=results, timings=timings, moderation=flags)
+        self._end(msg, JobStatus.SUCCEEDED, images=results, timings=timings, moderation=flags,
+                  prompt_tokens=prompt_tokens)
         return Outcome(msg.job_id, JobStatus.SUCCEEDED, {"images": len(results)})
 
     def _maybe_reroll(self, msg: JobMessage, blocked: dict[str, Any]) -> Outcome | None:
@@ -348,10 +352,11 @@ class JobRunner:
             self.ctx.store.bump_retries(msg.job_id)
 
     def _end(self, msg: JobMessage, status: JobStatus, *, images: list[ImageResult] | None = None,
-             timings: Timings | None = None, moderation=None, error=None) -> None:
+             timings: Timings | None = None, moderation=None, error=None, prompt_tokens: int | None = None) -> None:
         result = JobResult(job_id=msg.job_id, batch_id=msg.batch_id, custom_id=msg.request.custom_id,
                            status=status, model=msg.request.model, images=images or [],
-                           timings=timings or Timings(), moderation=moderation, error=error)
+                           timings=timings or Timings(), moderation=moderation, error=error,
+                           prompt_tokens=prompt_tokens)
         fields: dict[str, Any] = {"result": result.model_dump_json()}
         if error is not None:
             fields["error"] = error

@@ -1,0 +1,115 @@
+"""Prompts longer than CLIP's 77-token window reach the denoiser whole (worker/prompts.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jobs.status import JobStatus
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def words(n_tokens: int, last: str = "z") -> str:
+    """A prompt of exactly ``n_tokens`` tokens for the tiny tokenizers (one token per character),
+    ending in ``last``."""
+    body = " ".join(["ab"] * ((n_tokens - 1) // 2))
+    return (body + " " + "c" * ((n_tokens - 1) % 2) + last).strip()
+
+
+def load(path):
+    import torch
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(path), dtype=torch.float32, local_files_only=True,
+                                             safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def spy(pipe, monkeypatch):
+    """Record the keyword arguments of every pipeline call and the text embeddings the
+    denoiser (UNet) is given."""
+    calls, seen = [], []
+    real = type(pipe).__call__
+
+    def recording(self, *args, **kwargs):
+        calls.append(kwargs)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(pipe), "__call__", recording)
+    hook = pipe.unet.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)),
+        with_kwargs=True)
+    return calls, seen, hook
+
+
+@pytest.fixture(scope="module")
+def sdxl_dir(tmp_path_factory):
+    from worker.tiny_families import build_tiny_family
+
+    return build_tiny_family("sdxl", tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+def test_150_token_prompt_reaches_the_unet_whole_with_a_negative_prompt_of_the_same_length(tiny_model_dir, monkeypatch):
+    from worker.prompts import prompt_tokens
+    from worker.render import CallShape, RenderItem, render
+
+    pipe = load(tiny_model_dir)
+    prompt = words(150)
+    assert prompt_tokens(pipe, prompt) == 150
+    calls, seen, hook = spy(pipe, monkeypatch)
+    shape = CallShape("tiny", 64, 64, 2, 5.0)
+    a = render(pipe, "cpu", shape, [RenderItem(prompt, "blurry", (1,))], rows_per_call=2)[0][0]
+    hook.remove()
+    (kw,) = calls
+    assert "prompt" not in kw and kw["prompt_embeds"].shape == (2, 2 * 77, 32), "150 tokens need two windows"
+    assert kw["negative_prompt_embeds"].shape == kw["prompt_embeds"].shape, "negative padded to the same length"
+    assert {tuple(h.shape) for h in seen} == {(4, 154, 32)}, "CFG: negative and positive rows, 154 positions each"
+    # Not truncated: the 150th token changes the embeddings and the pixels.
+    b = render(pipe, "cpu", shape, [RenderItem(words(150, last="y"), "blurry", (1,))], rows_per_call=2)[0][0]
+    assert not np.array_equal(np.asarray(a), np.asarray(b)), "the last token must matter"
+
+
+def test_a_short_row_keeps_its_pixels_whoever_shares_the_batch(tiny_model_dir):
+    from worker.render import CallShape, RenderItem, render
+
+    pipe = load(tiny_model_dir)
+    shape = CallShape("tiny", 64, 64, 2, 5.0)
+    short = RenderItem("a red bicycle", None, (7,))
+    with_long = render(pipe, "cpu", shape, [short, RenderItem(words(200), "x" * 90, (8,))], rows_per_call=2)
+    with_short = render(pipe, "cpu", shape, [short, RenderItem("a harbour", None, (8,))], rows_per_call=2)
+    assert np.array_equal(np.asarray(with_long[0][0]), np.asarray(with_short[0][0]))
+    assert with_long[1][0].size == (64, 64)
+
+
+def test_a_long_negative_prompt_pads_a_short_prompt(tiny_model_dir, monkeypatch):
+    from worker.render import CallShape, RenderItem, render
+
+    pipe = load(tiny_model_dir)
+    calls, _, hook = spy(pipe, monkeypatch)
+    render(pipe, "cpu", CallShape("tiny", 64, 64, 2, 5.0), [RenderItem("a cup", words(160), (1,))], rows_per_call=1)
+    hook.remove()
+    assert calls[0]["prompt_embeds"].shape[1] == calls[0]["negative_prompt_embeds"].shape[1] == 3 * 77
+
+
+def test_sdxl_long_prompt_uses_both_encoders_over_every_window(sdxl_dir, monkeypatch):
+    from worker.render import CallShape, RenderItem, render
+
+    pipe = load(sdxl_dir)
+    calls, seen, hook = spy(pipe, monkeypatch)
+    render(pipe, "cpu", CallShape("tiny-sdxl", 64, 64, 2, 5.0), [RenderItem(words(150), None, (1,))], rows_per_call=1)
+    hook.remove()
+    kw = calls[0]
+    assert kw["prompt_embeds"].shape == kw["negative_prompt_embeds"].shape == (1, 154, 64), "32 + 32 hidden"
+    assert kw["pooled_prompt_embeds"].shape == kw["negative_pooled_prompt_embeds"].shape == (1, 32)
+    assert {tuple(h.shape) for h in seen} == {(2, 154, 64)}
+
+
+def test_the_result_says_how_many_tokens_were_used(client, br_env, start_worker):
+    start_worker(br_env)
+    long_job = client.submit({"prompt": words(150), "seed": 1, "width": 64, "height": 64, "steps": 2})
+    short_job = client.submit({"prompt": "a red bicycle", "seed": 1, "width": 64, "height": 64, "steps": 2})
+    long_rec, short_rec = client.wait(long_job, timeout=120), client.wait(short_job, timeout=120)
+    assert long_rec.status is JobStatus.SUCCEEDED, long_rec.to_dict()
+    assert long_rec.result.prompt_tokens == 150
+    assert short_rec.result.prompt_tokens == len("aredbicycle")
