@@ -17,7 +17,7 @@ COPY webhooks webhooks
 # The tested versions (constraints.txt), except torch, whose build (CPU/CUDA) TORCH_SPEC chooses.
 RUN grep -v '^torch==' constraints.txt > /tmp/constraints.txt \
  && pip install --no-cache-dir ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "$TORCH_SPEC" \
- && pip install --no-cache-dir -c /tmp/constraints.txt '.[worker,api]'
+ && pip install --no-cache-dir -c /tmp/constraints.txt '.[worker,api,monitor]'
 ENV BATCHRENDER_HOME=/data
 VOLUME /data
 CMD ["batchrender", "--help"]

@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	# CPU wheel pinned: any other torch spec pulls several GB of CUDA packages.
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[worker,api,test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[worker,api,monitor,test]'
 	touch $(STAMP)
 
 # After a deliberate upgrade has passed `make test`: record the tested set.

@@ -3,8 +3,13 @@ from __future__ import annotations
 
 from celery import Celery
 
-from jobs.names import WEBHOOK_QUEUE
+from typing import TYPE_CHECKING, Any
+
+from jobs.names import RENDER_TASK, WEBHOOK_QUEUE, render_queue
 from jobs.settings import Settings
+
+if TYPE_CHECKING:
+    from jobs.schemas import JobMessage
 
 
 def patch_kombu_released_connection() -> None:
@@ -146,7 +151,26 @@ def make_app(settings: Settings, broker_url: str | None = None) -> Celery:
         task_create_missing_queues=True,
         result_expires=settings.record_ttl_s,
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        # Task events for Flower; render sessions send them for each job they pull (worker/task_events.py).
+        worker_send_task_events=settings.task_events,
         enable_utc=True,
     )
     return app
+
+
+def render_argsrepr(msg: "JobMessage") -> str:
+    """What Celery events (and so Flower) show as a render task's arguments: the job, not its
+    payload. Prompts, webhook URLs and message signatures stay out of every event copy."""
+    return (f"({msg.job_id}, model={msg.request.model}, tenant={msg.tenant or '-'}, "
+            f"images={msg.request.num_images})")
+
+
+def publish_render(app: Celery, msg: "JobMessage", *, queue: str | None = None, **options: Any) -> None:
+    """Send a (signed) render message: the one way a render task is published.
+
+    The task id is the job id, so a job's Celery result, its events in Flower and its record share
+    one id; ``argsrepr`` keeps the payload out of monitoring.
+    """
+    app.send_task(RENDER_TASK, args=[msg.model_dump(mode="json")], task_id=msg.job_id,
+                  queue=queue or render_queue(msg.request.model), argsrepr=render_argsrepr(msg), kwargsrepr="{}",
+                  **options)

@@ -340,6 +340,44 @@ def worker(models: str, webhooks: bool, name: str | None, loglevel: str) -> None
     sys.exit(code)
 
 
+@cli.command()
+@click.option("--address", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=5555, show_default=True, type=int)
+@click.option("--url-prefix", default="", help="Serve under this path (behind a reverse proxy).")
+def flower(address: str, port: int, url_prefix: str) -> None:
+    """Start Flower on the job broker: every job shows as its own task (batched ones included).
+
+    Its state (the tasks it has seen) is kept in ``home/flower.db`` across restarts. Basic auth
+    comes from BATCHRENDER_FLOWER_BASIC_AUTH (user:password), passed through the environment,
+    never the command line; without it Flower may only listen on loopback."""
+    import ipaddress
+
+    from jobs.embedded import redis_url_for
+
+    settings = _settings()
+    auth = settings.flower_basic_auth.get_secret_value() if settings.flower_basic_auth else ""
+    try:
+        local = ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        local = address == "localhost"
+    if not auth and not local:
+        raise click.UsageError(f"Flower on {address} needs BATCHRENDER_FLOWER_BASIC_AUTH (user:password): "
+                               "without it anyone who reaches the port can revoke jobs. Set it, or use "
+                               "--address 127.0.0.1.")
+    redis_url_for(settings, start=True)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "FLOWER_PERSISTENT": "true", "FLOWER_DB": str(settings.home.resolve() / "flower.db"),
+           "FLOWER_STATE_SAVE_INTERVAL": "60000",
+           "FLOWER_TASKS_COLUMNS": "name,uuid,state,args,result,received,started,runtime,worker"}
+    if auth:
+        env["FLOWER_BASIC_AUTH"] = auth
+        env["FLOWER_UNAUTHENTICATED_API"] = "false"
+    argv = [sys.executable, "-m", "celery", "-A", "jobs.monitor:app", "flower", f"--address={address}",
+            f"--port={port}", *([f"--url_prefix={url_prefix}"] if url_prefix else [])]
+    click.echo(f"flower: http://{address}:{port}/{url_prefix} (state in {env['FLOWER_DB']})", err=True)
+    os.execve(sys.executable, argv, env)
+
+
 def _gpu_count() -> int:
     # Ask nvidia-smi rather than torch: initialising CUDA here would poison the children.
     import shutil

@@ -11,10 +11,9 @@ from typing import Any, Callable, Iterable
 
 from kombu.exceptions import OperationalError
 
-from jobs.celery_app import make_app
+from jobs.celery_app import make_app, publish_render
 from jobs.embedded import redis_url_for
 from jobs.errors import BatchIncomplete, BrokerUnavailable, InvalidRequest, JobNotFound, OutputNotFound
-from jobs.names import RENDER_TASK, render_queue
 from jobs.registry import Registry
 from jobs.schemas import ImageResult, JobMessage, JobResult, RenderRequest, resolve
 from jobs.settings import Settings
@@ -168,9 +167,7 @@ class Client:
             self.storage.put(msg.input_key, msg._input_bytes, content_type="application/octet-stream",
                              metadata={"job_id": msg.job_id, "kind": "reference"})
         try:
-            self.app.send_task(RENDER_TASK, args=[msg.model_dump(mode="json")], task_id=msg.job_id,
-                               queue=render_queue(msg.request.model), retry=True,
-                               retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5})
+            publish_render(self.app, msg, retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5})
         except (OperationalError, ConnectionError, OSError) as e:
             raise BrokerUnavailable(f"could not queue job {msg.job_id}: the broker is unavailable ({e})") from e
 

@@ -15,13 +15,13 @@ class WorkerProcess:
     """A solo-pool celery worker in its own process group, logging to a file."""
 
     def __init__(self, env: dict[str, str], log_path: Path, queues: str = "render.tiny,webhooks",
-                 name: str = "w", app: str = "worker.app") -> None:
+                 name: str = "w", app: str = "worker.app", heartbeat: bool = False) -> None:
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", app, "worker", "-P", "solo", "-Q", queues,
-             "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle", "--without-heartbeat",
-             "-l", "INFO", "-n", f"{name}-{os.getpid()}-{time.monotonic_ns()}@test"],
+             "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle",
+             *([] if heartbeat else ["--without-heartbeat"]), "-l", "INFO", "-n", f"{name}-{os.getpid()}-{time.monotonic_ns()}@test"],
             env={**os.environ, **env}, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

@@ -24,12 +24,14 @@ from typing import Any, Callable
 from pydantic import ValidationError
 
 from jobs.errors import PermanentError, TransientError
+from jobs.celery_app import publish_render
 from jobs.names import RENDER_TASK
 from jobs.retry import RetryPolicy, transient
 from jobs.schemas import JobMessage
 from jobs.signing import ForgedMessage
 from jobs.status import JobStatus
 from worker.runner import JobRunner, Outcome, Rendered, group_by_shape
+from worker.task_events import TaskEvents
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,8 @@ class Gatherer:
 
 class BatchSession:
     def __init__(self, runner: JobRunner, app, queue: str, *, max_batch: int, window_ms: int,
-                 threads: int, max_pending: int, session_s: float, policy: RetryPolicy) -> None:
+                 threads: int, max_pending: int, session_s: float, policy: RetryPolicy,
+                 events: TaskEvents | None = None) -> None:
         self.runner = runner
         self.app = app
         self.queue = queue
@@ -116,6 +119,8 @@ class BatchSession:
         self.session_s = session_s
         self.policy = policy
         self.leader_error: TransientError | None = None
+        #: Celery task events for pulled jobs, so each shows in Flower as its own task.
+        self.events = events or TaskEvents(app, None, False)
 
     def run(self, leader: JobMessage, progress=None) -> Outcome:
         """Render the leader and whatever compatible work arrives; returns the leader's outcome."""
@@ -132,6 +137,8 @@ class BatchSession:
                         batch += gatherer.pull(self.max_batch - len(batch), self.window_s)
                     for p in batch:
                         by_id[p.msg.job_id] = p
+                        if not p.is_leader:
+                            self.events.received(p.msg)
                     ended, live = self.runner.admit([p.msg for p in batch])
                     for job_id, o in ended.items():
                         self._settle(by_id[job_id], o, outcomes)
@@ -154,6 +161,7 @@ class BatchSession:
                 if not p.is_leader and p.msg.job_id not in outcomes:
                     p.message.reject(requeue=True)
             gatherer.close()
+            self.events.close()
         if self.leader_error is not None:
             raise self.leader_error
         return outcomes[leader.job_id]
@@ -214,6 +222,7 @@ class BatchSession:
             self.app.backend.store_result(p.msg.job_id, {"job_id": p.msg.job_id, "status": outcome.status.value},
                                           "SUCCESS")
             p.message.ack()
+            self.events.finished(p.msg.job_id, outcome.status.value)
 
     def _retry(self, p: Pulled, e: TransientError, outcomes: dict[str, Outcome]) -> None:
         retries = self.runner.ctx.store.get(p.msg.job_id).retries
@@ -227,7 +236,7 @@ class BatchSession:
             return
         # Re-publish with a delay, then ack the original: a crash in between leaves two copies,
         # and the claim step makes the second one a no-op once the first has finished.
-        self.app.send_task(RENDER_TASK, args=[p.msg.model_dump(mode="json")], task_id=p.msg.job_id,
-                           queue=self.queue, countdown=self.policy.backoff(retries))
+        publish_render(self.app, p.msg, queue=self.queue, countdown=self.policy.backoff(retries))
         outcomes[p.msg.job_id] = Outcome(p.msg.job_id, JobStatus.QUEUED, e.to_dict())
         p.message.ack()
+        self.events.retried(p.msg.job_id, f"{e.code}: {e.message}")

@@ -20,7 +20,8 @@ import logging
 import time
 from typing import Any, Iterable
 
-from jobs.names import KEY_PREFIX, RENDER_TASK, render_queue
+from jobs.celery_app import publish_render
+from jobs.names import KEY_PREFIX, render_queue
 from jobs.periodic import take_turn
 from jobs.status import JobStatus
 from jobs.store import JobStore
@@ -93,8 +94,7 @@ def sweep_lost_jobs(app: Any, store: JobStore, overdue_s: float, recheck_s: floa
         if published == "0":
             continue  # a batch record never published: Client.reconcile ends it as not_queued
         msg = store.message(job_id)
-        app.send_task(RENDER_TASK, args=[msg.model_dump(mode="json")], task_id=job_id,
-                      queue=render_queue(msg.request.model))
+        publish_render(app, msg)
         sent.append(job_id)
     if sent:
         log.warning("job sweep re-sent %d lost job message(s): %s", len(sent), ", ".join(sent[:10]))

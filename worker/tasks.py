@@ -13,6 +13,7 @@ from celery import Celery
 from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 from pydantic import ValidationError
 
+from jobs.celery_app import publish_render
 from jobs.errors import PermanentError, TransientError
 from jobs.names import RENDER_TASK, render_queue
 from jobs.retry import RetryPolicy, transient
@@ -31,6 +32,7 @@ def register(app: Celery, settings: Settings) -> None:
         from worker.batching import BatchSession, default_max_batch
         from worker.context import get_context
         from worker.runner import JobRunner
+        from worker.task_events import TaskEvents
 
         try:
             ctx = get_context(settings)  # built at start-up; here only after a fork or a reset
@@ -44,8 +46,7 @@ def register(app: Celery, settings: Settings) -> None:
             log.error("dropping render message %s: %s", self.request.id, e)
             return {"status": "rejected", "error": str(e)}
         if ctx.publish is None:
-            ctx.publish = lambda m: app.send_task(RENDER_TASK, args=[ctx.messages.sign(m).model_dump(mode="json")],
-                                                  task_id=m.job_id, queue=render_queue(m.request.model))
+            ctx.publish = lambda m: publish_render(app, ctx.messages.sign(m))
         rows = settings.max_batch or default_max_batch(settings.device)
         runner = JobRunner(ctx, rows_per_call=rows)
         queue = (self.request.delivery_info or {}).get("routing_key") or render_queue(msg.request.model)
@@ -58,7 +59,7 @@ def register(app: Celery, settings: Settings) -> None:
             runner, app, queue, max_batch=rows,
             window_ms=settings.batch_window_ms, threads=settings.resolved_postprocess_threads,
             max_pending=settings.postprocess_queue, session_s=settings.visibility_timeout_s / 4,
-            policy=policy)
+            policy=policy, events=TaskEvents(app, self.request.hostname, settings.task_events))
         try:
             try:
                 outcome = session.run(msg, progress)
