@@ -419,12 +419,17 @@ def models_init_tiny() -> None:
 @click.argument("source")
 @click.option("--dtype", default="auto", type=click.Choice(["auto", "float32", "float16", "bfloat16"]))
 @click.option("--scheduler", default=None, help="diffusers scheduler class, e.g. EulerDiscreteScheduler")
-@click.option("--steps", "default_steps", type=int, default=25)
-@click.option("--guidance", "default_guidance", type=float, default=7.5)
-@click.option("--base-size", type=int, default=512, help="Training resolution (1024 for SDXL).")
+@click.option("--family", type=click.Choice(["auto", "sd15", "sdxl", "sd3", "flux"]), default="auto",
+              help="Model family; auto reads model_index.json of a local directory (hub ids: sd15 unless given).")
+@click.option("--steps", "default_steps", type=int, default=None, help="Default steps (the family's when unset).")
+@click.option("--guidance", "default_guidance", type=float, default=None, help="Default guidance (the family's).")
+@click.option("--base-size", type=int, default=None, help="Training resolution (the family's: 512 SD 1.5, 1024 others).")
 @click.option("--device", default=None)
-def models_add(name: str, source: str, **opts) -> None:
+def models_add(name: str, source: str, family: str, **opts) -> None:
     """Register a model: a local diffusers directory (save_pretrained) or a hub id."""
+    from pydantic import ValidationError
+
+    from jobs.families import family_of_pipeline
     from jobs.registry import ModelSpec, Registry
 
     path = Path(source).expanduser()
@@ -433,9 +438,21 @@ def models_add(name: str, source: str, **opts) -> None:
             raise InvalidRequest(f"{source} has no model_index.json: give a directory written by a diffusers "
                                  "pipeline's save_pretrained (or a hub id like org/name)")
         source = str(path.resolve())
+        cls = json.loads((path / "model_index.json").read_text()).get("_class_name", "")
+        found = family_of_pipeline(cls)
+        if found is None:
+            raise InvalidRequest(f"{source} holds a {cls or 'pipeline without _class_name'}; supported: "
+                                 "StableDiffusionPipeline, StableDiffusionXLPipeline, StableDiffusion3Pipeline, "
+                                 "FluxPipeline")
+        if family not in ("auto", found):
+            raise InvalidRequest(f"--family {family} does not match {source}: it holds a {cls} ({found})")
+        family = found
     elif source.startswith(("/", ".", "~")) or not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
         raise InvalidRequest(f"{source}: no such directory (and not a hub id like org/name)")
-    spec = ModelSpec(name=name, source=source, **opts)
+    try:
+        spec = ModelSpec(name=name, source=source, family="sd15" if family == "auto" else family, **opts)
+    except ValidationError as e:
+        raise InvalidRequest("; ".join(x["msg"].removeprefix("Value error, ") for x in e.errors())) from None
     Registry(_settings()).register(spec)
     click.echo(f"registered {name}: {spec.model_dump_json()}")
 
