@@ -36,6 +36,16 @@ ASPECT_RATIOS: dict[str, tuple[int, int]] = {
     "3:2": (3, 2), "2:3": (2, 3), "4:3": (4, 3), "3:4": (3, 4), "21:9": (21, 9),
 }
 _CUSTOM_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+#: Colours a palette may hold; ``palette_strict`` renders each image at most ``MAX_PALETTE_TRIES`` times.
+MAX_PALETTE = 8
+DEFAULT_PALETTE_TRIES, MAX_PALETTE_TRIES = 4, 8
+_HEX_COLOUR = re.compile(r"#(?:[0-9A-Fa-f]{6}|[0-9A-Fa-f]{3})")
+#: ``#RRGGBB`` written in a prompt (3-digit forms are left alone there: "#123" is usually a number).
+PROMPT_HEX = re.compile(r"#([0-9A-Fa-f]{6})\b")
+#: ``background: auto`` becomes transparent when the prompt asks for it in words like these.
+_WANTS_TRANSPARENCY = re.compile(
+    r"\b(transparent|no|without(?: an?)?|removed?)[ -]background\b|\bbackground[ -]?(less|removed)\b|"
+    r"\bcut[ -]?out\b|\bwith transparency\b|\balpha channel\b", re.IGNORECASE)
 
 
 class OutputFormat(str, Enum):
@@ -46,6 +56,20 @@ class OutputFormat(str, Enum):
     @property
     def content_type(self) -> str:
         return f"image/{self.value}"
+
+    @property
+    def has_alpha(self) -> bool:
+        return self is not OutputFormat.JPEG
+
+
+class Background(str, Enum):
+    """``transparent``: RGBA with the backdrop cut out; ``opaque``: as rendered; ``auto``:
+    transparent when the prompt asks for it ("transparent background", "cutout", ...) and the
+    format has an alpha channel, else opaque (decided at submission)."""
+
+    TRANSPARENT = "transparent"
+    OPAQUE = "opaque"
+    AUTO = "auto"
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -81,6 +105,16 @@ class RenderRequest(BaseModel):
                                    description="How far to move from the reference (0-1].")
     webhook: str | None = Field(None, max_length=2048, description="http(s) URL for signed callbacks.")
     webhook_events_filter: list[str] | None = None
+    background: Background = Field(Background.AUTO, description=(
+        "transparent: RGBA PNG/WebP with the background cut out (not with jpeg); opaque; auto: "
+        "transparent when the prompt asks for a transparent background or cutout, else opaque."))
+    palette: list[str] | None = Field(None, description=(
+        f"Colours as #RRGGBB (or #RGB), 1–{MAX_PALETTE}: named for the text encoder and checked in each "
+        "image (CIEDE2000). Without it, #RRGGBB codes in the prompt are the palette."))
+    palette_strict: bool = Field(False, strict=True, description=(
+        "Render each image with up to palette_tries seeds and keep the one closest to the palette."))
+    palette_tries: int = Field(DEFAULT_PALETTE_TRIES, ge=2, le=MAX_PALETTE_TRIES, strict=True, description=(
+        f"Seeds tried per image with palette_strict (2–{MAX_PALETTE_TRIES}); counted in the cost budget."))
 
     @field_validator("prompt", "negative_prompt")
     @classmethod
@@ -132,6 +166,41 @@ class RenderRequest(BaseModel):
             raise ValueError("give a data:image/...;base64,... URI or an http(s) URL")
         return v
 
+    @field_validator("background")
+    @classmethod
+    def _background(cls, v: Background, info) -> Background:
+        fmt = info.data.get("output_format")
+        if v is Background.TRANSPARENT and fmt is not None and not fmt.has_alpha:
+            raise ValueError(f"background 'transparent' needs an alpha channel and output_format "
+                             f"'{fmt.value}' has none; use output_format 'png' or 'webp', or background 'opaque'")
+        return v
+
+    @field_validator("palette")
+    @classmethod
+    def _palette(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError(f"palette is empty; give 1–{MAX_PALETTE} colours as #RRGGBB, or leave it out")
+        if len(v) > MAX_PALETTE:
+            raise ValueError(f"palette has {len(v)} colours; at most {MAX_PALETTE} are allowed")
+        out = []
+        for i, code in enumerate(v):
+            if not _HEX_COLOUR.fullmatch(code.strip()):
+                raise ValueError(f"palette[{i}] {code[:20]!r} is not a hex colour; give #RRGGBB or #RGB "
+                                 "(e.g. #1A73E8)")
+            h = code.strip()[1:].upper()
+            out.append("#" + (h if len(h) == 6 else "".join(c * 2 for c in h)))
+        return list(dict.fromkeys(out))
+
+    @field_validator("palette_strict")
+    @classmethod
+    def _palette_strict(cls, v: bool, info) -> bool:
+        if v and not info.data.get("palette") and not PROMPT_HEX.search(info.data.get("prompt") or ""):
+            raise ValueError("palette_strict needs colours to match: give palette (#RRGGBB codes) or write "
+                             "#RRGGBB codes in the prompt")
+        return v
+
     @field_validator("metadata")
     @classmethod
     def _metadata(cls, v: dict[str, Any]) -> dict[str, Any]:
@@ -162,6 +231,26 @@ class RenderRequest(BaseModel):
         if (self.width is None) != (self.height is None):
             raise ValueError("give both width and height, or neither")
         return self
+
+    @property
+    def requested_palette(self) -> list[str]:
+        """The palette to name and check: ``palette``, else the #RRGGBB codes in the prompt (first 8)."""
+        if self.palette:
+            return list(self.palette)
+        found = dict.fromkeys("#" + m.group(1).upper() for m in PROMPT_HEX.finditer(self.prompt))
+        return list(found)[:MAX_PALETTE]
+
+    @property
+    def transparent(self) -> bool:
+        """Whether the images get an alpha channel (``auto`` decided as ``resolve`` does)."""
+        if self.background is Background.AUTO:
+            return self.output_format.has_alpha and bool(_WANTS_TRANSPARENCY.search(self.prompt))
+        return self.background is Background.TRANSPARENT
+
+    @property
+    def renders_per_image(self) -> int:
+        """Pipeline rows each image may cost: ``palette_tries`` with ``palette_strict``, else 1."""
+        return self.palette_tries if self.palette_strict else 1
 
     @classmethod
     def parse(cls, data: Any) -> "RenderRequest":
@@ -290,7 +379,8 @@ def resolve(request: RenderRequest, spec: Any, settings: Any) -> RenderRequest:
                                  family(getattr(spec, "family", "sd15")))
     assert height is not None
     steps = request.steps or spec.default_steps
-    errors += limit_errors(width, height, steps, request.num_images, request.prompt, settings)
+    errors += limit_errors(width, height, steps, request.num_images, request.prompt, settings,
+                           tries=request.renders_per_image)
     if errors:
         summary = "; ".join(f"{x['field']}: {x['message']}" for x in errors)
         raise InvalidRequest(f"invalid request: {summary}", errors=errors)
@@ -299,6 +389,7 @@ def resolve(request: RenderRequest, spec: Any, settings: Any) -> RenderRequest:
         "guidance_scale": spec.default_guidance if request.guidance_scale is None else request.guidance_scale,
         "seed": secrets.randbelow(2**32) if request.seed is None else request.seed,
         "strength": (request.strength or DEFAULT_STRENGTH) if request.image else None,
+        "background": Background.TRANSPARENT if request.transparent else Background.OPAQUE,
     })
 
 
@@ -323,7 +414,8 @@ def family_errors(request: RenderRequest, spec: Any) -> list[dict[str, str]]:
     return errors
 
 
-def limit_errors(width: int, height: int, steps: int, num_images: int, prompt: str, settings: Any) -> list[dict[str, str]]:
+def limit_errors(width: int, height: int, steps: int, num_images: int, prompt: str, settings: Any,
+                 tries: int = 1) -> list[dict[str, str]]:
     """What a resolved request breaks of the deployment's limits (the producer checks at
     submission, the worker again before rendering: limits may have changed, messages may lie)."""
     errors = []
@@ -341,11 +433,13 @@ def limit_errors(width: int, height: int, steps: int, num_images: int, prompt: s
     if len(prompt) > settings.max_prompt_chars:
         errors.append({"field": "prompt", "message": f"prompt is {len(prompt)} characters; the limit "
                        f"is {settings.max_prompt_chars}"})
-    cost = width * height * steps * num_images
+    cost = width * height * steps * num_images * tries
     if cost > settings.max_job_cost and not errors:
-        errors.append({"field": "steps", "message": f"width × height × steps × num_images = {width}×{height}×{steps}"
-                       f"×{num_images} = {cost} exceeds the per-job budget of {settings.max_job_cost}; use fewer "
-                       "steps, a smaller size or fewer images"})
+        tried = f" × palette_tries {tries}" if tries > 1 else ""
+        errors.append({"field": "steps", "message": f"width × height × steps × num_images{tried} = {width}×{height}"
+                       f"×{steps}×{num_images}{'×' + str(tries) if tries > 1 else ''} = {cost} exceeds the per-job "
+                       f"budget of {settings.max_job_cost}; use fewer steps, a smaller size or fewer images"
+                       f"{' or tries' if tries > 1 else ''}"})
     return errors
 
 
@@ -358,6 +452,51 @@ class Timings(BaseModel):
     postprocess_s: float = 0.0
     #: How many jobs shared the pipeline call.
     batch_size: int = 1
+
+
+class AlphaReport(BaseModel):
+    """How a transparent image's alpha channel was made."""
+
+    method: str = Field(description="key: colour-distance matte against the backdrop; matting: a segmentation model.")
+    coverage: float = Field(description="Fraction of fully transparent pixels.")
+    opaque: float = Field(description="Fraction of fully opaque pixels.")
+    partial: float = Field(description="Fraction of partly transparent (feathered edge) pixels.")
+    backdrop: str | None = Field(None, description="key: the backdrop colour keyed out, estimated from the border.")
+    threshold: list[float] | None = Field(None, description="key: CIELAB distances of full transparency and opacity.")
+    model: str | None = Field(None, description="matting: the model directory's name.")
+
+
+class DominantColour(BaseModel):
+    hex: str
+    share: float = Field(description="Share of the (opaque) pixels in this cluster.")
+    nearest: str = Field(description="The requested colour nearest to it.")
+    delta_e: float = Field(description="CIEDE2000 distance to that colour.")
+    passes: bool = Field(description="delta_e within the threshold.")
+
+
+class RequestedColour(BaseModel):
+    hex: str
+    name: str = Field(description="The colour name the text encoder was given.")
+    nearest_dominant: str | None = None
+    delta_e: float | None = Field(None, description="CIEDE2000 distance to the nearest dominant colour.")
+    passes: bool = Field(description="Some dominant colour is within the threshold: the colour shows up.")
+
+
+class PaletteTry(BaseModel):
+    seed: int
+    score: float
+
+
+class PaletteReport(BaseModel):
+    """Palette compliance of one image: dominant colours (k-means, CIELAB) against the requested ones."""
+
+    threshold: float = Field(description="CIEDE2000 distance at which a colour passes (10).")
+    dominant: list[DominantColour]
+    requested: list[RequestedColour]
+    compliant_share: float = Field(description="Share of pixels in dominant colours that pass.")
+    passes: bool = Field(description="Every requested colour shows up.")
+    score: float = Field(description="Mean of the share of requested colours shown and compliant_share (0–1).")
+    tries: list[PaletteTry] | None = Field(None, description="palette_strict: every seed rendered and its score.")
 
 
 class ImageResult(BaseModel):
@@ -376,6 +515,10 @@ class ImageResult(BaseModel):
     flags: list[str] = Field(default_factory=list)
     #: Storage key of the small WebP preview written beside the image (None: no thumbnail).
     thumbnail_key: str | None = None
+    #: background transparent: how the alpha channel was made and how much is transparent.
+    alpha: AlphaReport | None = None
+    #: A palette was requested: the image's dominant colours against it (CIEDE2000).
+    palette: PaletteReport | None = None
 
 
 class JobResult(BaseModel):

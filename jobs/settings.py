@@ -130,6 +130,9 @@ class Settings(BaseModel):
     text_classifier_dir: Path | None = None
     image_classifier_dir: Path | None = None
     safety_checker_dir: Path | None = None
+    #: A transformers semantic-segmentation model (local directory, loaded offline) that makes the
+    #: alpha channel of ``background: transparent`` images; unset: the backdrop is keyed out.
+    matting_model_dir: Path | None = None
     phash_blocklist: Path | None = None
     #: Stage names the operator explicitly allows to fail open when they error.
     moderation_fail_open: list[str] = Field(default_factory=list)

@@ -66,10 +66,11 @@ def render_request(client, body: ImageGenerate) -> RenderRequest:
     if name not in models:
         raise _invalid("model", f"unknown model {name!r}; available: {', '.join(sorted(models))} (GET /v1/models)")
     spec = models[name]
-    if body.background == "transparent":
-        raise _invalid("background", "transparent backgrounds are not supported yet; use 'opaque' or 'auto'")
+    if body.background == "transparent" and body.output_format == "jpeg":
+        raise _invalid("background", "background 'transparent' needs an alpha channel and output_format 'jpeg' "
+                       "has none; use output_format 'png' or 'webp', or background 'opaque'")
     fields: dict[str, Any] = {"prompt": body.prompt, "model": name, "num_images": body.n,
-                              "output_format": body.output_format or "png"}
+                              "output_format": body.output_format or "png", "background": body.background or "auto"}
     size = body.size or "auto"
     if size != "auto":
         m = _SIZE.match(size)
@@ -167,7 +168,8 @@ def images_response(client, rec: JobRecord, body: ImageGenerate, base: str | Non
     first = rec.result.images[0] if rec.result.images else None
     words = len(body.prompt.split())
     return {
-        "created": int(rec.created_at or time.time()), "data": data, "background": "opaque",
+        "created": int(rec.created_at or time.time()), "data": data,
+        "background": "transparent" if first is not None and first.alpha is not None else "opaque",
         "output_format": first.format.value if first else (body.output_format or "png"),
         "quality": {"auto": "medium"}.get(body.quality or "auto", body.quality),
         "size": f"{first.width}x{first.height}" if first else body.size,

@@ -33,6 +33,8 @@ class WorkerContext:
     #: Publishes a JobMessage back onto its model's queue (set by the task module).
     publish: Any = None
     actor: str = "worker"
+    #: The matting model for transparent backgrounds, loaded on first use (None: keying).
+    matting: Any = None
 
     @classmethod
     def build(cls, settings: Settings) -> "WorkerContext":
@@ -42,6 +44,7 @@ class WorkerContext:
         from safety.chain import ModerationChain
         from storage import open_storage
         from webhooks.job_events import webhook_sender
+        from worker.cutout import Matting
 
         url = redis_url_for(settings)
         store = JobStore.from_url(url, settings.record_ttl_s)
@@ -59,6 +62,7 @@ class WorkerContext:
             messages=Signer.for_settings(settings),
             provenance=open_provenance_index(settings),
             events=Events(webhook_sender(settings, url, store), settings.webhook_progress_interval_s),
+            matting=Matting(settings.matting_model_dir),
         )
 
 

@@ -4,6 +4,10 @@ Order matters: an image withheld by moderation is quarantined unsigned and never
 image is signed before it is stored (a signing failure fails the job, never ships unsigned); the
 provenance index is written after the upload, so it only ever points at delivered images.
 
+``background: transparent`` cuts the backdrop out before encoding (worker/cutout.py), so the
+alpha channel is part of the signed bytes; output moderation still sees the whole render. A
+palette request adds its compliance report (worker/colour.py), computed on the delivered pixels.
+
 Storage outages: an upload that fails after the storage backend's own retries is retried here,
 with backoff, for up to ``settings.storage_wait_budget_s`` (``BATCHRENDER_STORAGE_OUTAGE_S``,
 default 30 min), keeping the signed bytes in memory: a storage outage delays the job instead of
@@ -22,10 +26,12 @@ from typing import Any, Callable, TypeVar
 from PIL import Image
 
 from jobs.errors import StorageError
-from jobs.schemas import ImageResult, JobMessage
+from jobs.schemas import AlphaReport, ImageResult, JobMessage, PaletteReport
 from storage.keys import build_key
 from storage.links import thumbnail_key
+from worker.colour import palette_report
 from worker.context import WorkerContext
+from worker.cutout import cut_out
 from worker.encode import encode, pixel_sha256, thumbnail
 
 SINGLE = "single"  # the batch segment of keys for jobs submitted on their own
@@ -62,8 +68,24 @@ class Delivered:
 def render_params(msg: JobMessage) -> dict[str, Any]:
     """The parameters that determine the pixels; their hash goes into the C2PA assertion."""
     r = msg.request
-    return {k: getattr(r, k) for k in ("prompt", "negative_prompt", "model", "width", "height",
-                                        "steps", "guidance_scale", "seed", "num_images", "strength")}
+    params = {k: getattr(r, k) for k in ("prompt", "negative_prompt", "model", "width", "height",
+                                         "steps", "guidance_scale", "seed", "num_images", "strength")}
+    # Only when used, so the hash of a plain render's parameters is what it always was.
+    if r.transparent:
+        params["background"] = "transparent"
+    if r.requested_palette:
+        params["palette"] = r.requested_palette
+    if r.palette_strict:
+        params["palette_tries"] = r.palette_tries
+    return params
+
+
+def as_delivered(ctx: WorkerContext, msg: JobMessage, img: Image.Image) -> tuple[Image.Image, AlphaReport | None]:
+    """The pixels that will be delivered: the render, or its cutout for ``background: transparent``."""
+    if not msg.request.transparent:
+        return img, None
+    cut = cut_out(img, ctx.matting)
+    return cut.image, AlphaReport(**cut.report)
 
 
 def object_key(ctx: WorkerContext, msg: JobMessage, index: int) -> str:
@@ -74,10 +96,19 @@ def object_key(ctx: WorkerContext, msg: JobMessage, index: int) -> str:
 
 
 def deliver_image(ctx: WorkerContext, msg: JobMessage, index: int, seed: int, img: Image.Image) -> Delivered:
+    """Deliver one rendered image. With ``palette_strict`` the runner kept the best of several
+    renders and noted on the image (``img.info``) the seed it was rendered with and every try."""
+    seed = img.info.get("palette_seed", seed)
+    tries = img.info.get("palette_tries")
     r = msg.request
     fmt = r.output_format
     key = object_key(ctx, msg, index)
-    data = encode(img, fmt, r.quality)
+    final, alpha = as_delivered(ctx, msg, img)
+    palette = None
+    if r.requested_palette:
+        palette = PaletteReport(**palette_report(final, r.requested_palette),
+                                tries=[{"seed": s, "score": round(v, 4)} for s, v in tries] if tries else None)
+    data = encode(final, fmt, r.quality)
 
     decision = ctx.moderation.check_output_image(img, actor=msg.tenant or "worker", job_id=msg.job_id)
     if decision.action.value == "block":
@@ -101,13 +132,13 @@ def deliver_image(ctx: WorkerContext, msg: JobMessage, index: int, seed: int, im
     if ctx.settings.thumbnail_px:
         # A preview for galleries: derived from the signed image's pixels, unsigned itself.
         thumb = thumbnail_key(key)
-        preview = thumbnail(img, ctx.settings.thumbnail_px)
+        preview = thumbnail(final, ctx.settings.thumbnail_px)
         through_outage(f"job {msg.job_id} thumbnail {index}", ctx.settings.storage_wait_budget_s,
                        lambda: ctx.storage.put(thumb, preview, content_type="image/webp",
                                                metadata={"job_id": msg.job_id, "kind": "thumbnail"}))
     ctx.provenance.add(data, job_id=msg.job_id, batch_id=msg.batch_id or "", key=key)
     return Delivered(image=ImageResult(
         index=index, key=key, url=ctx.storage.url_for(key), seed=seed, width=img.width, height=img.height,
-        format=fmt, sha256=sha, pixel_sha256=pixel_sha256(img), bytes=stored.size, c2pa="signed", flags=flags,
-        thumbnail_key=thumb,
+        format=fmt, sha256=sha, pixel_sha256=pixel_sha256(final), bytes=stored.size, c2pa="signed", flags=flags,
+        thumbnail_key=thumb, alpha=alpha, palette=palette,
     ))

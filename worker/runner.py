@@ -21,10 +21,12 @@ from typing import Any, Callable
 from jobs.errors import BatchRenderError, InvalidRequest, PermanentError, TimeLimitExceeded, TransientError
 from jobs.names import KEY_PREFIX, input_key, mask_key
 from jobs.retry import RetryPolicy, WorkerLost
-from jobs.schemas import ImageResult, JobMessage, JobResult, Timings, limit_errors
+from jobs.schemas import MAX_SEED, ImageResult, JobMessage, JobResult, Timings, limit_errors
 from jobs.status import JobStatus
+from worker.conditioning import pipeline_prompts
 from worker.context import WorkerContext
-from worker.deliver import Delivered, deliver_image
+from worker.colour import palette_report
+from worker.deliver import Delivered, as_delivered, deliver_image
 from worker.prompts import prompt_tokens
 from worker.render import CallShape, RenderItem, render
 
@@ -152,7 +154,8 @@ class JobRunner:
         if used > s.job_time_limit_s:
             raise TimeLimitExceeded(f"the job has been rendering for {used:.0f} s over its attempts; the limit is "
                                     f"{s.job_time_limit_s} s (BATCHRENDER_JOB_TIME_LIMIT_S)")
-        errors = limit_errors(r.width or 0, r.height or 0, r.steps or 0, r.num_images, r.prompt, s)
+        errors = limit_errors(r.width or 0, r.height or 0, r.steps or 0, r.num_images, r.prompt, s,
+                              tries=r.renders_per_image)
         if errors:
             raise InvalidRequest("invalid request: " + "; ".join(f"{x['field']}: {x['message']}" for x in errors),
                                  errors=errors)
@@ -260,10 +263,12 @@ class JobRunner:
             except TransientError:
                 return False
 
-        items = [RenderItem(x.msg.request.prompt, x.msg.request.negative_prompt, tuple(x.msg.seeds), x.image, x.mask)
-                 for x in live]
+        # Hex codes named, palette and keyable backdrop added (worker/conditioning.py).
+        items = [RenderItem(*pipeline_prompts(x.msg.request), tuple(x.msg.seeds), x.image, x.mask) for x in live]
         t0 = time.perf_counter()
         images = render(loaded.pipe, loaded.device, shape, items, on_step, self.rows_per_call)
+        if images is not None and any(x.msg.request.palette_strict for x in live):
+            images = self.keep_best_palette(loaded.pipe, loaded.device, shape, live, items, images, on_step)
         render_s = time.perf_counter() - t0
         self.busy_s += render_s
         # Per call, not per task: a session's task ends after its last job is already visible.
@@ -280,6 +285,53 @@ class JobRunner:
             # Rendered alongside others, but its owner gave up: discard, never deliver.
             ended = self._canceled(x.msg) if store.cancel_requested(x.msg.job_id) else None
             out.append(Rendered(x, imgs, timings, ended, prompt_tokens(loaded.pipe, item.prompt)))
+        return out
+
+    #: ``scorer(image, palette) -> {"score": 0-1, "passes": bool, ...}``; tests inject a stand-in.
+    palette_scorer: Callable[[Any, list[str]], dict[str, Any]] = staticmethod(palette_report)
+
+    def keep_best_palette(self, pipe, device: str, shape: CallShape, live: list[Live], items: list[RenderItem],
+                          images: list[list[Any]], on_step) -> list[list[Any]] | None:
+        """``palette_strict``: an image whose palette does not pass is rendered again with the next
+        seed (image i of n tries seed + i + k·n, k < palette_tries), until one passes or the tries
+        run out; the best-scoring render is kept, its seed and every try recorded on the image
+        (``info``) for delivery. One pipeline call per round for all images still trying, at the
+        usual rows per call, so a kept image is pixel-identical to a plain render of its seed.
+        None when a re-render was interrupted (canceled or out of time)."""
+        best: dict[tuple[int, int], tuple[float, Any, int]] = {}
+        tries: dict[tuple[int, int], list[tuple[int, float]]] = {}
+        trying: list[tuple[int, int]] = []
+
+        def judge(j: int, i: int, img, seed: int) -> bool:
+            x = live[j].msg
+            delivered, _ = as_delivered(self.ctx, x, img)
+            verdict = self.palette_scorer(delivered, x.request.requested_palette)
+            score = float(verdict["score"])
+            tries.setdefault((j, i), []).append((seed, score))
+            if (j, i) not in best or score > best[(j, i)][0]:
+                best[(j, i)] = (score, img, seed)
+            return bool(verdict["passes"])
+
+        for j, x in enumerate(live):
+            if x.msg.request.palette_strict:
+                for i, (img, seed) in enumerate(zip(images[j], items[j].seeds)):
+                    if not judge(j, i, img, seed):
+                        trying.append((j, i))
+        for k in range(1, max((live[j].msg.request.palette_tries for j, _ in trying), default=1)):
+            trying = [(j, i) for j, i in trying if k < live[j].msg.request.palette_tries]
+            if not trying:
+                break
+            seeds = [(items[j].seeds[i] + k * len(items[j].seeds)) % (MAX_SEED + 1) for j, i in trying]
+            again = render(pipe, device, shape, [
+                RenderItem(items[j].prompt, items[j].negative_prompt, (seed,), items[j].image, items[j].mask)
+                for (j, i), seed in zip(trying, seeds)], on_step, self.rows_per_call)
+            if again is None:
+                return None
+            trying = [(j, i) for (j, i), seed, (img,) in zip(trying, seeds, again) if not judge(j, i, img, seed)]
+        out = [list(imgs) for imgs in images]
+        for (j, i), (_, img, seed) in best.items():
+            img.info["palette_seed"], img.info["palette_tries"] = seed, tries[(j, i)]
+            out[j][i] = img
         return out
 
     def deliver(self, item: Rendered) -> Outcome:

@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobs.schemas import OutputFormat, Timings
+from jobs.schemas import AlphaReport, OutputFormat, PaletteReport, Timings
 from jobs.status import JobStatus
 
 
@@ -27,6 +27,8 @@ class Output(BaseModel):
     download_url: str = Field(description="Fetchable without a key until download_expires_at.")
     download_expires_at: float = Field(description="Unix time.")
     thumbnail_url: str | None = Field(None, description="Signed link to a small WebP preview.")
+    alpha: AlphaReport | None = Field(None, description="background transparent: how the alpha was made, coverage.")
+    palette: PaletteReport | None = Field(None, description="A palette was requested: compliance (CIEDE2000).")
 
 
 class Progress(BaseModel):

@@ -76,10 +76,27 @@ def test_errors_come_in_openai_shape(server, tenants):
         client.images.generate(model="gpt-image-1", prompt="a lamp")
     assert bad_model.value.param == "model" and "tiny" in bad_model.value.message
     with pytest.raises(openai.BadRequestError) as transparent:
-        client.images.generate(model="tiny", prompt="a lamp", size="64x64", background="transparent")
-    assert transparent.value.param == "background"
+        client.images.generate(model="tiny", prompt="a lamp", size="64x64", background="transparent",
+                               output_format="jpeg")
+    assert transparent.value.param == "background" and "output_format" in transparent.value.message
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{server.url}/v1", api_key="br_wrong", max_retries=0).models.list()
+
+
+def test_transparent_background_gives_an_rgba_png_with_real_alpha(server, tenants):
+    alice = tenants.create("alice")
+    got = _sdk(server, alice).images.generate(model="tiny", prompt="a lamp", size="128x128", background="transparent",
+                                             response_format="b64_json")
+    assert got.background == "transparent"
+    with Image.open(io.BytesIO(base64.b64decode(got.data[0].b64_json))) as im:
+        assert im.mode == "RGBA"
+        lo, hi = im.getchannel("A").getextrema()
+    assert lo == 0 and hi == 255
+    opaque = _sdk(server, alice).images.generate(model="tiny", prompt="a lamp", size="64x64", background="opaque",
+                                                response_format="b64_json")
+    assert opaque.background == "opaque"
+    with Image.open(io.BytesIO(base64.b64decode(opaque.data[0].b64_json))) as im:
+        assert im.mode == "RGB"
 
 
 def test_a_429_is_retried_by_the_sdk_itself(br_env, settings_for, tenants, start_worker):
