@@ -16,6 +16,7 @@ from PIL import Image
 from jobs.status import JobStatus
 from tests.integration.test_api_jobs import alice, api, api_env, auth, make_api  # noqa: F401 (fixtures)
 from tests.integration.test_worker_s3_c2pa import cli_verify, read_manifest
+from tests.unit.test_cutout import tiny_segformer  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(240)
 BASE = {"prompt": "a desk lamp", "seed": 11, "width": 128, "height": 128, "steps": 2}
@@ -218,3 +219,29 @@ def test_palette_strict_tries_count_against_the_cost_budget(make_api, alice):
                                        "palette": ["#000000"], "palette_strict": True, "palette_tries": 4},
                     headers=auth(alice))
     assert over.status_code == 422 and "palette_tries" in over.json()["error"]["message"]
+
+
+def test_with_a_matting_model_the_alpha_is_the_models(br_env, client, settings_for, tiny_segformer):
+    """BATCHRENDER_MATTING_MODEL_DIR: a (tiny, random-weight) segmentation model makes the alpha."""
+    from jobs.schemas import RenderRequest
+    from worker.conditioning import pipeline_prompts
+    from worker.context import WorkerContext
+    from worker.cutout import MattingModel
+    from worker.runner import JobRunner
+
+    env = {**br_env, "BATCHRENDER_MATTING_MODEL_DIR": str(tiny_segformer)}
+    runner = JobRunner(WorkerContext.build(settings_for(env)), rows_per_call=1)
+    request = {**BASE, "background": "transparent"}
+    msg = client.prepare(request)
+    prompt, negative = pipeline_prompts(RenderRequest.parse(request))
+    control = client.prepare({**BASE, "prompt": prompt, "negative_prompt": negative, "background": "opaque"})
+    assert [o.status for o in runner.run([msg, control])] == [JobStatus.SUCCEEDED] * 2
+    img = client.status(msg.job_id).result.images[0]
+    assert img.alpha.method == "matting" and img.alpha.model == tiny_segformer.name and img.alpha.backdrop is None
+    with Image.open(img.url) as im:
+        alpha = np.asarray(im)[..., 3]
+    assert (alpha == 0).any() and (alpha == 255).any()
+    with Image.open(client.status(control.job_id).result.images[0].url) as im:
+        expected = MattingModel(tiny_segformer).alpha(im)
+    expected = np.where(expected < 2 / 255, 0, np.where(expected > 253 / 255, 1, expected))
+    assert np.abs(alpha.astype(float) - np.round(expected * 255)).max() <= 1
