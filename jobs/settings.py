@@ -199,6 +199,10 @@ class Settings(BaseModel):
     compile_unet: bool = False
     #: Decode with VAE tiling at or above this many pixels (bounded memory for large sizes).
     vae_tiling_above_pixels: int = 1536 * 1536
+    #: Bearer token the API's ``/metrics`` wants (unset: open, like ``/healthz``; its labels name tenants).
+    metrics_token: SecretStr | None = None
+    #: Celery task events (what Flower shows): on, and sent for every job of a batched call too.
+    task_events: bool = True
 
     def __repr_args__(self):
         # SecretStr fields are masked by pydantic; URLs may carry a password (redis://:pw@host).

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, TypeVar
 import redis
 
 from jobs.errors import BrokerUnavailable, JobNotFound
+from jobs.metrics import job_finished, job_submitted
 from jobs.names import (ALL_BATCHES_KEY, ALL_JOBS_KEY, KEY_PREFIX, batch_index_key, batch_jobs_key, batch_key,
                         cancel_key, deleted_key, events_channel, idem_key, index_member, job_key, queued_key,
                         tenant_batches_key, tenant_jobs_key, tenant_key)
@@ -204,6 +205,7 @@ class JobStore:
             p.execute()
         return True
 
+        job_submitted(msg.request.model, msg.tenant)
     @staticmethod
     def _index(p: Any, msg: JobMessage) -> None:
         """Listing (per tenant, per batch) and retention entries for one job, in pipeline ``p``."""
@@ -275,6 +277,8 @@ class JobStore:
             p.execute()
 
     def mark_published(self, job_ids: Iterable[str]) -> None:
+        for m in msgs:
+            job_submitted(m.request.model, tenant)
         ids = list(job_ids)
         if not ids:
             return
@@ -311,6 +315,8 @@ class JobStore:
             self.r.publish(events_channel(job_id), to.value)
             return Transition(True, to, done)
         return Transition(False, JobStatus(cur) if cur else None, _target=to.value)
+            if to in TERMINAL:  # every way a job ends passes here, in whichever process ends it
+                job_finished(to.value, model or "-")
 
     def set_progress(self, job_id: str, step: int, total: int) -> None:
         self.r.hset(job_key(job_id), "progress", json.dumps({"step": step, "total": total}))

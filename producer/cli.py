@@ -281,7 +281,11 @@ def gallery(batch_id: str, out: Path) -> None:
               help="Also start a webhook worker process (threads; BATCHRENDER_WEBHOOK_THREADS) beside the render one.")
 @click.option("--name", default=None, help="Worker node name.")
 @click.option("--loglevel", default="INFO")
-def worker(models: str, webhooks: bool, name: str | None, loglevel: str) -> None:
+@click.option("--metrics-port", type=int, default=None, envvar="BATCHRENDER_WORKER_METRICS_PORT",
+              help="Serve the processes' Prometheus metrics (summed) on this port.")
+@click.option("--metrics-address", default="127.0.0.1", show_default=True, envvar="BATCHRENDER_WORKER_METRICS_ADDRESS")
+def worker(models: str, webhooks: bool, name: str | None, loglevel: str, metrics_port: int | None,
+           metrics_address: str) -> None:
     """Start the workers of one host: a render worker per GPU (solo pool, so CUDA never lives in
     a forked child) and, unless --no-webhooks, a webhook worker in its own process, so a slow
     receiver never delays a render and a render never delays a delivery. Signals reach every
@@ -314,6 +318,11 @@ def worker(models: str, webhooks: bool, name: str | None, loglevel: str) -> None
         commands.append(([sys.executable, "-m", "celery", "-A", "webhooks.app:app", "worker", "-P", "threads",
                           "-c", str(settings.webhook_threads), "-Q", WEBHOOK_QUEUE, *base[3:],
                           "-n", f"webhooks-{os.getpid()}@%h"], dict(os.environ)))
+    metrics_dir = None
+    if metrics_port is not None:
+        metrics_dir = _serve_worker_metrics(settings, metrics_address, metrics_port, renderers=max(1, gpus))
+        for _argv, env in commands:
+            env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     procs = [subprocess.Popen(argv, env=env) for argv, env in commands]
 
     def forward(signum, _frame):
@@ -337,7 +346,35 @@ def worker(models: str, webhooks: bool, name: str | None, loglevel: str) -> None
             p.wait(60)
         except subprocess.TimeoutExpired:
             p.kill()
+    if metrics_dir:
+        import shutil
+
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     sys.exit(code)
+
+
+def _serve_worker_metrics(settings, address: str, port: int, renderers: int) -> str:
+    """Start the metrics endpoint of ``batchrender worker`` in this (parent) process: the sum of
+    its children's metrics (prometheus-client multiprocess mode, a fresh directory per start, so
+    counters restart at zero like any process's), GPU busy ratio and queue depth."""
+    import tempfile
+
+    import redis
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from jobs.embedded import redis_url_for
+    from jobs.metrics import BusyRatio, combined, multiprocess_registry, queue_registry
+    from jobs.registry import Registry
+
+    directory = tempfile.mkdtemp(prefix="batchrender-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    summed = multiprocess_registry()
+    ratio = CollectorRegistry(auto_describe=True)
+    ratio.register(BusyRatio(summed, renderers))
+    queues = queue_registry(redis.Redis.from_url(redis_url_for(settings, start=False)), Registry(settings))
+    start_http_server(port, addr=address, registry=combined(summed, ratio, queues))
+    click.echo(f"metrics: http://{address}:{port}/metrics", err=True)
+    return directory
 
 
 @cli.command()

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from PIL import Image
 
+from jobs.metrics import moderation_decided
 from jobs.settings import Settings
 from safety.audit import AuditLog
 from safety.input_images import DEFAULT_MAX_BYTES, InputImageStage
@@ -176,6 +177,7 @@ class ModerationChain:
         decision = Decision.from_verdicts(verdicts, self.policy.version, self.policy.messages)
         if decision.blocked and decision.blocking_stage and MODERATION_ERROR in decision.categories:
             decision = _with_message(decision, "Moderation could not be completed, so the request was refused. Try again later.")
+        moderation_decided(decision.action.value, decision.categories)
         return decision
 
     def check_prompt(self, prompt: str, negative_prompt: str | None = None, *, real_person_context: bool = False,

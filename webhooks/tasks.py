@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 from celery import Celery
 
 from jobs.errors import ConfigurationError
+from jobs.metrics import WEBHOOK_DELIVERIES
 from jobs.names import WEBHOOK_QUEUE, WEBHOOK_TASK, tenant_key
 from jobs.secretbox import SecretBox
 from jobs.periodic import start_periodic, take_turn
@@ -197,6 +198,7 @@ def register(app: Celery, settings: Settings, *, resolver: Resolver | None = Non
                 return "held"
             return "duplicate"
         decision = d.attempt(claimed)
+        WEBHOOK_DELIVERIES.labels(outcome=decision.outcome).inc()
         if decision.outcome == "retry":
             nxt = store.get(event_id)
             if nxt is not None and nxt.state == PENDING:

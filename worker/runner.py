@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from jobs.errors import BatchRenderError, InvalidRequest, PermanentError, TimeLimitExceeded, TransientError
+from jobs.metrics import RENDER_BUSY, job_timed
 from jobs.names import KEY_PREFIX, input_key, mask_key
 from jobs.retry import RetryPolicy, WorkerLost
 from jobs.schemas import MAX_SEED, ImageResult, JobMessage, JobResult, Timings, limit_errors
@@ -271,6 +272,7 @@ class JobRunner:
             images = self.keep_best_palette(loaded.pipe, loaded.device, shape, live, items, images, on_step)
         render_s = time.perf_counter() - t0
         self.busy_s += render_s
+        RENDER_BUSY.inc(render_s)
         # Per call, not per task: a session's task ends after its last job is already visible.
         self.ctx.store.r.incrbyfloat(STATS_BUSY_KEY, render_s)
         if images is None:
@@ -418,6 +420,8 @@ class JobRunner:
             if t.already:
                 self._reemit(msg)
             return
+        if status is JobStatus.SUCCEEDED and timings is not None:
+            job_timed(queue_wait_s=timings.queue_wait_s, render_s=timings.render_s, postprocess_s=timings.postprocess_s)
         self.ctx.events.finished(msg, result, batch_done=t.batch_done)
 
     def _reemit(self, msg: JobMessage) -> None:

@@ -23,6 +23,7 @@ its own jobs, batches and deliveries: anything else is a 404, exactly like a mis
 
 def create_app(settings: Settings | None = None, *, client=None) -> FastAPI:
     """The API app. ``client`` (a ``producer.client.Client``) defaults to one built from ``settings``."""
+    from jobs.metrics import queue_registry
     from producer.client import Client
     from producer.submit import Idempotency
     from producer.tenants import Tenants
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None, *, client=None) -> FastAPI:
                   docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.services = services
     app.state.client = client
+    app.state.metrics = queue_registry(client.store.r, client.registry)  # /metrics: queue depth
     app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes, timeout_s=settings.api_body_timeout_s)
     app.add_middleware(RequestId)
     errors.install(app)
