@@ -153,12 +153,12 @@ class Settings(BaseModel):
     webhook_tenant_concurrency: int = Field(default=4, ge=1)
     #: Threads of the webhook worker that ``batchrender worker`` starts beside the render worker.
     webhook_threads: int = Field(default=16, ge=1, le=256)
-    #: Workers look for pending events whose task message was lost (a worker died between
-    #: recording an event and sending its message, a publish failed) every this many seconds,
-    #: one worker at a time, traffic or not; an event counts as lost once its attempt is
     #: ``user:password`` (comma-separated for several) that Flower asks for. Unset, ``batchrender
     #: flower`` listens on loopback only.
     flower_basic_auth: SecretStr | None = None
+    #: Workers look for pending events whose task message was lost (a worker died between
+    #: recording an event and sending its message, a publish failed) every this many seconds,
+    #: one worker at a time, traffic or not; an event counts as lost once its attempt is
     #: ``webhook_sweep_overdue_s`` past due.
     webhook_sweep_every_s: float = Field(default=60.0, gt=0)
     webhook_sweep_overdue_s: float = Field(default=120.0, ge=0)
@@ -206,8 +206,6 @@ class Settings(BaseModel):
 
     def __repr_args__(self):
         # SecretStr fields are masked by pydantic; URLs may carry a password (redis://:pw@host).
-    #: Celery task events (what Flower shows): on, and sent for every job of a batched call too.
-    task_events: bool = True
         return [(k, redact_url(v) if isinstance(v, str) and "://" in v else v)
                 for k, v in super().__repr_args__() if v not in (None, [], False)]
 

@@ -203,9 +203,9 @@ class JobStore:
                 p.hincrby(tenant_key(msg.tenant), "active", 1)
             self._index(p, msg)
             p.execute()
+        job_submitted(msg.request.model, msg.tenant)
         return True
 
-        job_submitted(msg.request.model, msg.tenant)
     @staticmethod
     def _index(p: Any, msg: JobMessage) -> None:
         """Listing (per tenant, per batch) and retention entries for one job, in pipeline ``p``."""
@@ -275,10 +275,10 @@ class JobStore:
             if tenant and msgs and not reserved:
                 p.hincrby(tenant_key(tenant), "active", len(msgs))
             p.execute()
-
-    def mark_published(self, job_ids: Iterable[str]) -> None:
         for m in msgs:
             job_submitted(m.request.model, tenant)
+
+    def mark_published(self, job_ids: Iterable[str]) -> None:
         ids = list(job_ids)
         if not ids:
             return
@@ -313,10 +313,10 @@ class JobStore:
         if ok:
             done = int(cur) if cur is not None and int(cur) >= 0 else None
             self.r.publish(events_channel(job_id), to.value)
-            return Transition(True, to, done)
-        return Transition(False, JobStatus(cur) if cur else None, _target=to.value)
             if to in TERMINAL:  # every way a job ends passes here, in whichever process ends it
                 job_finished(to.value, model or "-")
+            return Transition(True, to, done)
+        return Transition(False, JobStatus(cur) if cur else None, _target=to.value)
 
     def set_progress(self, job_id: str, step: int, total: int) -> None:
         self.r.hset(job_key(job_id), "progress", json.dumps({"step": step, "total": total}))
