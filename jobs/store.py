@@ -129,6 +129,8 @@ class JobRecord:
         if self.result is not None:
             d["outputs"] = [i.model_dump(mode="json") for i in self.result.images]
             d["timings"] = self.result.timings.model_dump()
+            if self.result.prompt_tokens is not None:
+                d["prompt_tokens"] = self.result.prompt_tokens
             if self.result.moderation:
                 d["moderation"] = self.result.moderation
         if self.error:

@@ -56,6 +56,8 @@ class Job(BaseModel):
     queue_position: int | None = Field(None, description="0-based, while queued.")
     outputs: list[Output] | None = None
     timings: Timings | None = None
+    prompt_tokens: int | None = Field(None, description=(
+        "Prompt tokens the text encoder read, all of them (long prompts are encoded in chunks, never cut)."))
     moderation: dict[str, Any] | None = None
     error: dict[str, Any] | None = Field(None, description="{code, message, ...} when the job did not succeed.")
 
