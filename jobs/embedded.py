@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -74,6 +75,9 @@ def _start(d: Path) -> str:
             raise ConfigurationError(f"embedded redis-server did not start; see {d / 'redis.log'}")
         time.sleep(0.05)
     (d / "port").write_text(str(port))
+    # Say which home's broker this is: a second home means a second, empty broker.
+    print(f"batchrender: started the embedded broker of home {d.parent} on 127.0.0.1:{port} "
+          "(it keeps running; `batchrender embedded stop` stops it)", file=sys.stderr)
     return f"redis://127.0.0.1:{port}/0"
 
 

@@ -20,6 +20,13 @@ ENV_PREFIX = "BATCHRENDER_"
 WEBHOOK_CLAIM_SLACK_S = 30.0
 
 
+def default_home(environ: Mapping[str, str] | None = None) -> Path:
+    """The user's data directory for batchrender (absolute)."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME") or Path.home()) / ".local" / "share")
+    return Path(base).expanduser().absolute() / "batchrender"
+
+
 def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***`` (for logs, reprs and messages)."""
     return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
@@ -30,7 +37,9 @@ class Settings(BaseModel):
 
     # -- where things live ---------------------------------------------------------------------
     #: Working directory for the registry, the tiny model, the embedded broker, indexes and logs.
-    home: Path = Path(".batchrender")
+    #: Always absolute; default the user's data directory (``$XDG_DATA_HOME/batchrender``, else
+    #: ``~/.local/share/batchrender``), so every command finds the same one wherever it runs.
+    home: Path = Field(default_factory=lambda: default_home())
     #: Redis URL for broker, job records and indexes. Unset: an embedded private redis-server.
     redis_url: str | None = None
     #: How long a job's record, outputs, provenance entry and webhook log are kept, counted from
@@ -208,6 +217,13 @@ class Settings(BaseModel):
         # SecretStr fields are masked by pydantic; URLs may carry a password (redis://:pw@host).
         return [(k, redact_url(v) if isinstance(v, str) and "://" in v else v)
                 for k, v in super().__repr_args__() if v not in (None, [], False)]
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, v: Path) -> Path:
+        # A relative home would follow the current directory (a second embedded broker, an empty
+        # index): fix it to an absolute path once, here.
+        return v.expanduser().absolute()
 
     @field_validator("redis_url", "storage_url", "s3_endpoint_url", "s3_public_endpoint_url", "public_base_url",
                      "message_signing_key", "secrets_key", "url_signing_key", "webhook_secret", mode="before")

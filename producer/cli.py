@@ -24,7 +24,11 @@ def _settings() -> Settings:
 def _client():
     from producer.client import Client
 
-    return Client(_settings())
+    settings = _settings()
+    if settings.redis_url is None:
+        # Jobs, indexes and the broker all live under the home: say which one is used.
+        click.echo(f"home: {settings.home} (embedded broker)", err=True)
+    return Client(settings)
 
 
 def _tenants():
@@ -655,9 +659,10 @@ def _attach_groups() -> None:
     from producer.demo import demo
     from provenance.cli import provenance, verify
     from safety.cli import moderation
+    from storage.cli import storage
     from webhooks.cli import webhooks
 
-    for command in (demo, verify, provenance, moderation, webhooks):
+    for command in (demo, verify, provenance, moderation, storage, webhooks):
         cli.add_command(command)
 
 

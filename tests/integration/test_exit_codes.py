@@ -146,3 +146,43 @@ def test_embedded_broker_status_and_stop_name_their_home(tmp_path):
     finally:
         stopped = run("embedded", "stop")
     assert stopped.exit_code == 0 and run("embedded", "status").exit_code == 1
+
+
+def test_the_default_home_is_the_users_data_dir_wherever_a_command_runs(tmp_path):
+    """No BATCHRENDER_HOME: every command, from any directory, uses $XDG_DATA_HOME/batchrender (one
+    embedded broker, one index), and says so; a relative BATCHRENDER_HOME is made absolute."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import require
+    from tests.workers import ROOT
+
+    require(shutil.which("redis-server") is not None, "redis-server")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHRENDER_")}
+    env["XDG_DATA_HOME"] = str(tmp_path / "xdg")
+    home = tmp_path / "xdg" / "batchrender"
+    urls = []
+    try:
+        for where in ("a", "b"):
+            cwd = tmp_path / where
+            cwd.mkdir()
+            out = subprocess.run([sys.executable, "-c", "from jobs.embedded import redis_url_for; from jobs.settings "
+                                  "import Settings; s = Settings.from_env(); print(s.home); print(redis_url_for(s))"],
+                                 cwd=cwd, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            printed_home, url = out.stdout.split()
+            assert printed_home == str(home)
+            urls.append(url)
+        assert urls[0] == urls[1], "a second directory must not start a second broker"
+        status = subprocess.run([sys.executable, "-m", "producer.cli", "embedded", "status"], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0 and str(home) in status.stdout + status.stderr
+    finally:
+        subprocess.run([sys.executable, "-m", "producer.cli", "embedded", "stop"], cwd=tmp_path, env=env,
+                       capture_output=True, timeout=60)
+    rel = subprocess.run([sys.executable, "-c", "from jobs.settings import Settings; print(Settings.from_env().home)"],
+                         cwd=tmp_path / "a", env={**env, "BATCHRENDER_HOME": "rel", "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=60)
+    assert rel.stdout.strip() == str(tmp_path / "a" / "rel")
