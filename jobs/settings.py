@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
@@ -210,6 +210,8 @@ class Settings(BaseModel):
     vae_tiling_above_pixels: int = 1536 * 1536
     #: Bearer token the API's ``/metrics`` wants (unset: open, like ``/healthz``; its labels name tenants).
     metrics_token: SecretStr | None = None
+    #: ``text`` or ``json`` (one object per line, with ``job_id``/``job_ids`` on every line about jobs).
+    log_format: Literal["text", "json"] = "text"
     #: Celery task events (what Flower shows): on, and sent for every job of a batched call too.
     task_events: bool = True
 

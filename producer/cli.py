@@ -575,8 +575,13 @@ def api(host: str, port: int) -> None:
 
     # Slow clients: idle keep-alive connections close after 5 s; a body must arrive within 30 s
     # (producer/api/limits.py); at most 1,000 connections at once.
-    uvicorn.run(create_app(_settings()), host=host, port=port, log_level="info", timeout_keep_alive=5,
-                limit_concurrency=1000)
+    from jobs.logs import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_format)
+    # log_config=None: uvicorn's loggers propagate to the root logger and its format (text/json).
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", log_config=None,
+                timeout_keep_alive=5, limit_concurrency=1000)
 
 
 @cli.command()

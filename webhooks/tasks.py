@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 from celery import Celery
 
 from jobs.errors import ConfigurationError
+from jobs.logs import job_context
 from jobs.metrics import WEBHOOK_DELIVERIES
 from jobs.names import WEBHOOK_QUEUE, WEBHOOK_TASK, tenant_key
 from jobs.secretbox import SecretBox
@@ -180,7 +181,8 @@ def register(app: Celery, settings: Settings, *, resolver: Resolver | None = Non
             _send(app, rec, 1.0 + random.random(), _max_wait(settings))
             return "throttled"
         try:
-            return _attempt(d, store, rec, event_id, generation, attempt)
+            with job_context(*([rec.job_id] if rec.job_id else [])):
+                return _attempt(d, store, rec, event_id, generation, attempt)
         finally:
             store.release_slot(rec.tenant, token)
 

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import logging
 
-from celery.signals import worker_init, worker_ready
+from celery.signals import after_setup_logger, worker_init, worker_ready
 
 from jobs.celery_app import make_app
 from jobs.errors import BatchRenderError
+from jobs.logs import celery_json_hook, configure_logging
 from jobs.settings import Settings
 from webhooks.job_events import link_refresher
 from webhooks.tasks import register as register_webhooks
 from worker.tasks import register
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("worker.app")
 #: How often one worker of the fleet applies retention (``storage.retention.maybe_prune``).
 PRUNE_EVERY_S = 3600.0
 settings = Settings.from_env()
+configure_logging(settings.log_format)
+after_setup_logger.connect(celery_json_hook(settings.log_format), weak=False)
 app = make_app(settings)
 register(app, settings)
 register_webhooks(app, settings, refresh=link_refresher(settings))

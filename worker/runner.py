@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from jobs.errors import BatchRenderError, InvalidRequest, PermanentError, TimeLimitExceeded, TransientError
+from jobs.logs import job_context
 from jobs.metrics import RENDER_BUSY, job_timed
 from jobs.names import KEY_PREFIX, input_key, mask_key
 from jobs.retry import RetryPolicy, WorkerLost
@@ -206,12 +207,13 @@ class JobRunner:
         ended: dict[str, Outcome] = {}
         live: list[Live] = []
         for msg in msgs:
-            done = self.claim(msg)
-            flags = image = mask = None
-            if done is None:
-                done, image, mask, real_person = self.check_reference(msg)
-            if done is None:
-                done, flags = self.moderate_prompt(msg, real_person)
+            with job_context(msg.job_id):  # every log line of these stages names the job
+                done = self.claim(msg)
+                flags = image = mask = None
+                if done is None:
+                    done, image, mask, real_person = self.check_reference(msg)
+                if done is None:
+                    done, flags = self.moderate_prompt(msg, real_person)
             if done is not None:
                 ended[msg.job_id] = done
             else:
@@ -228,6 +230,11 @@ class JobRunner:
         return [outcomes[m.job_id] for m in msgs]
 
     def render_group(self, live: list[Live], progress: Progress | None = None) -> list[Rendered]:
+        """Stages 3-4 for jobs of one shape (logged with every job id of the call)."""
+        with job_context(*[x.msg.job_id for x in live]):
+            return self._render_group(live, progress)
+
+    def _render_group(self, live: list[Live], progress: Progress | None = None) -> list[Rendered]:
         """Stages 3-4 for jobs of one shape: one pipeline call. Canceled jobs come back ended."""
         shape = shape_of(live[0].msg)
         assert all(shape_of(x.msg) == shape for x in live), "jobs in one call must share a shape"
@@ -338,7 +345,8 @@ class JobRunner:
 
     def deliver(self, item: Rendered) -> Outcome:
         """Stages 5-6 for one rendered job; thread-safe, so it can run off the GPU's critical path."""
-        return self._deliver(item.live.msg, item.images, item.timings, item.live.flags, item.prompt_tokens)
+        with job_context(item.live.msg.job_id):
+            return self._deliver(item.live.msg, item.images, item.timings, item.live.flags, item.prompt_tokens)
 
     def _deliver(self, msg: JobMessage, imgs, timings: Timings, flags, prompt_tokens: int | None = None) -> Outcome:
         t0 = time.perf_counter()
