@@ -91,6 +91,12 @@ def cli() -> None:
 @click.option("--quality", type=int)
 @click.option("--steps", type=int)
 @click.option("--negative", "negative_prompt")
+@click.option("--background", type=click.Choice(["transparent", "opaque", "auto"]),
+              help="transparent: RGBA PNG/WebP with the background cut out.")
+@click.option("--palette", help="Comma-separated hex colours, e.g. '#1A73E8,#FBBC05'.")
+@click.option("--palette-strict", is_flag=True, default=None,
+              help="Render up to --palette-tries seeds per image and keep the one closest to the palette.")
+@click.option("--palette-tries", type=int)
 @click.option("--custom-id")
 @click.option("--webhook", help="URL that receives signed webhook events.")
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the job(s) with a progress bar.")
@@ -98,6 +104,8 @@ def submit(prompt, file_, wait_, **opts) -> None:
     """Queue one prompt, or every line of --file as one batch. Prints the job or batch id."""
     fields = {k: v for k, v in opts.items() if v is not None and k != "size"}
     fields.update(_size(opts.get("size")))
+    if opts.get("palette"):
+        fields["palette"] = [c.strip() for c in opts["palette"].split(",") if c.strip()]
     client = _client()
     if file_:
         from producer.submit import parse_batch

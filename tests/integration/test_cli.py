@@ -62,6 +62,21 @@ def test_submit_single_prompt_with_size_seed_and_format(br_env, start_worker):
     assert json.loads(status.stdout)["status"] == "succeeded"
 
 
+def test_submit_transparent_with_a_palette(br_env, start_worker):
+    start_worker(br_env)
+    out = CliRunner().invoke(cli, ["submit", "a kettle", "--size", "64x64", "--background", "transparent",
+                                   "--palette", "#1A73E8, #fbbc05", "--wait"], env=br_env)
+    assert out.exit_code == 0, out.output
+    rec = json.loads(out.stdout[out.stdout.index("{"):])
+    image = rec["outputs"][0]
+    assert image["alpha"]["method"] == "key" and 0 <= image["alpha"]["coverage"] <= 1
+    assert [c["hex"] for c in image["palette"]["requested"]] == ["#1A73E8", "#FBBC05"]
+    assert all("delta_e" in d for d in image["palette"]["dominant"])
+    bad = CliRunner().invoke(cli, ["submit", "a kettle", "--background", "transparent", "--format", "jpeg"],
+                             env=br_env)
+    assert bad.exit_code == 2 and "background" in bad.stderr and "output_format" in bad.stderr
+
+
 def test_bad_single_submit_exits_nonzero_with_the_field_named(br_env):
     out = CliRunner().invoke(cli, ["submit", "a kettle", "--size", "100x64"], env=br_env)
     assert out.exit_code == 2
