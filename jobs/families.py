@@ -46,9 +46,9 @@ class FamilySpec:
 FAMILIES: dict[str, FamilySpec] = {
     "sd15": FamilySpec("sd15", ("StableDiffusionPipeline",), 25, 7.5, 512, 8, True, ("image", "mask")),
     "sdxl": FamilySpec("sdxl", ("StableDiffusionXLPipeline",), 30, 5.0, 1024, 8, True, ("image", "mask")),
-    "sd3": FamilySpec("sd3", ("StableDiffusion3Pipeline",), 28, 7.0, 1024, 16, True, (),
+    "sd3": FamilySpec("sd3", ("StableDiffusion3Pipeline",), 28, 7.0, 1024, 16, True, ("image", "mask"),
                       t5_window=256, scheduler_prefix="FlowMatch"),
-    "flux": FamilySpec("flux", ("FluxPipeline",), 28, 3.5, 1024, 16, False, (),
+    "flux": FamilySpec("flux", ("FluxPipeline",), 28, 3.5, 1024, 16, False, ("image", "mask"),
                        t5_window=512, scheduler_prefix="FlowMatch"),
 }
 

@@ -11,6 +11,7 @@ costs a full call, but only when the queue is short and the GPU would otherwise 
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -94,8 +95,7 @@ def render(pipe, device: str, shape: CallShape, items: list[RenderItem],
 def _call(pipe, device: str, shape: CallShape, rows: list[tuple],
           on_step: StepHook | None, chunks: int = 1) -> list[Image.Image] | None:
     """One pipeline call. ``chunks`` > 1: prompts longer than one CLIP window, passed as
-    embeddings of that many windows (worker/prompts.py). SD3/FLUX take their T5 window whole;
-    FLUX takes no negative prompt."""
+    embeddings of that many windows (worker/prompts.py). SD3/FLUX take their T5 window whole."""
     import torch
 
     from jobs.errors import PermanentError
@@ -128,10 +128,10 @@ def _call(pipe, device: str, shape: CallShape, rows: list[tuple],
         common.update(encode_chunked(pipe, [r[0] for r in rows], [r[1] for r in rows], chunks, device))
     else:
         common["prompt"] = [r[0] for r in rows]
+        # FLUX reads no negative prompt: requests with one are refused before queueing (jobs/schemas.py);
+        # what the worker adds itself (a keyable backdrop's negative terms) is left out here.
         if fam.negative_prompt:
             common["negative_prompt"] = [r[1] for r in rows]
-        elif any(r[1] for r in rows):
-            raise PermanentError(f"model {shape.model!r} ({fam.name}) takes no negative prompt")
     if fam.t5_window:
         common["max_sequence_length"] = fam.t5_window
     with torch.inference_mode():
@@ -147,14 +147,20 @@ def _call(pipe, device: str, shape: CallShape, rows: list[tuple],
                 out = pipeline_of(pipe, "inpaint")(image=images, mask_image=masks, strength=shape.strength,
                                                    width=shape.width, height=shape.height, **common)
             else:
-                out = pipeline_of(pipe, "img2img")(image=images, strength=shape.strength, **common)
+                img2img = pipeline_of(pipe, "img2img")
+                # SD3/FLUX image-to-image render at their default size unless told; SD 1.5/SDXL take the image's.
+                if "width" in inspect.signature(img2img.__call__).parameters:
+                    common.update(width=shape.width, height=shape.height)
+                out = img2img(image=images, strength=shape.strength, **common)
     # An interrupted call still decodes and returns images: half-made, so they are dropped.
     return None if interrupted else list(out.images)
 
 
 def pipeline_of(pipe, task: str):
     """The image-to-image or inpainting pipeline sharing ``pipe``'s weights (built once, kept on
-    the pipe): SD 1.5 and SDXL. UNets of 4 channels inpaint by blending the kept area at each step."""
+    the pipe): diffusers' image-to-image and inpainting pipelines of SD 1.5, SDXL, SD3 and FLUX. Models
+    with plain text-to-image denoisers (4 or 16 latent channels) inpaint by blending the kept area
+    at each step."""
     attr = f"_batchrender_{task}"
     derived = getattr(pipe, attr, None)
     if derived is None:

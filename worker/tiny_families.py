@@ -93,13 +93,14 @@ def _sd3(work: Path):
     text_encoder, tokenizer = _clip(work, "tok1", projection=True, hidden=16)
     text_encoder_2, tokenizer_2 = _clip(work, "tok2", projection=True, hidden=16)
     tokenizer_3 = _t5_tokenizer()
+    # 16 latent channels as in the real SD3 (its inpainting pipeline needs 16 or 33).
     transformer = SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
+        sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=1, attention_head_dim=8,
         num_attention_heads=4, joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=32,
         pos_embed_max_size=32,
     )
     return StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_vae(4, True),
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_vae(16, True),
         text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
         text_encoder_3=_t5_encoder(len(tokenizer_3)), tokenizer_3=tokenizer_3,
     )

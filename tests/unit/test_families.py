@@ -72,16 +72,33 @@ def test_resolve_uses_the_family_defaults_and_buckets(settings):
     ("flux", {"negative_prompt": "blurry"}, "negative_prompt", "takes no negative prompt"),
     ("sd3", {"width": 72, "height": 64}, "width", "not a multiple of 16"),
     ("flux", {"width": 64, "height": 40}, "height", "renders multiples of 16"),
-    ("sd3", {"image": "data:image/png;base64,AAAA"}, "image", "does no image-to-image; it renders from text only. "
-     "Families that take image: sd15, sdxl"),
-    ("flux", {"image": "data:image/png;base64,AAAA", "mask": "data:image/png;base64,AAAA"}, "mask",
-     "does no inpainting"),
 ])
 def test_what_a_family_cannot_take_is_refused_naming_the_field_and_model(settings, fam, body, field, words):
     with pytest.raises(InvalidRequest) as e:
         resolve(RenderRequest.parse({"prompt": "a", **body}), spec(fam), settings)
     found = {x["field"]: x["message"] for x in e.value.errors}
     assert words in found[field] and f"m-{fam}" in found[field], found
+
+
+def test_a_family_without_image_pipelines_refuses_image_and_mask(settings, monkeypatch):
+    import dataclasses
+
+    import jobs.families
+
+    monkeypatch.setitem(jobs.families.FAMILIES, "sd3", dataclasses.replace(FAMILIES["sd3"], tasks=()))
+    body = {"prompt": "a", "image": "data:image/png;base64,AAAA", "mask": "data:image/png;base64,AAAA"}
+    with pytest.raises(InvalidRequest) as e:
+        resolve(RenderRequest.parse(body), spec("sd3"), settings)
+    found = {x["field"]: x["message"] for x in e.value.errors}
+    assert "model 'm-sd3' (sd3) does no image-to-image; it renders from text only. Families that take image: " \
+        "sd15, sdxl, flux" == found["image"]
+    assert "does no inpainting" in found["mask"]
+
+
+def test_every_family_takes_a_reference_image_and_a_mask(settings):
+    body = {"prompt": "a", "image": "data:image/png;base64,AAAA", "mask": "data:image/png;base64,AAAA"}
+    for fam in FAMILIES:
+        assert resolve(RenderRequest.parse(body), spec(fam), settings).strength == 0.75
 
 
 def test_pipeline_classes_map_to_families():
