@@ -205,9 +205,15 @@ class MattingModel:
 
 
 class Matting:
-    """The process's matting model, loaded on first use (never at import, once per process)."""
+    """The process's matting model, loaded on first use (never at import, once per process).
+
+    A directory without a model's ``config.json`` is refused here, when the worker context is
+    built at start-up, so the worker exits with the reason before it takes a job."""
 
     def __init__(self, directory: Path | None) -> None:
+        if directory is not None and not (Path(directory) / "config.json").is_file():
+            raise ConfigurationError(f"BATCHRENDER_MATTING_MODEL_DIR {directory}: no config.json there; give a "
+                                     "directory written by a transformers model's save_pretrained, or unset it")
         self.directory = directory
         self._model: MattingModel | None = None
         self._lock = threading.Lock()

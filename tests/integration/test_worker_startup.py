@@ -16,6 +16,7 @@ def wait_exit(worker, timeout: float = 60) -> int:
 @pytest.mark.parametrize("setting, value, reason", [
     ("BATCHRENDER_POLICY_FILE", "policy.yaml", "policy.yaml:5: severity must be int"),
     ("BATCHRENDER_C2PA_CERT_CHAIN", "missing-chain.pem", "BATCHRENDER_C2PA_PRIVATE_KEY"),
+    ("BATCHRENDER_MATTING_MODEL_DIR", "no-such-model", "no config.json"),
 ])
 def test_misconfigured_worker_exits_at_start_and_leaves_the_job_queued(br_env, start_worker, settings_for, tmp_path,
                                                                       setting, value, reason):

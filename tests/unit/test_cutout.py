@@ -150,7 +150,10 @@ def test_a_matting_directory_without_a_model_is_a_configuration_error(tmp_path):
     from jobs.errors import ConfigurationError
 
     img, _ = disc_on(GREEN)
-    with pytest.raises(ConfigurationError, match="BATCHRENDER_MATTING_MODEL_DIR"):
+    with pytest.raises(ConfigurationError, match="BATCHRENDER_MATTING_MODEL_DIR .* no config.json"):
+        Matting(tmp_path)  # refused when the worker context is built, before any job
+    (tmp_path / "config.json").write_text("{}")  # a config, but no model in it: refused at first use
+    with pytest.raises(ConfigurationError, match="BATCHRENDER_MATTING_MODEL_DIR .* cannot load"):
         cut_out(img, Matting(tmp_path))
     assert cut_out(img, Matting(None)).report["method"] == "key"
 
