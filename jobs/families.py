@@ -34,6 +34,7 @@ class FamilySpec:
     #: "image" (image-to-image) and "mask" (inpainting) when the family's pipelines take them.
     tasks: tuple[str, ...]
     #: The T5 encoder's token window (SD3/FLUX); None where only CLIP encoders read the prompt.
+    #: SD3's 256 doubles to T5_MAX for prompts that need it (worker/prompts.py).
     t5_window: int | None = None
     #: Scheduler class names allowed as overrides (prefix match); None: any diffusers scheduler.
     scheduler_prefix: str | None = None
@@ -42,6 +43,9 @@ class FamilySpec:
         """The grid aspect-ratio sizes sit on: 64 at real sizes, the family's multiple when tiny."""
         return 64 if base >= 256 else self.multiple
 
+
+#: The longest T5 sequence SD3 and FLUX are called with (their pipelines' limit).
+T5_MAX = 512
 
 FAMILIES: dict[str, FamilySpec] = {
     "sd15": FamilySpec("sd15", ("StableDiffusionPipeline",), 25, 7.5, 512, 8, True, ("image", "mask")),

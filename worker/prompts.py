@@ -10,8 +10,10 @@ SDXL does this with both of its encoders and takes the pooled embedding from the
 Determinism: the number of chunks is part of what a row's pixels depend on (the UNet attends to
 every position), so ``render`` only calls rows with the same chunk count together; a row's
 negative prompt is padded with empty chunks to its prompt's count (or the other way round).
-SD3 and FLUX read the whole prompt through their T5 encoder (up to its window); their CLIP
-encoders supply the pooled embedding only, as in those models' design.
+SD3 and FLUX read the whole prompt through their T5 encoder; their CLIP encoders supply the
+pooled embedding only, as in those models' design. SD3's T5 window is 256 tokens: a prompt that
+needs more is called at 512 (its own "two windows", grouped like CLIP chunks); past 511 tokens a
+prompt fails (the pipelines' limit) rather than being cut.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import math
 from typing import Any
 
 from jobs.errors import PermanentError
-from jobs.families import FAMILIES, family_of_pipeline
+from jobs.families import FAMILIES, T5_MAX, family_of_pipeline
 
 CLIP_WINDOW = 77
 #: Prompt tokens per chunk: the window less its start and end tokens.
@@ -48,22 +50,28 @@ def prompt_tokens(pipe, text: str) -> int:
 
 
 def chunks_for(pipe, *texts: str) -> int:
-    """CLIP windows a row needs (1 for families whose T5 encoder reads the whole prompt)."""
-    if FAMILIES[family_of(pipe)].t5_window:
-        return 1
+    """Windows a row needs: CLIP windows of 75 tokens (SD 1.5/SDXL), or T5 windows (SD3/FLUX;
+    a window's last position holds the end token), at most T5_MAX // window of them."""
+    window = FAMILIES[family_of(pipe)].t5_window
+    if window:
+        return min(T5_MAX // window, max(1, *(math.ceil((prompt_tokens(pipe, t) + 1) / window) for t in texts)))
     return max(1, *(math.ceil(prompt_tokens(pipe, t) / CHUNK) for t in texts))
 
 
+def t5_sequence_length(fam: str, chunks: int) -> int:
+    """The ``max_sequence_length`` of an SD3/FLUX call of rows needing ``chunks`` windows."""
+    return min(T5_MAX, FAMILIES[fam].t5_window * chunks)
+
+
 def check_t5_window(pipe, model: str, texts: list[str]) -> None:
-    """SD3/FLUX: refuse a prompt longer than the T5 window rather than let diffusers cut it."""
-    window = FAMILIES[family_of(pipe)].t5_window
-    if not window:
+    """SD3/FLUX: refuse a prompt longer than T5_MAX rather than let diffusers cut it."""
+    if not FAMILIES[family_of(pipe)].t5_window:
         return
     for text in texts:
         n = prompt_tokens(pipe, text)
-        if n > window - 1:  # the end token takes one position
+        if n > T5_MAX - 1:  # the end token takes one position
             raise PermanentError(f"prompt is {n} T5 tokens; model {model!r} ({family_of(pipe)}) reads at most "
-                                 f"{window - 1}: shorten the prompt")
+                                 f"{T5_MAX - 1}: shorten the prompt")
 
 
 def _chunk_ids(tokenizer, text: str, chunks: int) -> list[list[int]]:

@@ -100,7 +100,7 @@ def _call(pipe, device: str, shape: CallShape, rows: list[tuple],
 
     from jobs.errors import PermanentError
     from jobs.families import FAMILIES
-    from worker.prompts import encode_chunked, family_of
+    from worker.prompts import encode_chunked, family_of, t5_sequence_length
 
     fam = FAMILIES[family_of(pipe)]
     task = None if shape.strength is None else ("mask" if shape.inpaint else "image")
@@ -124,7 +124,7 @@ def _call(pipe, device: str, shape: CallShape, rows: list[tuple],
         generator=[torch.Generator(gen_device).manual_seed(r[2]) for r in rows],
         callback_on_step_end=_callback, output_type="pil",
     )
-    if chunks > 1:
+    if chunks > 1 and not fam.t5_window:
         common.update(encode_chunked(pipe, [r[0] for r in rows], [r[1] for r in rows], chunks, device))
     else:
         common["prompt"] = [r[0] for r in rows]
@@ -133,7 +133,7 @@ def _call(pipe, device: str, shape: CallShape, rows: list[tuple],
         if fam.negative_prompt:
             common["negative_prompt"] = [r[1] for r in rows]
     if fam.t5_window:
-        common["max_sequence_length"] = fam.t5_window
+        common["max_sequence_length"] = t5_sequence_length(fam.name, chunks)
     with torch.inference_mode():
         if shape.strength is None:
             out = pipe(width=shape.width, height=shape.height, **common)

@@ -124,3 +124,29 @@ def test_the_result_says_how_many_tokens_were_used(client, br_env, start_worker,
     assert done["prompt_tokens"] == 150, "the HTTP API's job says every token was read"
     short_rec = client.wait(short_job, timeout=120)
     assert short_rec.result.prompt_tokens == len("aredbicycle")
+
+
+@pytest.fixture(scope="module")
+def sd3_dir(tmp_path_factory):
+    from worker.tiny_families import build_tiny_family
+
+    return build_tiny_family("sd3", tmp_path_factory.mktemp("models") / "tiny-sd3")
+
+
+def test_sd3_reads_a_long_prompt_through_a_wider_t5_window_and_refuses_one_past_its_limit(sd3_dir, monkeypatch):
+    from jobs.errors import PermanentError
+    from worker.prompts import prompt_tokens
+    from worker.render import CallShape, RenderItem, render
+
+    pipe = load(sd3_dir)
+    calls, real = [], type(pipe).__call__
+    monkeypatch.setattr(type(pipe), "__call__", lambda self, *a, **kw: calls.append(kw) or real(self, *a, **kw))
+    shape = CallShape("tiny-sd3", 64, 64, 2, 5.0)
+    long, short = words(400), "a label reading SALE"
+    assert 255 < prompt_tokens(pipe, long) <= 511
+    out = render(pipe, "cpu", shape, [RenderItem(short, None, (1,)), RenderItem(long, None, (2,))], rows_per_call=2)
+    assert [len(x) for x in out] == [1, 1]
+    assert sorted((kw["max_sequence_length"], kw["prompt"][0]) for kw in calls) == [(256, short), (512, long)]
+    too_long = words(1200)
+    with pytest.raises(PermanentError, match=r"T5 tokens; model 'tiny-sd3' \(sd3\) reads at most 511"):
+        render(pipe, "cpu", shape, [RenderItem(too_long, None, (1,))], rows_per_call=1)
