@@ -86,7 +86,7 @@ def _chunk_ids(tokenizer, text: str, chunks: int) -> list[list[int]]:
     return rows
 
 
-def _encode(pipe, encoder, tokenizer, texts: list[str], chunks: int, device: str, *, penultimate: bool):
+def _encode(encoder, tokenizer, texts: list[str], chunks: int, device: str, *, penultimate: bool):
     """Hidden states (rows, chunks*77, H) and, for an encoder with a projection, the pooled
     embedding of each row's first chunk."""
     import torch
@@ -107,14 +107,14 @@ def encode_chunked(pipe, prompts: list[str], negatives: list[str], chunks: int, 
     fam = family_of(pipe)
     with torch.inference_mode():
         if fam == "sd15":
-            pos, _ = _encode(pipe, pipe.text_encoder, pipe.tokenizer, prompts, chunks, device, penultimate=False)
-            neg, _ = _encode(pipe, pipe.text_encoder, pipe.tokenizer, negatives, chunks, device, penultimate=False)
+            pos, _ = _encode(pipe.text_encoder, pipe.tokenizer, prompts, chunks, device, penultimate=False)
+            neg, _ = _encode(pipe.text_encoder, pipe.tokenizer, negatives, chunks, device, penultimate=False)
             return {"prompt_embeds": pos, "negative_prompt_embeds": neg}
         if fam == "sdxl":
             out: dict[str, Any] = {}
             for key, texts in (("prompt_embeds", prompts), ("negative_prompt_embeds", negatives)):
-                h1, _ = _encode(pipe, pipe.text_encoder, pipe.tokenizer, texts, chunks, device, penultimate=True)
-                h2, pooled = _encode(pipe, pipe.text_encoder_2, pipe.tokenizer_2, texts, chunks, device,
+                h1, _ = _encode(pipe.text_encoder, pipe.tokenizer, texts, chunks, device, penultimate=True)
+                h2, pooled = _encode(pipe.text_encoder_2, pipe.tokenizer_2, texts, chunks, device,
                                      penultimate=True)
                 out[key] = torch.cat([h1, h2], dim=-1)
                 out[key.replace("prompt_embeds", "pooled_prompt_embeds")] = pooled

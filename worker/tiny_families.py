@@ -60,7 +60,9 @@ def _clip(work: Path, name: str, projection: bool, hidden: int = 32):
 def _vae(latent_channels: int, flow: bool):
     from diffusers import AutoencoderKL
 
-    extra = dict(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035) if flow else {}
+    # SD3/FLUX VAEs: no quant convs, latents shifted and scaled (the real models' factors).
+    extra = dict(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
+                 scaling_factor=1.5035) if flow else {}
     return AutoencoderKL(
         block_out_channels=(8, 16, 16, 16), in_channels=3, out_channels=3, latent_channels=latent_channels,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,

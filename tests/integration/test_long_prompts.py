@@ -4,8 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jobs.status import JobStatus
-
 pytestmark = pytest.mark.timeout(240)
 
 
