@@ -91,8 +91,8 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def system(args, source: str, device: str, dtype_name: str, batch: int) -> tuple[float, float]:
-    """Images/s of the whole system and its GPU-idle fraction."""
+def system(args, source: str, device: str, dtype_name: str, batch: int) -> dict:
+    """Images/s of the whole system, its GPU-idle fraction, and the calls and rows it rendered."""
     import boto3
     import redis
     from moto.server import ThreadedMotoServer
@@ -101,7 +101,7 @@ def system(args, source: str, device: str, dtype_name: str, batch: int) -> tuple
     from jobs.registry import ModelSpec, Registry
     from jobs.settings import Settings
     from producer.client import Client
-    from worker.runner import STATS_BUSY_KEY
+    from worker.runner import STATS_BUSY_KEY, STATS_CALLS_KEY, STATS_ROWS_KEY
 
     home = Path(tempfile.mkdtemp(prefix="br-throughput-"))
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=args.s3_port, verbose=False)
@@ -134,14 +134,20 @@ def system(args, source: str, device: str, dtype_name: str, batch: int) -> tuple
         req = {"model": "bench", "width": args.size, "height": args.size, "steps": args.steps}
         client.wait(client.submit({**req, "prompt": "warm-up", "seed": 0}), timeout=900)  # model load
         r = redis.Redis.from_url(url)
-        r.delete(STATS_BUSY_KEY)
+        r.delete(STATS_BUSY_KEY, STATS_CALLS_KEY, STATS_ROWS_KEY)
         t0 = time.perf_counter()
-        sub = client.submit_batch([{**req, "prompt": f"a product photo {i}", "seed": i} for i in range(args.jobs)])
-        info = client.wait_batch(sub.batch_id, timeout=3600, poll_s=0.02)
+        requests = [{**req, "prompt": f"a product photo {i}", "seed": i} for i in range(args.jobs)]
+        if args.submit == "batch":  # one batch: records written at once, messages published back to back
+            job_ids = client.submit_batch(requests).job_ids
+        else:  # a burst of single submissions, as from many producers: jobs trickle in while it renders
+            job_ids = [client.submit(x) for x in requests]
+        records = [client.wait(j, timeout=3600, poll_s=0.02) for j in job_ids]
         wall = time.perf_counter() - t0
-        assert info["counts"]["succeeded"] == args.jobs, info
+        assert all(rec.status.value == "succeeded" for rec in records), [rec.status for rec in records]
         busy = float(r.get(STATS_BUSY_KEY) or 0)
-        return args.jobs / wall, max(0.0, 1 - busy / wall)
+        delivered = sum(len(rec.result.images) for rec in records)
+        return {"c": delivered / wall, "idle": max(0.0, 1 - busy / wall), "calls": int(r.get(STATS_CALLS_KEY) or 0),
+                "rows_rendered": int(r.get(STATS_ROWS_KEY) or 0), "images_delivered": delivered, "wall_s": wall}
     finally:
         worker.terminate()
         worker.wait(60)
@@ -160,6 +166,9 @@ def main() -> None:
     ap.add_argument("--redis-url", default=None)
     ap.add_argument("--s3-port", type=int, default=5077)
     ap.add_argument("--out", help="write the figures as JSON here")
+    ap.add_argument("--submit", choices=["batch", "single"], default="batch",
+                    help="queue the jobs as one batch, or as a burst of single submissions")
+    ap.add_argument("--system-batch", type=int, default=None, help="max batch of (c) (default: the best of (b))")
     args = ap.parse_args()
 
     import torch
@@ -192,7 +201,8 @@ def main() -> None:
     del pipe
     if device == "cuda":
         torch.cuda.empty_cache()
-    c, idle = system(args, source, device, dtype_name, best)
+    sys_figures = system(args, source, device, dtype_name, args.system_batch or best)
+    c, idle = sys_figures["c"], sys_figures["idle"]
 
     import celery
     import diffusers
@@ -207,12 +217,20 @@ def main() -> None:
     for b, v in per_batch.items():
         print(f"{'    bare pipeline, batch ' + str(b):<46}{v:>10.2f}")
     print(f"{'(b) bare pipeline, best batch (' + str(best) + ')':<46}{per_batch[best]:>10.2f}")
-    print(f"{'(c) batchrender end to end (batch ' + str(best) + ')':<46}{c:>10.2f}")
+    print(f"{'(c) batchrender end to end (batch ' + str(args.system_batch or best) + ')':<46}{c:>10.2f}")
     print(f"\nc/b = {c / per_batch[best]:.2f}   c/a = {c / a:.2f}   GPU idle during (c): {idle:.0%}")
+    rows, delivered = sys_figures["rows_rendered"], sys_figures["images_delivered"]
+    print(f"(c) made {sys_figures['calls']} pipeline calls rendering {rows} rows for {delivered} images: "
+          f"rows/images = {rows / max(1, delivered):.3f} (1.000 = no padding waste)")
     if args.out:
-        Path(args.out).write_text(json.dumps({"device": device, "gpu": gpu, "arch": args.model or arch,
-                                              "size": args.size, "steps": args.steps, "a": a, "per_batch": per_batch,
-                                              "best": best, "c": c, "idle": idle}, indent=2))
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({
+            "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
+            "device": device, "gpu": gpu, "arch": args.model or arch, "size": args.size, "steps": args.steps,
+            "jobs": args.jobs, "submit": args.submit, "system_batch": args.system_batch or best, "a": a, "per_batch": per_batch, "best": best, **sys_figures,
+            "rows_per_image": rows / max(1, delivered),
+            "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "celery": celery.__version__,
+                         "python": platform.python_version()}}, indent=2))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ sum. The HTTP API serves ``/metrics`` from its own process. Gauges that describe
 | ``batchrender_job_duration_seconds`` | phase: queue_wait, render, postprocess | render worker |
 | ``batchrender_queue_depth`` | queue | read from Redis at scrape (API and worker targets) |
 | ``batchrender_render_busy_seconds_total`` | | render worker: seconds inside pipeline calls |
+| ``batchrender_pipeline_calls_total``, ``batchrender_pipeline_rows_total`` | kind: image, padding | render worker: calls and the padding they wasted |
 | ``batchrender_gpu_busy_ratio`` | | worker target: busy seconds / wall seconds / render processes, between scrapes |
 | ``batchrender_webhook_deliveries_total`` | outcome: delivered, retry, gone, dead | webhook worker |
 | ``batchrender_moderation_decisions_total`` | action, category | wherever moderation runs |
@@ -29,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE_LATEST", "JOBS_SUBMITTED", "JOBS_FINISHED", "JOB_DURATION", "RENDER_BUSY",
+__all__ = ["CONTENT_TYPE_LATEST", "JOBS_SUBMITTED", "JOBS_FINISHED", "JOB_DURATION", "RENDER_BUSY", "PIPELINE_CALLS", "PIPELINE_ROWS",
            "WEBHOOK_DELIVERIES", "MODERATION_DECISIONS", "QueueDepth", "BusyRatio", "exposition",
            "multiprocess_registry", "combined", "queue_registry", "job_submitted", "job_finished", "job_timed", "moderation_decided"]
 
@@ -43,6 +44,9 @@ JOB_DURATION = Histogram("batchrender_job_duration_seconds",
                          "of the pipeline call; postprocess: moderation, encoding, signing, upload).",
                          ["phase"], buckets=DURATION_BUCKETS)
 RENDER_BUSY = Counter("batchrender_render_busy_seconds", "Seconds render processes spent inside pipeline calls.")
+PIPELINE_CALLS = Counter("batchrender_pipeline_calls", "Pipeline calls made by render processes.")
+PIPELINE_ROWS = Counter("batchrender_pipeline_rows", "Rows rendered by pipeline calls: kind=image (a job's image) or "
+                        "padding (a throw-away row that keeps the call at its fixed size).", ["kind"])
 WEBHOOK_DELIVERIES = Counter("batchrender_webhook_deliveries", "Webhook delivery attempts by outcome.", ["outcome"])
 MODERATION_DECISIONS = Counter("batchrender_moderation_decisions",
                                "Moderation decisions (prompts, reference images, outputs) by action and category "

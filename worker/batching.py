@@ -71,18 +71,32 @@ class Gatherer:
         self.conn = app.connection_for_read()
         self.conn.ensure_connection(max_retries=3)
         self.channel = self.conn.default_channel
+        #: Recent time between arrivals (EWMA): how long a pull waits for the next message.
+        self.gap_s = 0.0
+        self.last_arrival: float | None = None
+        self.clock, self.sleep = time.monotonic, time.sleep
 
-    def pull(self, limit: int, window_s: float) -> list[Pulled]:
-        """Up to ``limit`` messages, waiting at most ``window_s`` for the first ones to arrive."""
+    def pull(self, limit: int, quiet_s: float, max_wait_s: float) -> list[Pulled]:
+        """Up to ``limit`` messages. While messages keep arriving it keeps collecting, so a burst
+        that is still being queued fills the call instead of being split into part-empty (padded)
+        calls; it stops when none has arrived for the *patience* (``quiet_s``, or 2.5 x the recent
+        gap between arrivals when they trickle in slower than that), or after ``max_wait_s``.
+        """
         out: list[Pulled] = []
-        deadline = time.monotonic() + window_s
+        start = last = self.clock()
         while len(out) < limit:
             message = self.channel.basic_get(self.queue, no_ack=False)
+            now = self.clock()
             if message is None:
-                if time.monotonic() >= deadline:
+                patience = min(max_wait_s, max(quiet_s, 2.5 * self.gap_s))
+                if now - last >= patience or now - start >= max_wait_s:
                     break
-                time.sleep(0.002)
+                self.sleep(0.002)
                 continue
+            if self.last_arrival is not None and now - self.last_arrival < max_wait_s:
+                # Time between two arrivals (a backlog gives ~0; an idle spell is not a gap).
+                self.gap_s = 0.7 * self.gap_s + 0.3 * (now - self.last_arrival)
+            self.last_arrival = last = now
             pulled = self._parse(message)
             if pulled is not None:
                 out.append(pulled)
@@ -106,7 +120,7 @@ class Gatherer:
 
 
 class BatchSession:
-    def __init__(self, runner: JobRunner, app, queue: str, *, max_batch: int, window_ms: int,
+    def __init__(self, runner: JobRunner, app, queue: str, *, max_batch: int, window_ms: int, max_wait_ms: int,
                  threads: int, max_pending: int, session_s: float, policy: RetryPolicy,
                  events: TaskEvents | None = None) -> None:
         self.runner = runner
@@ -114,6 +128,7 @@ class BatchSession:
         self.queue = queue
         self.max_batch = max(1, max_batch)
         self.window_s = window_ms / 1000
+        self.max_wait_s = max(self.window_s, max_wait_ms / 1000)
         self.threads = max(1, threads)
         self.max_pending = max(1, max_pending)
         self.session_s = session_s
@@ -134,7 +149,7 @@ class BatchSession:
             with ThreadPoolExecutor(self.threads, thread_name_prefix="postprocess") as pool:
                 while batch:
                     if len(batch) < self.max_batch:
-                        batch += gatherer.pull(self.max_batch - len(batch), self.window_s)
+                        batch += gatherer.pull(self.max_batch - len(batch), self.window_s, self.max_wait_s)
                     for p in batch:
                         by_id[p.msg.job_id] = p
                         if not p.is_leader:
@@ -151,7 +166,9 @@ class BatchSession:
                         self._reap(pending, outcomes, block=False)
                     batch = []
                     if time.monotonic() - started < self.session_s:
-                        batch = gatherer.pull(self.max_batch, 0)  # keep draining while work is queued
+                        # Keep draining while work is queued or still arriving (then the session ends
+                        # and Celery hands this worker its next message as a new leader).
+                        batch = gatherer.pull(self.max_batch, self.window_s, self.max_wait_s)
                 while pending:
                     self._reap(pending, outcomes, block=True)
         finally:

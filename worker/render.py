@@ -54,10 +54,12 @@ _PAD = ("", "", 0, None, None)  # prompt, negative prompt, seed, reference, mask
 
 
 def render(pipe, device: str, shape: CallShape, items: list[RenderItem],
-           on_step: StepHook | None = None, rows_per_call: int = 0) -> list[list[Image.Image]] | None:
+           on_step: StepHook | None = None, rows_per_call: int = 0,
+           on_call: Callable[[int, int], None] | None = None) -> list[list[Image.Image]] | None:
     """Render ``items``; returns images per item, or None when interrupted.
 
     ``rows_per_call`` > 0: calls of exactly that many rows (padded); 0: one call of all rows.
+    ``on_call(rows, padded_rows)`` is told about every pipeline call (the padding-waste figure).
 
     An interrupted diffusers call still decodes and returns images: they are half-made, so they
     are dropped here and never reach moderation, signing or storage.
@@ -79,6 +81,8 @@ def render(pipe, device: str, shape: CallShape, items: list[RenderItem],
             part = indices[start:start + size]
             out = _call(pipe, device, shape, [rows[i] for i in part] + [_PAD] * (size - len(part)), on_step,
                         chunks=chunks)
+            if on_call is not None:
+                on_call(len(part), size)
             if out is None:
                 return None
             for i, img in zip(part, out):

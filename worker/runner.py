@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from jobs.errors import BatchRenderError, InvalidRequest, PermanentError, TimeLimitExceeded, TransientError
 from jobs.logs import job_context
-from jobs.metrics import RENDER_BUSY, job_timed
+from jobs.metrics import PIPELINE_CALLS, PIPELINE_ROWS, RENDER_BUSY, job_timed
 from jobs.names import KEY_PREFIX, input_key, mask_key
 from jobs.retry import RetryPolicy, WorkerLost
 from jobs.schemas import MAX_SEED, ImageResult, JobMessage, JobResult, Timings, limit_errors
@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
 #: Seconds spent inside pipeline calls, summed over workers (the benchmark's GPU-idle figure).
 STATS_BUSY_KEY = f"{KEY_PREFIX}stats:render_busy_s"
+#: Pipeline calls and the rows they rendered, padding included (the benchmark's padding-waste figure).
+STATS_CALLS_KEY = f"{KEY_PREFIX}stats:pipeline_calls"
+STATS_ROWS_KEY = f"{KEY_PREFIX}stats:rows_rendered"
 
 
 @dataclass
@@ -273,15 +276,29 @@ class JobRunner:
 
         # Hex codes named, palette and keyable backdrop added (worker/conditioning.py).
         items = [RenderItem(*pipeline_prompts(x.msg.request), tuple(x.msg.seeds), x.image, x.mask) for x in live]
+        calls = [0, 0, 0]  # pipeline calls, rows with a job's image, rows rendered (padding included)
+
+        def on_call(rows: int, rendered: int) -> None:
+            calls[0] += 1
+            calls[1] += rows
+            calls[2] += rendered
+
         t0 = time.perf_counter()
-        images = render(loaded.pipe, loaded.device, shape, items, on_step, self.rows_per_call)
+        images = render(loaded.pipe, loaded.device, shape, items, on_step, self.rows_per_call, on_call)
         if images is not None and any(x.msg.request.palette_strict for x in live):
             images = self.keep_best_palette(loaded.pipe, loaded.device, shape, live, items, images, on_step)
         render_s = time.perf_counter() - t0
         self.busy_s += render_s
         RENDER_BUSY.inc(render_s)
+        PIPELINE_CALLS.inc(calls[0])
+        PIPELINE_ROWS.labels(kind="image").inc(calls[1])
+        PIPELINE_ROWS.labels(kind="padding").inc(calls[2] - calls[1])
         # Per call, not per task: a session's task ends after its last job is already visible.
-        self.ctx.store.r.incrbyfloat(STATS_BUSY_KEY, render_s)
+        with self.ctx.store.r.pipeline(transaction=False) as p:
+            p.incrbyfloat(STATS_BUSY_KEY, render_s)
+            p.incrby(STATS_CALLS_KEY, calls[0])
+            p.incrby(STATS_ROWS_KEY, calls[2])
+            p.execute()
         if images is None:
             if timed_out[0]:
                 err = PermanentError(f"render exceeded the time limit of {self.ctx.settings.soft_time_limit_s}s")

@@ -57,7 +57,7 @@ def register(app: Celery, settings: Settings) -> None:
 
         session = BatchSession(
             runner, app, queue, max_batch=rows,
-            window_ms=settings.batch_window_ms, threads=settings.resolved_postprocess_threads,
+            window_ms=settings.batch_window_ms, max_wait_ms=settings.batch_max_wait_ms, threads=settings.resolved_postprocess_threads,
             max_pending=settings.postprocess_queue, session_s=settings.visibility_timeout_s / 4,
             policy=policy, events=TaskEvents(app, self.request.hostname, settings.task_events))
         try:

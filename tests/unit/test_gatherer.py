@@ -1,0 +1,68 @@
+"""The gatherer's adaptive window, on a scripted queue and a fake clock (no timing assumptions):
+a burst that is still arriving fills the call; a queue that stopped growing does not hold it; the
+wait is bounded."""
+from __future__ import annotations
+
+import pytest
+
+from worker.batching import Gatherer
+
+
+class Script:
+    """A queue whose messages arrive at given times on a fake clock; sleeping advances the clock."""
+
+    def __init__(self, arrivals: list[float]) -> None:
+        self.arrivals = sorted(arrivals)
+        self.now = 0.0
+
+    def basic_get(self, queue, no_ack=False):
+        if self.arrivals and self.arrivals[0] <= self.now:
+            return self.arrivals.pop(0)
+        return None
+
+    def sleep(self, s: float) -> None:
+        self.now += s
+
+
+def gatherer(script: Script) -> Gatherer:
+    g = Gatherer.__new__(Gatherer)
+    g.queue, g.channel, g.gap_s, g.last_arrival = "render.tiny", script, 0.0, None
+    g.clock, g.sleep = (lambda: script.now), script.sleep
+    g._parse = lambda message: message  # the arrival time stands in for the message
+    return g
+
+
+def test_a_burst_still_arriving_fills_the_call():
+    script = Script([i * 0.02 for i in range(40)])  # one every 20 ms, quieter than the 30 ms window never
+    got = gatherer(script).pull(32, quiet_s=0.03, max_wait_s=2.0)
+    assert len(got) == 32
+
+
+def test_a_slower_trickle_is_learned_and_still_fills_calls():
+    script = Script([i * 0.05 for i in range(200)])  # one every 50 ms: longer than the 30 ms window
+    g = gatherer(script)
+    sizes = [len(g.pull(8, quiet_s=0.03, max_wait_s=2.0)) for _ in range(12)]
+    assert sizes[0] < 8, "the first pull cannot know the gap yet"
+    assert all(n == 8 for n in sizes[3:]), sizes  # once the gap is known, every call is full
+
+
+def test_a_queue_that_stopped_growing_does_not_hold_the_call():
+    script = Script([0.0, 0.001, 0.002, 5.0])
+    got = gatherer(script).pull(32, quiet_s=0.03, max_wait_s=2.0)
+    assert len(got) == 3 and script.now < 0.1
+
+
+def test_the_wait_is_bounded_by_max_wait():
+    script = Script([i * 0.5 for i in range(20)])  # a very slow trickle
+    g = gatherer(script)
+    g.gap_s = 0.5  # learned: 2.5 x gap would be 1.25 s per arrival
+    start = script.now
+    got = g.pull(32, quiet_s=0.03, max_wait_s=1.0)
+    assert script.now - start <= 1.0 + 0.01 and 1 <= len(got) < 32
+
+
+@pytest.mark.parametrize("queued", [0, 5])
+def test_an_empty_or_short_backlog_returns_after_the_quiet_window(queued):
+    script = Script([0.0] * queued)
+    got = gatherer(script).pull(32, quiet_s=0.03, max_wait_s=2.0)
+    assert len(got) == queued and script.now == pytest.approx(0.03, abs=0.005)
