@@ -77,6 +77,12 @@ class JobNotEnded(PermanentError):
     code = "job_not_ended"
 
 
+class ParentNotSucceeded(PermanentError):
+    """A refinement needs a parent job that succeeded (it refines one of its images)."""
+
+    code = "parent_not_succeeded"
+
+
 class UnsupportedMediaType(InvalidRequest):
     code = "unsupported_media_type"
 

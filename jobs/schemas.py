@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from jobs.errors import InvalidRequest
 from jobs.families import FAMILIES, family, size_for
+from jobs.lineage import Lineage
 from jobs.status import JobStatus
 
 SCHEMA_VERSION = 1
@@ -345,6 +346,8 @@ class JobMessage(BaseModel):
     mask_key: str | None = None
     #: The reference image shows a face: the stricter real-person rules apply to the prompt.
     real_person_context: bool = False
+    #: A refinement (producer/refine.py): the parent job and image, the turn, the chain's root.
+    lineage: Lineage | None = None
     #: HMAC of everything else, by a producer or worker of this deployment (jobs/signing.py).
     signature: str | None = Field(None, max_length=128)
     #: The reference image's (and mask's) bytes between validation and upload (never serialized).

@@ -118,6 +118,8 @@ class JobRecord:
     request: dict[str, Any] = field(default_factory=dict)
     result: JobResult | None = None
     error: dict[str, Any] | None = None
+    #: A refinement: parent job and image index, turn, root (``jobs.lineage.Lineage``); None: turn 0.
+    lineage: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -135,6 +137,8 @@ class JobRecord:
                 d["moderation"] = self.result.moderation
         if self.error:
             d["error"] = self.error
+        if self.lineage:
+            d["lineage"] = {k: self.lineage[k] for k in ("parent_id", "parent_index", "turn", "root_id")}
         return d
 
 
@@ -226,6 +230,7 @@ class JobStore:
             "custom_id": msg.request.custom_id or "", "attempts": "0",
             # the whole queue payload, so a lost message can be published again (worker/sweep.py)
             "message": msg.model_dump_json(),
+            **({"lineage": msg.lineage.model_dump_json()} if msg.lineage else {}),
         }
 
     def queued_before(self, model: str, before: float, limit: int = 10000) -> list[str]:
@@ -525,6 +530,7 @@ class JobStore:
             attempts=int(h.get("attempts", 0)), retries=int(h.get("retries", 0)), request=json.loads(h.get("request", "{}")),
             result=JobResult.model_validate_json(h["result"]) if h.get("result") else None,
             error=json.loads(h["error"]) if h.get("error") else None,
+            lineage=json.loads(h["lineage"]) if h.get("lineage") else None,
         )
 
 

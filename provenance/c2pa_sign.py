@@ -3,7 +3,10 @@
 Each manifest holds a ``c2pa.actions`` assertion (``c2pa.created``, digital source type
 trainedAlgorithmicMedia), claim generator ``batchrender/<version>``, and an
 ``org.batchrender.job`` assertion with job id, batch id, model, seed and the SHA-256 of the
-canonical JSON of the render parameters. Thumbnails are off: c2pa's default thumbnail is
+canonical JSON of the render parameters. A refinement (jobs/lineage.py) lists its parent image
+as a ``parentOf`` ingredient, the parent's own manifest embedded with it, and its actions are
+``c2pa.opened`` (that ingredient) then ``c2pa.edited``: reading the last image of a chain of
+refinements walks back to the first. Thumbnails are off: c2pa's default thumbnail is
 lossless and made a 38 KB WebP weigh 1 MB.
 
 Key sources, in order: ``c2pa_signer_callback`` (KMS/HSM), ``c2pa_cert_chain`` +
@@ -36,8 +39,39 @@ JOB_ASSERTION = "org.batchrender.job"
 GENERATOR = "batchrender"
 MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}
 REQUIRED_INFO = ("job_id", "batch_id", "model", "seed")
+#: The label of a refinement's parentOf ingredient, which its c2pa.opened action names.
+PARENT_LABEL = "parent"
 _C2PA_SETTINGS = {"builder": {"thumbnail": {"enabled": False}}}
 _ES_SIZES = {"es256": 32, "es384": 48, "es512": 66}
+
+
+@dataclass(frozen=True)
+class ParentImage:
+    """The image a refinement was rendered from: its delivered (signed) bytes, as stored."""
+
+    data: bytes
+    title: str
+    job_id: str
+    index: int
+    turn: int
+
+    @property
+    def mime(self) -> str:
+        mime = sniff_mime(self.data)
+        if mime is None:
+            raise SigningFailed(f"the parent image {self.title!r} is not a PNG, JPEG or WebP")
+        return mime
+
+
+def sniff_mime(data: bytes) -> str | None:
+    """The MIME type of PNG, JPEG or WebP bytes, from their signature; None for anything else."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
 
 
 @dataclass(frozen=True)
@@ -186,7 +220,7 @@ class ImageSigner:
         return signer
 
     # -- signing -------------------------------------------------------------------------------
-    def manifest(self, fmt: str, info: Mapping[str, Any]) -> dict[str, Any]:
+    def manifest(self, fmt: str, info: Mapping[str, Any], parent: ParentImage | None = None) -> dict[str, Any]:
         """The manifest definition for one image (exposed for tests and docs)."""
         missing = [k for k in REQUIRED_INFO if k not in info]
         if missing:
@@ -200,31 +234,42 @@ class ImageSigner:
         }
         if "index" in info:
             job["index"] = int(info["index"])
+        created = {"action": "c2pa.created", "digitalSourceType": DIGITAL_SOURCE_TYPE,
+                   "softwareAgent": {"name": GENERATOR, "version": __version__}}
+        actions = [created]
+        if parent is not None:
+            job.update(parent_job_id=parent.job_id, parent_index=parent.index, turn=parent.turn)
+            # C2PA: an edit opens its parentOf ingredient first, then says what was done to it.
+            actions = [{"action": "c2pa.opened", "parameters": {"ingredientIds": [PARENT_LABEL]}},
+                       {**created, "action": "c2pa.edited", "description": "refined by image-to-image from the "
+                        "parent image with a new prompt"}]
         return {
             "claim_generator_info": [{"name": GENERATOR, "version": __version__}],
             "title": f"{job['job_id']}.{fmt}",
             "format": MIME_TYPES[fmt],
             "assertions": [
-                {"label": "c2pa.actions", "data": {"actions": [
-                    {"action": "c2pa.created", "digitalSourceType": DIGITAL_SOURCE_TYPE,
-                     "softwareAgent": {"name": GENERATOR, "version": __version__}},
-                ]}},
+                {"label": "c2pa.actions", "data": {"actions": actions}},
                 {"label": JOB_ASSERTION, "data": job},
             ],
         }
 
-    def sign(self, data: bytes, fmt: str, info: Mapping[str, Any]) -> bytes:
-        """Return ``data`` with an embedded, signed C2PA manifest; SigningFailed otherwise."""
+    def sign(self, data: bytes, fmt: str, info: Mapping[str, Any], parent: ParentImage | None = None) -> bytes:
+        """Return ``data`` with an embedded, signed C2PA manifest; SigningFailed otherwise.
+        ``parent``: the image this one refines, listed as its ``parentOf`` ingredient."""
         fmt = fmt.lower()
         if fmt not in MIME_TYPES:
             raise SigningFailed(f"cannot sign format {fmt!r}; use png, jpeg or webp")
-        manifest = self.manifest(fmt, info)
+        manifest = self.manifest(fmt, info, parent)
         c2pa = self._c2pa
         out = io.BytesIO()
         try:
             with self._lock:
                 builder = c2pa.Builder(manifest, self._context)
                 try:
+                    if parent is not None:
+                        # The bytes carry the parent's own manifest: c2pa embeds it with the ingredient.
+                        builder.add_ingredient({"title": parent.title, "relationship": "parentOf",
+                                                "label": PARENT_LABEL}, parent.mime, io.BytesIO(parent.data))
                     builder.sign(self._signer, MIME_TYPES[fmt], io.BytesIO(data), out)
                 finally:
                     builder.close()

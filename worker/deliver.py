@@ -33,6 +33,7 @@ from worker.colour import palette_report
 from worker.context import WorkerContext
 from worker.cutout import cut_out
 from worker.encode import encode, pixel_sha256, thumbnail
+from worker.refine import parent_image
 
 SINGLE = "single"  # the batch segment of keys for jobs submitted on their own
 log = logging.getLogger(__name__)
@@ -77,6 +78,9 @@ def render_params(msg: JobMessage) -> dict[str, Any]:
         params["palette"] = r.requested_palette
     if r.palette_strict:
         params["palette_tries"] = r.palette_tries
+    if msg.lineage:  # a refinement: the image it was rendered from
+        params["parent"] = {"job_id": msg.lineage.parent_id, "index": msg.lineage.parent_index,
+                            "sha256": msg.lineage.parent_sha256}
     return params
 
 
@@ -118,10 +122,13 @@ def deliver_image(ctx: WorkerContext, msg: JobMessage, index: int, seed: int, im
     flags = decision.to_dict().get("categories", []) if decision.action.value == "flag" else []
 
     # Signing failures raise SigningFailed (permanent): an unsigned image is never delivered.
+    # A refinement lists the stored parent image as its parentOf ingredient (worker/refine.py).
+    parent = through_outage(f"job {msg.job_id} parent image", ctx.settings.storage_wait_budget_s,
+                            lambda: parent_image(ctx.storage, msg))
     data = ctx.signer.sign(data, fmt.value, {
         "job_id": msg.job_id, "batch_id": msg.batch_id or "", "model": r.model, "seed": seed,
         "params": render_params(msg),
-    })
+    }, parent=parent)
     sha = hashlib.sha256(data).hexdigest()
     stored = through_outage(f"job {msg.job_id} image {index}", ctx.settings.storage_wait_budget_s,
                             lambda: ctx.storage.put(key, data, content_type=fmt.content_type, metadata={

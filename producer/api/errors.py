@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs.errors import (BatchRenderError, IdempotencyConflict, IdempotencyInProgress, JobNotEnded, JobNotFound,
-                         QuotaExceeded, TransientError, UnsupportedMediaType)
+                         ParentNotSucceeded, QuotaExceeded, TransientError, UnsupportedMediaType)
 
 
 class ApiError(Exception):
@@ -90,7 +90,7 @@ def _status_of(e: BatchRenderError) -> tuple[int, dict[str, str]]:
         return 404, {}
     if isinstance(e, IdempotencyInProgress):
         return 409, {"Retry-After": "1"}
-    if isinstance(e, (JobNotEnded, IdempotencyConflict)):
+    if isinstance(e, (JobNotEnded, IdempotencyConflict, ParentNotSucceeded)):
         return 409, {}
     if isinstance(e, QuotaExceeded):
         return 429, {"Retry-After": "5"}

@@ -36,6 +36,34 @@ class Progress(BaseModel):
     total: int
 
 
+class JobLineage(BaseModel):
+    """A refined job's place in its chain (``POST /v1/jobs/{id}/refine``); absent for turn 0."""
+
+    parent_id: str
+    parent_index: int = Field(description="The parent's image this job refines.")
+    turn: int = Field(description="The parent's turn + 1; a job with no parent is turn 0.")
+    root_id: str
+
+
+class LineageTurn(BaseModel):
+    id: str
+    turn: int
+    status: JobStatus | None = Field(None, description="null: the job was deleted or has expired.")
+    prompt: str | None = None
+    parent_id: str | None = None
+    parent_index: int | None = None
+    image_index: int | None = Field(None, description="The image carried forward (the job itself: its first).")
+    output_url: str | None = Field(None, description="Stable URL of that image; needs the API key.")
+
+
+class Lineage(BaseModel):
+    """The chain from its root (turn 0) to this job, one entry per turn."""
+
+    id: str
+    root_id: str
+    turns: list[LineageTurn]
+
+
 class Job(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "id": "job_3f2a", "status": "succeeded", "batch_id": None, "custom_id": "sku-1", "model": "tiny",
@@ -60,6 +88,7 @@ class Job(BaseModel):
         "Prompt tokens the text encoder read, all of them (long prompts are encoded in chunks, never cut)."))
     moderation: dict[str, Any] | None = None
     error: dict[str, Any] | None = Field(None, description="{code, message, ...} when the job did not succeed.")
+    lineage: JobLineage | None = Field(None, description="A refinement: parent, image index, turn and root.")
 
 
 class Page(BaseModel):

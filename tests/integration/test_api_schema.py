@@ -11,7 +11,8 @@ pytestmark = pytest.mark.timeout(600)
 #: Every operation of the API: a new route must be added here, and so gets fuzzed.
 EVERY_OPERATION = {
     "POST /v1/jobs", "GET /v1/jobs", "GET /v1/jobs/{job_id}", "DELETE /v1/jobs/{job_id}",
-    "POST /v1/jobs/{job_id}/cancel", "GET /v1/jobs/{job_id}/outputs/{index}",
+    "POST /v1/jobs/{job_id}/cancel", "POST /v1/jobs/{job_id}/refine", "GET /v1/jobs/{job_id}/lineage",
+    "GET /v1/jobs/{job_id}/outputs/{index}",
     "GET /v1/jobs/{job_id}/outputs/{index}/thumbnail", "POST /v1/batches", "GET /v1/batches",
     "GET /v1/batches/{batch_id}", "GET /v1/batches/{batch_id}/results", "POST /v1/batches/{batch_id}/cancel",
     "GET /v1/batches/{batch_id}/gallery", "GET /v1/deliveries",

@@ -13,7 +13,8 @@ from jobs.store import JobRecord
 from producer.api.deps import (Cursor, ServicesDep, Services, Tenant, encode_cursor, own_batch, own_job,
                                request_base, wait_for_end)
 from producer.api.errors import ApiError
-from producer.api.models import Deleted, Job, JobPage
+from producer.api.models import Deleted, Job, JobPage, Lineage
+from producer.refine import RefineRequest, lineage, refine
 from producer.submit import submit_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -96,6 +97,28 @@ def cancel_job(job_id: str, request: Request, svc: ServicesDep, tenant: Tenant) 
     """Cancel a queued job at once, a running one at its next step; an ended job stays as it is."""
     own_job(svc, tenant, job_id)
     return _view(svc, svc.client.cancel(job_id), request)
+
+
+@router.post("/{job_id}/refine", status_code=201)
+async def refine_job(job_id: str, body: RefineRequest, request: Request, svc: ServicesDep, tenant: Tenant) -> Job:
+    """Refine one image of a succeeded job with a new prompt: a new job, image-to-image from that
+    image with its seed and the parent's model and size (``steps``, ``strength`` may change).
+
+    409 ``parent_not_succeeded`` unless the job succeeded; 422 naming ``image_index`` when it is
+    out of range; a prompt the content policy refuses is answered 422 ``moderation_blocked``. The
+    new job's C2PA manifest lists the parent image as its ``parentOf`` ingredient.
+    """
+    own_job(svc, tenant, job_id)
+    rec = await run_in_threadpool(refine, svc.client, job_id, body, tenant=tenant)
+    return await run_in_threadpool(_answer, svc, rec, request, {})
+
+
+@router.get("/{job_id}/lineage")
+def job_lineage(job_id: str, request: Request, svc: ServicesDep, tenant: Tenant) -> Lineage:
+    """The chain of refinements from its root (turn 0) to this job: id, status, turn, prompt and
+    output URL of each."""
+    own_job(svc, tenant, job_id)
+    return Lineage.model_validate(lineage(svc.client, job_id, tenant=tenant, base=request_base(request)))
 
 
 @router.delete("/{job_id}")
