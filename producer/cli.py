@@ -210,6 +210,42 @@ def cancel(id_: str) -> None:
         _echo_json(client.view(client.cancel(id_)))
 
 
+# -- refinement -------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("job_id")
+@click.argument("prompt")
+@click.option("--image-index", type=int, default=0, show_default=True, help="Which of the job's images to refine.")
+@click.option("--strength", type=float, help="How far to move from the image, (0-1].")
+@click.option("--steps", type=int, help="The parent's when unset.")
+@click.option("--custom-id")
+@click.option("--webhook", help="URL that receives signed webhook events.")
+@click.option("--wait", "wait_", is_flag=True, help="Wait for the new job with a progress bar.")
+def refine(job_id: str, prompt: str, wait_: bool, **opts) -> None:
+    """Refine an image of a succeeded JOB_ID with a new PROMPT: a new job, image-to-image from it
+    with its seed, model and size. Prints the new job's id; its C2PA manifest lists the parent
+    image as an ingredient. Exit 1 when the new job did not succeed (a blocked prompt)."""
+    from producer.refine import ANY_TENANT, refine as refine_job
+
+    client = _client()
+    rec = refine_job(client, job_id, {"prompt": prompt, **{k: v for k, v in opts.items() if v is not None}},
+                     tenant=ANY_TENANT)
+    click.echo(rec.job_id)
+    if rec.status.terminal and rec.status.value != "succeeded":
+        click.echo(f"{rec.status.value}: {(rec.error or {}).get('message', '')}", err=True)
+        sys.exit(1)
+    if wait_:
+        sys.exit(_wait_job(client, rec.job_id, None))
+
+
+@cli.command()
+@click.argument("job_id")
+def lineage(job_id: str) -> None:
+    """The chain of refinements from its root (turn 0) to JOB_ID: id, status, turn, prompt, output URL."""
+    from producer.refine import ANY_TENANT, lineage as chain
+
+    _echo_json(chain(_client(), job_id, tenant=ANY_TENANT))
+
+
 @cli.command()
 @click.argument("id_")
 @click.option("--download", "download_dir", type=click.Path(file_okay=False, path_type=Path),

@@ -180,3 +180,31 @@ def test_refine_refusals_name_the_field_and_tenants_stay_isolated(api, client, b
     child = client.status(r.json()["error"]["job_id"])
     assert child.status.value == "blocked" and child.lineage["parent_id"] == parent["id"]
     assert client.store.tenant_active("acme") == 0, "no slot is held by refusals"
+
+
+def test_cli_refines_a_job_and_prints_its_lineage(client, br_env, start_worker):
+    from click.testing import CliRunner
+
+    from producer.cli import cli
+
+    runner = CliRunner()
+    start_worker(br_env)
+    parent = client.submit({"prompt": "a blue teapot", "seed": 4, "num_images": 2, **TINY})
+    assert client.wait(parent, timeout=150).status.value == "succeeded"
+    out = runner.invoke(cli, ["refine", parent, "make the teapot red", "--image-index", "1", "--strength", "0.6",
+                              "--wait"], env=br_env)
+    assert out.exit_code == 0, out.output
+    child = client.status(out.stdout.splitlines()[0])
+    assert child.status.value == "succeeded" and child.lineage["parent_index"] == 1
+    assert child.result.images[0].seed == 5, "image 1 of the parent was rendered with seed + 1"
+    assert client.storage.get(f"_inputs/{child.job_id}") == client.storage.get(
+        client.status(parent).result.images[1].key)
+    out = runner.invoke(cli, ["lineage", child.job_id], env=br_env)
+    assert out.exit_code == 0, out.output
+    chain = json.loads(out.stdout)
+    assert [(t["id"], t["turn"], t["image_index"]) for t in chain["turns"]] == [(parent, 0, 1), (child.job_id, 1, 0)]
+
+    out = runner.invoke(cli, ["refine", parent, "make it red", "--image-index", "2"], env=br_env)
+    assert out.exit_code == 2 and "image_index" in out.output and "allowed 0, 1" in out.output, out.output
+    out = runner.invoke(cli, ["refine", "job_" + "0" * 32, "make it red"], env=br_env)
+    assert out.exit_code == 2 and "no job" in out.output, out.output
