@@ -35,6 +35,8 @@ class VerifyReport:
     signer_issuer: str | None = None
     signer_subject: str | None = None
     errors: tuple[str, ...] = field(default_factory=tuple)
+    #: A refinement: the job whose image is its parentOf ingredient (and that image's manifest).
+    parent_job_id: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -48,6 +50,7 @@ class VerifyReport:
         rows = [
             ("validation", self.state), ("generator", self.generator), ("action", self.action),
             ("source type", self.digital_source_type), ("job id", self.job_id), ("batch id", self.batch_id),
+            ("refines job", self.parent_job_id),
             ("signed by", self.signer_subject), ("issuer", self.signer_issuer),
         ]
         lines = [f"{self.source}:"] + [f"  {k:<12} {v}" for k, v in rows if v is not None]
@@ -127,10 +130,12 @@ def verify(data_or_path: bytes | str | Path, trust_anchors_pem: str | None = Non
         state=state,
         generator=f"{gen['name']}/{gen.get('version', '?')}" if gen.get("name") else manifest.get("claim_generator"),
         action=actions[0].get("action"),
-        digital_source_type=actions[0].get("digitalSourceType"),
+        # A refinement opens its parent first (c2pa.opened), then says how it was edited.
+        digital_source_type=next((a["digitalSourceType"] for a in actions if a.get("digitalSourceType")), None),
         job_id=job.get("job_id"),
         batch_id=job.get("batch_id"),
         signer_issuer=sig.get("issuer"),
         signer_subject=sig.get("common_name"),
         errors=tuple(f"{f.get('code')}: {f.get('explanation', '')}" for f in failures),
+        parent_job_id=job.get("parent_job_id"),
     )

@@ -154,3 +154,33 @@ def test_from_settings_with_pem_files(tmp_path, keys):
     signer = ImageSigner.from_settings(settings)
     assert "es256" in signer.description and not (tmp_path / "keys").exists()
     signer.close()
+
+
+@pytest.mark.parametrize("parent_fmt, fmt", [("png", "png"), ("png", "jpeg"), ("webp", "png")])
+def test_a_refinement_lists_its_signed_parent_as_parent_of_ingredient(signer, keys, parent_fmt, fmt):
+    from provenance.c2pa_sign import ParentImage
+
+    parent = signer.sign(image_bytes(parent_fmt), parent_fmt, {**INFO, "job_id": "job-0"})
+    child = signer.sign(image_bytes(fmt), fmt, INFO, parent=ParentImage(parent, "job-0-0.x", "job-0", 0, 1))
+    state, manifest = read(child, fmt, keys.ca_cert.read_text())
+    assert state == "Trusted"
+    labels = {a["label"]: a["data"] for a in manifest["assertions"]}
+    opened, edited = labels["c2pa.actions.v2"]["actions"]
+    assert opened["action"] == "c2pa.opened" and len(opened["parameters"]["ingredients"]) == 1
+    assert edited["action"] == "c2pa.edited" and edited["digitalSourceType"] == DIGITAL_SOURCE_TYPE
+    assert labels[JOB_ASSERTION]["parent_job_id"] == "job-0" and labels[JOB_ASSERTION]["turn"] == 1
+    [ingredient] = manifest["ingredients"]
+    assert ingredient["relationship"] == "parentOf" and ingredient["format"] == MIME[parent_fmt]
+    _, parent_manifest = read(parent, parent_fmt)
+    with c2pa.Reader(MIME[fmt], io.BytesIO(child)) as r:
+        store = json.loads(r.json())
+    embedded = store["manifests"][ingredient["active_manifest"]]
+    assert {a["label"]: a["data"] for a in embedded["assertions"]}[JOB_ASSERTION]["job_id"] == "job-0"
+    assert embedded["signature_info"] == parent_manifest["signature_info"]
+
+
+def test_a_parent_that_is_not_an_image_is_refused(signer):
+    from provenance.c2pa_sign import ParentImage
+
+    with pytest.raises(SigningFailed, match="not a PNG, JPEG or WebP"):
+        signer.sign(image_bytes("png"), "png", INFO, parent=ParentImage(b"%PDF-1.7", "job-0-0.pdf", "job-0", 0, 1))

@@ -68,3 +68,17 @@ def test_verify_command_exit_codes(signed_png, keys, tmp_path):
     assert ok.exit_code == 0 and "Trusted" in ok.output and "job-9" in ok.output
     missing = runner.invoke(verify_cmd, [str(bare)])
     assert missing.exit_code == 1 and "no C2PA manifest" in missing.output
+
+
+def test_a_refinement_verifies_naming_its_parent_job(signed_png, keys):
+    from provenance.c2pa_sign import ParentImage
+
+    signer = ImageSigner.from_pem(keys.cert_chain.read_bytes(), keys.private_key.read_bytes())
+    child = signer.sign(encode(structured(4, 96)), "png", {**INFO, "job_id": "job-10"},
+                        parent=ParentImage(signed_png, "job-9-0.png", "job-9", 0, 1))
+    signer.close()
+    report = verify(child, keys.ca_cert.read_text())
+    assert report.state == "Trusted" and report.job_id == "job-10" and report.parent_job_id == "job-9"
+    assert report.action == "c2pa.opened" and report.digital_source_type == DIGITAL_SOURCE_TYPE
+    assert "refines job  job-9" in report.summary()
+    assert verify(signed_png).parent_job_id is None
