@@ -20,11 +20,11 @@ import base64
 import hashlib
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from jobs.errors import InvalidRequest, JobNotFound, ParentNotSucceeded
 from jobs.lineage import MAX_TURNS, Lineage
-from jobs.schemas import ImageResult, RenderRequest, invalid_from
+from jobs.schemas import ImageResult, RenderRequest, find_surrogate, invalid_from
 from jobs.status import JobStatus
 from jobs.store import JobRecord
 from producer.submit import _give_back_unused, check_webhook, reserve_capacity
@@ -50,6 +50,28 @@ class RefineRequest(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     webhook: str | None = Field(None, max_length=2048)
     webhook_events_filter: list[str] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text(cls, data: Any) -> Any:
+        # As for RenderRequest: a lone surrogate is not text, and could not even be hashed for an
+        # Idempotency-Key; refused before anything else, naming where.
+        found = find_surrogate(data) if isinstance(data, dict) else None
+        if found:
+            where, bad = found
+            raise ValueError(f"{where} contains a lone surrogate U+{ord(bad.group()):04X} at character "
+                             f"{bad.start()}; send valid Unicode text (UTF-8)")
+        return data
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("prompt is empty; give 1–2000 characters")
+        if len(v) > 2000:
+            raise ValueError(f"prompt is {len(v)} characters; the limit is 2000")
+        return v
 
 
 def _owned(client, tenant: Any, job_id: str) -> JobRecord:
@@ -104,6 +126,13 @@ def child_request(parent: JobRecord, image: ImageResult, data: bytes, body: Refi
     return RenderRequest.parse(fields)
 
 
+class _Keyed(BaseModel):
+    """What an ``Idempotency-Key`` of a refinement stands for: this parent, this body."""
+
+    parent_id: str
+    refine: RefineRequest
+
+
 def refine(client, parent_id: str, body: RefineRequest | dict[str, Any], *, tenant: Any) -> JobRecord:
     """Queue a refinement of ``parent_id``'s image ``body.image_index``; the child's record.
 
@@ -111,11 +140,31 @@ def refine(client, parent_id: str, body: RefineRequest | dict[str, Any], *, tena
     ``InvalidRequest`` naming the field, ``QuotaExceeded``. A blocked prompt ends the child as
     ``blocked`` (never queued), as for any job.
     """
+    return refine_once(client, None, parent_id, body, tenant=tenant)[0]
+
+
+def refine_once(client, idempotency, parent_id: str, body: RefineRequest | dict[str, Any], *, tenant: Any,
+                idempotency_key: str | None = None) -> tuple[JobRecord, bool]:
+    """``refine`` with an ``Idempotency-Key`` (``producer.submit.Idempotency``): (the child's
+    record, whether an earlier request with the same key and body had already created it)."""
     if not isinstance(body, RefineRequest):
         try:
             body = RefineRequest.model_validate(body)
         except ValidationError as e:
             raise invalid_from(e) from None
+    if not idempotency_key:
+        return _refine(client, parent_id, body, tenant, None), False
+    prior = idempotency.claim(tenant, idempotency_key, _Keyed(parent_id=parent_id, refine=body))
+    if prior is not None:
+        return prior, True
+    try:
+        return _refine(client, parent_id, body, tenant, idempotency.job_id(tenant, idempotency_key)), False
+    except BaseException:
+        idempotency.release(tenant, idempotency_key)
+        raise
+
+
+def _refine(client, parent_id: str, body: RefineRequest, tenant: Any, job_id: str | None) -> JobRecord:
     parent, image, data = parent_image(client, tenant, parent_id, body.image_index)
     turn = (parent.lineage or {}).get("turn", 0) + 1
     if turn > MAX_TURNS:
@@ -131,7 +180,7 @@ def refine(client, parent_id: str, body: RefineRequest | dict[str, Any], *, tena
         reserve_capacity(client, owner, 1)
     msg = None
     try:
-        prepared = client.prepare(req, tenant=owner)
+        prepared = client.prepare(req, tenant=owner, job_id=job_id)
         msg = client.signer.sign(prepared.model_copy(update={"lineage": lineage}))
         msg._input_bytes, msg._mask_bytes = prepared._input_bytes, prepared._mask_bytes
         client.enqueue(msg, reserved=bool(owner))

@@ -134,6 +134,13 @@ def test_three_turn_chain_verifies_with_c2pa_ingredients_back_to_the_first_image
     root = api.get(f"/v1/jobs/{first['id']}/lineage", headers=acme).json()
     assert [(t["id"], t["turn"]) for t in root["turns"]] == [(first["id"], 0)] and root["root_id"] == first["id"]
 
+    # A deleted parent stays in the chain by id and turn; nothing else of it is shown.
+    assert api.delete(f"/v1/jobs/{first['id']}", headers=acme).status_code == 200
+    turns = api.get(f"/v1/jobs/{third['id']}/lineage", headers=acme).json()["turns"]
+    assert turns[0] == {"id": first["id"], "turn": 0, "status": None, "prompt": None, "parent_id": None,
+                        "parent_index": None, "image_index": None, "output_url": None}
+    assert [t["status"] for t in turns[1:]] == ["succeeded", "succeeded"]
+
 
 def test_refine_refusals_name_the_field_and_tenants_stay_isolated(api, client, br_env, start_worker, tenants):
     acme, other = auth(tenants.create("acme")), auth(tenants.create("other"))
@@ -173,6 +180,16 @@ def test_refine_refusals_name_the_field_and_tenants_stay_isolated(api, client, b
         assert theirs.json()["error"]["code"] == nobody.json()["error"]["code"] == "not_found"
         assert theirs.json()["error"]["message"].replace(parent["id"], unknown) == nobody.json()["error"]["message"]
     assert client.store.tenant_active("other") == 0
+
+    # An Idempotency-Key makes a retried refinement safe; the same key for another body is a conflict.
+    key = {**acme, "Idempotency-Key": "refine-1"}
+    made = api.post(url, json={"prompt": "make it green"}, headers=key)
+    again = api.post(url, json={"prompt": "make it green"}, headers=key)
+    assert made.status_code == 201 and again.status_code == 200, (made.text, again.text)
+    assert again.json()["id"] == made.json()["id"] and again.headers["idempotent-replayed"] == "true"
+    other_body = api.post(url, json={"prompt": "make it pink"}, headers=key)
+    assert other_body.status_code == 409 and other_body.json()["error"]["code"] == "idempotency_conflict"
+    assert ended(api, made.json()["id"], acme)["status"] == "succeeded"
 
     # The refined prompt passes the same moderation as any job: blocked, recorded with its lineage.
     r = api.post(url, json={"prompt": BLOCKED_PROMPT}, headers=acme)

@@ -14,7 +14,7 @@ from producer.api.deps import (Cursor, ServicesDep, Services, Tenant, encode_cur
                                request_base, wait_for_end)
 from producer.api.errors import ApiError
 from producer.api.models import Deleted, Job, JobPage, Lineage
-from producer.refine import RefineRequest, lineage, refine
+from producer.refine import RefineRequest, lineage, refine_once
 from producer.submit import submit_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -99,18 +99,26 @@ def cancel_job(job_id: str, request: Request, svc: ServicesDep, tenant: Tenant) 
     return _view(svc, svc.client.cancel(job_id), request)
 
 
-@router.post("/{job_id}/refine", status_code=201)
-async def refine_job(job_id: str, body: RefineRequest, request: Request, svc: ServicesDep, tenant: Tenant) -> Job:
+@router.post("/{job_id}/refine", status_code=201, responses={200: {"model": Job, "description": (
+    "An earlier request with the same Idempotency-Key created this job (header Idempotent-Replayed).")}})
+async def refine_job(job_id: str, body: RefineRequest, request: Request, response: Response, svc: ServicesDep,
+                     tenant: Tenant, idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> Job:
     """Refine one image of a succeeded job with a new prompt: a new job, image-to-image from that
     image with its seed and the parent's model and size (``steps``, ``strength`` may change).
 
     409 ``parent_not_succeeded`` unless the job succeeded; 422 naming ``image_index`` when it is
     out of range; a prompt the content policy refuses is answered 422 ``moderation_blocked``. The
     new job's C2PA manifest lists the parent image as its ``parentOf`` ingredient.
+    ``Idempotency-Key`` makes retries safe, as for ``POST /v1/jobs``.
     """
     own_job(svc, tenant, job_id)
-    rec = await run_in_threadpool(refine, svc.client, job_id, body, tenant=tenant)
-    return await run_in_threadpool(_answer, svc, rec, request, {})
+    rec, replayed = await run_in_threadpool(refine_once, svc.client, svc.idempotency, job_id, body, tenant=tenant,
+                                            idempotency_key=idempotency_key)
+    headers = {"Idempotent-Replayed": "true"} if replayed else {}
+    if replayed:
+        response.status_code = 200
+        response.headers.update(headers)
+    return await run_in_threadpool(_answer, svc, rec, request, headers)
 
 
 @router.get("/{job_id}/lineage")
