@@ -94,6 +94,11 @@ def input_key(job_id: str) -> str:
     return f"_inputs/{job_id}"
 
 
+def reference_key(job_id: str, index: int) -> str:
+    """Where a job's ``index``-th reference image (IP-Adapter) is kept, beside its other inputs."""
+    return f"_inputs/{job_id}.ref{index}"
+
+
 def mask_key(job_id: str) -> str:
     """Where a job's inpainting mask is kept, beside its reference."""
     return f"_inputs/{job_id}.mask"

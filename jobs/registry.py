@@ -42,6 +42,9 @@ class ModelSpec(BaseModel):
     tiny: bool = False
     #: sd15, sdxl, sd3 or flux (jobs/families.py): sizes, defaults, inputs and how it is called.
     family: Family = "sd15"
+    #: The directory holds an IP-Adapter (``ip_adapter/ip-adapter.safetensors`` and its
+    #: ``ip_adapter/image_encoder``): jobs' ``references`` condition the render through it.
+    ip_adapter: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -69,6 +72,17 @@ class ModelSpec(BaseModel):
         if not is_valid_model_name(v):
             raise ValueError("model names use lowercase letters, digits, '.', '_' and '-' (max 64)")
         return v
+
+
+#: Where a model directory keeps its IP-Adapter (weights and image encoder), if it has one.
+IP_ADAPTER_DIR, IP_ADAPTER_WEIGHTS, IP_ADAPTER_ENCODER = "ip_adapter", "ip-adapter.safetensors", "image_encoder"
+
+
+def has_ip_adapter(model_dir) -> bool:
+    from pathlib import Path
+
+    d = Path(model_dir) / IP_ADAPTER_DIR
+    return (d / IP_ADAPTER_WEIGHTS).is_file() and (d / IP_ADAPTER_ENCODER / "config.json").is_file()
 
 
 def tiny_spec(settings: Settings) -> ModelSpec:

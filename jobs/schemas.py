@@ -39,6 +39,8 @@ ASPECT_RATIOS: dict[str, tuple[int, int]] = {
 _CUSTOM_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 #: Colours a palette may hold; ``palette_strict`` renders each image at most ``MAX_PALETTE_TRIES`` times.
 MAX_PALETTE = 8
+#: Reference images one job may give (``references``).
+MAX_REFERENCES = 4
 DEFAULT_PALETTE_TRIES, MAX_PALETTE_TRIES = 4, 8
 _HEX_COLOUR = re.compile(r"#(?:[0-9A-Fa-f]{6}|[0-9A-Fa-f]{3})")
 #: ``#RRGGBB`` written in a prompt (3-digit forms are left alone there: "#123" is usually a number).
@@ -104,6 +106,9 @@ class RenderRequest(BaseModel):
         "(data: URI or http(s) URL); needs image."))
     strength: float | None = Field(None, gt=0, le=1, strict=True,
                                    description="How far to move from the reference (0-1].")
+    references: list[str] | None = Field(None, min_length=1, max_length=MAX_REFERENCES, description=(
+        f"Up to {MAX_REFERENCES} images to learn from (data: URIs or http(s) URLs): an IP-Adapter reads all "
+        "of them when the model provides one; otherwise the first is the image-to-image reference."))
     webhook: str | None = Field(None, max_length=2048, description="http(s) URL for signed callbacks.")
     webhook_events_filter: list[str] | None = None
     background: Background = Field(Background.AUTO, description=(
@@ -165,6 +170,16 @@ class RenderRequest(BaseModel):
     def _image(cls, v: str | None) -> str | None:
         if v is not None and not (v.startswith("data:image/") or v.startswith(("http://", "https://"))):
             raise ValueError("give a data:image/...;base64,... URI or an http(s) URL")
+        return v
+
+    @field_validator("references")
+    @classmethod
+    def _references(cls, v: list[str] | None) -> list[str] | None:
+        for i, item in enumerate(v or []):
+            if len(item) > MAX_IMAGE_CHARS:
+                raise ValueError(f"reference {i} is larger than {MAX_IMAGE_CHARS} characters")
+            if not (item.startswith("data:image/") or item.startswith(("http://", "https://"))):
+                raise ValueError(f"reference {i}: give a data:image/...;base64,... URI or an http(s) URL")
         return v
 
     @field_validator("background")
@@ -346,6 +361,10 @@ class JobMessage(BaseModel):
     mask_key: str | None = None
     #: The reference image shows a face: the stricter real-person rules apply to the prompt.
     real_person_context: bool = False
+    #: Storage keys of the reference images an IP-Adapter reads (``references`` on such a model).
+    reference_keys: list[str] = Field(default_factory=list, max_length=MAX_REFERENCES)
+    #: How many ``references`` the request gave (their bytes are in storage, never in messages).
+    references_given: int = Field(0, ge=0, le=MAX_REFERENCES)
     #: A refinement (producer/refine.py): the parent job and image, the turn, the chain's root.
     lineage: Lineage | None = None
     #: HMAC of everything else, by a producer or worker of this deployment (jobs/signing.py).
@@ -353,6 +372,7 @@ class JobMessage(BaseModel):
     #: The reference image's (and mask's) bytes between validation and upload (never serialized).
     _input_bytes: bytes | None = PrivateAttr(None)
     _mask_bytes: bytes | None = PrivateAttr(None)
+    _reference_bytes: list[bytes] = PrivateAttr(default_factory=list)
 
     @field_validator("v")
     @classmethod
@@ -375,6 +395,12 @@ def resolve(request: RenderRequest, spec: Any, settings: Any) -> RenderRequest:
         errors.append({"field": "strength", "message": "strength applies to image-to-image: give an image too"})
     if request.mask is not None and request.image is None:
         errors.append({"field": "mask", "message": "a mask applies to an image: give the image too"})
+    image = request.image
+    if request.references and not getattr(spec, "ip_adapter", False):
+        if request.image is not None:
+            errors.append({"field": "references", "message": f"model {spec.name!r} has no IP-Adapter, so its "
+                           "references are read as the image-to-image reference: give image or references, not both"})
+        image = request.references[0]  # no IP-Adapter: image-to-image from the first reference
     errors += family_errors(request, spec)
     width, height = request.width, request.height
     if width is None:
@@ -391,7 +417,8 @@ def resolve(request: RenderRequest, spec: Any, settings: Any) -> RenderRequest:
         "width": width, "height": height, "aspect_ratio": None, "steps": steps,
         "guidance_scale": spec.default_guidance if request.guidance_scale is None else request.guidance_scale,
         "seed": secrets.randbelow(2**32) if request.seed is None else request.seed,
-        "strength": (request.strength or DEFAULT_STRENGTH) if request.image else None,
+        "image": image,
+        "strength": (request.strength or DEFAULT_STRENGTH) if image else None,
         "background": Background.TRANSPARENT if request.transparent else Background.OPAQUE,
     })
 
@@ -540,6 +567,8 @@ class JobResult(BaseModel):
     #: Tokens of the prompt the text encoder read, all of them: prompts longer than CLIP's window
     #: are encoded in chunks, never cut (SD3/FLUX: the T5 encoder's count). None: not rendered.
     prompt_tokens: int | None = None
+    #: ``{"given", "used", "method": "ip_adapter" | "image_to_image"}`` when references were given.
+    references: dict[str, Any] | None = None
 
     @property
     def outputs(self) -> list[ImageResult]:

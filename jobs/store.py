@@ -133,6 +133,8 @@ class JobRecord:
             d["timings"] = self.result.timings.model_dump()
             if self.result.prompt_tokens is not None:
                 d["prompt_tokens"] = self.result.prompt_tokens
+            if self.result.references is not None:
+                d["references"] = self.result.references
             if self.result.moderation:
                 d["moderation"] = self.result.moderation
         if self.error:

@@ -515,7 +515,7 @@ def models_add(name: str, source: str, family: str, **opts) -> None:
     from pydantic import ValidationError
 
     from jobs.families import family_of_pipeline
-    from jobs.registry import ModelSpec, Registry
+    from jobs.registry import ModelSpec, Registry, has_ip_adapter
 
     path = Path(source).expanduser()
     if path.exists():
@@ -532,6 +532,7 @@ def models_add(name: str, source: str, family: str, **opts) -> None:
         if family not in ("auto", found):
             raise InvalidRequest(f"--family {family} does not match {source}: it holds a {cls} ({found})")
         family = found
+        opts["ip_adapter"] = has_ip_adapter(path)
     elif source.startswith(("/", ".", "~")) or not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
         raise InvalidRequest(f"{source}: no such directory (and not a hub id like org/name)")
     try:

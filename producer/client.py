@@ -19,7 +19,7 @@ from jobs.schemas import ImageResult, JobMessage, JobResult, RenderRequest, reso
 from jobs.settings import Settings
 from jobs.status import JobStatus
 from jobs.store import JobRecord, JobStore
-from jobs.names import mask_key
+from jobs.names import mask_key, reference_key
 from producer.inputs import input_key, load_reference
 
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
@@ -95,17 +95,41 @@ class Client:
         spec = self.registry.get(req.model)
         resolved = resolve(req, spec, self.settings)
         job_id = job_id or new_id("job")
-        if req.image is None:
-            return self.signer.sign(JobMessage(job_id=job_id, batch_id=batch_id, tenant=tenant, request=resolved))
-        data, check = self._checked_image("image", req.image, tenant, job_id)
+        msg = self._with_references(JobMessage(job_id=job_id, batch_id=batch_id, tenant=tenant, request=resolved),
+                                    spec, tenant)
+        resolved = msg.request
+        if resolved.image is None:
+            return self.signer.sign(msg)
+        # Without an IP-Adapter the first of the references is the image-to-image reference.
+        field = "image" if req.image is not None else "references[0]"
+        data, check = self._checked_image(field, resolved.image, tenant, job_id)
         mask = self._checked_image("mask", req.mask, tenant, job_id)[0] if req.mask else None
         # No image bytes in messages or records: the reference goes to storage, the message has its key.
-        msg = JobMessage(job_id=job_id, batch_id=batch_id, tenant=tenant,
-                         request=resolved.model_copy(update={"image": None, "mask": None}),
-                         input_key=input_key(job_id), mask_key=mask_key(job_id) if mask else None,
-                         real_person_context=check.real_person_context)
+        msg = msg.model_copy(update={
+            "request": resolved.model_copy(update={"image": None, "mask": None}), "input_key": input_key(job_id),
+            "mask_key": mask_key(job_id) if mask else None,
+            "real_person_context": check.real_person_context or msg.real_person_context})
         msg._input_bytes, msg._mask_bytes = data, mask
         return self.signer.sign(msg)
+
+    def _with_references(self, msg: JobMessage, spec, tenant: str | None) -> JobMessage:
+        """``references`` out of the message: for an IP-Adapter model each is fetched, checked by the
+        input-image stage and kept for storage under its own key; otherwise only counted (the
+        first is already the image-to-image reference, ``jobs.schemas.resolve``)."""
+        refs = msg.request.references or []
+        if not refs:
+            return msg
+        update: dict[str, Any] = {"request": msg.request.model_copy(update={"references": None}),
+                                  "references_given": len(refs)}
+        blobs = []
+        if spec.ip_adapter:
+            checks = [self._checked_image(f"references[{i}]", value, tenant, msg.job_id) for i, value in enumerate(refs)]
+            blobs = [data for data, _check in checks]
+            update["reference_keys"] = [reference_key(msg.job_id, i) for i in range(len(refs))]
+            update["real_person_context"] = any(c.real_person_context for _d, c in checks)
+        out = msg.model_copy(update=update)
+        out._reference_bytes = blobs
+        return out
 
     def _checked_image(self, field: str, value: str, tenant: str | None, job_id: str):
         """An input image's bytes (and the check), fetched and checked like every reference."""
@@ -160,6 +184,9 @@ class Client:
 
     def _publish(self, msg: JobMessage) -> None:
         """Store the reference image (if any) and send the render message; BrokerUnavailable if not sent."""
+        for key, data in zip(msg.reference_keys, msg._reference_bytes):
+            self.storage.put(key, data, content_type="application/octet-stream",
+                             metadata={"job_id": msg.job_id, "kind": "reference"})
         if msg.mask_key and msg._mask_bytes is not None:
             self.storage.put(msg.mask_key, msg._mask_bytes, content_type="application/octet-stream",
                              metadata={"job_id": msg.job_id, "kind": "mask"})

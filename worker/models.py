@@ -155,6 +155,8 @@ class ModelCache:
             if cls is None:
                 raise ConfigurationError(f"model {spec.name!r}: unknown scheduler {spec.scheduler!r}")
             pipe.scheduler = cls.from_config(pipe.scheduler.config)
+        if spec.ip_adapter:
+            load_ip_adapter(pipe, spec)
         n_bytes = sum(p.numel() * p.element_size() for c in pipe.components.values()
                       if isinstance(c, torch.nn.Module) for p in c.parameters())
         self._make_room(n_bytes, device)
@@ -174,3 +176,19 @@ class ModelCache:
 
     def __contains__(self, name: str) -> bool:
         return name in self._items
+
+
+def load_ip_adapter(pipe, spec: ModelSpec) -> None:
+    """Load the model directory's IP-Adapter (jobs' ``references``). Its scale is set per call
+    (worker/render.py): 0 for calls without references, which then render exactly as without it."""
+    from jobs.registry import IP_ADAPTER_DIR, IP_ADAPTER_ENCODER, IP_ADAPTER_WEIGHTS, has_ip_adapter
+
+    if not has_ip_adapter(spec.source):
+        raise ConfigurationError(f"model {spec.name!r} is registered with an IP-Adapter but {spec.source!r} has no "
+                                 f"{IP_ADAPTER_DIR}/{IP_ADAPTER_WEIGHTS} with {IP_ADAPTER_DIR}/{IP_ADAPTER_ENCODER}")
+    try:
+        pipe.load_ip_adapter(spec.source, subfolder=IP_ADAPTER_DIR, weight_name=IP_ADAPTER_WEIGHTS,
+                             image_encoder_folder=IP_ADAPTER_ENCODER, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise PermanentError(f"model {spec.name!r}: its IP-Adapter could not be loaded: {e}") from e
+    pipe._batchrender_ip_adapter = True

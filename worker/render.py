@@ -29,6 +29,8 @@ class RenderItem:
     image: Image.Image | None = None
     #: Inpainting: white where the image is redrawn.
     mask: Image.Image | None = None
+    #: Images the model's IP-Adapter reads (a job's ``references``).
+    references: tuple[Image.Image, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class CallShape:
     strength: float | None = None
     #: Inpainting (jobs with a mask): a pipeline of its own.
     inpaint: bool = False
+    #: The job whose IP-Adapter references this call reads: such a job shares its call with no other.
+    references: str | None = None
 
 
 #: ``on_step(step, total) -> stop`` : return True to interrupt at the next step.
@@ -67,6 +71,8 @@ def render(pipe, device: str, shape: CallShape, items: list[RenderItem],
     # diffusers treats a missing negative prompt as "", so mixing them stays exact.
     from worker.prompts import check_t5_window, chunks_for
 
+    # A call with references holds one job only (CallShape.references), so they apply to every row.
+    references = next((item.references for item in items if item.references), ())
     rows = [(item.prompt, item.negative_prompt or "", seed, item.image, item.mask)
             for item in items for seed in item.seeds]
     check_t5_window(pipe, shape.model, [t for item in items for t in (item.prompt, item.negative_prompt or "")])
@@ -80,7 +86,7 @@ def render(pipe, device: str, shape: CallShape, items: list[RenderItem],
         for start in range(0, len(indices), size):
             part = indices[start:start + size]
             out = _call(pipe, device, shape, [rows[i] for i in part] + [_PAD] * (size - len(part)), on_step,
-                        chunks=chunks)
+                        chunks=chunks, references=references)
             if on_call is not None:
                 on_call(len(part), size)
             if out is None:
@@ -97,7 +103,7 @@ def render(pipe, device: str, shape: CallShape, items: list[RenderItem],
 
 
 def _call(pipe, device: str, shape: CallShape, rows: list[tuple],
-          on_step: StepHook | None, chunks: int = 1) -> list[Image.Image] | None:
+          on_step: StepHook | None, chunks: int = 1, references: tuple = ()) -> list[Image.Image] | None:
     """One pipeline call. ``chunks`` > 1: prompts longer than one CLIP window, passed as
     embeddings of that many windows (worker/prompts.py). SD3/FLUX take their T5 window whole."""
     import torch
@@ -138,6 +144,11 @@ def _call(pipe, device: str, shape: CallShape, rows: list[tuple],
             common["negative_prompt"] = [r[1] for r in rows]
     if fam.t5_window:
         common["max_sequence_length"] = t5_sequence_length(fam.name, chunks)
+    if getattr(pipe, "_batchrender_ip_adapter", False):
+        # Every call through an IP-Adapter model needs image input; without references its scale
+        # is 0, which renders exactly the pixels of the model without the adapter.
+        pipe.set_ip_adapter_scale(1.0 if references else 0.0)
+        common["ip_adapter_image"] = [list(references) or [Image.new("RGB", (shape.width, shape.height))]]
     with torch.inference_mode():
         if shape.strength is None:
             out = pipe(width=shape.width, height=shape.height, **common)

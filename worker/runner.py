@@ -21,7 +21,7 @@ from typing import Any, Callable
 from jobs.errors import BatchRenderError, InvalidRequest, PermanentError, TimeLimitExceeded, TransientError
 from jobs.logs import job_context
 from jobs.metrics import PIPELINE_CALLS, PIPELINE_ROWS, RENDER_BUSY, job_timed
-from jobs.names import KEY_PREFIX, input_key, mask_key
+from jobs.names import KEY_PREFIX, input_key, mask_key, reference_key
 from jobs.retry import RetryPolicy, WorkerLost
 from jobs.schemas import MAX_SEED, ImageResult, JobMessage, JobResult, Timings, limit_errors
 from jobs.status import JobStatus
@@ -58,6 +58,8 @@ class Live:
     #: The decoded reference image, for image-to-image jobs, and its inpainting mask.
     image: Any = None
     mask: Any = None
+    #: The decoded references an IP-Adapter reads.
+    references: tuple = ()
 
 
 @dataclass
@@ -97,12 +99,22 @@ def group_by_shape(live: list[Live], max_rows: int = 0) -> list[list[Live]]:
     return out
 
 
+def references_used(msg: JobMessage) -> dict[str, Any] | None:
+    """What became of a job's ``references``: all read by the IP-Adapter, or the first used for
+    image-to-image (a model without one)."""
+    if msg.reference_keys:
+        return {"given": len(msg.reference_keys), "used": len(msg.reference_keys), "method": "ip_adapter"}
+    if msg.references_given:
+        return {"given": msg.references_given, "used": 1, "method": "image_to_image"}
+    return None
+
+
 def shape_of(msg: JobMessage) -> CallShape:
     r = msg.request
     assert r.width and r.height and r.steps and r.guidance_scale is not None
     return CallShape(r.model, r.width, r.height, r.steps, float(r.guidance_scale),
                      float(r.strength) if msg.input_key and r.strength is not None else None,
-                     inpaint=bool(msg.mask_key))
+                     inpaint=bool(msg.mask_key), references=msg.job_id if msg.reference_keys else None)
 
 
 class JobRunner:
@@ -151,6 +163,9 @@ class JobRunner:
             if state != "active":
                 raise InvalidRequest(f"tenant {msg.tenant} is {state or 'unknown'}: its jobs are not rendered",
                                      errors=[{"field": "tenant", "message": state or "unknown"}])
+        if msg.reference_keys != [reference_key(msg.job_id, i) for i in range(len(msg.reference_keys))]:
+            raise InvalidRequest("the references must be the job's own uploads",
+                                 errors=[{"field": "references", "message": "not this job's references"}])
         if (msg.input_key and msg.input_key != input_key(msg.job_id)) or \
                 (msg.mask_key and msg.mask_key != mask_key(msg.job_id)):
             raise InvalidRequest("the reference image and mask must be the job's own uploads",
@@ -189,6 +204,24 @@ class JobRunner:
         image, mask = checked
         return None, image.image, mask.image if mask else None, image.real_person_context or msg.real_person_context
 
+    def check_references(self, msg: JobMessage) -> tuple[Outcome | None, tuple, bool]:
+        """IP-Adapter references: each loaded from storage and checked again by the input-image
+        stage: ``(ended, images, real_person_context)``."""
+        images, faces = [], False
+        for i, key in enumerate(msg.reference_keys):
+            try:
+                data = self.ctx.storage.get(key)
+            except KeyError:
+                return self.fail(msg, PermanentError(f"reference {i} ({key!r}) is missing from storage"),
+                                 retryable=False), (), False
+            check = self.ctx.moderation.check_input_image(data, actor=msg.tenant or "worker", job_id=msg.job_id)
+            if check.decision.blocked:
+                return self.fail(msg, PermanentError(f"reference {i} was refused: {check.decision.message}"),
+                                 retryable=False), (), False
+            images.append(check.image)
+            faces = faces or check.real_person_context
+        return None, tuple(images), faces
+
     def moderate_prompt(self, msg: JobMessage, real_person_context: bool = False
                         ) -> tuple[Outcome | None, dict[str, Any] | None]:
         # The chain appends every decision to the audit log itself (a prompt hash, not the prompt).
@@ -213,14 +246,18 @@ class JobRunner:
             with job_context(msg.job_id):  # every log line of these stages names the job
                 done = self.claim(msg)
                 flags = image = mask = None
+                refs: tuple = ()
                 if done is None:
                     done, image, mask, real_person = self.check_reference(msg)
+                if done is None and msg.reference_keys:
+                    done, refs, faces = self.check_references(msg)
+                    real_person = real_person or faces
                 if done is None:
                     done, flags = self.moderate_prompt(msg, real_person)
             if done is not None:
                 ended[msg.job_id] = done
             else:
-                live.append(Live(msg, flags, time.time(), image, mask))
+                live.append(Live(msg, flags, time.time(), image, mask, refs))
         return ended, live
 
     def run(self, msgs: list[JobMessage], progress: Progress | None = None) -> list[Outcome]:
@@ -275,7 +312,8 @@ class JobRunner:
                 return False
 
         # Hex codes named, palette and keyable backdrop added (worker/conditioning.py).
-        items = [RenderItem(*pipeline_prompts(x.msg.request), tuple(x.msg.seeds), x.image, x.mask) for x in live]
+        items = [RenderItem(*pipeline_prompts(x.msg.request), tuple(x.msg.seeds), x.image, x.mask, x.references)
+                 for x in live]
         calls = [0, 0, 0]  # pipeline calls, rows with a job's image, rows rendered (padding included)
 
         def on_call(rows: int, rendered: int) -> None:
@@ -349,7 +387,8 @@ class JobRunner:
                 break
             seeds = [(items[j].seeds[i] + k * len(items[j].seeds)) % (MAX_SEED + 1) for j, i in trying]
             again = render(pipe, device, shape, [
-                RenderItem(items[j].prompt, items[j].negative_prompt, (seed,), items[j].image, items[j].mask)
+                RenderItem(items[j].prompt, items[j].negative_prompt, (seed,), items[j].image, items[j].mask,
+                           items[j].references)
                 for (j, i), seed in zip(trying, seeds)], on_step, self.rows_per_call)
             if again is None:
                 return None
@@ -435,7 +474,7 @@ class JobRunner:
         result = JobResult(job_id=msg.job_id, batch_id=msg.batch_id, custom_id=msg.request.custom_id,
                            status=status, model=msg.request.model, images=images or [],
                            timings=timings or Timings(), moderation=moderation, error=error,
-                           prompt_tokens=prompt_tokens)
+                           prompt_tokens=prompt_tokens, references=references_used(msg))
         fields: dict[str, Any] = {"result": result.model_dump_json()}
         if error is not None:
             fields["error"] = error

@@ -91,3 +91,45 @@ def build_tiny_pipeline(target: Path, seed: int = 0) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+def add_tiny_ip_adapter(model_dir: Path, seed: int = 0) -> Path:
+    """Give a tiny SD 1.5 pipeline directory a random-weight IP-Adapter (``ip_adapter/``: the
+    adapter's weights and a tiny CLIP image encoder), laid out as diffusers' ``load_ip_adapter``
+    reads a real one. Tests use it to render ``references`` offline."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from jobs.registry import IP_ADAPTER_DIR, IP_ADAPTER_ENCODER, IP_ADAPTER_WEIGHTS
+
+    model_dir = Path(model_dir)
+    unet = UNet2DConditionModel.from_pretrained(model_dir / "unet")
+    cross, blocks = unet.config.cross_attention_dim, list(unet.config.block_out_channels)
+    torch.manual_seed(seed)
+    embed_dim, tokens = 32, 4
+    out = model_dir / IP_ADAPTER_DIR
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, projection_dim=embed_dim, num_hidden_layers=2, num_attention_heads=4,
+        image_size=32, patch_size=4))
+    encoder.save_pretrained(out / IP_ADAPTER_ENCODER)
+    CLIPImageProcessor(crop_size=32, size=32).save_pretrained(out / IP_ADAPTER_ENCODER)
+    weights = {"image_proj.proj.weight": torch.randn(cross * tokens, embed_dim) * 0.02,
+               "image_proj.proj.bias": torch.zeros(cross * tokens),
+               "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross)}
+    key_id = 1  # diffusers numbers the cross-attention processors 1, 3, 5, ... in attn_processors order
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            hidden = blocks[-1]
+        elif name.startswith("up_blocks"):
+            hidden = blocks[::-1][int(name[len("up_blocks.")])]
+        else:
+            hidden = blocks[int(name[len("down_blocks.")])]
+        weights[f"ip_adapter.{key_id}.to_k_ip.weight"] = torch.randn(hidden, cross) * 0.05
+        weights[f"ip_adapter.{key_id}.to_v_ip.weight"] = torch.randn(hidden, cross) * 0.05
+        key_id += 2
+    save_file(weights, str(out / IP_ADAPTER_WEIGHTS))
+    return out

@@ -86,6 +86,9 @@ class Job(BaseModel):
     timings: Timings | None = None
     prompt_tokens: int | None = Field(None, description=(
         "Prompt tokens the text encoder read, all of them (long prompts are encoded in chunks, never cut)."))
+    references: dict[str, Any] | None = Field(None, description=(
+        "{given, used, method}: an IP-Adapter read every reference, or (a model without one) the first was "
+        "the image-to-image reference."))
     moderation: dict[str, Any] | None = None
     error: dict[str, Any] | None = Field(None, description="{code, message, ...} when the job did not succeed.")
     lineage: JobLineage | None = Field(None, description="A refinement: parent, image index, turn and root.")
