@@ -198,7 +198,7 @@ class Settings(BaseModel):
     device: str | None = None
     max_batch: int = 0  # 0: chosen from the device's memory
     #: Gathering a call: wait for more jobs while they keep arriving (no arrival for this long, or
-    #: 2.5 x the recent gap between arrivals, ends it), but never longer than batch_max_wait_ms.
+    #: 2.5 x the recent gap between a burst's arrivals, ends it), but never longer than batch_max_wait_ms.
     batch_window_ms: int = 30
     batch_max_wait_ms: int = Field(default=2000, ge=0, le=60_000)
     #: Threads that moderate, encode, sign and upload while the GPU renders; 0: CPU count, at most 8.

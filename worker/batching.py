@@ -34,6 +34,8 @@ from worker.runner import JobRunner, Outcome, Rendered, group_by_shape
 from worker.task_events import TaskEvents
 
 log = logging.getLogger(__name__)
+#: Arrivals closer than this many quiet windows apart count as one burst (see Gatherer.pull).
+BURST_GAPS = 5
 
 
 def default_max_batch(device: str | None = None) -> int:
@@ -81,6 +83,8 @@ class Gatherer:
         that is still being queued fills the call instead of being split into part-empty (padded)
         calls; it stops when none has arrived for the *patience* (``quiet_s``, or 2.5 x the recent
         gap between arrivals when they trickle in slower than that), or after ``max_wait_s``.
+        Arrivals further apart than ``BURST_GAPS`` x ``quiet_s`` are not a burst being queued: they
+        teach nothing, so a lone job after a pause waits only ``quiet_s``, never seconds.
         """
         out: list[Pulled] = []
         start = last = self.clock()
@@ -93,8 +97,8 @@ class Gatherer:
                     break
                 self.sleep(0.002)
                 continue
-            if self.last_arrival is not None and now - self.last_arrival < max_wait_s:
-                # Time between two arrivals (a backlog gives ~0; an idle spell is not a gap).
+            if self.last_arrival is not None and now - self.last_arrival < BURST_GAPS * quiet_s:
+                # Time between two arrivals of a burst (a backlog gives ~0; a pause is not a gap).
                 self.gap_s = 0.7 * self.gap_s + 0.3 * (now - self.last_arrival)
             self.last_arrival = last = now
             pulled = self._parse(message)

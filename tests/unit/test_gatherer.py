@@ -61,6 +61,18 @@ def test_the_wait_is_bounded_by_max_wait():
     assert script.now - start <= 1.0 + 0.01 and 1 <= len(got) < 32
 
 
+def test_jobs_arriving_a_second_apart_are_not_waited_for():
+    """Not a burst: a lone job after a pause renders after the quiet window, not seconds later."""
+    script = Script([i * 1.0 for i in range(6)])
+    g = gatherer(script)
+    for i in range(5):
+        script.now = max(script.now, i * 1.0)
+        before = script.now
+        assert len(g.pull(8, quiet_s=0.03, max_wait_s=2.0)) == 1
+        assert script.now - before <= 0.03 + 0.005
+    assert g.gap_s == 0.0
+
+
 @pytest.mark.parametrize("queued", [0, 5])
 def test_an_empty_or_short_backlog_returns_after_the_quiet_window(queued):
     script = Script([0.0] * queued)
