@@ -78,6 +78,16 @@ class Background(str, Enum):
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def prompt_text(v: str) -> str:
+    """A prompt as every request takes it: stripped, 1–2000 characters (ValueError naming the rule)."""
+    v = v.strip()
+    if not v:
+        raise ValueError("prompt is empty; give 1–2000 characters")
+    if len(v) > 2000:
+        raise ValueError(f"prompt is {len(v)} characters; the limit is 2000")
+    return v
+
+
 class RenderRequest(BaseModel):
     """What a client asks for. Unset size/steps/guidance/seed are filled in by ``resolve``."""
 
@@ -136,12 +146,7 @@ class RenderRequest(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, v: str) -> str:
-        v = v.strip()
-        if not v:
-            raise ValueError("prompt is empty; give 1–2000 characters")
-        if len(v) > 2000:
-            raise ValueError(f"prompt is {len(v)} characters; the limit is 2000")
-        return v
+        return prompt_text(v)
 
     @field_validator("width", "height")
     @classmethod

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from jobs.errors import InvalidRequest, JobNotFound, ParentNotSucceeded
 from jobs.lineage import MAX_TURNS, Lineage
-from jobs.schemas import ImageResult, RenderRequest, find_surrogate, invalid_from
+from jobs.schemas import ImageResult, RenderRequest, find_surrogate, invalid_from, prompt_text
 from jobs.status import JobStatus
 from jobs.store import JobRecord
 from producer.submit import _give_back_unused, check_webhook, reserve_capacity
@@ -66,12 +66,7 @@ class RefineRequest(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, v: str) -> str:
-        v = v.strip()
-        if not v:
-            raise ValueError("prompt is empty; give 1–2000 characters")
-        if len(v) > 2000:
-            raise ValueError(f"prompt is {len(v)} characters; the limit is 2000")
-        return v
+        return prompt_text(v)
 
 
 def _owned(client, tenant: Any, job_id: str) -> JobRecord:
