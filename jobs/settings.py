@@ -205,12 +205,29 @@ class Settings(BaseModel):
     postprocess_threads: int = 0
     postprocess_queue: int = 8
     model_cache_size: int = 2
-    #: UNet in channels-last memory format (faster convolutions on most GPUs).
+    # Render options (docs/render-options.md): each one off by default, so a default worker renders
+    # exactly the pixels of the bare pipeline.
+    #: UNet and VAE in channels-last memory format (faster convolutions on most GPUs).
     channels_last: bool = False
-    #: ``torch.compile`` the UNet (slow first call per shape; worth it for long-running workers).
+    #: ``torch.compile`` the denoiser (UNet, or the transformer of SD3/FLUX); slow first call per shape.
     compile_unet: bool = False
-    #: Decode with VAE tiling at or above this many pixels (bounded memory for large sizes).
-    vae_tiling_above_pixels: int = 1536 * 1536
+    #: ``torch.compile`` the VAE decoder.
+    compile_vae: bool = False
+    #: ``torch.compile`` mode for ``compile_unet``/``compile_vae``.
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    #: ``torch.compile`` backend (``eager`` traces but generates no code: the tests use it); checked at model load.
+    compile_backend: str = Field(default="inductor", min_length=1)
+    #: Scaled-dot-product attention kernel: ``auto`` lets torch choose; any other is forced for every
+    #: pipeline call, and a worker whose device cannot run it refuses to load the model.
+    sdpa_backend: Literal["auto", "flash", "efficient", "cudnn", "math"] = "auto"
+    #: Prompt embeddings kept per model (SD 1.5/SDXL) for repeated prompts and negative prompts; 0: off.
+    prompt_cache_size: int = Field(default=0, ge=0, le=100_000)
+    #: VAE slicing (decode a call's images one at a time): ``auto`` only when the call would not fit
+    #: in free memory otherwise; ``always`` / ``never`` force it.
+    vae_slicing: Literal["auto", "always", "never"] = "auto"
+    #: Decode with VAE tiling at or above this many pixels, whatever the free memory (below it,
+    #: tiling turns on only when one image would not fit in free memory).
+    vae_tiling_above_pixels: int = Field(default=1536 * 1536, ge=0)
     #: Bearer token the API's ``/metrics`` wants (unset: open, like ``/healthz``; its labels name tenants).
     metrics_token: SecretStr | None = None
     #: ``text`` or ``json`` (one object per line, with ``job_id``/``job_ids`` on every line about jobs).

@@ -52,9 +52,7 @@ class WorkerContext:
             settings=settings,
             store=store,
             registry=Registry(settings),
-            models=ModelCache(settings.model_cache_size, settings.device, channels_last=settings.channels_last,
-                              compile_unet=settings.compile_unet,
-                              vae_tiling_above=settings.vae_tiling_above_pixels),
+            models=ModelCache.from_settings(settings),
             storage=open_storage(settings),
             moderation=ModerationChain.from_settings(settings),
             # Created here, i.e. after fork, once per process: a bad key fails at start-up.

@@ -3,16 +3,21 @@
 Holds up to ``capacity`` pipelines and evicts the least recently used one; on CUDA it also evicts
 while free memory is under what the next model needs (estimated from its parameters), so a worker
 can serve several models without running out of GPU memory.
+
+Render options (jobs/settings.py, docs/render-options.md), each opt-in: channels-last, ``torch.compile``
+of the denoiser and the VAE decoder with bounded recompiles, a forced SDPA kernel (refused at load
+when the device cannot run it), and VAE slicing/tiling decided per call from free memory.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from jobs.errors import ConfigurationError, PermanentError
 from jobs.families import family_of_pipeline
@@ -48,6 +53,82 @@ def pick_dtype(dtype: str, device: str):
     return getattr(torch, dtype)
 
 
+#: Peak decode bytes per output pixel and image of an SD-style VAE (SD 1.5, SDXL, SD3 and FLUX share
+#: its decoder: 512-512-256-128 channels) at 4 bytes per value. Measured on CPU (float32, random
+#: weights, math attention; peak RSS over the loaded model): 512² batch 1 3,540 bytes/px (about 3,050
+#: without the attention matrix, which fused GPU kernels never hold), 384² batch 1 3,290, 512² batch 2
+#: 2,890 per image; taken as 3,600 (900 values a pixel), scaled by ``dtype_bytes / 4``: a 1024² image
+#: needs ~1.9 GB in 16-bit, ~3.8 GB where the VAE runs in float32 (SDXL's upcast).
+VAE_DECODE_BYTES_PER_PIXEL = 3600
+#: Share of free memory a decode may plan to use (the rest is the allocator's and other work's).
+VAE_MEMORY_HEADROOM = 0.8
+
+
+class VaePlan(NamedTuple):
+    slicing: bool
+    tiling: bool
+
+
+def vae_decode_bytes(pixels: int, rows: int, dtype_bytes: int) -> int:
+    """Estimated peak bytes of decoding ``rows`` images of ``pixels`` pixels at once."""
+    return int(pixels * rows * VAE_DECODE_BYTES_PER_PIXEL * dtype_bytes / 4)
+
+
+def vae_plan(width: int, height: int, rows: int, free_bytes: int | None, dtype_bytes: int, *,
+             tile_pixels: int | None = None, tiling_above: int = 1536 * 1536, slicing: str = "auto") -> VaePlan:
+    """Whether a call of ``rows`` images of ``width`` x ``height`` decodes with VAE slicing and tiling.
+
+    Tiling: at or above ``tiling_above`` pixels (BATCHRENDER_VAE_TILING_ABOVE_PIXELS), or when one
+    image would not fit in ``VAE_MEMORY_HEADROOM`` of ``free_bytes``. Slicing (``slicing="auto"``):
+    when the call's images (or tiles, ``tile_pixels`` each, when tiling) decoded together would not
+    fit; ``"always"``/``"never"`` force it. ``free_bytes`` None: memory is plenty.
+
+    Both change how the decoder's work is cut up, so they may change the last bits of the pixels:
+    they turn on only when the call would not fit otherwise, and a render's pixels then depend on
+    the free memory at the time of the call, not only on its prompt, seed and call shape.
+    """
+    pixels = width * height
+    budget = float("inf") if free_bytes is None else free_bytes * VAE_MEMORY_HEADROOM
+    tiling = pixels >= tiling_above or vae_decode_bytes(pixels, 1, dtype_bytes) > budget
+    per_decode = min(pixels, tile_pixels) if tiling and tile_pixels else pixels
+    if slicing == "always":
+        sliced = True
+    elif slicing == "never":
+        sliced = False
+    else:
+        sliced = rows > 1 and vae_decode_bytes(per_decode, rows, dtype_bytes) > budget
+    return VaePlan(sliced, tiling)
+
+
+def free_memory(device: str) -> int | None:
+    """Bytes free for a decode on ``device``: CUDA's free memory plus what torch's caching allocator
+    holds unused; on CPU the kernel's MemAvailable; None when unknown (treated as plenty)."""
+    if device.startswith("cuda"):
+        import torch
+
+        dev = torch.device(device)
+        free, _ = torch.cuda.mem_get_info(dev)
+        return free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def vae_dtype_bytes(vae) -> int:
+    """Bytes per value of the decode: an fp16 VAE whose config asks for it (SDXL's) decodes in fp32."""
+    import torch
+
+    dtype = vae.dtype
+    if dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        return 4
+    return torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4
+
+
 @dataclass
 class Loaded:
     spec: ModelSpec
@@ -56,28 +137,177 @@ class Loaded:
     load_s: float
     bytes: int
     vae_tiling_above: int = 1536 * 1536
+    #: BATCHRENDER_VAE_SLICING: auto, always or never.
+    vae_slicing: str = "auto"
+    #: ``free_memory(device) -> bytes or None``; tests pass a small figure.
+    free_memory: Callable[[str], int | None] = field(default=free_memory, repr=False)
+    #: The plan of the last call (logged when it changes).
+    vae_plan: VaePlan | None = None
 
-    def prepare_for(self, width: int, height: int) -> None:
-        """Per call shape: VAE tiling for large images (deterministic for a given shape)."""
+    def prepare_for(self, width: int, height: int, rows: int = 1) -> VaePlan | None:
+        """Per call (``rows`` images of ``width`` x ``height``, padding included): VAE slicing and
+        tiling only when memory requires them (``vae_plan``: they may change the last bits of the
+        pixels, so they stay off while the call fits)."""
         vae = getattr(self.pipe, "vae", None)
         if vae is None or not hasattr(vae, "enable_tiling"):
-            return
-        if width * height >= self.vae_tiling_above:
-            vae.enable_tiling()
-        else:
-            vae.disable_tiling()
+            return None
+        tile = getattr(vae, "tile_sample_min_size", None)
+        plan = vae_plan(width, height, rows, self.free_memory(self.device), vae_dtype_bytes(vae),
+                        tile_pixels=tile * tile if isinstance(tile, int) else None,
+                        tiling_above=self.vae_tiling_above, slicing=self.vae_slicing)
+        (vae.enable_tiling if plan.tiling else vae.disable_tiling)()
+        if hasattr(vae, "enable_slicing"):
+            (vae.enable_slicing if plan.slicing else vae.disable_slicing)()
+        if plan != self.vae_plan:
+            log.info("model %s, %d x %dx%d per call: VAE slicing %s, tiling %s", self.spec.name, rows, width, height,
+                     "on" if plan.slicing else "off", "on" if plan.tiling else "off")
+            self.vae_plan = plan
+        return plan
+
+
+#: BATCHRENDER_SDPA_BACKEND values and torch's ``SDPBackend`` members.
+SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
+                 "math": "MATH"}
+
+
+def sdpa_context(pipe):
+    """The context a pipeline call runs in: ``sdpa_kernel`` of the model's forced SDPA backend, or
+    nothing (torch's own choice)."""
+    name = getattr(pipe, "_batchrender_sdpa_backend", None)
+    if not name:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[name]))
+
+
+def _head_dims(pipe) -> set[int]:
+    """Attention head sizes of the pipeline's modules (diffusers' ``Attention``, transformers' ``head_dim``)."""
+    import torch
+
+    dims: set[int] = set()
+    for comp in pipe.components.values():
+        if not isinstance(comp, torch.nn.Module):
+            continue
+        for mod in comp.modules():
+            heads, inner = getattr(mod, "heads", None), getattr(mod, "inner_dim", None)
+            if isinstance(heads, int) and isinstance(inner, int) and heads > 0:
+                dims.add(inner // heads)
+            elif isinstance(getattr(mod, "head_dim", None), int):
+                dims.add(mod.head_dim)
+    return dims or {64}
+
+
+def sdpa_backends_that_run(device: str, dtype, head_dims: set[int]) -> list[str]:
+    """The SDPA backends that run attention of these head sizes on ``device`` in ``dtype``
+    (cross- and causal self-attention, the shapes a pipeline call uses)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    ok = []
+    for name, member in SDPA_BACKENDS.items():
+        try:
+            with sdpa_kernel(getattr(SDPBackend, member)), torch.inference_mode():
+                for d in sorted(head_dims):
+                    q = torch.randn(1, 2, 16, d, device=device, dtype=dtype)
+                    kv = torch.randn(1, 2, 77, d, device=device, dtype=dtype)
+                    F.scaled_dot_product_attention(q, kv, kv)
+                    F.scaled_dot_product_attention(kv, kv, kv, is_causal=True)
+        except RuntimeError:
+            continue
+        ok.append(name)
+    return ok
+
+
+def check_sdpa_backend(name: str, pipe, device: str, dtype) -> None:
+    """Refuse (ConfigurationError) a forced SDPA backend the device cannot run for this model."""
+    if name == "auto":
+        return
+    runs = sdpa_backends_that_run(device, dtype, _head_dims(pipe))
+    if name not in runs:
+        raise ConfigurationError(
+            f"BATCHRENDER_SDPA_BACKEND={name} cannot run on {device} in {str(dtype).replace('torch.', '')}; "
+            f"allowed here: {', '.join(['auto', *runs])}")
+
+
+def shape_buckets(spec: ModelSpec) -> int:
+    """The image sizes the model's family produces from the aspect ratios at the model's base size."""
+    from jobs.families import family, size_for
+    from jobs.schemas import ASPECT_RATIOS
+
+    fam = family(spec.family)
+    return len({size_for(r, spec.base_size or fam.base_size, fam) for r in ASPECT_RATIOS.values()})
+
+
+def compile_pipeline(pipe, *, denoiser: bool, vae: bool, mode: str, backend: str, recompile_limit: int) -> list[str]:
+    """``torch.compile`` the denoiser (every one of ``unet``/``transformer`` present) and the VAE decoder,
+    ``dynamic=False``: one graph per call shape. torch._dynamo's recompile limit is raised or lowered to
+    ``recompile_limit``, so a shape beyond it runs eagerly (the compiled graphs still serve theirs)
+    instead of compiling again and again. Returns what was compiled."""
+    import torch
+    import torch._dynamo
+
+    targets = []
+    if denoiser:
+        targets += [(pipe, a) for a in ("unet", "transformer") if getattr(pipe, a, None) is not None]
+    if vae and getattr(getattr(pipe, "vae", None), "decoder", None) is not None:
+        targets.append((pipe.vae, "decoder"))
+    if not targets:
+        return []
+    torch._dynamo.config.recompile_limit = recompile_limit
+    done = []
+    for owner, attr in targets:
+        try:
+            compiled = torch.compile(getattr(owner, attr), mode=mode, backend=backend, dynamic=False, fullgraph=False)
+        except torch._dynamo.exc.InvalidBackend:
+            raise ConfigurationError(f"BATCHRENDER_COMPILE_BACKEND={backend!r} is not a torch.compile backend; "
+                                     f"allowed: {', '.join(torch._dynamo.list_backends())}, eager") from None
+        setattr(owner, attr, compiled)
+        done.append("vae.decoder" if owner is not pipe else attr)
+    return done
 
 
 class ModelCache:
     def __init__(self, capacity: int = 2, device: str | None = None, *, channels_last: bool = False,
-                 compile_unet: bool = False, vae_tiling_above: int = 1536 * 1536) -> None:
+                 compile_unet: bool = False, compile_vae: bool = False, compile_mode: str = "default",
+                 compile_backend: str = "inductor", sdpa_backend: str = "auto", prompt_cache_size: int = 0,
+                 vae_slicing: str = "auto", vae_tiling_above: int = 1536 * 1536,
+                 free_memory: Callable[[str], int | None] = free_memory) -> None:
         self.capacity = max(1, capacity)
         self.device_override = device
         self.channels_last = channels_last
         self.compile_unet = compile_unet
+        self.compile_vae = compile_vae
+        self.compile_mode = compile_mode
+        self.compile_backend = compile_backend
+        self.sdpa_backend = sdpa_backend
+        self.prompt_cache_size = prompt_cache_size
+        self.vae_slicing = vae_slicing
         self.vae_tiling_above = vae_tiling_above
+        self.free_memory = free_memory
         self._items: OrderedDict[str, Loaded] = OrderedDict()
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings) -> "ModelCache":
+        """The worker's cache (built at start-up). A forced SDPA backend that a CPU worker cannot run
+        stops the worker here; on CUDA it is checked at model load (it depends on the model's dtype,
+        and no CUDA context is made before a job needs one)."""
+        if settings.sdpa_backend != "auto":
+            device = pick_device(settings.device)
+            if not device.startswith("cuda"):
+                import torch
+
+                runs = sdpa_backends_that_run(device, torch.float32, {64})
+                if settings.sdpa_backend not in runs:
+                    raise ConfigurationError(f"BATCHRENDER_SDPA_BACKEND={settings.sdpa_backend} cannot run on {device}; "
+                                             f"allowed here: {', '.join(['auto', *runs])}")
+        return cls(settings.model_cache_size, settings.device, channels_last=settings.channels_last,
+                   compile_unet=settings.compile_unet, compile_vae=settings.compile_vae,
+                   compile_mode=settings.compile_mode, compile_backend=settings.compile_backend,
+                   sdpa_backend=settings.sdpa_backend, prompt_cache_size=settings.prompt_cache_size,
+                   vae_slicing=settings.vae_slicing, vae_tiling_above=settings.vae_tiling_above_pixels)
 
     def get(self, spec: ModelSpec) -> tuple[Loaded, float]:
         """The loaded pipeline and the seconds spent loading it now (0 when cached)."""
@@ -162,17 +392,37 @@ class ModelCache:
         self._make_room(n_bytes, device)
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
-        # SDPA is diffusers' default attention processor on torch 2; channels-last helps convs on GPU.
-        if self.channels_last and hasattr(pipe, "unet"):
-            pipe.unet.to(memory_format=torch.channels_last)
-        # Decode the images of a batch one at a time on GPUs: same pixels, a fraction of the peak memory.
-        if device.startswith("cuda") and hasattr(pipe, "vae") and hasattr(pipe.vae, "enable_slicing"):
-            pipe.vae.enable_slicing()
-        if self.compile_unet and hasattr(pipe, "unet"):
-            pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=False)
+        self._apply_options(pipe, spec, device, dtype)
         load_s = time.perf_counter() - started
         log.info("loaded model %s on %s (%s) in %.2fs", spec.name, device, dtype, load_s)
-        return Loaded(spec, pipe, device, load_s, n_bytes, self.vae_tiling_above)
+        return Loaded(spec, pipe, device, load_s, n_bytes, self.vae_tiling_above, self.vae_slicing, self.free_memory)
+
+    def _apply_options(self, pipe, spec: ModelSpec, device: str, dtype) -> None:
+        """The opt-in render options, in the order they must happen (memory format before compiling)."""
+        import torch
+
+        # SDPA is diffusers' default attention processor on torch 2; a forced kernel is checked here,
+        # at load, so a worker that cannot run it never takes a job.
+        check_sdpa_backend(self.sdpa_backend, pipe, device, dtype)
+        pipe._batchrender_sdpa_backend = None if self.sdpa_backend == "auto" else self.sdpa_backend
+        # Channels-last helps convolutions on GPUs (the transformers of SD3/FLUX have few).
+        if self.channels_last:
+            for name in ("unet", "vae"):
+                if getattr(pipe, name, None) is not None:
+                    getattr(pipe, name).to(memory_format=torch.channels_last)
+        if self.compile_unet or self.compile_vae:
+            # torch counts recompiles per code object: models of one class share the limit.
+            limit = shape_buckets(spec) * self.capacity
+            done = compile_pipeline(pipe, denoiser=self.compile_unet, vae=self.compile_vae, mode=self.compile_mode,
+                                    backend=self.compile_backend, recompile_limit=limit)
+            log.info("model %s: torch.compile of %s (mode %s, backend %s, dynamic=False); recompile limit %d "
+                     "(%d shape buckets x %d cached models): other shapes run eagerly", spec.name,
+                     ", ".join(done) or "nothing", self.compile_mode, self.compile_backend, limit,
+                     limit // self.capacity, self.capacity)
+        if self.prompt_cache_size:
+            from worker.prompts import PromptCache
+
+            pipe._batchrender_prompt_cache = PromptCache(self.prompt_cache_size)
 
     def __contains__(self, name: str) -> bool:
         return name in self._items

@@ -120,3 +120,45 @@ def encode_chunked(pipe, prompts: list[str], negatives: list[str], chunks: int, 
                 out[key.replace("prompt_embeds", "pooled_prompt_embeds")] = pooled
             return out
     raise PermanentError(f"a {fam} pipeline reads long prompts through its T5 encoder; it is not chunked")
+
+
+class PromptCache:
+    """Prompt embeddings of one pipeline (SD 1.5/SDXL), least recently used out first
+    (BATCHRENDER_PROMPT_CACHE_SIZE entries).
+
+    Each distinct (prompt, negative prompt, windows) is encoded alone, at batch 1, through
+    ``encode_chunked``: a hit and a miss give the very same bits, whatever shares the call. Those
+    bits may differ in the last places from the bare pipeline's own encoding of a whole batch, so
+    the cache is opt-in. SD3/FLUX do not use it (their T5 encoders are called by the pipeline).
+    """
+
+    FAMILIES = ("sd15", "sdxl")
+
+    def __init__(self, size: int) -> None:
+        from collections import OrderedDict
+
+        self.size = size
+        self._items: OrderedDict[tuple[str, str, int], dict[str, Any]] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def embeds(self, pipe, prompts: list[str], negatives: list[str], chunks: int, device: str) -> dict[str, Any]:
+        """Keyword arguments for the pipeline call (as ``encode_chunked``'s), one cached entry per row."""
+        import torch
+
+        rows = []
+        for key in zip(prompts, negatives, [chunks] * len(prompts)):
+            hit = self._items.get(key)
+            if hit is None:
+                self.misses += 1
+                hit = encode_chunked(pipe, [key[0]], [key[1]], chunks, device)
+                self._items[key] = hit
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+            else:
+                self.hits += 1
+                self._items.move_to_end(key)
+            rows.append(hit)
+        return {name: torch.cat([r[name] for r in rows]) for name in rows[0]}

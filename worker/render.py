@@ -8,6 +8,9 @@ and a batch of 3 gave two different results for identical rows). So every call r
 number of rows (``rows_per_call``), padded with throw-away rows: a row's pixels then depend only
 on its own prompt, seed and the call shape, never on what it shared the call with. A lone job
 costs a full call, but only when the queue is short and the GPU would otherwise idle.
+
+The render options (docs/render-options.md) are off by default. A forced SDPA kernel holds for the
+whole call; the prompt cache (worker/prompts.py) passes embeddings encoded at batch 1 instead of text.
 """
 from __future__ import annotations
 
@@ -110,6 +113,7 @@ def _call(pipe, device: str, shape: CallShape, rows: list[tuple],
 
     from jobs.errors import PermanentError
     from jobs.families import FAMILIES
+    from worker.models import sdpa_context
     from worker.prompts import encode_chunked, family_of, t5_sequence_length
 
     fam = FAMILIES[family_of(pipe)]
@@ -134,7 +138,12 @@ def _call(pipe, device: str, shape: CallShape, rows: list[tuple],
         generator=[torch.Generator(gen_device).manual_seed(r[2]) for r in rows],
         callback_on_step_end=_callback, output_type="pil",
     )
-    if chunks > 1 and not fam.t5_window:
+    cache = getattr(pipe, "_batchrender_prompt_cache", None)
+    if cache is not None and fam.name in cache.FAMILIES:
+        # Repeated prompts and negative prompts: embeddings encoded once, at batch 1 (worker/prompts.py).
+        with sdpa_context(pipe):
+            common.update(cache.embeds(pipe, [r[0] for r in rows], [r[1] for r in rows], chunks, device))
+    elif chunks > 1 and not fam.t5_window:
         common.update(encode_chunked(pipe, [r[0] for r in rows], [r[1] for r in rows], chunks, device))
     else:
         common["prompt"] = [r[0] for r in rows]
@@ -149,7 +158,8 @@ def _call(pipe, device: str, shape: CallShape, rows: list[tuple],
         # is 0, which renders exactly the pixels of the model without the adapter.
         pipe.set_ip_adapter_scale(1.0 if references else 0.0)
         common["ip_adapter_image"] = [list(references) or [Image.new("RGB", (shape.width, shape.height))]]
-    with torch.inference_mode():
+    # A forced SDPA kernel (BATCHRENDER_SDPA_BACKEND) holds for the whole call, VAE decode included.
+    with torch.inference_mode(), sdpa_context(pipe):
         if shape.strength is None:
             out = pipe(width=shape.width, height=shape.height, **common)
         else:

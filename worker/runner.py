@@ -280,7 +280,7 @@ class JobRunner:
         assert all(shape_of(x.msg) == shape for x in live), "jobs in one call must share a shape"
         spec = self.ctx.registry.get(shape.model)
         loaded, load_s = self.ctx.models.get(spec)
-        loaded.prepare_for(shape.width, shape.height)
+        loaded.prepare_for(shape.width, shape.height, self.rows_per_call or sum(len(x.msg.seeds) for x in live))
         store = self.ctx.store
         ids = [x.msg.job_id for x in live]
         last_write = [0.0]

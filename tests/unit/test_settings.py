@@ -42,3 +42,26 @@ def test_empty_variables_mean_unset_for_optional_settings(tmp_path):
                            "BATCHRENDER_C2PA_PRIVATE_KEY": "", "BATCHRENDER_POLICY_FILE": "",
                            "BATCHRENDER_DEVICE": ""})
     assert s.c2pa_cert_chain is None and s.c2pa_private_key is None and s.policy_file is None and s.device is None
+
+
+def test_render_options_are_off_by_default_and_read_from_the_environment():
+    s = Settings.from_env({})
+    assert (s.compile_unet, s.compile_vae, s.compile_mode, s.compile_backend) == (False, False, "default", "inductor")
+    assert (s.sdpa_backend, s.prompt_cache_size, s.vae_slicing, s.channels_last) == ("auto", 0, "auto", False)
+    s = Settings.from_env({"BATCHRENDER_COMPILE_VAE": "true", "BATCHRENDER_COMPILE_MODE": "max-autotune",
+                           "BATCHRENDER_COMPILE_BACKEND": "eager", "BATCHRENDER_SDPA_BACKEND": "math",
+                           "BATCHRENDER_PROMPT_CACHE_SIZE": "256", "BATCHRENDER_VAE_SLICING": "always"})
+    assert (s.compile_vae, s.compile_mode, s.compile_backend) == (True, "max-autotune", "eager")
+    assert (s.sdpa_backend, s.prompt_cache_size, s.vae_slicing) == ("math", 256, "always")
+
+
+@pytest.mark.parametrize("name, value, allowed", [
+    ("VAE_SLICING", "sometimes", "'auto', 'always' or 'never'"),
+    ("COMPILE_MODE", "fast", "'default', 'reduce-overhead', 'max-autotune' or 'max-autotune-no-cudagraphs'"),
+    ("SDPA_BACKEND", "xformers", "'auto', 'flash', 'efficient', 'cudnn' or 'math'"),
+    ("PROMPT_CACHE_SIZE", "-1", "greater than or equal to 0"),
+])
+def test_a_bad_render_option_names_its_variable_and_what_is_allowed(name, value, allowed):
+    with pytest.raises(ConfigurationError) as e:
+        Settings.from_env({f"BATCHRENDER_{name}": value})
+    assert f"BATCHRENDER_{name}" in str(e.value) and allowed in str(e.value)
