@@ -250,3 +250,17 @@ def test_prompt_cache_on_sdxl_keeps_both_encoders_and_the_pooled_embeddings(sdxl
     kw = kwargs[0]
     assert kw["prompt_embeds"].shape == kw["negative_prompt_embeds"].shape == (2, 77, 64)
     assert kw["pooled_prompt_embeds"].shape == kw["negative_pooled_prompt_embeds"].shape == (2, 32)
+
+
+def test_compile_reaches_the_transformer_of_flux_with_the_same_pixels(tmp_path_factory, dynamo):
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    from worker.render import RenderItem
+    from worker.tiny_families import build_tiny_family
+
+    path = build_tiny_family("flux", tmp_path_factory.mktemp("models") / "tiny-flux")
+    item = [RenderItem("a sign reading OPEN", None, (3,))]
+    plain = draw(load(path, "flux"), item, rows=1)
+    loaded = load(path, "flux", compile_unet=True, compile_backend="eager", capacity=1)
+    assert isinstance(loaded.pipe.transformer, OptimizedModule) and not hasattr(loaded.pipe, "unet")
+    assert same(draw(loaded, item, rows=1), plain)
