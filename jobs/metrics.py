@@ -30,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE_LATEST", "JOBS_SUBMITTED", "JOBS_FINISHED", "JOB_DURATION", "RENDER_BUSY", "PIPELINE_CALLS", "PIPELINE_ROWS",
+__all__ = ["CONTENT_TYPE_LATEST", "JOBS_SUBMITTED", "JOBS_FINISHED", "JOB_DURATION", "RENDER_BUSY", "RENDER_GAP", "PIPELINE_CALLS", "PIPELINE_ROWS",
            "WEBHOOK_DELIVERIES", "MODERATION_DECISIONS", "QueueDepth", "BusyRatio", "exposition",
            "multiprocess_registry", "combined", "queue_registry", "job_submitted", "job_finished", "job_timed", "moderation_decided"]
 
@@ -44,6 +44,9 @@ JOB_DURATION = Histogram("batchrender_job_duration_seconds",
                          "of the pipeline call; postprocess: moderation, encoding, signing, upload).",
                          ["phase"], buckets=DURATION_BUCKETS)
 RENDER_BUSY = Counter("batchrender_render_busy_seconds", "Seconds render processes spent inside pipeline calls.")
+RENDER_GAP = Counter("batchrender_render_gap_seconds",
+                     "Seconds between one pipeline call's end and the next call's start within a render session "
+                     "(the GPU waiting for the session's own work; near 0 when the next call is prepared in time).")
 PIPELINE_CALLS = Counter("batchrender_pipeline_calls", "Pipeline calls made by render processes.")
 PIPELINE_ROWS = Counter("batchrender_pipeline_rows", "Rows rendered by pipeline calls: kind=image (a job's image) or "
                         "padding (a throw-away row that keeps the call at its fixed size).", ["kind"])

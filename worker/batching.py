@@ -1,41 +1,100 @@
-"""Batching and overlap: keep the GPU busy while earlier images are moderated, signed and stored.
+"""Batching and overlap: keep the GPU busy from one call to the next.
 
 A render task is the *leader* of a session. It pulls more messages from its own queue straight
 from the broker (``basic_get`` without ack: kombu's Redis transport keeps them in its unacked set,
-so a crash makes them visible again after the visibility timeout, exactly like the leader), renders
-the jobs that share a call shape together, and hands each rendered job to a bounded thread pool for
-stages 5-6 while the next call runs. A pulled message is acknowledged only after its job's outputs
-are stored; the leader's message is acknowledged by Celery when the session returns.
+so a crash makes them visible again after the visibility timeout, exactly like the leader) and
+renders the jobs that share a call shape together. Three things overlap:
 
-Back-pressure: at most ``postprocess_queue`` rendered jobs wait for post-processing; when the pool
-falls behind (slow uploads), the session waits before rendering more, so memory stays bounded.
-The session stops pulling after ``session_s`` so the leader is acknowledged long before the
-visibility timeout.
+- the pipeline call runs on the process's render thread (one long-lived thread makes every call);
+- meanwhile the session prepares the next call: it pulls messages (collecting for as long as the
+  GPU is busy, so a partly filled call runs only when the GPU would otherwise idle), claims the
+  jobs and moderates their prompts;
+- a bounded thread pool moderates, encodes, signs and stores the images of earlier calls.
+
+A pulled message is acknowledged only after its job's outputs are stored; the leader's message is
+acknowledged by Celery when the session returns. All broker traffic (pulls, acks) stays on the
+session's own thread.
+
+Back-pressure: when rendered jobs awaiting post-processing exceed a whole call plus
+``postprocess_queue``, the session waits before starting the next call, so memory stays bounded
+without making the GPU wait for every upload. The session stops pulling after ``session_s`` so the
+leader is acknowledged long before the visibility timeout.
 """
 from __future__ import annotations
 
 import logging
+import os
+import queue as queue_mod
+import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from jobs.errors import PermanentError, TransientError
 from jobs.celery_app import publish_render
-from jobs.names import RENDER_TASK
+from jobs.metrics import RENDER_GAP
+from jobs.names import KEY_PREFIX, RENDER_TASK
 from jobs.retry import RetryPolicy, transient
 from jobs.schemas import JobMessage
 from jobs.signing import ForgedMessage
 from jobs.status import JobStatus
-from worker.runner import JobRunner, Outcome, Rendered, group_by_shape
+from worker.runner import JobRunner, Live, Outcome, Rendered, group_by_shape
 from worker.task_events import TaskEvents
 
 log = logging.getLogger(__name__)
 #: Arrivals closer than this many quiet windows apart count as one burst (see Gatherer.pull).
 BURST_GAPS = 5
+#: Seconds between consecutive pipeline calls of a session, and how many such gaps (the benchmark's
+#: "idle between calls" figure), summed over workers.
+STATS_GAP_KEY = f"{KEY_PREFIX}stats:between_calls_s"
+STATS_GAPS_KEY = f"{KEY_PREFIX}stats:between_calls"
+
+
+class RenderThread:
+    """The one thread of a process that makes pipeline calls.
+
+    Long-lived (the whole process, not one session): CUDA graphs captured by ``torch.compile``
+    belong to the thread that captured them, and a pipeline must never be called from two threads
+    at once. A daemon thread, so a worker that is told to stop at once does not wait for a call.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue_mod.SimpleQueue = queue_mod.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="render", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        fut: Future = Future()
+        self._jobs.put((fut, fn, args))
+        return fut
+
+    def _loop(self) -> None:
+        while True:
+            fut, fn, args = self._jobs.get()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as e:  # noqa: BLE001 - handed to the session, which decides
+                fut.set_exception(e)
+
+
+_render_thread: tuple[int, RenderThread] | None = None
+_render_thread_lock = threading.Lock()
+
+
+def render_thread() -> RenderThread:
+    """This process's render thread (a forked child starts its own)."""
+    global _render_thread
+    with _render_thread_lock:
+        if _render_thread is None or _render_thread[0] != os.getpid():
+            _render_thread = (os.getpid(), RenderThread())
+        return _render_thread[1]
 
 
 def default_max_batch(device: str | None = None) -> int:
@@ -78,22 +137,39 @@ class Gatherer:
         self.last_arrival: float | None = None
         self.clock, self.sleep = time.monotonic, time.sleep
 
-    def pull(self, limit: int, quiet_s: float, max_wait_s: float) -> list[Pulled]:
+    def pull(self, limit: int, quiet_s: float, max_wait_s: float,
+             busy: Callable[[], bool] | None = None) -> list[Pulled]:
         """Up to ``limit`` messages. While messages keep arriving it keeps collecting, so a burst
         that is still being queued fills the call instead of being split into part-empty (padded)
         calls; it stops when none has arrived for the *patience* (``quiet_s``, or 2.5 x the recent
         gap between arrivals when they trickle in slower than that), or after ``max_wait_s``.
         Arrivals further apart than ``BURST_GAPS`` x ``quiet_s`` are not a burst being queued: they
         teach nothing, so a lone job after a pause waits only ``quiet_s``, never seconds.
+
+        ``busy()`` true means the GPU is still rendering the previous call: waiting costs nothing
+        then, so the pull keeps collecting until it is full or the GPU is free, and only then do
+        the patience and ``max_wait_s`` start to count. It returns early, while the GPU is still
+        busy, with what it has once the queue pauses, so those jobs are claimed and moderated
+        before the GPU needs them (the session then pulls again).
         """
         out: list[Pulled] = []
-        start = last = self.clock()
+        start = self.clock()
+        # While the GPU is busy the question is whether the queue is still growing at all, so the
+        # patience runs from the session's last arrival, not from this pull's start.
+        last = self.last_arrival if busy is not None and self.last_arrival is not None else start
         while len(out) < limit:
             message = self.channel.basic_get(self.queue, no_ack=False)
             now = self.clock()
             if message is None:
                 patience = min(max_wait_s, max(quiet_s, 2.5 * self.gap_s))
-                if now - last >= patience or now - start >= max_wait_s:
+                quiet = now - last >= patience
+                if busy is not None and busy():
+                    if out and quiet:
+                        break  # claim and moderate these while the GPU still renders; then pull again
+                    start = now
+                    self.sleep(0.01)
+                    continue
+                if quiet or now - start >= max_wait_s:
                     break
                 self.sleep(0.002)
                 continue
@@ -148,31 +224,50 @@ class BatchSession:
         outcomes: dict[str, Outcome] = {}
         by_id: dict[str, Pulled] = {leader.job_id: Pulled(leader)}
         started = time.monotonic()
-        batch = [by_id[leader.job_id]]
+        waiting: list[Live] = []  # admitted (claimed, moderated) jobs not yet rendering
+        renderer = render_thread()
+        gaps: list[float] = []
+        last_end: list[float] = []
+
+        def render_call(group: list[Live]) -> list[Rendered]:  # on the render thread
+            began = time.perf_counter()
+            if last_end:
+                gaps.append(began - last_end[0])
+            try:
+                return self.runner.render_group(group, progress)
+            finally:
+                last_end[:] = [time.perf_counter()]
+
         try:
             with ThreadPoolExecutor(self.threads, thread_name_prefix="postprocess") as pool:
-                while batch:
-                    if len(batch) < self.max_batch:
-                        batch += gatherer.pull(self.max_batch - len(batch), self.window_s, self.max_wait_s)
-                    for p in batch:
-                        by_id[p.msg.job_id] = p
-                        if not p.is_leader:
-                            self.events.received(p.msg)
-                    ended, live = self.runner.admit([p.msg for p in batch])
-                    for job_id, o in ended.items():
-                        self._settle(by_id[job_id], o, outcomes)
-                    for group in group_by_shape(live, self.max_batch):
-                        # Back-pressure: never more than max_pending rendered jobs awaiting delivery.
-                        while len(pending) >= self.max_pending:
-                            self._reap(pending, outcomes, block=True)
-                        for item in self._render(group, progress, outcomes, by_id):
-                            pending.append((pool.submit(self._deliver, item), by_id[item.live.msg.job_id]))
+                first = [by_id[leader.job_id]]
+                if self.max_batch > 1:
+                    first += gatherer.pull(self.max_batch - 1, self.window_s, self.max_wait_s)
+                self._admit(first, by_id, outcomes, waiting)
+                while waiting:
+                    group, *rest = group_by_shape(waiting, self.max_batch)
+                    waiting = [x for g in rest for x in g]
+                    # Back-pressure: at most a whole call plus max_pending rendered jobs awaiting delivery.
+                    while len(pending) >= self.max_pending + self.max_batch:
+                        self._reap(pending, outcomes, block=True)
+                    call = renderer.submit(render_call, group)
+                    # Prepare the next call while this one renders. Keep draining while work is
+                    # queued or still arriving (then the session ends and Celery hands this worker
+                    # its next message as a new leader).
+                    need = self.max_batch - len(waiting)
+                    while need > 0 and time.monotonic() - started < self.session_s:
+                        more = gatherer.pull(need, self.window_s, self.max_wait_s, busy=lambda: not call.done())
+                        self._admit(more, by_id, outcomes, waiting)
+                        need -= len(more)
+                        if not more or call.done():
+                            break
+                    while not call.done():
+                        # Settle finished deliveries (acks, events) while the call runs.
+                        wait([call] + ([pending[0][0]] if pending else []), timeout=0.5, return_when=FIRST_COMPLETED)
                         self._reap(pending, outcomes, block=False)
-                    batch = []
-                    if time.monotonic() - started < self.session_s:
-                        # Keep draining while work is queued or still arriving (then the session ends
-                        # and Celery hands this worker its next message as a new leader).
-                        batch = gatherer.pull(self.max_batch, self.window_s, self.max_wait_s)
+                    for item in self._rendered(group, call, outcomes, by_id):
+                        pending.append((pool.submit(self._deliver, item), by_id[item.live.msg.job_id]))
+                    self._reap(pending, outcomes, block=False)
                 while pending:
                     self._reap(pending, outcomes, block=True)
         finally:
@@ -183,34 +278,60 @@ class BatchSession:
                     p.message.reject(requeue=True)
             gatherer.close()
             self.events.close()
+            self._record_gaps(gaps)
         if self.leader_error is not None:
             raise self.leader_error
         return outcomes[leader.job_id]
 
-    def _render(self, group, progress, outcomes, by_id) -> list[Rendered]:
+    def _record_gaps(self, gaps: list[float]) -> None:
+        if not gaps:
+            return
+        RENDER_GAP.inc(sum(gaps))
         try:
-            rendered = self.runner.render_group([x for x in group], progress)
-        except TransientError as e:
+            with self.runner.ctx.store.r.pipeline(transaction=False) as p:
+                p.incrbyfloat(STATS_GAP_KEY, sum(gaps))
+                p.incrby(STATS_GAPS_KEY, len(gaps))
+                p.execute()
+        except RedisError as e:  # statistics only: never fail a session for them
+            log.warning("between-calls statistics not recorded: %s", e)
+
+    def _admit(self, batch: list[Pulled], by_id: dict[str, Pulled], outcomes: dict[str, Outcome],
+               waiting: list[Live]) -> None:
+        """Stages 1-2 (claim, check, moderate) for pulled jobs; the live ones join ``waiting``."""
+        if not batch:
+            return
+        for p in batch:
+            by_id[p.msg.job_id] = p
+            if not p.is_leader:
+                self.events.received(p.msg)
+        ended, live = self.runner.admit([p.msg for p in batch])
+        for job_id, o in ended.items():
+            self._settle(by_id[job_id], o, outcomes)
+        waiting.extend(live)
+
+    def _rendered(self, group: list[Live], call: Future, outcomes, by_id) -> list[Rendered]:
+        """The jobs of a finished call that still need delivery; the others are settled here."""
+        e = call.exception()
+        if e is None:
+            live = []
+            for item in call.result():
+                if item.outcome is not None:
+                    self._settle(by_id[item.live.msg.job_id], item.outcome, outcomes)
+                else:
+                    live.append(item)
+            return live
+        if not isinstance(e, Exception):
+            raise e  # KeyboardInterrupt and the like: not the jobs' fault
+        t = e if isinstance(e, TransientError) else transient(e)
+        if t is not None:
             for x in group:
-                self._retry(by_id[x.msg.job_id], e, outcomes)
+                self._retry(by_id[x.msg.job_id], t, outcomes)
             return []
-        except Exception as e:  # noqa: BLE001 - a permanent failure fails every job of the call
-            t = transient(e)
-            if t is not None:
-                for x in group:
-                    self._retry(by_id[x.msg.job_id], t, outcomes)
-                return []
-            log.exception("render failed for %d job(s)", len(group))
-            for x in group:
-                self._settle(by_id[x.msg.job_id], self.runner.fail(x.msg, e, retryable=False), outcomes)
-            return []
-        live = []
-        for item in rendered:
-            if item.outcome is not None:
-                self._settle(by_id[item.live.msg.job_id], item.outcome, outcomes)
-            else:
-                live.append(item)
-        return live
+        # A permanent failure fails every job of the call.
+        log.error("render failed for %d job(s)", len(group), exc_info=e)
+        for x in group:
+            self._settle(by_id[x.msg.job_id], self.runner.fail(x.msg, e, retryable=False), outcomes)
+        return []
 
     def _deliver(self, item: Rendered) -> Outcome | TransientError:
         try:

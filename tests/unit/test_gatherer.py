@@ -78,3 +78,43 @@ def test_an_empty_or_short_backlog_returns_after_the_quiet_window(queued):
     script = Script([0.0] * queued)
     got = gatherer(script).pull(32, quiet_s=0.03, max_wait_s=2.0)
     assert len(got) == queued and script.now == pytest.approx(0.03, abs=0.005)
+
+
+# -- while the GPU renders the previous call (``busy``) ---------------------------------------------
+
+
+def test_while_the_gpu_is_busy_the_pull_collects_what_arrives_and_hands_it_over():
+    """Arrivals slower than any window: without a busy GPU each would be a call of its own; while
+    it renders (3 s here) the session keeps pulling, so the next call holds all of them."""
+    script = Script([i * 0.2 for i in range(8)])
+    g = gatherer(script)
+    got: list = []
+    while len(got) < 8:
+        more = g.pull(8 - len(got), quiet_s=0.03, max_wait_s=2.0, busy=lambda: script.now < 3.0)
+        if not more:
+            break
+        got += more
+    assert len(got) == 8 and script.now < 3.0
+
+
+def test_a_paused_queue_is_handed_over_while_the_gpu_is_still_busy():
+    """What has arrived is returned once the queue pauses, so it can be claimed and moderated
+    before the GPU needs it; the GPU is still busy at that point."""
+    script = Script([0.0, 0.001, 0.002])
+    got = gatherer(script).pull(32, quiet_s=0.03, max_wait_s=2.0, busy=lambda: script.now < 10.0)
+    assert len(got) == 3 and script.now < 0.1
+
+
+def test_once_the_gpu_is_free_a_queue_that_stopped_growing_does_not_hold_the_call():
+    script = Script([0.0])
+    g = gatherer(script)
+    assert len(g.pull(32, quiet_s=0.03, max_wait_s=2.0)) == 1
+    script.now = 0.5  # the GPU rendered that job; nothing arrived meanwhile
+    got = g.pull(32, quiet_s=0.03, max_wait_s=2.0, busy=lambda: script.now < 1.0)
+    assert got == [] and script.now == pytest.approx(1.0, abs=0.02), "returns as soon as the GPU is free"
+
+
+def test_a_burst_still_arriving_when_the_gpu_frees_up_is_still_collected():
+    script = Script([0.99 + i * 0.02 for i in range(10)])
+    got = gatherer(script).pull(10, quiet_s=0.03, max_wait_s=2.0, busy=lambda: script.now < 1.0)
+    assert len(got) == 10
