@@ -34,6 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.archs import DEFAULTS, FAMILY, build_sd15, build_sdxl  # noqa: E402,F401
 from benchmarks.options import OptionSet, parse_options, summarise, table  # noqa: E402
 
+#: The worker settings the options turn on, recorded (with their defaults) where this checkout has them.
+RENDER_SETTINGS = ("channels_last", "compile_unet", "compile_vae", "compile_mode", "compile_backend", "sdpa_backend",
+                   "prompt_cache_size", "vae_slicing", "vae_tiling_above_pixels", "max_batch", "batch_window_ms",
+                   "batch_max_wait_ms")
+
 
 def load(source: str, device: str, dtype):
     import json as _json
@@ -202,6 +207,20 @@ def family_of(source: str) -> str:
     return fam
 
 
+def checkout() -> dict:
+    """The commit measured and the tracked files changed on top of it (uncommitted work counts too)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10).stdout.rstrip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"commit": git("rev-parse", "HEAD") or None,
+            "modified": sorted(line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines())}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", choices=sorted(DEFAULTS), default=None,
@@ -292,6 +311,8 @@ def main() -> None:
         "steps": args.steps, "guidance": args.guidance, "dtype": dtype_name, "jobs": args.jobs, "submit": args.submit,
         "prompts": args.prompts if args.prompts == "distinct" else f"repeat:{args.prompt_pool}",
         "system_batch": batch, "build_and_load_s": build_s, "a": a, "per_batch": per_batch, "best": best,
+        "checkout": checkout(),
+        "worker_settings": {k: Settings.model_fields[k].default for k in RENDER_SETTINGS if k in Settings.model_fields},
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "celery": celery.__version__,
                      "python": platform.python_version()},
     }
