@@ -10,8 +10,9 @@ renders with random weights in the published shapes (no hub access on the benchm
 ``*_components()`` only construct the modules: called under ``torch.device("meta")`` they take
 no memory and no time, which is how tests/unit/test_benchmark_arch.py checks their parameter
 counts against the published figures. ``build_*()`` constructs them on the meta device,
-materialises them on ``device`` (each layer's own initialisation, fast on a GPU), casts them to
-``dtype`` and writes a ``save_pretrained`` directory that the worker loads like any model.
+materialises them (the UNet and VAE on ``device`` with each layer's own initialisation, fast on a
+GPU; the text encoders constructed on the CPU), casts them to ``dtype`` and writes a
+``save_pretrained`` directory that the worker loads like any model.
 """
 from __future__ import annotations
 
@@ -82,22 +83,27 @@ def sdxl_components() -> dict:
 
 
 def materialise(module, device, dtype=None):
-    """Give a meta-device module real, randomly initialised weights on ``device``.
+    """A meta-device module with real, randomly initialised weights on ``device``.
 
-    transformers models re-run their own ``_init_weights`` (which also refills buffers such as
-    CLIP's ``position_ids``); other modules get each layer's ``reset_parameters()``, PyTorch's
-    default initialisation, after a small normal fill for any parameter no layer resets.
+    diffusers modules are given memory on ``device`` and each layer's ``reset_parameters()``
+    (PyTorch's default initialisation; fast on a GPU), after a small normal fill for any parameter
+    no layer resets. transformers models are constructed again from their config on the CPU: how
+    a model re-initialises itself after ``to_empty`` (and refills buffers such as CLIP's
+    ``position_ids``) differs between transformers 4 and 5, construction does not. Returns the
+    module to use (a new one for transformers models).
     """
     import torch
     from transformers import PreTrainedModel
 
-    module.to_empty(device=device)
-    with torch.no_grad():
-        if isinstance(module, PreTrainedModel):
-            module.init_weights()
-        else:
-            if any(True for _ in module.buffers()):
-                raise ValueError(f"{type(module).__name__} has buffers that a meta build cannot restore")
+    if isinstance(module, PreTrainedModel):
+        with torch.device("cpu"):
+            module = type(module)(module.config)
+        module.to(device)
+    else:
+        if any(True for _ in module.buffers()):
+            raise ValueError(f"{type(module).__name__} has buffers that a meta build cannot restore")
+        module.to_empty(device=device)
+        with torch.no_grad():
             for p in module.parameters():
                 p.normal_(0, 0.02)
             for sub in module.modules():
@@ -113,11 +119,13 @@ def _build(target: Path, components, pipeline_cls, device, dtype, seed: int, **e
     import torch
     from transformers import CLIPTokenizer
 
+    if device is None:  # as the benchmark: float16 on CUDA, float32 on CPU
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = dtype or (torch.float16 if device == "cuda" else None)
     torch.manual_seed(seed)
     with torch.device("meta"):
         modules = components()
-    for m in modules.values():
-        materialise(m, device, dtype)
+    modules = {name: materialise(m, device, dtype) for name, m in modules.items()}
     tokenizers = {}
     for name in ("tokenizer", "tokenizer_2"):
         if name.replace("tokenizer", "text_encoder") in modules:
@@ -130,7 +138,7 @@ def _build(target: Path, components, pipeline_cls, device, dtype, seed: int, **e
     return target / "pipeline"
 
 
-def build_sd15(target: Path, device: str = "cpu", dtype=None, seed: int = 0) -> Path:
+def build_sd15(target: Path, device: str | None = None, dtype=None, seed: int = 0) -> Path:
     """Write SD 1.5's architecture with random weights to ``target/pipeline``; returns that path."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
@@ -140,11 +148,11 @@ def build_sd15(target: Path, device: str = "cpu", dtype=None, seed: int = 0) -> 
                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
-def build_sdxl(target: Path, device: str = "cpu", dtype=None, seed: int = 0) -> Path:
+def build_sdxl(target: Path, device: str | None = None, dtype=None, seed: int = 0) -> Path:
     """Write SDXL base 1.0's architecture with random weights to ``target/pipeline``.
 
-    About 3.5B parameters: build with ``device="cuda"`` and ``dtype=torch.float16`` on a GPU
-    machine (7 GB written); on a CPU it takes minutes and 14 GB in float32.
+    About 3.5B parameters: on a GPU machine (the default device there) it is built in float16,
+    7 GB written; on a CPU it takes minutes and 14 GB in float32.
     """
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 

@@ -68,7 +68,7 @@ def test_materialise_gives_a_meta_module_initialised_weights_and_buffers(kind):
         else:
             m = CLIPTextModel(CLIPTextConfig(vocab_size=TOKENIZER_VOCAB, hidden_size=16, intermediate_size=32,
                                              num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77))
-    materialise(m, "cpu", torch.float16)
+    m = materialise(m, "cpu", torch.float16)
     params = list(m.parameters())
     assert params and all(p.device.type == "cpu" and p.dtype == torch.float16 for p in params)
     assert all(torch.isfinite(p).all() for p in params)
