@@ -133,6 +133,7 @@ def run_set(services: Services, args, source: str, family: str, device: str, dty
     from jobs.registry import ModelSpec, Registry
     from jobs.settings import Settings
     from producer.client import Client
+    from worker.batching import STATS_GAP_KEY, STATS_GAPS_KEY
     from worker.runner import STATS_BUSY_KEY, STATS_CALLS_KEY, STATS_ROWS_KEY
 
     services.runs += 1
@@ -164,7 +165,7 @@ def run_set(services: Services, args, source: str, family: str, device: str, dty
                               on_update=alive)
             if rec.status.value != "succeeded":
                 raise RuntimeError(f"the warm-up job {rec.status.value}: {(rec.error or {}).get('message', rec.error)}")
-        r.delete(STATS_BUSY_KEY, STATS_CALLS_KEY, STATS_ROWS_KEY)
+        r.delete(STATS_BUSY_KEY, STATS_CALLS_KEY, STATS_ROWS_KEY, STATS_GAP_KEY, STATS_GAPS_KEY)
         t0 = time.perf_counter()
         requests = [{**req, "prompt": p, "seed": i} for i, p in enumerate(prompts(args, services.runs))]
         if getattr(args, "submit", "batch") == "batch":  # records written at once, messages back to back
@@ -178,8 +179,14 @@ def run_set(services: Services, args, source: str, family: str, device: str, dty
             raise RuntimeError(f"{len(failed)} of {len(records)} jobs did not succeed: {sorted(set(failed))}")
         busy = float(r.get(STATS_BUSY_KEY) or 0)
         delivered = sum(len(rec.result.images) for rec in records)
+        # Time between consecutive calls of a session: the GPU waiting for the session's own work
+        # (pulling, claiming, moderating), as distinct from idle before the first and after the last call.
+        gaps = int(r.get(STATS_GAPS_KEY) or 0)
+        between = float(r.get(STATS_GAP_KEY) or 0)
         return {"c": delivered / wall, "idle": max(0.0, 1 - busy / wall), "calls": int(r.get(STATS_CALLS_KEY) or 0),
-                "rows_rendered": int(r.get(STATS_ROWS_KEY) or 0), "images_delivered": delivered, "wall_s": wall}
+                "rows_rendered": int(r.get(STATS_ROWS_KEY) or 0), "images_delivered": delivered, "wall_s": wall,
+                "busy_s": busy, "between_calls_s": between, "between_calls": gaps,
+                "between_calls_share": between / wall}
     finally:
         worker.terminate()
         worker.wait(60)
@@ -348,7 +355,8 @@ def main() -> None:
                                             "c_runs": [x["c"] for x in runs[option.name]]} if done else about
                 if option.name == "default":
                     out.update({k: results["default"][k] for k in
-                                ("c", "idle", "calls", "rows_rendered", "images_delivered", "wall_s")})
+                                ("c", "idle", "calls", "rows_rendered", "images_delivered", "wall_s", "busy_s",
+                                 "between_calls_s", "between_calls", "between_calls_share")})
                     out["rows_per_image"] = out["rows_rendered"] / max(1, out["images_delivered"])
                 if args.option_sets:
                     out["options"] = {o.name: results[o.name] for o in sets if o.name in results}
@@ -373,6 +381,10 @@ def main() -> None:
     rows, delivered = out["rows_rendered"], out["images_delivered"]
     print(f"(c) made {out['calls']} pipeline calls rendering {rows} rows for {delivered} images: "
           f"rows/images = {rows / max(1, delivered):.3f} (1.000 = no padding waste)")
+    n_gaps = out["between_calls"]
+    print(f"(c) time between consecutive calls of a session: {out['between_calls_s']:.3f} s over {n_gaps} gaps "
+          f"({out['between_calls_s'] / max(1, n_gaps) * 1000:.1f} ms each, {out['between_calls_share']:.1%} of wall); "
+          f"inside calls {out['busy_s']:.2f} s of {out['wall_s']:.2f} s")
     if args.option_sets:
         print(f"\nrender options, (c) per set (gain: c / c of 'default'; a fresh worker per set; "
               f"median of {args.rounds} round(s)):\n")

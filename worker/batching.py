@@ -15,9 +15,9 @@ A pulled message is acknowledged only after its job's outputs are stored; the le
 acknowledged by Celery when the session returns. All broker traffic (pulls, acks) stays on the
 session's own thread.
 
-Back-pressure: when rendered jobs awaiting post-processing exceed a whole call plus
-``postprocess_queue``, the session waits before starting the next call, so memory stays bounded
-without making the GPU wait for every upload. The session stops pulling after ``session_s`` so the
+Back-pressure: when too many rendered jobs await post-processing (``postprocess_limit``: on a GPU
+a whole call plus ``postprocess_queue``), the session waits before starting the next call, so
+memory stays bounded without making the GPU wait for every upload. The session stops pulling after ``session_s`` so the
 leader is acknowledged long before the visibility timeout.
 """
 from __future__ import annotations
@@ -95,6 +95,25 @@ def render_thread() -> RenderThread:
         if _render_thread is None or _render_thread[0] != os.getpid():
             _render_thread = (os.getpid(), RenderThread())
         return _render_thread[1]
+
+
+def postprocess_limit(queue: int, rows: int, device: str | None = None) -> int:
+    """Rendered jobs that may await post-processing before the next call starts.
+
+    On a GPU: a whole call plus ``queue`` (BATCHRENDER_POSTPROCESS_QUEUE). Post-processing runs on
+    CPU cores the render does not use, so the next call should not wait for the previous call's
+    uploads. On CPU: ``queue`` only. There render and post-processing share the cores. Measured on
+    the 2-core box (tiny model, 128 jobs, batch 32): letting the next call start sooner tripled
+    the time inside calls and cost 15 % end to end.
+    """
+    if device is None:
+        try:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        except Exception:  # pragma: no cover - no torch: a CPU worker
+            device = "cpu"
+    return max(1, queue) + (rows if not device.startswith("cpu") else 0)
 
 
 def default_max_batch(device: str | None = None) -> int:
@@ -247,8 +266,8 @@ class BatchSession:
                 while waiting:
                     group, *rest = group_by_shape(waiting, self.max_batch)
                     waiting = [x for g in rest for x in g]
-                    # Back-pressure: at most a whole call plus max_pending rendered jobs awaiting delivery.
-                    while len(pending) >= self.max_pending + self.max_batch:
+                    # Back-pressure: at most max_pending rendered jobs awaiting delivery (postprocess_limit).
+                    while len(pending) >= self.max_pending:
                         self._reap(pending, outcomes, block=True)
                     call = renderer.submit(render_call, group)
                     # Prepare the next call while this one renders. Keep draining while work is

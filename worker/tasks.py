@@ -29,7 +29,7 @@ def register(app: Celery, settings: Settings) -> None:
 
     @app.task(name=RENDER_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
     def render_job(self, payload: dict[str, Any]) -> dict[str, Any]:
-        from worker.batching import BatchSession, default_max_batch
+        from worker.batching import BatchSession, default_max_batch, postprocess_limit
         from worker.context import get_context
         from worker.runner import JobRunner
         from worker.task_events import TaskEvents
@@ -58,7 +58,7 @@ def register(app: Celery, settings: Settings) -> None:
         session = BatchSession(
             runner, app, queue, max_batch=rows,
             window_ms=settings.batch_window_ms, max_wait_ms=settings.batch_max_wait_ms, threads=settings.resolved_postprocess_threads,
-            max_pending=settings.postprocess_queue, session_s=settings.visibility_timeout_s / 4,
+            max_pending=postprocess_limit(settings.postprocess_queue, rows, settings.device), session_s=settings.visibility_timeout_s / 4,
             policy=policy, events=TaskEvents(app, self.request.hostname, settings.task_events))
         try:
             try:

@@ -118,3 +118,12 @@ def test_a_burst_still_arriving_when_the_gpu_frees_up_is_still_collected():
     script = Script([0.99 + i * 0.02 for i in range(10)])
     got = gatherer(script).pull(10, quiet_s=0.03, max_wait_s=2.0, busy=lambda: script.now < 1.0)
     assert len(got) == 10
+
+
+def test_on_a_gpu_the_next_call_does_not_wait_for_the_previous_calls_uploads():
+    from worker.batching import postprocess_limit
+
+    assert postprocess_limit(8, 32, "cuda") == 40, "a whole call plus the queue"
+    assert postprocess_limit(8, 32, "cuda:1") == 40
+    assert postprocess_limit(8, 32, "cpu") == 8, "on CPU render and post-processing share the cores"
+    assert postprocess_limit(0, 4, "cpu") == 1
