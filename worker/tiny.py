@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -45,44 +46,18 @@ def _write_tokenizer(d: Path) -> int:
     return len(vocab)
 
 
-def build_tiny_pipeline(target: Path, seed: int = 0) -> Path:
-    """Write the tiny pipeline to ``target`` (atomically: a crash leaves no half-written model)."""
+def write_atomically(target: Path, build: Callable[[Path], Any], seed: int = 0) -> Path:
+    """Save the pipeline ``build(work)`` returns (torch seeded first: the same weights on every
+    machine; ``work`` is a scratch directory for its tokenizer files) to ``target`` atomically: a
+    crash leaves no half-written model, and a reader never sees one."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
     try:
-        vocab_size = _write_tokenizer(work / "tok")
-        torch.manual_seed(seed)  # the same weights on every machine
-        unet = UNet2DConditionModel(
-            block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, norm_num_groups=8,
-            attention_head_dim=4,
-        )
-        # Four blocks, so the VAE scale factor is 8 like real SD (DEPENDENCY_NOTES: a 2-block VAE is 10-50x slower).
-        vae = AutoencoderKL(
-            block_out_channels=(8, 16, 16, 16), in_channels=3, out_channels=3, latent_channels=4,
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=1, norm_num_groups=8, sample_size=64,
-        )
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
-            hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-            vocab_size=vocab_size, max_position_embeddings=77, projection_dim=32,
-        ))
-        tokenizer = CLIPTokenizer(str(work / "tok" / "vocab.json"), str(work / "tok" / "merges.txt"), model_max_length=77)
-        scheduler = DDIMScheduler(
-            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-            set_alpha_to_one=False, steps_offset=1,
-        )
-        pipe = StableDiffusionPipeline(
-            unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
+        torch.manual_seed(seed)
+        pipe = build(work)
         out = work / "pipeline"
         pipe.save_pretrained(out)
         if target.exists():
@@ -91,6 +66,44 @@ def build_tiny_pipeline(target: Path, seed: int = 0) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+def build_tiny_pipeline(target: Path, seed: int = 0) -> Path:
+    """Write the tiny SD 1.5-style pipeline to ``target`` (atomically)."""
+    return write_atomically(target, _tiny_sd15, seed)
+
+
+def _tiny_sd15(work: Path):
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab_size = _write_tokenizer(work / "tok")
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, norm_num_groups=8,
+        attention_head_dim=4,
+    )
+    # Four blocks, so the VAE scale factor is 8 like real SD (DEPENDENCY_NOTES: a 2-block VAE is 10-50x slower).
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16, 16, 16), in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1, norm_num_groups=8, sample_size=64,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        vocab_size=vocab_size, max_position_embeddings=77, projection_dim=32,
+    ))
+    tokenizer = CLIPTokenizer(str(work / "tok" / "vocab.json"), str(work / "tok" / "merges.txt"), model_max_length=77)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
 
 
 def add_tiny_ip_adapter(model_dir: Path, seed: int = 0) -> Path:

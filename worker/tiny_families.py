@@ -9,12 +9,9 @@ built here, since no tokenizer can be downloaded.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from worker.tiny import _write_tokenizer
+from worker.tiny import _write_tokenizer, write_atomically
 
 TINY_FAMILIES = ("sdxl", "sd3", "flux")
 
@@ -128,23 +125,8 @@ def _flux(work: Path):
 
 def build_tiny_family(family: str, target: Path, seed: int = 0) -> Path:
     """Write a tiny pipeline of ``family`` (sdxl, sd3, flux) to ``target``, atomically."""
-    import torch
-
     builders = {"sdxl": _sdxl, "sd3": _sd3, "flux": _flux}
     if family not in builders:
         raise ValueError(f"no tiny pipeline for family {family!r}; allowed: {', '.join(builders)} "
                          "(sd15: worker.tiny.build_tiny_pipeline)")
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
-    try:
-        torch.manual_seed(seed)  # the same weights on every machine
-        pipe = builders[family](work)
-        out = work / "pipeline"
-        pipe.save_pretrained(out)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(out, target)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return target
+    return write_atomically(target, builders[family], seed)
