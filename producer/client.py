@@ -204,6 +204,23 @@ class Client:
         self.enqueue(msg)
         return msg.job_id
 
+    def refine(self, job_id: str, prompt: str, *, tenant: str | None = None, **fields: Any) -> str:
+        """Queue a refinement of an image of the succeeded job ``job_id``: image-to-image from it
+        with a new ``prompt``, its seed, model and size; returns the new job's id. ``fields``:
+        ``image_index`` (0), ``strength``, ``steps``, ``custom_id``, ``metadata``, ``webhook``
+        (producer.refine.RefineRequest). Raises ``JobNotFound`` (unknown id, or not ``tenant``'s
+        job), ``ParentNotSucceeded``, ``InvalidRequest`` naming the field."""
+        from producer.refine import refine
+
+        return refine(self, job_id, {"prompt": prompt, **fields}, tenant=tenant).job_id
+
+    def lineage(self, job_id: str, *, tenant: str | None = None) -> dict[str, Any]:
+        """The chain of refinements from its root (turn 0) to ``job_id`` (``turns``: id, status,
+        turn, prompt, image index, URL of the image carried forward)."""
+        from producer.refine import lineage
+
+        return lineage(self, job_id, tenant=tenant)
+
     def submit_batch(self, requests: Iterable[RenderRequest | dict[str, Any]], *,
                      tenant: str | None = None, batch_id: str | None = None,
                      meta: dict[str, Any] | None = None, reserved: int = 0) -> BatchSubmission:

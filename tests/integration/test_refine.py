@@ -225,3 +225,23 @@ def test_cli_refines_a_job_and_prints_its_lineage(client, br_env, start_worker):
     assert out.exit_code == 2 and "image_index" in out.output and "allowed 0, 1" in out.output, out.output
     out = runner.invoke(cli, ["refine", "job_" + "0" * 32, "make it red"], env=br_env)
     assert out.exit_code == 2 and "no job" in out.output, out.output
+
+
+def test_the_python_client_refines_and_reads_the_lineage(client, br_env, start_worker):
+    from jobs.errors import InvalidRequest, JobNotFound, ParentNotSucceeded
+
+    parent = client.submit({"prompt": "a green vase", "seed": 9, **TINY})
+    with pytest.raises(ParentNotSucceeded):
+        client.refine(parent, "make the vase blue")  # still queued: no worker yet
+    start_worker(br_env)
+    assert client.wait(parent, timeout=150).status.value == "succeeded"
+    child = client.refine(parent, "make the vase blue", strength=0.5, custom_id="vase-2")
+    rec = client.wait(child, timeout=150)
+    assert rec.status.value == "succeeded" and rec.request["custom_id"] == "vase-2"
+    assert rec.lineage["parent_id"] == parent and rec.result.images[0].seed == 9
+    assert [(t["id"], t["turn"]) for t in client.lineage(child)["turns"]] == [(parent, 0), (child, 1)]
+    with pytest.raises(InvalidRequest) as e:
+        client.refine(parent, "again", image_index=3)
+    assert e.value.errors[0]["field"] == "image_index"
+    with pytest.raises(JobNotFound):
+        client.refine(parent, "again", tenant="someone-else")
