@@ -192,6 +192,9 @@ class Settings(BaseModel):
     openai_sync_timeout_s: float = Field(default=540.0, gt=0)
     #: Seconds a client has to send its whole request body (408 after that).
     api_body_timeout_s: float = Field(default=30.0, gt=0)
+    #: Seconds a client has to send a request's headers, from connecting or from the first byte of
+    #: the next request on a kept-alive connection (408 and closed after that).
+    api_header_timeout_s: float = Field(default=10.0, gt=0)
 
     # -- worker --------------------------------------------------------------------------------
     #: ``cuda``, ``cpu``, or unset for cuda-when-present.

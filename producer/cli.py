@@ -618,15 +618,17 @@ def api(host: str, port: int) -> None:
 
     from producer.api import create_app
 
-    # Slow clients: idle keep-alive connections close after 5 s; a body must arrive within 30 s
-    # (producer/api/limits.py); at most 1,000 connections at once.
+    # Slow clients: headers must arrive within BATCHRENDER_API_HEADER_TIMEOUT_S (10 s,
+    # producer/api/slow_headers.py), a body within 30 s (producer/api/limits.py); idle keep-alive
+    # connections close after 5 s; at most 1,000 connections at once.
     from jobs.logs import configure_logging
+    from producer.api.slow_headers import header_timeout_protocol
 
     settings = _settings()
     configure_logging(settings.log_format)
     # log_config=None: uvicorn's loggers propagate to the root logger and its format (text/json).
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", log_config=None,
-                timeout_keep_alive=5, limit_concurrency=1000)
+                timeout_keep_alive=5, limit_concurrency=1000, http=header_timeout_protocol(settings.api_header_timeout_s))
 
 
 @cli.command()

@@ -327,3 +327,62 @@ def test_slow_bodies_time_out_and_unauthenticated_guessing_is_rate_limited(br_en
         codes = [httpx.get(f"{server.url}/v1/jobs", headers={"Authorization": "Bearer br_guess"}).status_code
                  for _ in range(12)]
     assert codes[:5] == [401] * 5 and 429 in codes[5:], codes
+
+
+def test_slow_request_headers_are_cut_off_with_408(br_env, tmp_path):
+    """Slowloris: a connection that sends nothing, or trickles its headers, is answered 408 and
+    closed once BATCHRENDER_API_HEADER_TIMEOUT_S has passed (uvicorn alone keeps both open for as
+    long as bytes keep coming); a kept-alive connection is held to the limit again from the first
+    byte of its next request; prompt clients are unaffected."""
+    port = free_port()
+    env = {**os.environ, **br_env, "BATCHRENDER_API_HEADER_TIMEOUT_S": "1"}
+    log = open(tmp_path / "api.log", "wb")
+    api = subprocess.Popen([sys.executable, "-m", "producer.cli", "api", "--port", str(port)], env=env,
+                           stdout=log, stderr=subprocess.STDOUT)
+
+    def answer(s: socket.socket) -> bytes:
+        """Everything the server sends until it closes the connection (a socket timeout fails)."""
+        s.settimeout(60)
+        got = b""
+        while chunk := s.recv(4096):
+            got += chunk
+        return got
+
+    def drip(s: socket.socket, data: bytes) -> None:
+        """Send a byte every 0.3 s until the server has closed the connection (or all is sent)."""
+        try:
+            for b in data:
+                s.sendall(bytes([b]))
+                time.sleep(0.3)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    try:
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200 if _up(port) else False,
+                 timeout=60)
+        silent = socket.create_connection(("127.0.0.1", port))
+        assert answer(silent).startswith(b"HTTP/1.1 408 Request Timeout"), "a silent connection is closed"
+
+        slow = socket.create_connection(("127.0.0.1", port))
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 200 + b"\r\n\r\n"
+        dripping = threading.Thread(target=drip, args=(slow, request), daemon=True)
+        dripping.start()  # 200+ bytes at 0.3 s each: a minute, never done within the limit
+        assert answer(slow).startswith(b"HTTP/1.1 408"), "a trickled header is cut off"
+        dripping.join(timeout=120)
+
+        kept = socket.create_connection(("127.0.0.1", port))
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        kept.settimeout(30)
+        first = b""
+        while b"\r\n\r\n" not in first or not first.endswith(b"}"):  # the whole JSON answer
+            first += kept.recv(4096)
+        assert first.startswith(b"HTTP/1.1 200"), "a prompt client is served"
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost")  # the next request starts, then stalls
+        assert answer(kept).startswith(b"HTTP/1.1 408"), "a stalled next request on a kept-alive connection"
+
+        with httpx.Client() as c:  # keep-alive within the limit goes on working
+            assert [c.get(f"http://127.0.0.1:{port}/healthz").status_code for _ in range(3)] == [200] * 3
+    finally:
+        api.terminate()
+        api.wait(20)
+        log.close()
