@@ -13,14 +13,16 @@ negative prompt is padded with empty chunks to its prompt's count (or the other 
 SD3 and FLUX read the whole prompt through their T5 encoder; their CLIP encoders supply the
 pooled embedding only, as in those models' design. SD3's T5 window is 256 tokens: a prompt that
 needs more is called at 512 (its own "two windows", grouped like CLIP chunks); past 511 tokens a
-prompt fails (the pipelines' limit) rather than being cut.
+prompt fails (the pipelines' limit) rather than being cut: the worker fails that job alone, before
+its call, and renders the jobs it was grouped with (``t5_window_error``). Only the loaded pipeline
+has the T5 tokenizer (the producer installs no transformers), so the producer cannot count them.
 """
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from jobs.errors import PermanentError
+from jobs.errors import InvalidRequest, PermanentError
 from jobs.families import FAMILIES, T5_MAX, family_of_pipeline
 
 CLIP_WINDOW = 77
@@ -63,15 +65,32 @@ def t5_sequence_length(fam: str, chunks: int) -> int:
     return min(T5_MAX, FAMILIES[fam].t5_window * chunks)
 
 
-def check_t5_window(pipe, model: str, texts: list[str]) -> None:
-    """SD3/FLUX: refuse a prompt longer than T5_MAX rather than let diffusers cut it."""
-    if not FAMILIES[family_of(pipe)].t5_window:
-        return
-    for text in texts:
+def t5_window_error(pipe, model: str, prompt: str, negative_prompt: str = "",
+                    conditioned: bool = False) -> InvalidRequest | None:
+    """SD3/FLUX: the error for a job whose prompt or negative prompt is longer than the T5 encoder
+    reads (T5_MAX less the end token), or None when both fit (and for SD 1.5/SDXL, which chunk).
+    ``conditioned``: the texts carry terms the worker added (colour names, a backdrop), said so
+    in the message, since the client's own prompt may be shorter than what was counted."""
+    fam = family_of(pipe)
+    if not FAMILIES[fam].t5_window:
+        return None
+    for field, what, text in (("prompt", "prompt", prompt), ("negative_prompt", "negative prompt", negative_prompt)):
         n = prompt_tokens(pipe, text)
         if n > T5_MAX - 1:  # the end token takes one position
-            raise PermanentError(f"prompt is {n} T5 tokens; model {model!r} ({family_of(pipe)}) reads at most "
-                                 f"{T5_MAX - 1}: shorten the prompt")
+            added = " (with the colour and background terms the worker adds)" if conditioned else ""
+            message = (f"{what} is {n} T5 tokens{added}; model {model!r} ({fam}) reads at most {T5_MAX - 1}: "
+                       f"shorten the {what}")
+            return InvalidRequest(message, errors=[{"field": field, "message": message}])
+    return None
+
+
+def check_t5_window(pipe, model: str, texts: list[str]) -> None:
+    """SD3/FLUX: refuse a prompt longer than T5_MAX rather than let diffusers cut it (the last guard
+    of ``render``; the worker refuses such a job on its own before the call, worker/runner.py)."""
+    for text in texts:
+        error = t5_window_error(pipe, model, text)
+        if error is not None:
+            raise error
 
 
 def _chunk_ids(tokenizer, text: str, chunks: int) -> list[list[int]]:

@@ -3,7 +3,8 @@
 1. claim     each job: queued/running → running (a redelivered job is claimed again; a finished,
              canceled or blocked one is skipped, so a redelivery never renders twice)
 2. moderate  the prompt, before any GPU time (blocked → ``blocked``, nothing rendered)
-3. load      the model (cached per process)
+3. load      the model (cached per process); a job whose prompt the model cannot read whole
+             (SD3/FLUX past 511 T5 tokens) fails here, alone, before the call
 4. render    one pipeline call; progress and cancellation at every step
 5. deliver   per image: output moderation, encode, sign, store under deterministic keys, index
 6. finish    result record, terminal status, events
@@ -29,8 +30,8 @@ from worker.conditioning import pipeline_prompts
 from worker.context import WorkerContext
 from worker.colour import palette_report
 from worker.deliver import Delivered, as_delivered, deliver_image
-from worker.prompts import prompt_tokens
-from worker.render import CallShape, RenderItem, render
+from worker.prompts import prompt_tokens, t5_window_error
+from worker.render import CallShape, RenderItem, StepHook, render
 
 log = logging.getLogger(__name__)
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
@@ -75,6 +76,13 @@ class Rendered:
 
 
 Progress = Callable[[str, int, int], None]
+
+
+def tried_step(k: int, step: int, steps: int, tries: int) -> int:
+    """The progress step to report at step ``step`` of try ``k`` (0-based) of a job rendered up to
+    ``tries`` times (palette_strict), in the job's own ``steps``: the tries share the steps, so
+    progress never goes back and reaches ``steps`` only at the last try's last step. One try: ``step``."""
+    return (k * steps + step) // tries
 
 
 def group_by_shape(live: list[Live], max_rows: int = 0) -> list[list[Live]]:
@@ -275,45 +283,75 @@ class JobRunner:
             return self._render_group(live, progress)
 
     def _render_group(self, live: list[Live], progress: Progress | None = None) -> list[Rendered]:
-        """Stages 3-4 for jobs of one shape: one pipeline call. Canceled jobs come back ended."""
+        """Stages 3-4 for jobs of one shape: one pipeline call. Canceled jobs come back ended, and so
+        does a job whose prompt the model cannot read whole (SD3/FLUX past their T5 limit): it
+        fails alone, before the call, and the others of its group render."""
         shape = shape_of(live[0].msg)
         assert all(shape_of(x.msg) == shape for x in live), "jobs in one call must share a shape"
         spec = self.ctx.registry.get(shape.model)
         loaded, load_s = self.ctx.models.get(spec)
+        # Hex codes named, palette and keyable backdrop added (worker/conditioning.py).
+        items = [RenderItem(*pipeline_prompts(x.msg.request), tuple(x.msg.seeds), x.image, x.mask, x.references)
+                 for x in live]
+        # Per job, here rather than at admission: only the loaded pipeline has the T5 tokenizer, and
+        # this is the render thread (a fast tokenizer must not be used from two threads at once).
+        refused: dict[str, Rendered] = {}
+        for x, item in zip(live, items):
+            r = x.msg.request
+            error = t5_window_error(loaded.pipe, shape.model, item.prompt, item.negative_prompt or "",
+                                    conditioned=(item.prompt, item.negative_prompt or "")
+                                    != (r.prompt, r.negative_prompt or ""))
+            if error is not None:
+                log.info("job %s refused before its call: %s", x.msg.job_id, error.message)
+                refused[x.msg.job_id] = Rendered(x, [], Timings(), self.fail(x.msg, error, retryable=False))
+        keep = [i for i, x in enumerate(live) if x.msg.job_id not in refused]
+        rendered = self._render_call(loaded, load_s, shape, [live[i] for i in keep], [items[i] for i in keep],
+                                     progress) if keep else []
+        by_id = {**refused, **{item.live.msg.job_id: item for item in rendered}}
+        return [by_id[x.msg.job_id] for x in live]
+
+    def _render_call(self, loaded, load_s: float, shape: CallShape, live: list[Live], items: list[RenderItem],
+                     progress: Progress | None) -> list[Rendered]:
+        """The pipeline call (and palette re-renders) for jobs that passed every check."""
         loaded.prepare_for(shape.width, shape.height, self.rows_per_call or sum(len(x.msg.seeds) for x in live))
         store = self.ctx.store
         ids = [x.msg.job_id for x in live]
         last_write = [0.0]
         started = time.monotonic()
         timed_out = [False]
+        shown: dict[str, int] = {}  # the last progress step recorded per job
 
-        def on_step(step: int, total: int) -> bool:
-            now = time.monotonic()
-            # Progress and cancel checks are best effort: a Redis blip must not abort a render
-            # (the job store retries each command first; what still fails is skipped this step).
-            if step == total or now - last_write[0] > 0.2:
-                last_write[0] = now
-                for x in live:
-                    try:
-                        store.set_progress(x.msg.job_id, step, total)
-                        self.ctx.events.progress(x.msg, step, total)
-                        if progress:
-                            progress(x.msg.job_id, step, total)
-                    except TransientError as e:
-                        log.warning("progress of job %s not recorded: %s", x.msg.job_id, e)
-            # Celery's time limits do not apply to the solo pool, so the render keeps its own.
-            if now - started > self.ctx.settings.soft_time_limit_s:
-                timed_out[0] = True
-                return True
-            # Stop only when every job in the call is canceled; others still need their images.
+        def report(x: Live, step: int, total: int) -> None:
+            # Progress is best effort: a Redis blip must not abort a render (the job store retries
+            # each command first; what still fails is skipped this step).
             try:
-                return all(store.cancel_requested(j) for j in ids)
-            except TransientError:
-                return False
+                store.set_progress(x.msg.job_id, step, total)
+                self.ctx.events.progress(x.msg, step, total)
+                if progress:
+                    progress(x.msg.job_id, step, total)
+                shown[x.msg.job_id] = step
+            except TransientError as e:
+                log.warning("progress of job %s not recorded: %s", x.msg.job_id, e)
 
-        # Hex codes named, palette and keyable backdrop added (worker/conditioning.py).
-        items = [RenderItem(*pipeline_prompts(x.msg.request), tuple(x.msg.seeds), x.image, x.mask, x.references)
-                 for x in live]
+        def step_hook(k: int, jobs: list[Live]) -> StepHook:
+            """The step callback of try ``k`` of ``jobs`` (0: the first call; 1+: palette re-renders)."""
+            def on_step(step: int, total: int) -> bool:
+                now = time.monotonic()
+                if step == total or now - last_write[0] > 0.2:
+                    last_write[0] = now
+                    for x in jobs:
+                        report(x, tried_step(k, step, total, x.msg.request.renders_per_image), total)
+                # Celery's time limits do not apply to the solo pool, so the render keeps its own.
+                if now - started > self.ctx.settings.soft_time_limit_s:
+                    timed_out[0] = True
+                    return True
+                # Stop only when every job in the call is canceled; others still need their images.
+                try:
+                    return all(store.cancel_requested(j) for j in ids)
+                except TransientError:
+                    return False
+            return on_step
+
         calls = [0, 0, 0]  # pipeline calls, rows with a job's image, rows rendered (padding included)
 
         def on_call(rows: int, rendered: int) -> None:
@@ -322,9 +360,15 @@ class JobRunner:
             calls[2] += rendered
 
         t0 = time.perf_counter()
-        images = render(loaded.pipe, loaded.device, shape, items, on_step, self.rows_per_call, on_call)
-        if images is not None and any(x.msg.request.palette_strict for x in live):
-            images = self.keep_best_palette(loaded.pipe, loaded.device, shape, live, items, images, on_step)
+        images = render(loaded.pipe, loaded.device, shape, items, step_hook(0, live), self.rows_per_call, on_call)
+        strict = [x for x in live if x.msg.request.palette_strict]
+        if images is not None and strict:
+            images = self.keep_best_palette(loaded.pipe, loaded.device, shape, live, items, images, step_hook,
+                                            on_call)
+            # A job whose images passed before its last try: its rendering is done all the same.
+            for x in strict if images is not None else []:
+                if shown.get(x.msg.job_id, 0) < shape.steps:
+                    report(x, shape.steps, shape.steps)
         render_s = time.perf_counter() - t0
         self.busy_s += render_s
         RENDER_BUSY.inc(render_s)
@@ -355,13 +399,22 @@ class JobRunner:
     palette_scorer: Callable[[Any, list[str]], dict[str, Any]] = staticmethod(palette_report)
 
     def keep_best_palette(self, pipe, device: str, shape: CallShape, live: list[Live], items: list[RenderItem],
-                          images: list[list[Any]], on_step) -> list[list[Any]] | None:
+                          images: list[list[Any]], step_hook: Callable[[int, list[Live]], StepHook],
+                          on_call: Callable[[int, int], None] | None = None) -> list[list[Any]] | None:
         """``palette_strict``: an image whose palette does not pass is rendered again with the next
         seed (image i of n tries seed + i + k·n, k < palette_tries), until one passes or the tries
         run out; the best-scoring render is kept, its seed and every try recorded on the image
         (``info``) for delivery. One pipeline call per round for all images still trying, at the
         usual rows per call, so a kept image is pixel-identical to a plain render of its seed.
-        None when a re-render was interrupted (canceled or out of time)."""
+        None when a re-render was interrupted (canceled or out of time).
+
+        Every re-render call goes to ``on_call`` (the pipeline-row statistics count it like any
+        call). Progress: ``step_hook(k, jobs)`` is the step callback of round ``k`` for the jobs
+        still trying. A job's progress stays in its own steps (``total`` = the request's steps,
+        what clients and ``job.progress`` webhooks read) and spreads its palette_tries over them
+        (``tried_step``): it never goes back, and reaches ``total`` at the last try's last step,
+        or, when an image passes sooner, once the tries end.
+        """
         best: dict[tuple[int, int], tuple[float, Any, int]] = {}
         tries: dict[tuple[int, int], list[tuple[int, float]]] = {}
         trying: list[tuple[int, int]] = []
@@ -386,10 +439,11 @@ class JobRunner:
             if not trying:
                 break
             seeds = [(items[j].seeds[i] + k * len(items[j].seeds)) % (MAX_SEED + 1) for j, i in trying]
+            jobs = [live[j] for j in dict.fromkeys(j for j, _ in trying)]
             again = render(pipe, device, shape, [
                 RenderItem(items[j].prompt, items[j].negative_prompt, (seed,), items[j].image, items[j].mask,
                            items[j].references)
-                for (j, i), seed in zip(trying, seeds)], on_step, self.rows_per_call)
+                for (j, i), seed in zip(trying, seeds)], step_hook(k, jobs), self.rows_per_call, on_call)
             if again is None:
                 return None
             trying = [(j, i) for (j, i), seed, (img,) in zip(trying, seeds, again) if not judge(j, i, img, seed)]

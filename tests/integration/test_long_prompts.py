@@ -1,6 +1,8 @@
 """Prompts longer than CLIP's 77-token window reach the denoiser whole (worker/prompts.py)."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -148,3 +150,37 @@ def test_sd3_reads_a_long_prompt_through_a_wider_t5_window_and_refuses_one_past_
     too_long = words(1200)
     with pytest.raises(PermanentError, match=r"T5 tokens; model 'tiny-sd3' \(sd3\) reads at most 511"):
         render(pipe, "cpu", shape, [RenderItem(too_long, None, (1,))], rows_per_call=1)
+
+
+def test_an_sd3_prompt_past_the_t5_limit_fails_its_own_job_and_the_rest_of_its_call_renders(
+        client, br_env, start_worker, sd3_dir):
+    """Through a real worker: three jobs pulled into one session and grouped into one call; the
+    over-long one fails alone before the call, naming the limit; the other two share the call."""
+    import redis
+    from click.testing import CliRunner
+
+    from jobs.status import JobStatus
+    from producer.cli import cli
+    from worker.runner import STATS_CALLS_KEY
+
+    res = CliRunner().invoke(cli, ["models", "add", "tiny-sd3", str(sd3_dir), "--dtype", "float32", "--steps", "2",
+                                   "--base-size", "64"], env=br_env)
+    assert res.exit_code == 0, res.output
+    base = {"model": "tiny-sd3", "width": 64, "height": 64, "steps": 2}
+    # Queued before the worker starts, so its first session pulls all three (BATCHRENDER_MAX_BATCH=3).
+    long = client.submit({**base, "prompt": words(1200), "seed": 1})
+    short = [client.submit({**base, "prompt": f"a label reading SALE {i}", "seed": 2 + i}) for i in range(2)]
+    start_worker({**br_env, "BATCHRENDER_MAX_BATCH": "3"}, queues="render.tiny-sd3,webhooks")
+
+    for job in short:
+        rec = client.wait(job, timeout=180)
+        assert rec.status is JobStatus.SUCCEEDED, rec.to_dict()
+        assert rec.result.timings.batch_size == 2, "the two short jobs shared the call"
+    failed = client.wait(long, timeout=60)
+    assert failed.status is JobStatus.FAILED, failed.to_dict()
+    assert failed.error["code"] == "invalid_request" and failed.error["retryable"] is False
+    assert re.fullmatch(r"prompt is \d+ T5 tokens; model 'tiny-sd3' \(sd3\) reads at most 511: shorten the prompt",
+                        failed.error["message"]), failed.error
+    r = redis.Redis.from_url(br_env["BATCHRENDER_REDIS_URL"])
+    assert int(r.get(STATS_CALLS_KEY)) == 1, "one pipeline call, without the refused job"
+    r.close()

@@ -7,6 +7,7 @@ delivered alpha. Content Credentials are read back with ``c2pa.Reader`` and ``ba
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -104,10 +105,19 @@ def test_palette_report_carries_delta_e_per_image(client, br_env, start_worker):
         assert report.tries is None
 
 
+def pipeline_counters() -> tuple[float, float, float]:
+    """This process's Prometheus pipeline calls, image rows and padding rows."""
+    from prometheus_client import REGISTRY
+
+    return tuple(REGISTRY.get_sample_value(name, labels) or 0.0 for name, labels in (
+        ("batchrender_pipeline_calls_total", {}), ("batchrender_pipeline_rows_total", {"kind": "image"}),
+        ("batchrender_pipeline_rows_total", {"kind": "padding"})))
+
+
 def test_palette_strict_keeps_the_best_of_n_renders_by_the_injected_scorer(br_env, client, settings_for):
     """In process: a ``JobRunner`` with a stand-in scorer (the red mean of the image)."""
     from worker.context import WorkerContext
-    from worker.runner import JobRunner
+    from worker.runner import STATS_CALLS_KEY, STATS_ROWS_KEY, JobRunner
 
     ctx = WorkerContext.build(settings_for(br_env))
     runner = JobRunner(ctx, rows_per_call=1)  # one row per call: a seed's pixels never depend on the call
@@ -117,15 +127,33 @@ def test_palette_strict_keeps_the_best_of_n_renders_by_the_injected_scorer(br_en
         assert palette == ["#1A73E8"]
         score = float(np.asarray(image.convert("RGB"))[..., 0].mean()) / 255
         scored.append(score)
+        # Longer than the runner's 0.2 s between progress writes: the first step of every
+        # re-render is recorded, not only each call's last.
+        time.sleep(0.25)
         return {"score": score, "passes": False}
 
     runner.palette_scorer = stand_in
+    progress: list[tuple[int, int]] = []
+    webhook_progress: list[tuple[int, int]] = []
+    real_progress = ctx.events.progress
+    ctx.events.progress = lambda msg, step, total: (webhook_progress.append((step, total)),
+                                                    real_progress(msg, step, total))
     msg = client.prepare({**BASE, "prompt": "a mug", "palette": ["#1A73E8"], "palette_strict": True,
                           "palette_tries": 3, "num_images": 2})
-    outcome, = runner.run([msg])
+    counters = pipeline_counters()
+    outcome, = runner.run([msg], progress=lambda job_id, step, total: progress.append((step, total)))
     assert outcome.status is JobStatus.SUCCEEDED, outcome.detail
     rec = client.status(msg.job_id)
     assert len(scored) == 6  # 2 images x 3 tries, none passed
+    # Every try is a pipeline call of one row (rows_per_call=1), re-renders included.
+    assert int(ctx.store.r.get(STATS_CALLS_KEY)) == 6 and int(ctx.store.r.get(STATS_ROWS_KEY)) == 6
+    assert [after - before for before, after in zip(counters, pipeline_counters())] == [6, 6, 0]
+    # Progress is in the request's steps and never goes back across the tries.
+    assert len(progress) > 6 and {total for _, total in progress} == {BASE["steps"]}
+    steps = [step for step, _ in progress]
+    assert steps == sorted(steps) and steps[-1] == BASE["steps"], steps
+    assert rec.progress == {"step": BASE["steps"], "total": BASE["steps"]}
+    assert webhook_progress == progress, "job.progress webhooks see the same steps"
     s = msg.request.seed
     for i, img in enumerate(rec.result.images):
         tries = img.palette.tries
@@ -155,7 +183,11 @@ def test_palette_strict_stops_once_an_image_passes(br_env, client, settings_for)
 
     runner.palette_scorer = second_passes
     msg = client.prepare({**BASE, "prompt": "a mug #1A73E8", "palette_strict": True, "palette_tries": 5})
-    assert runner.run([msg])[0].status is JobStatus.SUCCEEDED
+    progress: list[int] = []
+    assert runner.run([msg], progress=lambda job_id, step, total: progress.append(step))[0].status \
+        is JobStatus.SUCCEEDED
+    # 2 of 5 tries rendered: progress rises and then reaches the request's steps once the tries end.
+    assert progress == sorted(progress) and progress[-1] == BASE["steps"], progress
     img = client.status(msg.job_id).result.images[0]
     assert [t.score for t in img.palette.tries] == [0.1, 0.2] and img.seed == msg.request.seed + 1
     assert img.palette.requested[0].hex == "#1A73E8"  # the palette came from the prompt
