@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from jobs.settings import Settings
 from producer.api import docs, errors
-from producer.api.deps import Services
+from producer.api.deps import Services, known_query_parameters
 from producer.api.limits import BodyLimit, RequestId
 from producer.api.routers import batches, deliveries, jobs, openai_files, openai_images, outputs, system
 
@@ -48,6 +48,8 @@ def create_app(settings: Settings | None = None, *, client=None) -> FastAPI:
     app.add_middleware(RequestId)
     errors.install(app)
     docs.install(app)
-    for module in (jobs, outputs, batches, deliveries, openai_images, openai_files, system):
-        app.include_router(module.router)
+    for module in (jobs, outputs, batches, deliveries, openai_images, openai_files):
+        # A query parameter an operation does not take is refused, not ignored (deps.py).
+        app.include_router(module.router, dependencies=[Depends(known_query_parameters)])
+    app.include_router(system.router)  # probes and scrapers: outside the documented API
     return app

@@ -1,5 +1,6 @@
 """Dependencies every router shares: the process's services, the caller's tenant (API key and
-rate limit), ownership checks, signed links and the cursor parameter.
+rate limit), ownership checks, signed links, the cursor parameter, and the refusal of query
+parameters an operation does not take.
 
 A tenant sees only its own jobs, batches and deliveries: anything else is a 404, exactly like an
 unknown id. A job the tenant deleted answers 404 with code ``deleted``.
@@ -40,6 +41,40 @@ class Services:
     client: Client
     tenants: Tenants
     idempotency: Idempotency
+
+
+def known_query_parameters(request: Request) -> None:
+    """422 for a query parameter the operation does not take, naming it and the ones it does.
+
+    Ignoring it would answer as if it were absent: ``GET /v1/jobs?state=failed`` (for ``status``)
+    would list every job, ``GET /v1/deliveries?job=...`` every delivery. The OpenAPI document lists
+    each operation's parameters and nothing else; this makes the API hold to it."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None or not request.query_params:
+        return
+    allowed = _query_names(dependant)
+    unknown = sorted(set(request.query_params.keys()) - allowed)
+    if unknown:
+        takes = f"takes {', '.join(sorted(allowed))}" if allowed else "takes no query parameters"
+        message = f"this operation {takes}"
+        raise InvalidRequest(f"unknown query parameter{'s' if len(unknown) > 1 else ''} "
+                             f"{', '.join(map(repr, unknown))}; {message}",
+                             errors=[{"field": name, "message": f"unknown query parameter; {message}"}
+                                     for name in unknown])
+
+
+def _query_names(dependant) -> frozenset[str]:
+    """The query parameters (by alias) of a route's dependant and everything it depends on."""
+    names, todo, seen = set(), [dependant], set()
+    while todo:
+        d = todo.pop()
+        if id(d) in seen:
+            continue
+        seen.add(id(d))
+        names.update(f.alias for f in d.query_params)
+        todo.extend(d.dependencies)
+    return frozenset(names)
 
 
 def services(request: Request) -> Services:

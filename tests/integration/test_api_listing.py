@@ -109,6 +109,36 @@ def test_filters_batches_and_bad_cursors(api, tenants):
     assert api.get("/v1/jobs?limit=0", headers=_auth(alice)).status_code == 422
 
 
+def test_unknown_query_parameter_is_a_422_naming_it_not_an_unfiltered_list(api, tenants):
+    """Schemathesis found GET /v1/jobs, /v1/batches and /v1/deliveries answering 200 to query
+    parameters their schema does not have: a misspelt filter listed everything, as if absent."""
+    alice = tenants.create("alice")
+    queued = api.post("/v1/jobs", json={"prompt": "queued"}, headers=_auth(alice)).json()
+    api.post(f"/v1/jobs/{api.post('/v1/jobs', json={'prompt': 'x'}, headers=_auth(alice)).json()['id']}/cancel",
+             headers=_auth(alice))
+
+    r = api.get("/v1/jobs?state=canceled", headers=_auth(alice))  # the filter is `status`
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "invalid_request" and error["errors"][0]["field"] == "state"
+    assert "'state'" in error["message"] and "status" in error["message"] and "batch_id" in error["message"]
+    assert [j["id"] for j in api.get("/v1/jobs?status=queued", headers=_auth(alice)).json()["data"]] == [queued["id"]]
+
+    r = api.get(f"/v1/deliveries?job={queued['id']}", headers=_auth(alice))  # the filter is `job_id`
+    assert r.status_code == 422 and r.json()["error"]["errors"][0]["field"] == "job", r.text
+    assert "job_id" in r.json()["error"]["message"]
+    assert api.get(f"/v1/deliveries?job_id={queued['id']}", headers=_auth(alice)).status_code == 200
+
+    r = api.get("/v1/batches?limit=5&page=2&sort=asc", headers=_auth(alice))
+    assert r.status_code == 422, r.text
+    assert [e["field"] for e in r.json()["error"]["errors"]] == ["page", "sort"]
+    r = api.get(f"/v1/jobs/{queued['id']}?verbose=1", headers=_auth(alice))
+    assert r.status_code == 422 and "takes no query parameters" in r.json()["error"]["message"], r.text
+    # The OpenAI-compatible routes refuse it in OpenAI's shape (400, `param`).
+    r = api.get("/v1/models?limit=5", headers=_auth(alice))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "limit", r.text
+
+
 def test_jobs_with_the_same_timestamp_are_each_listed_once(client):
     """Many jobs can share a creation time (a batch written in one transaction): the cursor is a
     position in a total order, so none is skipped or repeated at a page boundary."""
