@@ -155,9 +155,13 @@ class Gatherer:
         self.gap_s = 0.0
         self.last_arrival: float | None = None
         self.clock, self.sleep = time.monotonic, time.sleep
+        #: Messages this session must not run (another task, a retry whose countdown has not passed,
+        #: a second message for a job the session holds): kept unacknowledged, so basic_get does not
+        #: return them again and again, and put back on the queue when the session ends (close).
+        self.deferred: list[Any] = []
 
     def pull(self, limit: int, quiet_s: float, max_wait_s: float,
-             busy: Callable[[], bool] | None = None) -> list[Pulled]:
+             busy: Callable[[], bool] | None = None, on_wait: Callable[[], None] | None = None) -> list[Pulled]:
         """Up to ``limit`` messages. While messages keep arriving it keeps collecting, so a burst
         that is still being queued fills the call instead of being split into part-empty (padded)
         calls; it stops when none has arrived for the *patience* (``quiet_s``, or 2.5 x the recent
@@ -169,7 +173,8 @@ class Gatherer:
         then, so the pull keeps collecting until it is full or the GPU is free, and only then do
         the patience and ``max_wait_s`` start to count. It returns early, while the GPU is still
         busy, with what it has once the queue pauses, so those jobs are claimed and moderated
-        before the GPU needs them (the session then pulls again).
+        before the GPU needs them (the session then pulls again). ``on_wait()`` runs between polls
+        while it waits on a busy GPU (the session settles finished deliveries there).
         """
         out: list[Pulled] = []
         start = self.clock()
@@ -186,7 +191,9 @@ class Gatherer:
                     if out and quiet:
                         break  # claim and moderate these while the GPU still renders; then pull again
                     start = now
-                    self.sleep(0.01)
+                    if on_wait is not None:
+                        on_wait()
+                    self.sleep(0.02)
                     continue
                 if quiet or now - start >= max_wait_s:
                     break
@@ -203,8 +210,10 @@ class Gatherer:
 
     def _parse(self, message) -> Pulled | None:
         headers = message.headers or {}
-        if headers.get("task") != RENDER_TASK:
-            message.reject(requeue=True)  # not ours to run here; back to the queue untouched
+        if headers.get("task") != RENDER_TASK or _not_due(headers.get("eta")):
+            # Not ours to run now (another task; a retry still in its backoff, which Celery's own
+            # consumer schedules): back on the queue untouched when the session ends.
+            self.defer(message)
             return None
         try:
             args, _kwargs, _embed = message.decode()
@@ -214,8 +223,31 @@ class Gatherer:
             message.ack()
             return None
 
+    def defer(self, message) -> None:
+        self.deferred.append(message)
+
     def close(self) -> None:
-        self.conn.release()
+        try:
+            for message in self.deferred:
+                message.reject(requeue=True)
+        finally:
+            self.deferred.clear()
+            self.conn.release()
+
+
+def _not_due(eta: Any) -> bool:
+    """Whether a Celery ``eta`` header (ISO 8601) is still in the future."""
+    if not eta:
+        return False
+    from datetime import datetime, timezone
+
+    try:
+        when = datetime.fromisoformat(str(eta))
+    except ValueError:
+        return False
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when > datetime.now(timezone.utc)
 
 
 class BatchSession:
@@ -247,6 +279,7 @@ class BatchSession:
         renderer = render_thread()
         gaps: list[float] = []
         last_end: list[float] = []
+        in_flight: list[Future | None] = [None]  # the call rendering now
 
         def render_call(group: list[Live]) -> list[Rendered]:  # on the render thread
             began = time.perf_counter()
@@ -262,21 +295,22 @@ class BatchSession:
                 first = [by_id[leader.job_id]]
                 if self.max_batch > 1:
                     first += gatherer.pull(self.max_batch - 1, self.window_s, self.max_wait_s)
-                self._admit(first, by_id, outcomes, waiting)
+                self._admit(first, by_id, outcomes, waiting, gatherer)
                 while waiting:
                     group, *rest = group_by_shape(waiting, self.max_batch)
                     waiting = [x for g in rest for x in g]
                     # Back-pressure: at most max_pending rendered jobs awaiting delivery (postprocess_limit).
                     while len(pending) >= self.max_pending:
                         self._reap(pending, outcomes, block=True)
-                    call = renderer.submit(render_call, group)
+                    call = in_flight[0] = renderer.submit(render_call, group)
                     # Prepare the next call while this one renders. Keep draining while work is
                     # queued or still arriving (then the session ends and Celery hands this worker
                     # its next message as a new leader).
                     need = self.max_batch - len(waiting)
                     while need > 0 and time.monotonic() - started < self.session_s:
-                        more = gatherer.pull(need, self.window_s, self.max_wait_s, busy=lambda: not call.done())
-                        self._admit(more, by_id, outcomes, waiting)
+                        more = gatherer.pull(need, self.window_s, self.max_wait_s, busy=lambda: not call.done(),
+                                             on_wait=lambda: self._reap(pending, outcomes, block=False))
+                        self._admit(more, by_id, outcomes, waiting, gatherer)
                         need -= len(more)
                         if not more or call.done():
                             break
@@ -284,11 +318,20 @@ class BatchSession:
                         # Settle finished deliveries (acks, events) while the call runs.
                         wait([call] + ([pending[0][0]] if pending else []), timeout=0.5, return_when=FIRST_COMPLETED)
                         self._reap(pending, outcomes, block=False)
+                    in_flight[0] = None
                     for item in self._rendered(group, call, outcomes, by_id):
                         pending.append((pool.submit(self._deliver, item), by_id[item.live.msg.job_id]))
                     self._reap(pending, outcomes, block=False)
                 while pending:
                     self._reap(pending, outcomes, block=True)
+        except Exception:
+            # The session failed (Redis or the broker went away) while a call may still be
+            # rendering: let it finish before its jobs go back on the queue, so no other worker
+            # renders them at the same time (and a late time-out here cannot fail a job that
+            # another worker holds by then). Its images are dropped; the jobs render again.
+            if in_flight[0] is not None:
+                wait([in_flight[0]])
+            raise
         finally:
             # Anything pulled but not settled (an unexpected error) goes straight back to the
             # queue instead of waiting out the visibility timeout.
@@ -315,15 +358,23 @@ class BatchSession:
             log.warning("between-calls statistics not recorded: %s", e)
 
     def _admit(self, batch: list[Pulled], by_id: dict[str, Pulled], outcomes: dict[str, Outcome],
-               waiting: list[Live]) -> None:
+               waiting: list[Live], gatherer: Gatherer) -> None:
         """Stages 1-2 (claim, check, moderate) for pulled jobs; the live ones join ``waiting``."""
-        if not batch:
-            return
+        fresh = []
         for p in batch:
+            held = by_id.get(p.msg.job_id)
+            if held is not None and held is not p and p.msg.job_id not in outcomes:
+                # A second message for a job this session still holds (a re-publish that overtook
+                # the first's ack): the first is settled here; the second waits its turn.
+                gatherer.defer(p.message)
+                continue
             by_id[p.msg.job_id] = p
             if not p.is_leader:
                 self.events.received(p.msg)
-        ended, live = self.runner.admit([p.msg for p in batch])
+            fresh.append(p)
+        if not fresh:
+            return
+        ended, live = self.runner.admit([p.msg for p in fresh])
         for job_id, o in ended.items():
             self._settle(by_id[job_id], o, outcomes)
         waiting.extend(live)

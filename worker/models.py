@@ -78,18 +78,20 @@ def vae_plan(width: int, height: int, rows: int, free_bytes: int | None, dtype_b
              tile_pixels: int | None = None, tiling_above: int = 1536 * 1536, slicing: str = "auto") -> VaePlan:
     """Whether a call of ``rows`` images of ``width`` x ``height`` decodes with VAE slicing and tiling.
 
-    Tiling: at or above ``tiling_above`` pixels (BATCHRENDER_VAE_TILING_ABOVE_PIXELS), or when one
-    image would not fit in ``VAE_MEMORY_HEADROOM`` of ``free_bytes``. Slicing (``slicing="auto"``):
-    when the call's images (or tiles, ``tile_pixels`` each, when tiling) decoded together would not
-    fit; ``"always"``/``"never"`` force it. ``free_bytes`` None: memory is plenty.
+    Tiling: at or above ``tiling_above`` pixels (BATCHRENDER_VAE_TILING_ABOVE_PIXELS) only, a
+    property of the call shape. Tiles are blended at their seams, which visibly changes an image,
+    so free memory never turns it on. Slicing (``slicing="auto"``): when the call's images (or
+    tiles, ``tile_pixels`` each, when tiling) decoded together would not fit in
+    ``VAE_MEMORY_HEADROOM`` of ``free_bytes``; ``"always"``/``"never"`` force it. ``free_bytes``
+    None: memory is plenty.
 
-    Both change how the decoder's work is cut up, so they may change the last bits of the pixels:
-    they turn on only when the call would not fit otherwise, and a render's pixels then depend on
-    the free memory at the time of the call, not only on its prompt, seed and call shape.
+    Slicing decodes the images one at a time, which may change the last bits of their pixels (a
+    kernel picks its tiling by batch size): it turns on only when the call would not fit otherwise,
+    and a render's pixels then depend on the free memory at the time of the call.
     """
     pixels = width * height
     budget = float("inf") if free_bytes is None else free_bytes * VAE_MEMORY_HEADROOM
-    tiling = pixels >= tiling_above or vae_decode_bytes(pixels, 1, dtype_bytes) > budget
+    tiling = pixels >= tiling_above
     per_decode = min(pixels, tile_pixels) if tiling and tile_pixels else pixels
     if slicing == "always":
         sliced = True
@@ -97,6 +99,10 @@ def vae_plan(width: int, height: int, rows: int, free_bytes: int | None, dtype_b
         sliced = False
     else:
         sliced = rows > 1 and vae_decode_bytes(per_decode, rows, dtype_bytes) > budget
+    if not tiling and vae_decode_bytes(pixels, 1, dtype_bytes) > budget:
+        log.warning("one %dx%d image needs about %.1f GB to decode and %.1f GB is free: the decode may run out "
+                    "of memory; lower BATCHRENDER_VAE_TILING_ABOVE_PIXELS to tile it", width, height,
+                    vae_decode_bytes(pixels, 1, dtype_bytes) / 1e9, (free_bytes or 0) / 1e9)
     return VaePlan(sliced, tiling)
 
 
@@ -178,15 +184,22 @@ def sdpa_context(pipe):
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    return sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[name]))
+    # With math allowed too: attention the chosen kernel cannot run falls back to it instead of
+    # failing. That covers the VAE's one-head attention (head size 512, past flash's limit) and,
+    # since torch keeps these switches process-wide, the moderation classifiers that other
+    # threads of the worker run during the call.
+    chosen = getattr(SDPBackend, SDPA_BACKENDS[name])
+    return sdpa_kernel([chosen] if chosen == SDPBackend.MATH else [chosen, SDPBackend.MATH])
 
 
 def _head_dims(pipe) -> set[int]:
-    """Attention head sizes of the pipeline's modules (diffusers' ``Attention``, transformers' ``head_dim``)."""
+    """Attention head sizes of the pipeline's denoiser (``unet`` or ``transformer``: diffusers'
+    ``Attention``, transformers' ``head_dim``), where a forced kernel is meant to run."""
     import torch
 
     dims: set[int] = set()
-    for comp in pipe.components.values():
+    for attr in ("unet", "transformer"):
+        comp = getattr(pipe, attr, None)
         if not isinstance(comp, torch.nn.Module):
             continue
         for mod in comp.modules():
@@ -221,7 +234,8 @@ def sdpa_backends_that_run(device: str, dtype, head_dims: set[int]) -> list[str]
 
 
 def check_sdpa_backend(name: str, pipe, device: str, dtype) -> None:
-    """Refuse (ConfigurationError) a forced SDPA backend the device cannot run for this model."""
+    """Refuse (ConfigurationError) a forced SDPA backend the device cannot run for this model's
+    denoiser (the option would do nothing there)."""
     if name == "auto":
         return
     runs = sdpa_backends_that_run(device, dtype, _head_dims(pipe))
@@ -255,7 +269,9 @@ def compile_pipeline(pipe, *, denoiser: bool, vae: bool, mode: str, backend: str
         targets.append((pipe.vae, "decoder"))
     if not targets:
         return []
-    torch._dynamo.config.recompile_limit = recompile_limit
+    # ``recompile_limit`` since torch 2.7; ``cache_size_limit`` before (and an alias after).
+    name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    setattr(torch._dynamo.config, name, recompile_limit)
     done = []
     for owner, attr in targets:
         try:

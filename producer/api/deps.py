@@ -31,6 +31,9 @@ from producer.tenants import Tenants
 bearer = HTTPBearer(auto_error=False, description="An API key from 'batchrender tenants create'.")
 _CURSOR = re.compile(r"^\d{10}\.\d{6}\|[A-Za-z0-9_]{1,80}$")
 _ID = re.compile(r"^[A-Za-z0-9_]{1,80}$")
+#: Parameters that chat and mail clients append to links people share (a gallery or image link):
+#: never a filter, so never refused.
+_TRACKING = re.compile(r"^(utm_[a-z_]{1,40}|fbclid|gclid|msclkid|mc_cid|mc_eid)$")
 
 
 @dataclass
@@ -54,7 +57,7 @@ def known_query_parameters(request: Request) -> None:
     if dependant is None or not request.query_params:
         return
     allowed = _query_names(dependant)
-    unknown = sorted(set(request.query_params.keys()) - allowed)
+    unknown = sorted(k for k in set(request.query_params.keys()) - allowed if not _TRACKING.match(k))
     if unknown:
         takes = f"takes {', '.join(sorted(allowed))}" if allowed else "takes no query parameters"
         message = f"this operation {takes}"

@@ -35,6 +35,10 @@ class HeaderTimeoutH11Protocol(H11Protocol):
         super().data_received(data)
         if not self._awaiting_headers():
             self._disarm()
+        elif self._header_timer is None and self.conn.trailing_data[0]:
+            # A response ended the last request early (a 413 before its body was read) and these
+            # bytes already hold the start of the next one.
+            self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

@@ -137,6 +137,9 @@ def test_unknown_query_parameter_is_a_422_naming_it_not_an_unfiltered_list(api, 
     # The OpenAI-compatible routes refuse it in OpenAI's shape (400, `param`).
     r = api.get("/v1/models?limit=5", headers=_auth(alice))
     assert r.status_code == 400 and r.json()["error"]["param"] == "limit", r.text
+    # What chat and mail clients add to a shared link is not a filter: ignored, not refused.
+    r = api.get("/v1/jobs?status=queued&utm_source=slack&fbclid=abc", headers=_auth(alice))
+    assert r.status_code == 200 and [j["id"] for j in r.json()["data"]] == [queued["id"]], r.text
 
 
 def test_jobs_with_the_same_timestamp_are_each_listed_once(client):

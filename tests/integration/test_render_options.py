@@ -79,7 +79,7 @@ def test_with_every_option_off_the_worker_renders_the_bare_pipelines_pixels(tiny
     assert not hasattr(loaded.pipe, "_batchrender_prompt_cache") and loaded.pipe._batchrender_sdpa_backend is None
 
 
-def test_vae_slicing_and_tiling_turn_on_only_when_free_memory_is_short(tiny_model_dir, bare):
+def test_vae_slicing_turns_on_only_when_free_memory_is_short(tiny_model_dir, bare):
     from worker.models import VAE_MEMORY_HEADROOM, vae_decode_bytes
 
     loaded = load(tiny_model_dir)
@@ -88,8 +88,8 @@ def test_vae_slicing_and_tiling_turn_on_only_when_free_memory_is_short(tiny_mode
     assert loaded.prepare_for(64, 64, 2) == (True, False) and loaded.pipe.vae.use_slicing
     sliced = draw(loaded)
     assert len(sliced) == 2 and sliced[0].shape == (64, 64, 3)
-    loaded.free_memory = lambda device: one // 8  # not even one image: tiles too
-    assert loaded.prepare_for(128, 128, 2) == (True, True) and loaded.pipe.vae.use_tiling
+    loaded.free_memory = lambda device: one // 8  # not even one image: sliced, never tiled for memory
+    assert loaded.prepare_for(128, 128, 2) == (True, False) and not loaded.pipe.vae.use_tiling
     assert draw(loaded, width=128, height=128)[0].shape == (128, 128, 3)
     loaded.free_memory = lambda device: None  # plenty again: both off, the bare pixels back
     assert same(draw(loaded), bare) and not loaded.pipe.vae.use_slicing and not loaded.pipe.vae.use_tiling
@@ -264,3 +264,31 @@ def test_compile_reaches_the_transformer_of_flux_with_the_same_pixels(tmp_path_f
     loaded = load(path, "flux", compile_unet=True, compile_backend="eager", capacity=1)
     assert isinstance(loaded.pipe.transformer, OptimizedModule) and not hasattr(loaded.pipe, "unet")
     assert same(draw(loaded, item, rows=1), plain)
+
+
+def test_a_forced_kernel_leaves_math_as_the_fallback_for_attention_it_cannot_run(tiny_model_dir):
+    """torch's kernel switches are process-wide: during a call with flash forced, attention that
+    flash cannot run (the VAE's 512-wide head, moderation classifiers in other threads) falls back
+    to math rather than failing."""
+    import torch
+    import torch.nn.functional as F
+
+    loaded = load(tiny_model_dir, sdpa_backend="flash")
+    flags = []
+    hook = loaded.pipe.unet.register_forward_pre_hook(lambda mod, args: flags.append(
+        (torch._C._get_flash_sdp_enabled(), torch._C._get_math_sdp_enabled(), torch._C._get_mem_efficient_sdp_enabled())))
+    assert len(draw(loaded)) == 2
+    hook.remove()
+    assert flags and set(flags) == {(True, True, False)}, "flash first, math as the fallback, nothing else"
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from worker.models import sdpa_context
+
+    # A kernel that cannot run some attention: "efficient" has no CPU kernel at all here. Alone it
+    # fails; as a forced backend, the attention runs on math.
+    q = torch.randn(1, 1, 8, 64)
+    with pytest.raises(RuntimeError), sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
+        F.scaled_dot_product_attention(q, q, q)
+    loaded.pipe._batchrender_sdpa_backend = "efficient"
+    with sdpa_context(loaded.pipe), torch.inference_mode():
+        assert F.scaled_dot_product_attention(q, q, q).shape == q.shape

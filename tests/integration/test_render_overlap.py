@@ -107,3 +107,54 @@ def test_every_pipeline_call_of_a_process_runs_on_one_render_thread(redis_url, s
         session(app, runner, max_batch=1).run(m)
     assert len(runner.calls) == 3
     assert len(runner.render_threads) == 1 and threading.get_ident() not in runner.render_threads
+
+
+def test_a_session_that_fails_mid_call_lets_the_call_finish_before_requeueing_its_jobs(redis_url, settings_for, br_env):
+    """Redis blips while the next call is being prepared: the session ends with the error, but only
+    after the call in flight has finished, so its jobs are never rendered by this worker and by
+    another at the same time; every pulled message is back on the queue."""
+    import pytest
+
+    app = make_app(settings_for(br_env), broker_url=redis_url)
+    msgs = messages(8)
+    for m in msgs[1:]:
+        publish_render(app, m)
+    failed = threading.Event()
+    finished: list[int] = []
+
+    class Failing(RecordingRunner):
+        def admit(self, msgs_):
+            if self.rendering is not None:
+                failed.set()
+                raise RuntimeError("Redis went away")
+            return super().admit(msgs_)
+
+        def render_group(self, group, progress):
+            self.calls.append([x.msg.job_id for x in group])
+            self.rendering = 0
+            failed.wait(60)
+            time.sleep(1)  # still rendering when the session fails (makes the old code fail for sure)
+            finished.append(len(self.calls))
+            return [Rendered(x, [], Timings()) for x in group]
+
+    with pytest.raises(RuntimeError, match="Redis went away"):
+        session(app, Failing(call_size=4), max_batch=4).run(msgs[0])
+    assert finished == [1], "the session returned while its call was still rendering"
+    r = redis.Redis.from_url(redis_url)
+    assert r.llen(render_queue("tiny")) == 7 and r.hlen("unacked") == 0, "every pulled message requeued"
+
+
+def test_retries_still_in_their_backoff_and_other_tasks_are_left_for_later(redis_url, settings_for, br_env):
+    """A retry re-published with a countdown must wait out its backoff (Celery's consumer does
+    that); a session pulling it straight from the queue leaves it there instead of running it."""
+    app = make_app(settings_for(br_env), broker_url=redis_url)
+    msgs = messages(3)
+    publish_render(app, msgs[1], countdown=3600)
+    app.send_task("batchrender.something_else", args=[], queue=render_queue("tiny"))
+    publish_render(app, msgs[2])
+    runner = RecordingRunner(call_size=99)
+    runner.next_call_ready.set()
+    session(app, runner, max_batch=4).run(msgs[0])
+    assert [j for call in runner.calls for j in call] == [msgs[0].job_id, msgs[2].job_id]
+    r = redis.Redis.from_url(redis_url)
+    assert r.llen(render_queue("tiny")) == 2 and r.hlen("unacked") == 0, "both back on the queue, unacked by no one"

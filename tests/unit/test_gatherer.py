@@ -127,3 +127,11 @@ def test_on_a_gpu_the_next_call_does_not_wait_for_the_previous_calls_uploads():
     assert postprocess_limit(8, 32, "cuda:1") == 40
     assert postprocess_limit(8, 32, "cpu") == 8, "on CPU render and post-processing share the cores"
     assert postprocess_limit(0, 4, "cpu") == 1
+
+
+def test_a_busy_wait_settles_finished_deliveries_between_polls():
+    script = Script([])
+    calls = []
+    gatherer(script).pull(8, quiet_s=0.03, max_wait_s=2.0, busy=lambda: script.now < 0.5,
+                          on_wait=lambda: calls.append(script.now))
+    assert len(calls) >= 10, "deliveries are settled while the GPU renders"

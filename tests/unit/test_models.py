@@ -25,10 +25,17 @@ def test_a_batch_that_does_not_fit_is_sliced_but_one_image_is_not_tiled():
     assert vae_plan(512, 512, 5, free, 2) == (True, False)
 
 
-def test_one_image_that_does_not_fit_is_tiled_and_a_batch_of_tiles_that_does_not_fit_is_sliced():
-    free = vae_decode_bytes(512 * 512, 1, 4)  # under one 1024² image, over one 512² tile
-    assert vae_plan(1024, 1024, 1, free, 4, tile_pixels=512 * 512) == (False, True)
-    assert vae_plan(1024, 1024, 2, free, 4, tile_pixels=512 * 512) == (True, True)
+def test_free_memory_never_turns_tiling_on_it_would_change_the_image_visibly(caplog):
+    free = vae_decode_bytes(512 * 512, 1, 4)  # under one 1024² image
+    assert vae_plan(1024, 1024, 1, free, 4, tile_pixels=512 * 512) == (False, False)
+    assert "BATCHRENDER_VAE_TILING_ABOVE_PIXELS" in caplog.text, "but the operator is told how to tile"
+    assert vae_plan(1024, 1024, 2, free, 4, tile_pixels=512 * 512) == (True, False)
+
+
+def test_a_batch_of_tiles_that_does_not_fit_is_sliced():
+    free = vae_decode_bytes(512 * 512, 1, 4)  # one 512² tile at a time
+    assert vae_plan(1024, 1024, 1, free, 4, tile_pixels=512 * 512, tiling_above=1024 * 1024) == (False, True)
+    assert vae_plan(1024, 1024, 2, free, 4, tile_pixels=512 * 512, tiling_above=1024 * 1024) == (True, True)
 
 
 def test_the_tiling_threshold_forces_tiling_whatever_the_free_memory():
@@ -38,7 +45,7 @@ def test_the_tiling_threshold_forces_tiling_whatever_the_free_memory():
 
 def test_always_and_never_override_the_slicing_decision():
     assert vae_plan(512, 512, 8, 100 * GB, 2, slicing="always") == (True, False)
-    assert vae_plan(512, 512, 8, 1, 2, slicing="never") == (False, True)  # tiling still follows memory
+    assert vae_plan(512, 512, 8, 1, 2, slicing="never") == (False, False)
 
 
 def test_the_estimate_scales_with_pixels_rows_and_bytes_per_value():
