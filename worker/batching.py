@@ -155,9 +155,10 @@ class Gatherer:
         self.gap_s = 0.0
         self.last_arrival: float | None = None
         self.clock, self.sleep = time.monotonic, time.sleep
-        #: Messages this session must not run (another task, a retry whose countdown has not passed,
-        #: a second message for a job the session holds): kept unacknowledged, so basic_get does not
-        #: return them again and again, and put back on the queue when the session ends (close).
+        #: Messages this session must not run now (another task, a retry whose countdown has not
+        #: passed, a second message for a job the session holds): kept unacknowledged, so basic_get
+        #: does not return them again and again; a retry is taken up once its countdown has passed,
+        #: the rest go back on the queue when the session ends (close).
         self.deferred: list[Any] = []
 
     def pull(self, limit: int, quiet_s: float, max_wait_s: float,
@@ -177,6 +178,10 @@ class Gatherer:
         while it waits on a busy GPU (the session settles finished deliveries there).
         """
         out: list[Pulled] = []
+        for message in self._due():
+            pulled = self._parse(message)
+            if pulled is not None:
+                out.append(pulled)
         start = self.clock()
         # While the GPU is busy the question is whether the queue is still growing at all, so the
         # patience runs from the session's last arrival, not from this pull's start.
@@ -225,6 +230,15 @@ class Gatherer:
 
     def defer(self, message) -> None:
         self.deferred.append(message)
+
+    def _due(self) -> list[Any]:
+        """Deferred retries whose countdown has passed (taken out of ``deferred``)."""
+        due = [m for m in self.deferred
+               if (m.headers or {}).get("task") == RENDER_TASK and (m.headers or {}).get("eta")
+               and not _not_due(m.headers["eta"])]
+        if due:
+            self.deferred = [m for m in self.deferred if not any(m is d for d in due)]
+        return due
 
     def close(self) -> None:
         try:

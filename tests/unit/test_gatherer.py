@@ -26,7 +26,7 @@ class Script:
 
 def gatherer(script: Script) -> Gatherer:
     g = Gatherer.__new__(Gatherer)
-    g.queue, g.channel, g.gap_s, g.last_arrival = "render.tiny", script, 0.0, None
+    g.queue, g.channel, g.gap_s, g.last_arrival, g.deferred = "render.tiny", script, 0.0, None, []
     g.clock, g.sleep = (lambda: script.now), script.sleep
     g._parse = lambda message: message  # the arrival time stands in for the message
     return g
@@ -135,3 +135,21 @@ def test_a_busy_wait_settles_finished_deliveries_between_polls():
     gatherer(script).pull(8, quiet_s=0.03, max_wait_s=2.0, busy=lambda: script.now < 0.5,
                           on_wait=lambda: calls.append(script.now))
     assert len(calls) >= 10, "deliveries are settled while the GPU renders"
+
+
+def test_a_retry_held_for_its_countdown_is_taken_up_once_the_countdown_has_passed():
+    from datetime import datetime, timedelta, timezone
+
+    from jobs.names import RENDER_TASK
+
+    class Message:
+        def __init__(self, task, eta):
+            self.headers = {"task": task, "eta": eta.isoformat() if eta else None}
+
+    now = datetime.now(timezone.utc)
+    past, future = Message(RENDER_TASK, now - timedelta(seconds=1)), Message(RENDER_TASK, now + timedelta(hours=1))
+    other = Message("something.else", None)
+    g = gatherer(Script([]))
+    g.deferred = [past, future, other]
+    got = g.pull(8, quiet_s=0.03, max_wait_s=2.0)
+    assert got == [past] and g.deferred == [future, other]
