@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from benchmarks.recorded import checkout  # noqa: E402
 
 #: The palette of the README's example request.
 PALETTE = ["#1A73E8", "#FBBC05"]
@@ -107,20 +108,6 @@ def measure(ops: dict[str, Callable[[], object]], rounds: int) -> dict[str, dict
             times[name].append(time.perf_counter() - t)
     return {name: {"median_s": statistics.median(xs), "min_s": min(xs), "max_s": max(xs),
                    "times_s": [round(x, 5) for x in xs]} for name, xs in times.items()}
-
-
-def checkout() -> dict:
-    """The commit measured and the tracked files changed on top of it."""
-    root = Path(__file__).resolve().parents[1]
-
-    def git(*a: str) -> str:
-        try:
-            return subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10).stdout.rstrip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    return {"commit": git("rev-parse", "HEAD") or None,
-            "modified": sorted(line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines())}
 
 
 def machine() -> dict:

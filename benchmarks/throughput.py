@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # build_sd15 / build_sdxl stay importable from here: the GPU kit's breakdown.py looks up build_<arch>.
 from benchmarks.archs import DEFAULTS, FAMILY, build_sd15, build_sdxl  # noqa: E402,F401
 from benchmarks.options import OptionSet, parse_options, summarise, table  # noqa: E402
+from benchmarks.recorded import checkout  # noqa: E402
 
 #: The worker settings the options turn on, recorded (with their defaults) where this checkout has them.
 RENDER_SETTINGS = ("channels_last", "compile_unet", "compile_vae", "compile_mode", "compile_backend", "sdpa_backend",
@@ -212,20 +213,6 @@ def family_of(source: str) -> str:
     if fam is None:
         raise SystemExit(f"{source}: {name or 'no _class_name'} is not a pipeline batchrender runs (sd15, sdxl, sd3, flux)")
     return fam
-
-
-def checkout() -> dict:
-    """The commit measured and the tracked files changed on top of it (uncommitted work counts too)."""
-    root = Path(__file__).resolve().parents[1]
-
-    def git(*a: str) -> str:
-        try:
-            return subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10).stdout.rstrip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    return {"commit": git("rev-parse", "HEAD") or None,
-            "modified": sorted(line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines())}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
