@@ -139,8 +139,7 @@ class RenderRequest(BaseModel):
         if v is not None:
             bad = _SURROGATE.search(v)
             if bad:
-                raise ValueError(f"{info.field_name} contains a lone surrogate U+{ord(bad.group()):04X} at "
-                                 f"character {bad.start()}; send valid Unicode text (UTF-8)")
+                raise surrogate_error(info.field_name, bad)
         return v
 
     @field_validator("prompt")
@@ -240,9 +239,7 @@ class RenderRequest(BaseModel):
             # prompt and negative_prompt have their own check, which names the field as the loc.
             found = find_surrogate({k: v for k, v in data.items() if k not in ("prompt", "negative_prompt")})
             if found:
-                where, bad = found
-                raise ValueError(f"{where} contains a lone surrogate U+{ord(bad.group()):04X} at character "
-                                 f"{bad.start()}; send valid Unicode text (UTF-8)")
+                raise surrogate_error(*found)
         return data
 
     @model_validator(mode="after")
@@ -300,6 +297,12 @@ def check_metadata(v: dict[str, Any]) -> None:
                 stack.append((child, depth + 1))
         elif isinstance(node, list):
             stack.extend((child, depth + 1) for child in node)
+
+
+def surrogate_error(where: str, bad: re.Match) -> ValueError:
+    """The error for a lone surrogate found at ``where`` (a field or a path into the request)."""
+    return ValueError(f"{where} contains a lone surrogate U+{ord(bad.group()):04X} at character {bad.start()}; "
+                      f"send valid Unicode text (UTF-8)")
 
 
 def find_surrogate(data: Any, limit: int = 100_000) -> tuple[str, re.Match] | None:

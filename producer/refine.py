@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from jobs.errors import InvalidRequest, JobNotFound, ParentNotSucceeded
 from jobs.lineage import MAX_TURNS, Lineage
-from jobs.schemas import ImageResult, RenderRequest, find_surrogate, invalid_from, prompt_text
+from jobs.schemas import ImageResult, RenderRequest, find_surrogate, invalid_from, prompt_text, surrogate_error
 from jobs.status import JobStatus
 from jobs.store import JobRecord
 from producer.submit import _give_back_unused, check_webhook, reserve_capacity
@@ -58,9 +58,7 @@ class RefineRequest(BaseModel):
         # Idempotency-Key; refused before anything else, naming where.
         found = find_surrogate(data) if isinstance(data, dict) else None
         if found:
-            where, bad = found
-            raise ValueError(f"{where} contains a lone surrogate U+{ord(bad.group()):04X} at character "
-                             f"{bad.start()}; send valid Unicode text (UTF-8)")
+            raise surrogate_error(*found)
         return data
 
     @field_validator("prompt")
