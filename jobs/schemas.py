@@ -13,7 +13,7 @@ import re
 import secrets
 import time
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -63,6 +63,130 @@ class OutputFormat(str, Enum):
     @property
     def has_alpha(self) -> bool:
         return self is not OutputFormat.JPEG
+
+
+class Fit(str, Enum):
+    """How a rendition is cut from its master: ``crop`` a window of the rendition's aspect ratio
+    centred on the subject (alpha, else a saliency estimate; never cutting an opaque subject pixel
+    of a transparent master: what does not fit is padded), ``pad`` the whole master onto a canvas
+    of that ratio, ``extend`` the canvas by outpainting with the model's inpainting pipeline."""
+
+    CROP = "crop"
+    PAD = "pad"
+    EXTEND = "extend"
+
+
+#: A rendition's smallest side, its largest, and how far ``extend`` may grow the master per side
+#: (the outpainted canvas is at most ``MAX_EXTEND`` times the master along the extended axis).
+MIN_RENDITION_SIDE, MAX_RENDITION_SIDE, MAX_RENDITION_PIXELS = 64, 8192, 40_000_000
+MAX_RENDITIONS = 16
+MAX_EXTEND = 2.0
+_RENDITION_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_RATIO = re.compile(r"(\d+(?:\.\d+)?):(\d+(?:\.\d+)?)")
+
+
+def parse_ratio(text: str) -> tuple[float, float]:
+    """``"1.91:1"`` → (1.91, 1.0); ValueError naming the form (positive numbers W:H, at most 10:1)."""
+    m = _RATIO.fullmatch(text.strip())
+    if not m or float(m.group(1)) <= 0 or float(m.group(2)) <= 0:
+        raise ValueError(f"aspect ratio {text[:20]!r} is not W:H with positive numbers (e.g. 4:5, 1.91:1)")
+    w, h = float(m.group(1)), float(m.group(2))
+    if max(w / h, h / w) > 10:
+        raise ValueError(f"aspect ratio {text!r} is more extreme than 10:1")
+    return w, h
+
+
+class Rendition(BaseModel):
+    """One channel output derived from a master image (``renditions`` on a request)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"name": "story", "width": 1080, "height": 1920, "fit": "crop", "format": "jpeg", "quality": 85}]})
+
+    name: str = Field(..., description="Letters, digits, '_' and '-' (1–32); unique within the request.")
+    width: int | None = Field(None, strict=True, description=f"Pixels ({MIN_RENDITION_SIDE}–{MAX_RENDITION_SIDE}).")
+    height: int | None = Field(None, strict=True, description=f"Pixels ({MIN_RENDITION_SIDE}–{MAX_RENDITION_SIDE}).")
+    aspect_ratio: str | None = Field(None, description="W:H (e.g. 4:5, 1.91:1) instead of a size: the master's "
+                                                        "pixels at that ratio, not scaled.")
+    format: OutputFormat | None = Field(None, description="png, jpeg or webp; default the master's.")
+    quality: int | None = Field(None, ge=1, le=100, strict=True, description="JPEG/WebP quality; default the master's.")
+    fit: Fit = Fit.CROP
+    pad_colour: str | None = Field(None, description="pad/crop fill as #RRGGBB, or 'transparent' (PNG/WebP); "
+                                                       "default transparent for a transparent master, else white.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _RENDITION_NAME.fullmatch(v):
+            raise ValueError("a rendition name uses letters, digits, '_' and '-' (1–32 characters)")
+        return v
+
+    @field_validator("width", "height")
+    @classmethod
+    def _side(cls, v: int | None, info) -> int | None:
+        if v is not None and not MIN_RENDITION_SIDE <= v <= MAX_RENDITION_SIDE:
+            raise ValueError(f"{info.field_name} {v} is out of range; a rendition is "
+                             f"{MIN_RENDITION_SIDE}–{MAX_RENDITION_SIDE} pixels a side")
+        return v
+
+    @field_validator("aspect_ratio")
+    @classmethod
+    def _ratio(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_ratio(v)
+        return v
+
+    @field_validator("pad_colour")
+    @classmethod
+    def _pad(cls, v: str | None) -> str | None:
+        if v is None or v == "transparent":
+            return v
+        if not _HEX_COLOUR.fullmatch(v.strip()):
+            raise ValueError(f"pad_colour {v[:20]!r} is not a colour; give #RRGGBB, #RGB or 'transparent'")
+        h = v.strip()[1:].upper()
+        return "#" + (h if len(h) == 6 else "".join(c * 2 for c in h))
+
+    @model_validator(mode="after")
+    def _size(self) -> "Rendition":
+        if self.aspect_ratio and (self.width or self.height):
+            raise ValueError(f"rendition {self.name!r}: give either width/height or aspect_ratio, not both")
+        if not self.aspect_ratio and (self.width is None or self.height is None):
+            raise ValueError(f"rendition {self.name!r}: give width and height, or aspect_ratio")
+        if self.width and self.height and self.width * self.height > MAX_RENDITION_PIXELS:
+            raise ValueError(f"rendition {self.name!r}: {self.width}x{self.height} exceeds "
+                             f"{MAX_RENDITION_PIXELS} pixels")
+        if self.pad_colour == "transparent" and self.format is OutputFormat.JPEG:
+            raise ValueError(f"rendition {self.name!r}: JPEG has no alpha; give pad_colour as #RRGGBB or format png/webp")
+        return self
+
+    @property
+    def ratio(self) -> tuple[float, float]:
+        """The rendition's aspect ratio, width to height."""
+        if self.aspect_ratio:
+            return parse_ratio(self.aspect_ratio)
+        assert self.width and self.height
+        return float(self.width), float(self.height)
+
+    def size_from(self, master_w: int, master_h: int) -> tuple[int, int]:
+        """The output size: width × height, or for an aspect ratio the largest window of that
+        ratio inside the master (so nothing is scaled)."""
+        if self.width and self.height:
+            return self.width, self.height
+        rw, rh = self.ratio
+        if master_w / master_h > rw / rh:
+            return max(1, round(master_h * rw / rh)), master_h
+        return master_w, max(1, round(master_w * rh / rw))
+
+
+def largest_rendition(renditions: list[Rendition]) -> Rendition:
+    """The rendition the master is sized for: the most pixels among those with a size, else the first."""
+    sized = [r for r in renditions if r.width and r.height]
+    return max(sized, key=lambda r: (r.width or 0) * (r.height or 0)) if sized else renditions[0]
+
+
+def extend_factor(master_w: int, master_h: int, ratio: tuple[float, float]) -> float:
+    """How many times the master's side the outpainted canvas is along the extended axis (>= 1)."""
+    m, t = master_w / master_h, ratio[0] / ratio[1]
+    return max(m / t, t / m)
 
 
 class Background(str, Enum):
@@ -131,6 +255,13 @@ class RenderRequest(BaseModel):
         "Render each image with up to palette_tries seeds and keep the one closest to the palette."))
     palette_tries: int = Field(DEFAULT_PALETTE_TRIES, ge=2, le=MAX_PALETTE_TRIES, strict=True, description=(
         f"Seeds tried per image with palette_strict (2–{MAX_PALETTE_TRIES}); counted in the cost budget."))
+    renditions: list[Rendition] | None = Field(None, min_length=1, max_length=MAX_RENDITIONS, description=(
+        "Channel outputs derived from each image (crop, pad or extend); without a size the image is "
+        "rendered at the model's native size nearest the largest rendition's aspect ratio."))
+    cache: Literal["reuse"] | None = Field(None, description=(
+        "'reuse': when this tenant already has a job with the same content key (model, prompt, every "
+        "parameter that changes pixels, seed, shape) that succeeded or is still running, answer with it "
+        "instead of rendering again. Needs an explicit seed."))
 
     @field_validator("prompt", "negative_prompt")
     @classmethod
@@ -221,6 +352,16 @@ class RenderRequest(BaseModel):
                              "#RRGGBB codes in the prompt")
         return v
 
+    @field_validator("renditions")
+    @classmethod
+    def _renditions(cls, v: list[Rendition] | None) -> list[Rendition] | None:
+        seen: set[str] = set()
+        for r in v or []:
+            if r.name in seen:
+                raise ValueError(f"rendition name {r.name!r} is used twice; names must be unique")
+            seen.add(r.name)
+        return v
+
     @field_validator("metadata")
     @classmethod
     def _metadata(cls, v: dict[str, Any]) -> dict[str, Any]:
@@ -248,6 +389,15 @@ class RenderRequest(BaseModel):
             raise ValueError("give either width/height or aspect_ratio, not both")
         if (self.width is None) != (self.height is None):
             raise ValueError("give both width and height, or neither")
+        if self.cache == "reuse" and self.seed is None:
+            raise ValueError("cache 'reuse' needs an explicit seed: a drawn seed never matches an earlier job")
+        for r in self.renditions or []:
+            if r.fit is Fit.EXTEND and self.transparent:
+                raise ValueError(f"rendition {r.name!r}: fit 'extend' outpaints scenery and the master is "
+                                 "transparent; use fit 'pad' (transparent) instead")
+            if r.pad_colour == "transparent" and not self.transparent:
+                raise ValueError(f"rendition {r.name!r}: pad_colour 'transparent' needs a transparent master "
+                                 "(background 'transparent'); give #RRGGBB")
         return self
 
     @property
@@ -267,8 +417,14 @@ class RenderRequest(BaseModel):
 
     @property
     def renders_per_image(self) -> int:
-        """Pipeline rows each image may cost: ``palette_tries`` with ``palette_strict``, else 1."""
-        return self.palette_tries if self.palette_strict else 1
+        """Pipeline rows each image may cost: ``palette_tries`` with ``palette_strict``, else 1;
+        plus one outpainting render per ``extend`` rendition."""
+        return (self.palette_tries if self.palette_strict else 1) + len(self.extends)
+
+    @property
+    def extends(self) -> list[Rendition]:
+        """The renditions made by outpainting (each a render of its own)."""
+        return [r for r in self.renditions or [] if r.fit is Fit.EXTEND]
 
     @classmethod
     def parse(cls, data: Any) -> "RenderRequest":
@@ -411,10 +567,23 @@ def resolve(request: RenderRequest, spec: Any, settings: Any) -> RenderRequest:
         image = request.references[0]  # no IP-Adapter: image-to-image from the first reference
     errors += family_errors(request, spec)
     width, height = request.width, request.height
+    fam = family(getattr(spec, "family", "sd15"))
     if width is None:
-        width, height = size_for(ASPECT_RATIOS[request.aspect_ratio or "1:1"], spec.base_size,
-                                 family(getattr(spec, "family", "sd15")))
+        # With renditions and no size: the native size nearest the largest rendition's ratio.
+        ratio = (largest_rendition(request.renditions).ratio if request.renditions and not request.aspect_ratio
+                 else ASPECT_RATIOS[request.aspect_ratio or "1:1"])
+        width, height = size_for(ratio, spec.base_size, fam)
     assert height is not None
+    for i, r in enumerate(request.extends):
+        factor = extend_factor(width, height, r.ratio)
+        if "mask" not in fam.tasks:
+            errors.append({"field": f"renditions.{r.name}.fit", "message": f"model {spec.name!r} ({fam.name}) has "
+                           "no inpainting pipeline to extend with; use fit 'crop' or 'pad'"})
+        elif factor > MAX_EXTEND:
+            errors.append({"field": f"renditions.{r.name}.fit", "message": f"extending the {width}x{height} "
+                           f"master to {r.ratio[0]:g}:{r.ratio[1]:g} grows it {factor:.2f} times along one side; "
+                           f"extend allows at most {MAX_EXTEND:g} times: use fit 'crop' or 'pad', or a master "
+                           "size closer to this ratio"})
     steps = request.steps or spec.default_steps
     errors += limit_errors(width, height, steps, request.num_images, request.prompt, settings,
                            tries=request.renders_per_image)
@@ -557,6 +726,31 @@ class ImageResult(BaseModel):
     alpha: AlphaReport | None = None
     #: A palette was requested: the image's dominant colours against it (CIEDE2000).
     palette: PaletteReport | None = None
+    #: ``renditions`` were requested: each channel output derived from this image.
+    renditions: list[RenditionResult] = Field(default_factory=list)
+
+
+class RenditionResult(BaseModel):
+    """One channel output derived from an image: stored and C2PA-signed with the image as its
+    ``parentOf`` ingredient."""
+
+    name: str
+    key: str
+    width: int
+    height: int
+    format: OutputFormat
+    fit: Fit
+    sha256: str
+    bytes: int
+    c2pa: str | None = None
+    #: The window taken from the master, in its pixels (x0, y0, x1, y1); may reach past its
+    #: edges where the rendition was padded or extended.
+    box: list[int]
+    #: What the crop was centred on: ``alpha`` (the subject of a transparent master), ``saliency``,
+    #: or ``none`` (pad and extend take the whole master).
+    subject: str = "none"
+    #: extend: the seed the outpainting render used.
+    seed: int | None = None
 
 
 class JobResult(BaseModel):
