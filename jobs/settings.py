@@ -60,6 +60,14 @@ class Settings(BaseModel):
     max_job_cost: int = Field(default=2048 * 2048 * 50 * 2, gt=0)
     #: Jobs one batch may hold (the HTTP API and the CLI).
     max_batch_jobs: int = Field(default=1000, ge=1, le=10_000)
+    #: Campaigns: rows one catalog may hold, and cells (rows × sweep combinations) one campaign
+    #: may expand to.
+    campaign_max_rows: int = Field(default=10_000, ge=1, le=1_000_000)
+    campaign_max_cells: int = Field(default=50_000, ge=1, le=5_000_000)
+    #: Price of one GPU-second, for a campaign plan's cost and ``budget.max_cost`` (unset: plans
+    #: report GPU-seconds only, and a budget in money is refused). ``currency`` names its unit.
+    gpu_second_price: float | None = Field(default=None, ge=0)
+    currency: str = Field(default="USD", max_length=8)
 
     #: Key that signs render messages (jobs/signing.py); the same in every API, producer and
     #: worker process. Unset: ``home/keys/message.key``, made on first use.

@@ -255,7 +255,8 @@ class JobStore:
         return int(self.r.hget(tenant_key(tenant), "active") or 0)
 
     def create_batch_records(self, batch_id: str, msgs: list[JobMessage], *, tenant: str | None,
-                             meta: dict[str, Any] | None = None, reserved: bool = False) -> None:
+                             meta: dict[str, Any] | None = None, reserved: bool = False,
+                             total: int | None = None) -> None:
         """The batch and ALL its job records, atomically (MULTI/EXEC): all exist, or none does.
 
         The records are marked *unpublished* until ``mark_published``: a record whose message was
@@ -266,26 +267,51 @@ class JobStore:
         now = time.time()
         with self.r.pipeline(transaction=True) as p:
             p.hset(batch_key(batch_id), mapping={
-                "total": len(msgs), "done": 0, "created_at": repr(now), "tenant": tenant or "",
-                "meta": json.dumps(meta or {}),
+                "total": len(msgs) if total is None else total, "done": 0, "created_at": repr(now),
+                "tenant": tenant or "", "meta": json.dumps(meta or {}),
             })
-            if msgs:
-                p.rpush(batch_jobs_key(batch_id), *[m.job_id for m in msgs])
             p.expire(batch_key(batch_id), self.ttl_s)
-            p.expire(batch_jobs_key(batch_id), self.ttl_s)
             p.zadd(tenant_batches_key(tenant), {index_member(now, batch_id): 0})
             p.zadd(ALL_BATCHES_KEY, {batch_id: now})
-            for m in msgs:
-                key = job_key(m.job_id)
-                p.hset(key, mapping={**self._fields(m), "published": "0"})
-                p.zadd(queued_key(m.request.model), {key: m.submitted_at})
-                p.zadd(UNPUBLISHED_KEY, {m.job_id: now})
-                self._index(p, m)
-            if tenant and msgs and not reserved:
-                p.hincrby(tenant_key(tenant), "active", len(msgs))
+            self._add_batch_jobs(p, batch_id, msgs, tenant, now, reserved)
             p.execute()
         for m in msgs:
             job_submitted(m.request.model, tenant)
+
+    def append_batch_records(self, batch_id: str, msgs: list[JobMessage], *, tenant: str | None,
+                             reserved: bool = False) -> None:
+        """More job records for a batch made with ``total`` set ahead (a campaign submits its cells
+        in chunks, so no apply holds them all): atomically, marked unpublished like the first."""
+        if not msgs:
+            return
+        with self.r.pipeline(transaction=True) as p:
+            self._add_batch_jobs(p, batch_id, msgs, tenant, time.time(), reserved)
+            p.execute()
+        for m in msgs:
+            job_submitted(m.request.model, tenant)
+
+    def shrink_batch(self, batch_id: str, by: int) -> int | None:
+        """Lower a batch's planned ``total`` by jobs that will never be recorded (a campaign apply
+        stopped half-way); returns ``done`` when the batch is now complete, else None."""
+        with self.r.pipeline(transaction=True) as p:
+            p.hincrby(batch_key(batch_id), "total", -by)
+            p.hget(batch_key(batch_id), "done")
+            total, done = p.execute()
+        return int(done or 0) if int(done or 0) >= int(total) else None
+
+    def _add_batch_jobs(self, p: Any, batch_id: str, msgs: list[JobMessage], tenant: str | None, now: float,
+                        reserved: bool) -> None:
+        if msgs:
+            p.rpush(batch_jobs_key(batch_id), *[m.job_id for m in msgs])
+        p.expire(batch_jobs_key(batch_id), self.ttl_s)
+        for m in msgs:
+            key = job_key(m.job_id)
+            p.hset(key, mapping={**self._fields(m), "published": "0"})
+            p.zadd(queued_key(m.request.model), {key: m.submitted_at})
+            p.zadd(UNPUBLISHED_KEY, {m.job_id: now})
+            self._index(p, m)
+        if tenant and msgs and not reserved:
+            p.hincrby(tenant_key(tenant), "active", len(msgs))
 
     def mark_published(self, job_ids: Iterable[str]) -> None:
         ids = list(job_ids)

@@ -223,7 +223,8 @@ class Client:
 
     def submit_batch(self, requests: Iterable[RenderRequest | dict[str, Any]], *,
                      tenant: str | None = None, batch_id: str | None = None,
-                     meta: dict[str, Any] | None = None, reserved: int = 0) -> BatchSubmission:
+                     meta: dict[str, Any] | None = None, reserved: int = 0, total: int | None = None,
+                     append: bool = False) -> BatchSubmission:
         """Queue many jobs as one batch. Invalid items are reported by index; the valid ones run.
 
         The batch and all its job records are written in one Redis transaction, then the
@@ -232,7 +233,9 @@ class Client:
         ``failed`` (code ``not_queued``) at once, or, when Redis itself is down, at the first
         ``reconcile`` after it is back (``batch``/``wait_batch`` and workers run it), so the
         batch always completes. ``reserved``: slots already taken for the tenant
-        (``JobStore.reserve``); those that do not become jobs are given back.
+        (``JobStore.reserve``); those that do not become jobs are given back. ``total``: the
+        batch's size when it is sent in parts (a campaign's cells); ``append``: this part joins
+        ``batch_id``, made by an earlier part.
         """
         batch_id = batch_id or new_id("bat")
         msgs: list[JobMessage] = []
@@ -246,7 +249,11 @@ class Client:
                     errors.append((i, e))
             decisions = {m.job_id: self._check_prompt(m) for m in msgs}
             try:
-                self.store.create_batch_records(batch_id, msgs, tenant=tenant, meta=meta, reserved=bool(held))
+                if append:
+                    self.store.append_batch_records(batch_id, msgs, tenant=tenant, reserved=bool(held))
+                else:
+                    self.store.create_batch_records(batch_id, msgs, tenant=tenant, meta=meta, reserved=bool(held),
+                                                    total=total)
             except BrokerUnavailable as e:
                 raise BatchIncomplete(batch_id, [], [m.job_id for m in msgs], e) from e
             if held:

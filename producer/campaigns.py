@@ -1,0 +1,630 @@
+"""Campaigns: plan (a dry run, priced from measured history), apply (only new and changed cells
+render), status, and the manifest of results.
+
+A campaign is identified by its tenant and name: applying a document with the same name again
+updates it. Each apply reads the catalog twice, a row at a time — once to plan (every cell
+validated, moderated, matched against the result cache and priced), once to submit — so nothing
+is queued for a campaign that is refused, and memory stays bounded however many rows it has.
+
+Redis, per campaign: ``campaign:{id}`` (a hash: document, last plan, counters),
+``campaign:{id}:cells`` (cell id → JSON: row, key, sweep, content key, job, reused-from) and
+``campaign:{id}:order`` (cell ids in catalog order). The result cache is
+``cache:{tenant}:{content key}`` → the job that renders (or rendered) that content; a cell is
+reused when that job succeeded, or is still queued or running (it will).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from jobs import callstats
+from jobs.campaign import CampaignSpec, Cell, check_slots, content_key, expand_row
+from jobs.errors import InvalidRequest, JobNotFound, QuotaExceeded
+from jobs.families import family, size_for
+from jobs.names import KEY_PREFIX, job_key
+from jobs.schemas import RenderRequest, resolve
+from jobs.status import JobStatus
+from producer.catalog import Catalog, read_path
+
+#: Cells evaluated (and looked up in the cache) per Redis round trip, and submitted per batch part.
+CHUNK = 256
+#: Refused cells listed in a plan (all are counted).
+MAX_LISTED = 200
+_REUSABLE = {JobStatus.SUCCEEDED.value, JobStatus.QUEUED.value, JobStatus.RUNNING.value}
+
+
+class CampaignNotFound(JobNotFound):
+    code = "campaign_not_found"
+
+
+class OverBudget(InvalidRequest):
+    code = "over_budget"
+
+
+class CampaignRefused(InvalidRequest):
+    code = "cells_refused"
+
+
+def campaign_id(tenant: str | None, name: str) -> str:
+    return "cmp_" + hashlib.sha256(f"{tenant or '-'}\0{name}".encode()).hexdigest()[:24]
+
+
+def campaign_key(cid: str) -> str:
+    return f"{KEY_PREFIX}campaign:{cid}"
+
+
+def tenant_campaigns_key(tenant: str | None) -> str:
+    return f"{KEY_PREFIX}idx:campaigns:{tenant or '-'}"
+
+
+def cache_key(tenant: str | None, key: str) -> str:
+    return f"{KEY_PREFIX}cache:{tenant or '-'}:{key}"
+
+
+@dataclass
+class Evaluated:
+    cell: Cell
+    request: RenderRequest | None = None      # resolved
+    key: str | None = None                     # content key
+    refusal: dict[str, Any] | None = None
+    reuse: str | None = None                   # job id whose result this cell takes
+
+
+@dataclass
+class Tally:
+    """What a pass over the cells adds up to."""
+
+    cells: int = 0
+    masters: int = 0           # cells to render
+    images: int = 0            # images those cells render
+    renditions: int = 0        # renditions derived from them
+    outpaints: int = 0         # extend renditions: renders of their own
+    reused: int = 0
+    refused: int = 0
+    refusals: list[dict[str, Any]] = field(default_factory=list)
+    rows: set[str] = field(default_factory=set)
+    #: (model, width, height, steps, kind) → pipeline rows
+    shapes: dict[tuple[str, int, int, int, str], int] = field(default_factory=dict)
+
+    def add_shape(self, model: str, w: int, h: int, steps: int, kind: str, rows: int) -> None:
+        k = (model, w, h, steps, kind)
+        self.shapes[k] = self.shapes.get(k, 0) + rows
+
+
+class Campaigns:
+    def __init__(self, client, *, allow_paths: bool = False) -> None:
+        self.client = client
+        self.settings = client.settings
+        self.r = client.store.r
+        #: The CLI reads ``catalog.path`` from its own disk; the HTTP API never does.
+        self.allow_paths = allow_paths
+        self._verdicts: dict[tuple[str, str | None], Any] = {}
+
+    # -- documents and catalogs ----------------------------------------------------------------------
+    def catalog(self, tenant: str | None, spec: CampaignSpec) -> Catalog:
+        ref, limit = spec.catalog, self.settings.campaign_max_rows
+        if ref.rows is not None:
+            return Catalog.from_rows(ref.rows, max_rows=limit)
+        if ref.path is not None:
+            if not self.allow_paths:
+                raise InvalidRequest("invalid campaign: catalog.path is read by the CLI only; upload the file "
+                                     "(POST /v1/files, purpose 'campaign') and give catalog.file_id",
+                                     errors=[{"field": "catalog.path", "message": "use file_id over HTTP"}])
+            cat = read_path(ref.path, limit)
+        else:
+            from producer.files import FileNotFound, Files
+
+            files = Files(self.client)
+            try:
+                rec = files.get(tenant or "", ref.file_id or "")
+            except FileNotFound:
+                raise InvalidRequest(f"invalid campaign: catalog.file_id: no file {ref.file_id!r}",
+                                     errors=[{"field": "catalog.file_id", "message": "no such file"}]) from None
+            cat = Catalog.from_bytes(files.content(rec), filename=rec.filename, max_rows=limit)
+        if ref.format:
+            cat.format = ref.format
+        return cat
+
+    def cells(self, spec: CampaignSpec, catalog: Catalog) -> Iterator[Cell]:
+        """Every cell, in catalog order; InvalidRequest (before the first cell where it can be known)
+        for an unknown slot, a missing key column, a duplicate key, or too many cells."""
+        columns = catalog.columns()
+        check_slots(spec, columns)
+        key = spec.catalog.key
+        if key is not None and key not in columns:
+            raise InvalidRequest(f"invalid campaign: catalog.key: the catalog has no column {key!r}; its columns: "
+                                 f"{', '.join(columns[:40])}", errors=[{"field": "catalog.key",
+                                                                       "message": f"no column {key!r}"}])
+        per_row, limit = spec.cells_per_row, self.settings.campaign_max_cells
+        if per_row > limit:
+            raise InvalidRequest(f"invalid campaign: sweeps: the sweeps make {per_row} cells per row; a campaign "
+                                 f"holds at most {limit} cells (BATCHRENDER_CAMPAIGN_MAX_CELLS)",
+                                 errors=[{"field": "sweeps", "message": f"{per_row} cells per row > {limit}"}])
+        seen: dict[str, int] = {}
+        n = 0
+        for row, values in catalog.rows():
+            if key is not None:
+                k = str(values.get(key, "")).strip()
+                if not k:
+                    raise InvalidRequest(f"invalid catalog: row {row}, column {key!r} (the key) is empty",
+                                         errors=[{"field": "catalog", "row": row, "column": key, "message": "empty key"}])
+                if k in seen:
+                    raise InvalidRequest(f"invalid catalog: row {row}, column {key!r}: {k[:40]!r} is also the key of "
+                                         f"row {seen[k]}; keys must be unique",
+                                         errors=[{"field": "catalog", "row": row, "column": key, "message": "duplicate key"}])
+                seen[k] = row
+            n += per_row
+            if n > limit:
+                raise InvalidRequest(f"invalid campaign: sweeps: {row} rows × {per_row} cells per row pass the limit "
+                                     f"of {limit} cells (BATCHRENDER_CAMPAIGN_MAX_CELLS)",
+                                     errors=[{"field": "sweeps", "row": row, "message": f"more than {limit} cells"}])
+            yield from expand_row(spec, row, values, key)
+
+    # -- evaluating cells ----------------------------------------------------------------------------
+    def _moderate(self, tenant: str | None, req: RenderRequest):
+        k = (req.prompt, req.negative_prompt)
+        if k not in self._verdicts:
+            if len(self._verdicts) > 50_000:
+                self._verdicts.clear()
+            self._verdicts[k] = self.client.moderation.check_prompt(req.prompt, req.negative_prompt,
+                                                                    actor=tenant or "producer")
+        return self._verdicts[k]
+
+    def _evaluate(self, tenant: str | None, cell: Cell) -> Evaluated:
+        ev = Evaluated(cell)
+        where = {"row": cell.row, "row_key": cell.row_key, "cell": cell.cell_id, **({"sweep": cell.sweep} if cell.sweep else {})}
+        try:
+            req = RenderRequest.parse(cell.request)
+            spec = self.client.registry.get(req.model)
+            ev.request = resolve(req, spec, self.settings)
+        except InvalidRequest as e:
+            first = (e.errors or [{}])[0]
+            ev.refusal = {**where, "code": e.code, "field": first.get("field"), "column": first.get("column"),
+                          "message": e.message.removeprefix("invalid request: "), "errors": e.errors}
+            return ev
+        decision = self._moderate(tenant, ev.request)
+        if decision.action.value == "block":
+            info = decision.to_dict()
+            ev.refusal = {**where, "code": "moderation_blocked", "field": "prompt",
+                          "message": info.get("message") or "blocked by the content policy",
+                          "categories": info.get("categories", [])}
+            return ev
+        ev.key = content_key(ev.request, spec)
+        return ev
+
+    def _evaluated(self, tenant: str | None, spec: CampaignSpec, catalog: Catalog) -> Iterator[Evaluated]:
+        """Cells evaluated, with cache hits looked up a chunk at a time (two round trips per chunk)."""
+        chunk: list[Evaluated] = []
+        for cell in self.cells(spec, catalog):
+            chunk.append(self._evaluate(tenant, cell))
+            if len(chunk) >= CHUNK:
+                yield from self._lookup(tenant, chunk)
+                chunk = []
+        yield from self._lookup(tenant, chunk)
+
+    def _lookup(self, tenant: str | None, chunk: list[Evaluated]) -> list[Evaluated]:
+        keyed = [e for e in chunk if e.key]
+        if not keyed:
+            return chunk
+        with self.r.pipeline(transaction=False) as p:
+            for e in keyed:
+                p.get(cache_key(tenant, e.key or ""))
+            hits = p.execute()
+        found = [(e, j) for e, j in zip(keyed, hits) if j]
+        if found:
+            with self.r.pipeline(transaction=False) as p:
+                for _e, j in found:
+                    p.hmget(job_key(j), "status", "tenant")
+                states = p.execute()
+            for (e, j), (status, owner) in zip(found, states):
+                if status in _REUSABLE and (owner or None) == (tenant or None):
+                    e.reuse = j
+        return chunk
+
+    # -- plan ----------------------------------------------------------------------------------------
+    def _tally(self, tenant: str | None, spec: CampaignSpec, catalog: Catalog,
+               on_cell=None) -> Tally:
+        t = Tally()
+        for e in self._evaluated(tenant, spec, catalog):
+            t.cells += 1
+            t.rows.add(e.cell.row_key)
+            if on_cell is not None:
+                on_cell(e)
+            if e.refusal is not None:
+                t.refused += 1
+                if len(t.refusals) < MAX_LISTED:
+                    t.refusals.append(e.refusal)
+                continue
+            if e.reuse:
+                t.reused += 1
+                continue
+            r = e.request
+            assert r is not None and r.width and r.height and r.steps
+            t.masters += 1
+            t.images += r.num_images
+            t.renditions += r.num_images * len(r.renditions or [])
+            t.add_shape(r.model, r.width, r.height, r.steps, "render", r.num_images * (r.renders_per_image - len(r.extends)))
+            if r.extends:
+                fam = family(self.client.registry.get(r.model).family)
+                base = self.client.registry.get(r.model).base_size
+                for x in r.extends:
+                    w, h = size_for(x.ratio, base, fam)
+                    t.outpaints += r.num_images
+                    t.add_shape(r.model, w, h, r.steps, "inpaint", r.num_images)
+        return t
+
+    def _price(self, t: Tally) -> dict[str, Any]:
+        """GPU-seconds per shape from the fleet's measured calls, an ETA against the live queue, a cost."""
+        by_shape, total, unmeasured = [], 0.0, []
+        per_model: dict[str, float] = {}
+        for (model, w, h, steps, kind), rows in sorted(t.shapes.items()):
+            est = callstats.estimate(self.r, model=model, width=w, height=h, steps=steps, kind=kind)
+            entry: dict[str, Any] = {"model": model, "width": w, "height": h, "steps": steps, "kind": kind, "rows": rows}
+            if est is None:
+                entry.update(gpu_seconds=None, source="unmeasured",
+                             note=f"no call of model {model!r} has been measured yet: render one job with it first")
+                unmeasured.append(entry)
+            else:
+                seconds = est.seconds_per_row * rows
+                entry.update(gpu_seconds=round(seconds, 3), **est.to_dict())
+                total += seconds
+                per_model[model] = per_model.get(model, 0.0) + seconds
+            by_shape.append(entry)
+        complete = not unmeasured
+        eta = self._eta(per_model) if complete else None
+        price = self.settings.gpu_second_price
+        cost = round(total * price, 4) if price is not None and complete else None
+        return {"gpu_seconds": {"total": round(total, 3) if complete else None, "measured_total": round(total, 3),
+                                "complete": complete, "by_shape": by_shape},
+                "eta": eta,
+                "cost": {"amount": cost, "currency": self.settings.currency, "price_per_gpu_second": price,
+                         **({} if price is not None else {"note": "BATCHRENDER_GPU_SECOND_PRICE is not set"})}}
+
+    def _eta(self, per_model: dict[str, float]) -> dict[str, Any]:
+        models, finish = {}, 0.0
+        for model, seconds in per_model.items():
+            snap = callstats.queue_snapshot(self.r, model)
+            workers = int(snap.get("workers") or 0)
+            ahead = snap.get("ahead_gpu_seconds")
+            if ahead is None:
+                spr = snap.get("seconds_per_row")
+                ahead = (snap.get("queued_rows") or snap.get("queued_jobs") or 0) * (spr or 0.0)
+            eta_s = (ahead + seconds) / workers if workers else None
+            models[model] = {**snap, "campaign_gpu_seconds": round(seconds, 3),
+                             "eta_s": None if eta_s is None else round(eta_s, 1)}
+            if eta_s is None:
+                finish = float("nan")
+            elif finish == finish:
+                finish = max(finish, eta_s)
+        known = finish == finish and models
+        return {"seconds": round(finish, 1) if known else None,
+                "at": round(time.time() + finish, 1) if known else None,
+                "by_model": models,
+                **({} if known else {"note": "no live worker serves some model of this campaign"})}
+
+    def _summary(self, spec: CampaignSpec, t: Tally, previous_rows: set[str]) -> dict[str, Any]:
+        priced = self._price(t)
+        budget = spec.budget
+        fits, reasons = True, []
+        gpu_total = priced["gpu_seconds"]["total"]
+        cost = priced["cost"]["amount"]
+        if budget is not None:
+            if budget.max_gpu_seconds is not None:
+                if gpu_total is None:
+                    fits = False
+                    reasons.append("the plan cannot price every shape (unmeasured), so max_gpu_seconds cannot be checked")
+                elif gpu_total > budget.max_gpu_seconds:
+                    fits = False
+                    reasons.append(f"planned {gpu_total:.1f} GPU-seconds exceeds budget.max_gpu_seconds "
+                                   f"{budget.max_gpu_seconds:g}")
+            if budget.max_cost is not None:
+                if self.settings.gpu_second_price is None:
+                    fits = False
+                    reasons.append("budget.max_cost needs a price: set BATCHRENDER_GPU_SECOND_PRICE")
+                elif cost is None:
+                    fits = False
+                    reasons.append("the plan cannot price every shape (unmeasured), so max_cost cannot be checked")
+                elif cost > budget.max_cost:
+                    fits = False
+                    reasons.append(f"planned cost {cost:.4f} {self.settings.currency} exceeds budget.max_cost "
+                                   f"{budget.max_cost:g}")
+        removed = sorted(previous_rows - t.rows)
+        return {
+            "cells": t.cells, "masters": t.masters, "images": t.images, "renditions": t.renditions,
+            "outpaint_renders": t.outpaints, "reused": t.reused, "refused": t.refused,
+            "refusals": t.refusals, "removed_rows": removed[:MAX_LISTED], "removed_row_count": len(removed),
+            **priced,
+            "budget": {**(budget.model_dump() if budget else {}), "fits": fits, "reasons": reasons},
+        }
+
+    def plan(self, tenant: str | None, spec: CampaignSpec, catalog: Catalog | None = None) -> dict[str, Any]:
+        """A dry run: nothing is queued or written."""
+        cat = catalog or self.catalog(tenant, spec)
+        self._check_webhook(spec)
+        t = self._tally(tenant, spec, cat)
+        cid = campaign_id(tenant, spec.name)
+        return {"id": cid, "name": spec.name, "dry_run": True,
+                "plan": self._summary(spec, t, self._previous_rows(cid))}
+
+    def _check_webhook(self, spec: CampaignSpec) -> None:
+        if spec.webhook:
+            from producer.submit import check_webhook
+
+            check_webhook(RenderRequest(prompt="-", webhook=spec.webhook), self.settings)
+
+    def _previous_rows(self, cid: str) -> set[str]:
+        rows: set[str] = set()
+        for _k, raw in self.r.hscan_iter(f"{campaign_key(cid)}:cells", count=1000):
+            rows.add(json.loads(raw)["row_key"])
+        return rows
+
+    # -- apply ---------------------------------------------------------------------------------------
+    def apply(self, tenant: str | None, spec: CampaignSpec, catalog: Catalog | None = None, *,
+              skip_refused: bool = False) -> dict[str, Any]:
+        """Plan, refuse (cells refused by validation or moderation, over budget, over quota), then
+        submit only the cells whose content is not already rendered or rendering."""
+        cat = catalog or self.catalog(tenant, spec)
+        self._check_webhook(spec)
+        cid = campaign_id(tenant, spec.name)
+        previous = self._previous_rows(cid)
+        t = self._tally(tenant, spec, cat)
+        summary = self._summary(spec, t, previous)
+        if t.refused and not skip_refused:
+            listed = "; ".join(f"row {x['row']} ({x['row_key']}): {x['message']}" for x in t.refusals[:5])
+            raise CampaignRefused(f"{t.refused} of {t.cells} cells are refused, nothing was queued: {listed}"
+                                  f"{' ...' if t.refused > 5 else ''}; fix those rows, or apply with skip_refused",
+                                  errors=t.refusals)
+        if not summary["budget"]["fits"]:
+            raise OverBudget("the campaign is over its budget, nothing was queued: " + "; ".join(summary["budget"]["reasons"]),
+                             errors=[{"field": "budget", "message": m} for m in summary["budget"]["reasons"]])
+        if tenant and t.masters:
+            from producer.submit import reserve_capacity
+
+            reserve_capacity(self.client, tenant, t.masters)
+        applied = int(self.r.hincrby(campaign_key(cid), "applies", 1))
+        batch_id = f"bat_{cid[4:]}_{applied}" if t.masters else None
+        staging = f"{campaign_key(cid)}:staging:{applied}"
+        counts = {"submitted": 0, "reused": 0, "refused": 0}
+        held = t.masters if tenant else 0
+        try:
+            self._submit_cells(tenant, spec, cat, cid, batch_id, t.masters, staging, counts, held)
+        finally:
+            leftover = (t.masters - counts["submitted"]) if tenant else 0
+            if leftover > 0:
+                self.client.store.release(tenant, leftover)
+        if batch_id and counts["submitted"] < t.masters:
+            # Cells that turned into reuses between the two passes: the batch is smaller than planned.
+            self.client.store.shrink_batch(batch_id, t.masters - counts["submitted"])
+        now = time.time()
+        staged = counts["submitted"] + counts["reused"] + counts["refused"]
+        with self.r.pipeline(transaction=True) as p:
+            # This apply's cells replace the last one's at once (cells of removed rows go with them).
+            for part in ("cells", "order"):
+                if staged:
+                    p.rename(f"{staging}:{part}", f"{campaign_key(cid)}:{part}")
+                else:
+                    p.delete(f"{campaign_key(cid)}:{part}")
+            p.hsetnx(campaign_key(cid), "created_at", repr(now))
+            p.hset(campaign_key(cid), mapping={
+                "id": cid, "tenant": tenant or "", "name": spec.name, "updated_at": repr(now),
+                "document": spec.model_dump_json(), "batch_id": batch_id or "", "plan": json.dumps(summary),
+                "applied": json.dumps(counts)})
+            ttl = self.settings.record_ttl_s
+            for k in (campaign_key(cid), f"{campaign_key(cid)}:cells", f"{campaign_key(cid)}:order"):
+                p.expire(k, ttl)
+            p.zadd(tenant_campaigns_key(tenant), {cid: now})
+            p.execute()
+        if not batch_id:
+            self._completed_now(tenant, spec, cid)
+        return {"id": cid, "name": spec.name, "dry_run": False, "apply": applied, "batch_id": batch_id,
+                "plan": summary, "applied": counts}
+
+    def _submit_cells(self, tenant, spec: CampaignSpec, cat: Catalog, cid: str, batch_id: str | None,
+                      planned: int, staging: str, counts: dict[str, int], held: int) -> None:
+        pending: list[Evaluated] = []
+        meta = {"campaign_id": cid, "campaign": spec.name}
+
+        def flush() -> None:
+            nonlocal pending
+            if not pending:
+                return
+            if counts["submitted"] + len(pending) > planned:
+                # More to render than planned (cached jobs failed between the passes): never more than planned.
+                raise InvalidRequest("the campaign changed while it was being applied (cached results went away); "
+                                     "apply it again")
+            reqs = []
+            for e in pending:
+                assert e.request is not None
+                update: dict[str, Any] = {}
+                if spec.webhook:
+                    update["webhook"] = spec.webhook
+                reqs.append(e.request.model_copy(update=update))
+            first = counts["submitted"] == 0
+            sub = self.client.submit_batch(reqs, tenant=tenant, batch_id=batch_id, meta=meta,
+                                           reserved=len(reqs) if held else 0, total=planned, append=not first)
+            if sub.errors:
+                raise sub.errors[0][1]
+            with self.r.pipeline(transaction=False) as p:
+                for e, job in zip(pending, sub.job_ids):
+                    p.set(cache_key(tenant, e.key or ""), job, ex=self.settings.record_ttl_s)
+                    self._stage(p, staging, e, job=job)
+                p.execute()
+            counts["submitted"] += len(pending)
+            pending = []
+
+        with self.r.pipeline(transaction=False) as p:
+            p.delete(f"{staging}:cells", f"{staging}:order")
+            p.execute()
+        buffered: list[Evaluated] = []
+        for e in self._evaluated(tenant, spec, cat):
+            if e.refusal is not None:
+                counts["refused"] += 1
+                buffered.append(e)
+            elif e.reuse:
+                counts["reused"] += 1
+                buffered.append(e)
+            else:
+                pending.append(e)
+                if len(pending) >= CHUNK:
+                    flush()
+            if len(buffered) >= CHUNK:
+                self._write_staged(staging, buffered)
+                buffered = []
+        flush()
+        self._write_staged(staging, buffered)
+
+    def _write_staged(self, staging: str, items: list[Evaluated]) -> None:
+        if not items:
+            return
+        with self.r.pipeline(transaction=False) as p:
+            for e in items:
+                self._stage(p, staging, e, job=e.reuse)
+            p.execute()
+
+    @staticmethod
+    def _stage(p, staging: str, e: Evaluated, job: str | None) -> None:
+        c = e.cell
+        record = {"row": c.row, "row_key": c.row_key, "sweep": c.sweep, "cell": c.cell_id,
+                  "custom_id": (e.request.custom_id if e.request else c.request.get("custom_id")),
+                  "key": e.key, "job_id": job, "reused_from": e.reuse,
+                  "refused": e.refusal}
+        p.hset(f"{staging}:cells", c.cell_id, json.dumps(record, default=str))
+        p.rpush(f"{staging}:order", c.cell_id)
+
+    def _completed_now(self, tenant: str | None, spec: CampaignSpec, cid: str) -> None:
+        """Nothing to render (every cell reused or refused): the campaign is complete at once."""
+        if not spec.webhook:
+            return
+        from webhooks.campaign_events import send_campaign_completed
+
+        send_campaign_completed(self.client, cid)
+
+    # -- reading -------------------------------------------------------------------------------------
+    def record(self, tenant: str | None, cid: str) -> dict[str, Any]:
+        h = self.r.hgetall(campaign_key(cid))
+        if not h or (h.get("tenant") or None) != (tenant or None):
+            raise CampaignNotFound(f"no campaign {cid!r}")
+        return h
+
+    def iter_cells(self, cid: str) -> Iterator[list[dict[str, Any]]]:
+        """The campaign's cells in catalog order, a chunk at a time."""
+        order = f"{campaign_key(cid)}:order"
+        start = 0
+        while True:
+            ids = self.r.lrange(order, start, start + CHUNK - 1)
+            if not ids:
+                return
+            raws = self.r.hmget(f"{campaign_key(cid)}:cells", ids)
+            yield [json.loads(x) for x in raws if x]
+            start += CHUNK
+
+    def status(self, tenant: str | None, cid: str) -> dict[str, Any]:
+        """The campaign, its last plan, and progress: cells done of total, GPU-seconds spent against planned."""
+        h = self.record(tenant, cid)
+        plan = json.loads(h.get("plan") or "{}")
+        counts: dict[str, int] = {}
+        done = total = 0
+        spent = 0.0
+        for cells in self.iter_cells(cid):
+            jobs = [c["job_id"] for c in cells if c.get("job_id")]
+            with self.r.pipeline(transaction=False) as p:
+                for j in jobs:
+                    p.hmget(job_key(j), "status", "result")
+                states = dict(zip(jobs, p.execute()))
+            for c in cells:
+                total += 1
+                if c.get("refused"):
+                    state = "refused"
+                else:
+                    status, result = states.get(c.get("job_id"), (None, None))
+                    state = status or "expired"
+                    if result and not c.get("reused_from"):
+                        try:
+                            spent += float(json.loads(result).get("timings", {}).get("render_s") or 0.0)
+                        except ValueError:
+                            pass
+                key = f"reused_{state}" if c.get("reused_from") and state != "refused" else state
+                counts[key] = counts.get(key, 0) + 1
+                if state in ("succeeded", "failed", "blocked", "canceled", "refused", "expired"):
+                    done += 1
+        planned = (plan.get("gpu_seconds") or {}).get("total")
+        return {"id": cid, "name": h.get("name"), "created_at": float(h.get("created_at") or 0),
+                "updated_at": float(h.get("updated_at") or 0), "applies": int(h.get("applies") or 0),
+                "batch_id": h.get("batch_id") or None,
+                "status": "completed" if done >= total else "in_progress",
+                "progress": {"cells_done": done, "cells_total": total, "gpu_seconds_spent": round(spent, 3),
+                             "gpu_seconds_planned": planned},
+                "counts": counts, "applied": json.loads(h.get("applied") or "{}"), "plan": plan,
+                "document": json.loads(h.get("document") or "{}")}
+
+    def list(self, tenant: str | None, limit: int = 50) -> list[dict[str, Any]]:
+        ids = self.r.zrevrange(tenant_campaigns_key(tenant), 0, limit - 1)
+        out = []
+        for cid in ids:
+            h = self.r.hmget(campaign_key(cid), "name", "updated_at", "applies", "batch_id")
+            if h[0]:
+                out.append({"id": cid, "name": h[0], "updated_at": float(h[1] or 0), "applies": int(h[2] or 0),
+                            "batch_id": h[3] or None})
+        return out
+
+    def manifest(self, tenant: str | None, cid: str, base: str | None = None) -> Iterator[dict[str, Any]]:
+        """One line per delivered file (each master, then its renditions), and one per cell without
+        images (refused, failed, still running): row, sweep values, rendition, status, links, C2PA
+        state and where a reused result came from."""
+        self.record(tenant, cid)
+        links = self.client.links
+        for cells in self.iter_cells(cid):
+            jobs = [c["job_id"] for c in cells if c.get("job_id")]
+            recs = {}
+            for rec in self.client.store.get_many(jobs):
+                if rec is not None:
+                    recs[rec.job_id] = rec
+            for c in cells:
+                common = {"row": c["row"], "row_key": c["row_key"], "cell": c["cell"], "sweep": c.get("sweep") or {},
+                          "custom_id": c.get("custom_id"), "job_id": c.get("job_id"),
+                          "reused_from": c.get("reused_from")}
+                if c.get("refused"):
+                    yield {**common, "status": "refused", "rendition": None, "error": c["refused"].get("message")}
+                    continue
+                rec = recs.get(c.get("job_id"))
+                if rec is None:
+                    yield {**common, "status": "expired", "rendition": None, "error": "the job's record is gone"}
+                    continue
+                status = rec.status.value
+                images = rec.result.images if rec.result else []
+                if not images:
+                    yield {**common, "status": status, "rendition": None,
+                           "error": (rec.error or {}).get("message") if rec.error else None}
+                    continue
+                for image in images:
+                    view = links.view(rec.job_id, image, base)
+                    yield {**common, "status": status, "image": image.index, "rendition": "master",
+                           "width": image.width, "height": image.height, "format": image.format.value,
+                           "url": view.get("url"), "download_url": view.get("download_url"),
+                           "thumbnail_url": view.get("thumbnail_url"),
+                           "c2pa": image.c2pa, "sha256": image.sha256}
+                    for rv in view.get("renditions") or []:
+                        yield {**common, "status": status, "image": image.index, "rendition": rv.get("name"),
+                               "width": rv.get("width"), "height": rv.get("height"), "format": rv.get("format"),
+                               "fit": rv.get("fit"), "url": rv.get("url"), "download_url": rv.get("download_url"),
+                               "c2pa": rv.get("c2pa"), "sha256": rv.get("sha256"), "master_sha256": image.sha256}
+
+
+MANIFEST_COLUMNS = ["row", "row_key", "cell", "sweep", "custom_id", "job_id", "reused_from", "status", "image",
+                    "rendition", "fit", "width", "height", "format", "url", "download_url", "c2pa", "sha256",
+                    "master_sha256", "error"]
+
+
+def manifest_csv_line(line: dict[str, Any]) -> list[str]:
+    out = []
+    for col in MANIFEST_COLUMNS:
+        v = line.get(col)
+        out.append("" if v is None else json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v))
+    return out
+
+
+__all__ = ["Campaigns", "CampaignNotFound", "OverBudget", "CampaignRefused", "campaign_id", "cache_key",
+           "MANIFEST_COLUMNS", "manifest_csv_line", "QuotaExceeded"]
