@@ -228,8 +228,13 @@ class Campaigns:
     def _tally(self, tenant: str | None, spec: CampaignSpec, catalog: Catalog,
                on_cell=None) -> Tally:
         t = Tally()
+        seen: set[str] = set()
         for e in self._evaluated(tenant, spec, catalog):
             t.cells += 1
+            if e.key and not e.reuse and e.key in seen:
+                e.reuse = "(an earlier cell of this apply)"  # the same content twice: rendered once
+            elif e.key:
+                seen.add(e.key)
             t.rows.add(e.cell.row_key)
             if on_cell is not None:
                 on_cell(e)
@@ -426,6 +431,8 @@ class Campaigns:
                       planned: int, staging: str, counts: dict[str, int], held: int) -> None:
         pending: list[Evaluated] = []
         meta = {"campaign_id": cid, "campaign": spec.name}
+        #: content key → the job of this apply that renders it (None until its part is submitted)
+        rendering: dict[str, str | None] = {}
 
         def flush() -> None:
             nonlocal pending
@@ -449,6 +456,7 @@ class Campaigns:
                 raise sub.errors[0][1]
             with self.r.pipeline(transaction=False) as p:
                 for e, job in zip(pending, sub.job_ids):
+                    rendering[e.key or ""] = job
                     p.set(cache_key(tenant, e.key or ""), job, ex=self.settings.record_ttl_s)
                     self._stage(p, staging, e, job=job)
                 p.execute()
@@ -460,6 +468,13 @@ class Campaigns:
             p.execute()
         buffered: list[Evaluated] = []
         for e in self._evaluated(tenant, spec, cat):
+            if e.key and not e.reuse and e.key in rendering:
+                # The same content as an earlier cell of this apply: rendered once, by that cell.
+                if rendering[e.key] is None:
+                    flush()
+                e.reuse = rendering[e.key]
+            elif e.key and not e.reuse:
+                rendering[e.key] = None
             if e.refusal is not None:
                 counts["refused"] += 1
                 buffered.append(e)
