@@ -25,6 +25,7 @@ JOB_FAILED = "job.failed"
 JOB_BLOCKED = "job.blocked"
 JOB_CANCELED = "job.canceled"
 BATCH_COMPLETED = "batch.completed"
+CAMPAIGN_COMPLETED = "campaign.completed"
 
 EVENT_TYPES: tuple[str, ...] = (
     JOB_STARTED,
@@ -34,6 +35,7 @@ EVENT_TYPES: tuple[str, ...] = (
     JOB_BLOCKED,
     JOB_CANCELED,
     BATCH_COMPLETED,
+    CAMPAIGN_COMPLETED,
 )
 #: Progress is opt-in: it is chatty and most receivers only want outcomes.
 DEFAULT_EVENTS: frozenset[str] = frozenset(t for t in EVENT_TYPES if t != JOB_PROGRESS)
@@ -61,8 +63,13 @@ def parse_event_filter(values: Iterable[str] | None, field: str = "webhook_event
     return frozenset(wanted)
 
 
-def subject_of(event_type: str, job_id: str | None, batch_id: str | None) -> str:
-    """What an event is about: the batch for ``batch.*`` events, else the job."""
+def subject_of(event_type: str, job_id: str | None, batch_id: str | None, subject: str | None = None) -> str:
+    """What an event is about: the batch for ``batch.*`` events, ``subject`` (a campaign's id and
+    apply) for ``campaign.*`` events, else the job."""
+    if event_type.startswith("campaign."):
+        if not subject:
+            raise ValueError(f"{event_type} needs a subject: the campaign id and its apply")
+        return subject
     subject = batch_id if event_type.startswith("batch.") else job_id
     if not subject:
         raise ValueError(f"{event_type} needs a {'batch_id' if event_type.startswith('batch.') else 'job_id'}")
@@ -70,7 +77,8 @@ def subject_of(event_type: str, job_id: str | None, batch_id: str | None) -> str
 
 
 def event_id(subject: str, event_type: str, step: int | None = None) -> str:
-    """Deterministic id ``evt_<32 hex>`` from (job or batch id, event type[, progress step])."""
+    """Deterministic id ``evt_<32 hex>`` from (job or batch id, or campaign and apply; event
+    type[, progress step])."""
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}; allowed: {', '.join(EVENT_TYPES)}")
     if event_type == JOB_PROGRESS and step is None:
@@ -117,3 +125,12 @@ def job_finished(job_id: str, status: str, batch_id: str | None = None, *, outpu
 def batch_completed(batch_id: str, counts: dict[str, int], **extra: Any) -> dict[str, Any]:
     """``data`` for ``batch.completed``: counts per final job status."""
     return {"batch_id": batch_id, "counts": dict(counts), **extra}
+
+
+def campaign_completed(campaign_id: str, name: str, apply: int, counts: dict[str, int],
+                       progress: dict[str, Any] | None, results_url: str, **extra: Any) -> dict[str, Any]:
+    """``data`` for ``campaign.completed``: sent once per apply, when its batch has ended (or at
+    once when the apply had nothing to render). ``counts``: cells per state (reused ones as
+    ``reused_<state>``); ``progress``: cells done of total, GPU-seconds spent against planned."""
+    return {"campaign_id": campaign_id, "name": name, "apply": int(apply), "counts": dict(counts),
+            "progress": progress, "results_url": results_url, **extra}

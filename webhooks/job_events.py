@@ -130,6 +130,11 @@ def webhook_sender(settings, redis_url: str, store, app=None) -> Sender:
             if info["done"] >= info["total"]:
                 enqueue_event(app, settings, r, event_type=ev.BATCH_COMPLETED,
                               data=batch_completed_data(store, links(), msg.batch_id, info), **kw)
+                campaign = (info.get("meta") or {}).get("campaign_id")
+                if campaign:  # a campaign's apply: its own event, once per apply
+                    from webhooks.campaign_events import enqueue_campaign_completed
+
+                    enqueue_campaign_completed(app, settings, store, campaign, info)
 
     return send
 

@@ -52,13 +52,14 @@ def _max_wait(settings: Settings) -> float:
 def enqueue_event(app: Celery, settings: Settings, redis: Any, *, url: str,
                   secret: SecretLike | Iterable[SecretLike] | None, event_type: str, data: dict[str, Any],
                   job_id: str | None = None, batch_id: str | None = None, tenant: str | None = None,
-                  event_filter: Iterable[str] | None = None) -> str | None:
+                  event_filter: Iterable[str] | None = None, subject: str | None = None) -> str | None:
     """Record an event for ``url`` and send its first delivery task; returns the event id.
 
     Returns None when the request's ``event_filter`` does not want this type, or a
     ``job.progress`` event falls inside ``webhook_progress_interval_s`` of the previous one.
     Idempotent: the id is derived from (job/batch, type[, step]), so calling again for the same
-    event (a redelivered job) sends nothing. ``secret`` defaults to ``settings.webhook_secret``;
+    event (a redelivered job) sends nothing; ``campaign.*`` events pass their ``subject``
+    (campaign id and apply). ``secret`` defaults to ``settings.webhook_secret``;
     several secrets sign with each (rotation). Raises ``WebhookTargetRefused`` for a URL the
     SSRF guard refuses without DNS (scheme, credentials, IP literals); DNS is checked per attempt.
     """
@@ -72,7 +73,7 @@ def enqueue_event(app: Celery, settings: Settings, redis: Any, *, url: str,
     # secrets are looked up at each attempt (webhooks.job_events.secrets_resolver).
     secrets = tuple(SecretBox.for_settings(settings).seal(s) for s in explicit)
     check_url(url, settings.webhook_allow_hosts, resolve=False)
-    subject = ev.subject_of(event_type, job_id, batch_id)
+    subject = ev.subject_of(event_type, job_id, batch_id, subject)
     step = data.get("step") if event_type == ev.JOB_PROGRESS else None
     event_id = ev.event_id(subject, event_type, step)
     store = DeliveryStore(redis, settings.record_ttl_s)

@@ -36,6 +36,18 @@ class BatchEventData(BaseModel):
     results_url: str | None = None
 
 
+class CampaignEventData(BaseModel):
+    campaign_id: str
+    name: str
+    apply: int = Field(description="Which apply of the campaign ended (1, 2, ...): one event per apply.")
+    counts: dict[str, int] = Field(description="Cells per state; reused ones as reused_<state>.")
+    progress: dict[str, Any] | None = Field(None, description=(
+        "cells_done, cells_total, gpu_seconds_spent, gpu_seconds_planned (null while the apply was still "
+        "being recorded)."))
+    results_url: str = Field(description="The manifest (GET, API key).")
+    batch_id: str | None = Field(None, description="The apply's batch; absent when it had nothing to render.")
+
+
 class JobEvent(BaseModel):
     """Signed with Standard Webhooks headers: webhook-id, webhook-timestamp, webhook-signature."""
 
@@ -50,6 +62,13 @@ class BatchEvent(BaseModel):
     type: Literal["batch.completed"]
     timestamp: str
     data: BatchEventData
+
+
+class CampaignEvent(BaseModel):
+    version: Literal[1] = 1
+    type: Literal["campaign.completed"]
+    timestamp: str
+    data: CampaignEventData
 
 
 def install(app: FastAPI) -> None:
@@ -77,3 +96,8 @@ def install(app: FastAPI) -> None:
     @app.webhooks.post("batch-event")
     def batch_event(body: BatchEvent) -> None:
         """Sent once when every job of a batch has ended."""
+
+    @app.webhooks.post("campaign-event")
+    def campaign_event(body: CampaignEvent) -> None:
+        """Sent to a campaign's ``webhook`` once per apply: when its renders have ended, or at once
+        when it had nothing to render."""
