@@ -1,5 +1,6 @@
-"""Files for OpenAI-style batches: uploaded inputs (``purpose=batch``) and the output and error
-files a finished batch produces. Bytes live in storage under ``_files/`` (never presigned or
+"""Files: OpenAI-style batch inputs (``purpose=batch``) and the output and error files a finished
+batch produces, and campaign catalogs (``purpose=campaign``: CSV or JSONL, read when a campaign
+is planned or applied). Bytes live in storage under ``_files/`` (never presigned or
 listed); a small record per file in Redis; every file belongs to one tenant.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 from jobs.errors import InvalidRequest, JobNotFound
 from jobs.names import KEY_PREFIX
 
-PURPOSES = ("batch", "batch_output")
+PURPOSES = ("batch", "batch_output", "campaign")
 
 
 class FileNotFound(JobNotFound):
@@ -36,6 +37,11 @@ class FileRecord:
     def storage_key(self) -> str:
         return f"_files/{self.id}"
 
+    @property
+    def content_type(self) -> str:
+        """By file name: a campaign's CSV catalog is text/csv; everything else here is JSONL."""
+        return "text/csv" if self.filename.lower().endswith((".csv", ".tsv")) else "application/jsonl"
+
     def to_openai(self) -> dict[str, Any]:
         return {"id": self.id, "object": "file", "bytes": self.bytes, "created_at": int(self.created_at),
                 "filename": self.filename, "purpose": self.purpose, "status": "processed", "expires_at": None}
@@ -48,11 +54,11 @@ class Files:
 
     def create(self, tenant: str, filename: str, purpose: str, data: bytes, file_id: str | None = None) -> FileRecord:
         if purpose not in PURPOSES:
-            raise InvalidRequest(f"purpose: {purpose!r} is not supported; use 'batch'",
-                                 errors=[{"field": "purpose", "message": "use 'batch'"}])
+            raise InvalidRequest(f"purpose: {purpose!r} is not supported; use 'batch' or 'campaign'",
+                                 errors=[{"field": "purpose", "message": "use 'batch' or 'campaign'"}])
         rec = FileRecord(file_id or "file-" + secrets.token_hex(12), tenant, filename[:255] or "upload.jsonl", purpose,
                          len(data), time.time())
-        self.client.storage.put(rec.storage_key, data, content_type="application/jsonl",
+        self.client.storage.put(rec.storage_key, data, content_type=rec.content_type,
                                 metadata={"tenant": tenant, "kind": "file"})
         with self.r.pipeline() as p:
             p.hset(file_key(rec.id), mapping={k: str(v) for k, v in asdict(rec).items()})

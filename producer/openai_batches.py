@@ -55,6 +55,10 @@ def create(client, tenant: str, raw: bytes) -> tuple[dict[str, Any], list[dict[s
     except PermanentError:
         raise InvalidRequest(f"input_file_id: no file {body.input_file_id!r} (upload it with POST /v1/files)",
                              errors=[{"field": "input_file_id", "message": "unknown file"}]) from None
+    if source.purpose == "campaign":  # a catalog is no list of requests
+        raise InvalidRequest(f"input_file_id: {body.input_file_id!r} was uploaded with purpose 'campaign'; a batch "
+                             "reads a file uploaded with purpose 'batch'",
+                             errors=[{"field": "input_file_id", "message": "purpose is 'campaign', not 'batch'"}])
     lines = files.content(source).decode("utf-8", "replace").splitlines()
     limit = client.settings.max_batch_jobs
     if len([x for x in lines if x.strip()]) > limit:

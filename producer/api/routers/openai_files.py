@@ -1,5 +1,5 @@
-"""``/v1/files`` (OpenAI-compatible): upload a batch's JSONL, read a finished batch's output and
-error files. Files belong to one tenant; errors come in OpenAI's shape."""
+"""``/v1/files`` (OpenAI-compatible): upload a batch's JSONL or a campaign's catalog, read a
+finished batch's output and error files. Files belong to one tenant; errors come in OpenAI's shape."""
 from __future__ import annotations
 
 from typing import Annotated
@@ -17,7 +17,8 @@ router = APIRouter(prefix="/v1/files", tags=["openai-compatible"])
 @router.post("")
 async def create_file(svc: ServicesDep, tenant: Tenant, file: Annotated[UploadFile, File()],
                       purpose: Annotated[str, Form(max_length=40)]) -> dict:
-    """Upload a JSONL file of requests (``purpose=batch``), within the API's body limit."""
+    """Upload a JSONL file of requests (``purpose=batch``) or a campaign's CSV or JSONL catalog
+    (``purpose=campaign``), within the API's body limit."""
     data = await file.read()
     rec = await run_in_threadpool(Files(svc.client).create, tenant, file.filename or "upload.jsonl", purpose, data)
     return rec.to_openai()
@@ -29,10 +30,12 @@ def get_file(file_id: str, svc: ServicesDep, tenant: Tenant) -> dict:
 
 
 @router.get("/{file_id}/content", response_class=Response,
-            responses={200: {"content": {"application/jsonl": {"schema": {"type": "string"}}}}})
+            responses={200: {"content": {"application/jsonl": {"schema": {"type": "string"}},
+                                         "text/csv": {"schema": {"type": "string"}}}}})
 def file_content(file_id: str, svc: ServicesDep, tenant: Tenant) -> Response:
     files = Files(svc.client)
-    return Response(files.content(files.get(tenant, file_id)), media_type="application/jsonl")
+    rec = files.get(tenant, file_id)
+    return Response(files.content(rec), media_type=rec.content_type)
 
 
 @router.delete("/{file_id}")
