@@ -199,9 +199,23 @@ class Client:
             raise BrokerUnavailable(f"could not queue job {msg.job_id}: the broker is unavailable ({e})") from e
 
     def submit(self, request: RenderRequest | dict[str, Any], *, tenant: str | None = None) -> str:
-        """Queue one job; returns its id."""
-        msg = self.prepare(request, tenant=tenant)
+        """Queue one job; returns its id. With ``cache: "reuse"``, the id of an earlier job of the
+        same content that succeeded or is still queued or running, when there is one: nothing is
+        queued then (``producer.result_cache``)."""
+        req = request if isinstance(request, RenderRequest) else RenderRequest.parse(request)
+        content = None
+        if req.cache == "reuse":
+            from producer import result_cache
+
+            cached, content = result_cache.lookup(self, tenant, req)
+            if cached is not None:
+                return cached.job_id
+        msg = self.prepare(req, tenant=tenant)
         self.enqueue(msg)
+        if content is not None:
+            from producer import result_cache
+
+            result_cache.remember(self, tenant, content, msg.job_id)
         return msg.job_id
 
     def refine(self, job_id: str, prompt: str, *, tenant: str | None = None, **fields: Any) -> str:

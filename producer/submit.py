@@ -193,15 +193,23 @@ def submit_batch_body(client, tenant: str, raw: bytes, ctype: str) -> dict[str, 
 
 
 def submit_job(client, idempotency: Idempotency, tenant: str, body: RenderRequest,
-               idempotency_key: str | None = None) -> tuple[JobRecord, bool]:
+               idempotency_key: str | None = None) -> tuple[JobRecord, bool, bool]:
     """Queue one job for ``tenant``: (its record, whether an earlier request with the same
-    ``idempotency_key`` had already created it)."""
+    ``idempotency_key`` had already created it, whether it is an earlier job of the same content
+    that ``cache: "reuse"`` answers with: nothing was queued then; ``producer.result_cache``)."""
     check_webhook(body, client.settings)
+    content = None
+    if body.cache == "reuse":
+        from producer import result_cache
+
+        cached, content = result_cache.lookup(client, tenant, body)
+        if cached is not None:
+            return cached, False, True
     job_id = None
     if idempotency_key:
         prior = idempotency.claim(tenant, idempotency_key, body)
         if prior is not None:
-            return prior, True
+            return prior, True, False
         job_id = idempotency.job_id(tenant, idempotency_key)
     try:
         reserve_capacity(client, tenant, 1)
@@ -218,7 +226,11 @@ def submit_job(client, idempotency: Idempotency, tenant: str, body: RenderReques
         if idempotency_key:
             idempotency.release(tenant, idempotency_key)
         raise
-    return client.store.get(msg.job_id), False
+    if content is not None:
+        from producer import result_cache
+
+        result_cache.remember(client, tenant, content, msg.job_id)
+    return client.store.get(msg.job_id), False, False
 
 
 def _give_back_unused(client, tenant: str, msg) -> None:

@@ -45,20 +45,28 @@ def _answer(svc: Services, rec: JobRecord, request: Request, headers: dict[str, 
 
 
 @router.post("", status_code=201, responses={200: {"model": Job, "description": (
-    "An earlier request with the same Idempotency-Key created this job (header Idempotent-Replayed).")}})
+    "An earlier request with the same Idempotency-Key created this job (header Idempotent-Replayed), or "
+    "cache 'reuse' found an earlier job of the same content (header Batchrender-Reused: its id): nothing "
+    "was queued.")}})
 async def create_job(body: Annotated[RenderRequest, Body(openapi_examples=_EXAMPLES)], request: Request, response: Response, svc: ServicesDep, tenant: Tenant,
                idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
                prefer: Annotated[str | None, Header(max_length=1024)] = None) -> Job:
     """Queue a render. ``Idempotency-Key`` makes retries safe; ``Prefer: wait=N`` waits up to N s.
 
     A prompt the content policy refuses is recorded as a ``blocked`` job and answered with 422
-    ``moderation_blocked`` (stage and categories), never queued.
+    ``moderation_blocked`` (stage and categories), never queued. With ``cache: "reuse"`` (and a
+    seed), a job of this tenant with the same content that succeeded or is still queued or running
+    is the answer: 200, header ``Batchrender-Reused: <its id>``, nothing rendered.
     """
-    rec, replayed = await run_in_threadpool(submit_job, svc.client, svc.idempotency, tenant, body, idempotency_key)
+    rec, replayed, reused = await run_in_threadpool(submit_job, svc.client, svc.idempotency, tenant, body,
+                                                    idempotency_key)
     if replayed:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
         return await run_in_threadpool(_answer, svc, rec, request, {"Idempotent-Replayed": "true"})
+    if reused:
+        response.status_code = 200
+        response.headers["Batchrender-Reused"] = rec.job_id
     wait = _PREFER_WAIT.search(prefer or "")
     if wait and not rec.status.terminal:
         seconds = min(MAX_WAIT_S, int(wait.group(1)[:4]))
