@@ -708,13 +708,14 @@ def keys_secrets_key() -> None:
 
 
 def _attach_groups() -> None:
+    from producer.campaign_cli import campaign
     from producer.demo import demo
     from provenance.cli import provenance, verify
     from safety.cli import moderation
     from storage.cli import storage
     from webhooks.cli import webhooks
 
-    for command in (demo, verify, provenance, moderation, storage, webhooks):
+    for command in (campaign, demo, verify, provenance, moderation, storage, webhooks):
         cli.add_command(command)
 
 

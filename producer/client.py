@@ -235,6 +235,33 @@ class Client:
 
         return lineage(self, job_id, tenant=tenant)
 
+    def campaign(self, doc: Any, *, catalog: str | bytes | None = None, dry_run: bool = False,
+                 skip_refused: bool = False, tenant: str | None = None) -> dict[str, Any]:
+        """Plan (``dry_run``) or apply a campaign (``producer.campaigns``).
+
+        ``doc``: a dict, a ``CampaignSpec``, or the path of a JSON or YAML file (its ``catalog.path``
+        is relative to the file). ``catalog``: a local CSV/JSONL file's path, or its bytes, in place
+        of the document's catalog. Returns the plan, or what was applied (``applied``: submitted,
+        reused, refused cells; ``batch_id``). Raises ``InvalidRequest`` naming the row, column or
+        field (``CampaignRefused`` lists refused cells by row, ``OverBudget`` the budget's reasons;
+        nothing is queued then) and ``QuotaExceeded``."""
+        from producer.campaign_documents import local_catalog, spec_of
+        from producer.campaigns import Campaigns
+
+        spec = spec_of(doc)
+        campaigns = Campaigns(self, allow_paths=True)  # this process's own disk: paths are fine
+        cat = local_catalog(catalog, spec, self.settings.campaign_max_rows) if catalog is not None else None
+        if dry_run:
+            return campaigns.plan(tenant, spec, cat)
+        return campaigns.apply(tenant, spec, cat, skip_refused=skip_refused)
+
+    def campaign_status(self, id_or_name: str, *, tenant: str | None = None) -> dict[str, Any]:
+        """A campaign (by id or name): status, progress, cells per state, the last plan."""
+        from producer.campaign_results import resolve_id
+        from producer.campaigns import Campaigns
+
+        return Campaigns(self).status(tenant, resolve_id(tenant, id_or_name))
+
     def submit_batch(self, requests: Iterable[RenderRequest | dict[str, Any]], *,
                      tenant: str | None = None, batch_id: str | None = None,
                      meta: dict[str, Any] | None = None, reserved: int = 0, total: int | None = None,

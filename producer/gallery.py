@@ -105,3 +105,87 @@ def local_sheet(client, batch_id: str) -> str:
         return url if "://" in url else "file://" + url
 
     return render_sheet(client.store.batch_info(batch_id), client.batch_results(batch_id), thumb, full)
+
+
+# -- campaigns: rows × renditions ------------------------------------------------------------------
+#: Sheet rows (one per cell and image) one campaign page shows; the rest are counted in the header.
+MAX_CAMPAIGN_ROWS = 1000
+_CAMPAIGN_CSS = """
+table.sheet{border-collapse:separate;border-spacing:8px;margin:-8px}
+.sheet th{font-weight:600;text-align:left;color:#444;position:sticky;top:0;background:#f6f6f4}
+.sheet td{background:#fff;border:1px solid #ddd;border-radius:8px;padding:6px;vertical-align:top}
+.sheet td.row{min-width:160px;max-width:240px}.sheet img{max-width:200px;max-height:200px;display:block;
+border-radius:4px;background:repeating-conic-gradient(#eee 0 25%,#fff 0 50%) 0 0/16px 16px}
+.reused{color:#176f2c}.empty{color:#999}
+"""
+
+
+def render_campaign_sheet(campaign: dict[str, Any], lines: Iterable[dict[str, Any]], columns: list[str],
+                          src: Callable[[dict[str, Any]], str | None],
+                          href: Callable[[dict[str, Any]], str | None]) -> str:
+    """The HTML page of a campaign (``Campaigns.status``): one table row per cell and image, one
+    column per rendition (``columns``, ``master`` first), from its manifest ``lines`` (in catalog
+    order, each image's master line before its renditions). ``src``/``href``: where a line's
+    thumbnail and full file come from. Every value from a catalog or document is escaped."""
+    e = html.escape
+    rows: list[str] = []
+    shown = 0
+    current: tuple[Any, Any] | None = None
+    group: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if not group:
+            return
+        first = group[0]
+        sweep = " · ".join(f"{e(str(k))}={e(str(v))}" for k, v in (first.get("sweep") or {}).items())
+        reused = (f'<div class="meta reused">reused from {e(str(first["reused_from"]))}</div>'
+                  if first.get("reused_from") else "")
+        head = (f'<td class="row"><b>{e(str(first.get("row_key") or ""))}</b> <span class="meta">row '
+                f'{e(str(first.get("row")))}</span><div class="meta">{sweep}</div><div class="meta">'
+                f'{e(str(first.get("custom_id") or ""))}</div><div class="meta">{e(str(first.get("status")))}'
+                f'</div>{reused}</td>')
+        if first.get("rendition") is None:
+            why = e(str(first.get("error") or first.get("status") or ""))
+            rows.append(f'<tr>{head}<td colspan="{len(columns)}" class="meta bad">{why}</td></tr>')
+            return
+        by_name = {line.get("rendition"): line for line in group}
+        tds = []
+        for name in columns:
+            line = by_name.get(name)
+            if line is None:
+                tds.append('<td class="empty">—</td>')
+                continue
+            thumb, full = src(line), href(line)
+            img = (f'<img class="thumb" src="{e(thumb)}" alt="{e(str(first.get("row_key")))} {e(name)}" '
+                   'loading="eager">') if thumb else '<div class="meta">no preview</div>'
+            body = f'<a href="{e(full)}">{img}</a>' if full else img
+            c2pa = '<span class="c2pa">C2PA</span>' if line.get("c2pa") == "signed" else '<span class="bad">unsigned</span>'
+            tds.append(f'<td>{body}<div class="meta">{e(str(line.get("width")))}×{e(str(line.get("height")))} '
+                       f'{e(str(line.get("format")))} · {c2pa}</div></td>')
+        rows.append(f'<tr>{head}{"".join(tds)}</tr>')
+
+    for line in lines:
+        key = (line.get("cell"), line.get("image"))
+        if key != current:
+            flush()
+            group = []
+            current = key
+            shown += 1
+            if shown > MAX_CAMPAIGN_ROWS:
+                break
+        group.append(line)
+    else:
+        flush()
+    progress = campaign.get("progress") or {}
+    counts = ", ".join(f"{v} {k}" for k, v in (campaign.get("counts") or {}).items() if v)
+    more = f" (showing the first {MAX_CAMPAIGN_ROWS} rows)" if shown > MAX_CAMPAIGN_ROWS else ""
+    made = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    title = e(f"campaign {campaign.get('name')}")
+    header = "".join(f"<th>{e(c)}</th>" for c in ["row", *columns])
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+            f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{_CSS}{_CAMPAIGN_CSS}</style>'
+            f'</head><body><h1>{title}</h1><p class="sub">{e(str(campaign.get("id")))} · apply '
+            f'{e(str(campaign.get("applies")))} · {e(str(progress.get("cells_done")))}/'
+            f'{e(str(progress.get("cells_total")))} cells done{e(more)} · {e(counts)} · '
+            f'{e(str(campaign.get("status")))} · made {made}</p><table class="sheet"><thead><tr>{header}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>{_COUNT}</body></html>')
