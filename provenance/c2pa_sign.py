@@ -6,7 +6,8 @@ trainedAlgorithmicMedia), claim generator ``batchrender/<version>``, and an
 canonical JSON of the render parameters. A refinement (jobs/lineage.py) lists its parent image
 as a ``parentOf`` ingredient, the parent's own manifest embedded with it, and its actions are
 ``c2pa.opened`` (that ingredient) then ``c2pa.edited``: reading the last image of a chain of
-refinements walks back to the first. Thumbnails are off: c2pa's default thumbnail is
+refinements walks back to the first. A rendition (worker/renditions.py) lists its signed master
+the same way, followed by the ``edits`` that made it (``c2pa.cropped``, ``c2pa.resized``, ...). Thumbnails are off: c2pa's default thumbnail is
 lossless and made a 38 KB WebP weigh 1 MB.
 
 Key sources, in order: ``c2pa_signer_callback`` (KMS/HSM), ``c2pa_cert_chain`` +
@@ -220,8 +221,11 @@ class ImageSigner:
         return signer
 
     # -- signing -------------------------------------------------------------------------------
-    def manifest(self, fmt: str, info: Mapping[str, Any], parent: ParentImage | None = None) -> dict[str, Any]:
-        """The manifest definition for one image (exposed for tests and docs)."""
+    def manifest(self, fmt: str, info: Mapping[str, Any], parent: ParentImage | None = None,
+                 edits: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The manifest definition for one image (exposed for tests and docs). ``edits``: with a
+        ``parent``, the actions done to it after ``c2pa.opened`` (a rendition: ``c2pa.cropped``,
+        ``c2pa.resized``, ...) instead of a refinement's ``c2pa.edited``."""
         missing = [k for k in REQUIRED_INFO if k not in info]
         if missing:
             raise SigningFailed(f"C2PA info lacks {', '.join(missing)}; pass job_id, batch_id, model, seed, params")
@@ -234,6 +238,8 @@ class ImageSigner:
         }
         if "index" in info:
             job["index"] = int(info["index"])
+        if "rendition" in info:
+            job["rendition"] = str(info["rendition"])
         created = {"action": "c2pa.created", "digitalSourceType": DIGITAL_SOURCE_TYPE,
                    "softwareAgent": {"name": GENERATOR, "version": __version__}}
         actions = [created]
@@ -241,8 +247,9 @@ class ImageSigner:
             job.update(parent_job_id=parent.job_id, parent_index=parent.index, turn=parent.turn)
             # C2PA: an edit opens its parentOf ingredient first, then says what was done to it.
             actions = [{"action": "c2pa.opened", "parameters": {"ingredientIds": [PARENT_LABEL]}},
-                       {**created, "action": "c2pa.edited", "description": "refined by image-to-image from the "
-                        "parent image with a new prompt"}]
+                       *([{"softwareAgent": created["softwareAgent"], **e} for e in edits] if edits else
+                         [{**created, "action": "c2pa.edited", "description": "refined by image-to-image from "
+                           "the parent image with a new prompt"}])]
         return {
             "claim_generator_info": [{"name": GENERATOR, "version": __version__}],
             "title": f"{job['job_id']}.{fmt}",
@@ -253,13 +260,15 @@ class ImageSigner:
             ],
         }
 
-    def sign(self, data: bytes, fmt: str, info: Mapping[str, Any], parent: ParentImage | None = None) -> bytes:
+    def sign(self, data: bytes, fmt: str, info: Mapping[str, Any], parent: ParentImage | None = None,
+             edits: list[dict[str, Any]] | None = None) -> bytes:
         """Return ``data`` with an embedded, signed C2PA manifest; SigningFailed otherwise.
-        ``parent``: the image this one refines, listed as its ``parentOf`` ingredient."""
+        ``parent``: the image this one refines or is derived from, listed as its ``parentOf``
+        ingredient; ``edits``: what was done to it (default: a refinement's ``c2pa.edited``)."""
         fmt = fmt.lower()
         if fmt not in MIME_TYPES:
             raise SigningFailed(f"cannot sign format {fmt!r}; use png, jpeg or webp")
-        manifest = self.manifest(fmt, info, parent)
+        manifest = self.manifest(fmt, info, parent, edits)
         c2pa = self._c2pa
         out = io.BytesIO()
         try:

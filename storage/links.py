@@ -6,6 +6,8 @@
   (signed for ``s3_public_endpoint_url`` when set), otherwise the API path with
   ``?expires=<unix time>&signature=<HMAC-SHA256>``, which the API honours until then.
 - ``thumbnail_url``: the small WebP the worker writes beside the image, signed the same way.
+- each rendition (``renditions``) gets its own ``url`` (``.../outputs/{index}/renditions/{name}``)
+  and ``download_url``, made the same way as the image's.
 
 ``base`` is ``public_base_url`` when configured, else what the caller passes (the API passes the
 request's own base URL), else nothing: webhooks then carry paths.
@@ -30,6 +32,14 @@ def thumbnail_key(key: str) -> str:
     return key + THUMBNAIL_SUFFIX
 
 
+def rendition_key(key: str, name: str, ext: str) -> str:
+    """Where the worker puts an image's rendition: beside it, ``<key without extension>.<name>.<ext>``
+    (deterministic, so a redelivery overwrites it)."""
+    head, _, last = key.rpartition("/")
+    stem = last.rsplit(".", 1)[0] if "." in last else last
+    return f"{head}/{stem}.{name}.{ext}" if head else f"{stem}.{name}.{ext}"
+
+
 class Links:
     def __init__(self, settings: Settings, storage: Storage, signing_key: bytes) -> None:
         self.settings, self.storage, self._key = settings, storage, signing_key
@@ -38,6 +48,10 @@ class Links:
     @staticmethod
     def output_path(job_id: str, index: int, thumbnail: bool = False) -> str:
         return f"/v1/jobs/{job_id}/outputs/{index}" + ("/thumbnail" if thumbnail else "")
+
+    @staticmethod
+    def rendition_path(job_id: str, index: int, name: str) -> str:
+        return f"/v1/jobs/{job_id}/outputs/{index}/renditions/{name}"
 
     @staticmethod
     def gallery_path(batch_id: str) -> str:
@@ -84,6 +98,13 @@ class Links:
                     download_expires_at=round(expires_at, 3), thumbnail_url=None)
         if image.thumbnail_key:
             view["thumbnail_url"] = self.signed(self.output_path(job_id, image.index, True), base)[0]
+        for shown, rendition in zip(view.get("renditions") or [], image.renditions):
+            path = self.rendition_path(job_id, image.index, rendition.name)
+            url = self.storage.presign(rendition.key, self.settings.presign_expiry_s)
+            expires = time.time() + self.settings.presign_expiry_s
+            if url is None:
+                url, expires = self.signed(path, base)
+            shown.update(url=self.base(base) + path, download_url=url, download_expires_at=round(expires, 3))
         return view
 
     def refresh(self, outputs: list[dict[str, Any]], job_id: str) -> list[dict[str, Any]]:

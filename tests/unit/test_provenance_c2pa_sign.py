@@ -184,3 +184,21 @@ def test_a_parent_that_is_not_an_image_is_refused(signer):
 
     with pytest.raises(SigningFailed, match="not a PNG, JPEG or WebP"):
         signer.sign(image_bytes("png"), "png", INFO, parent=ParentImage(b"%PDF-1.7", "job-0-0.pdf", "job-0", 0, 1))
+
+
+def test_a_rendition_names_what_was_done_to_its_master(signer, keys):
+    from provenance.c2pa_sign import ParentImage
+
+    master = signer.sign(image_bytes("png"), "png", {**INFO, "index": 0})
+    edits = [{"action": "c2pa.cropped", "description": "cropped to 9:16"},
+             {"action": "c2pa.resized", "description": "resized to 1080x1920"}]
+    child = signer.sign(image_bytes("jpeg"), "jpeg", {**INFO, "index": 0, "rendition": "story"},
+                        parent=ParentImage(master, "job-1-0.png", "job-1", 0, 0), edits=edits)
+    state, manifest = read(child, "jpeg", keys.ca_cert.read_text())
+    assert state == "Trusted"
+    labels = {a["label"]: a["data"] for a in manifest["assertions"]}
+    actions = labels["c2pa.actions.v2"]["actions"]
+    assert [a["action"] for a in actions] == ["c2pa.opened", "c2pa.cropped", "c2pa.resized"]
+    assert labels[JOB_ASSERTION]["rendition"] == "story"
+    [ingredient] = manifest["ingredients"]
+    assert ingredient["relationship"] == "parentOf" and ingredient["title"] == "job-1-0.png"
