@@ -1,7 +1,7 @@
 """Deleting jobs and what they left behind: by request (``DELETE /v1/jobs/{id}``) and by age
 (``prune``: hourly in one worker, or ``batchrender prune --older-than 30d``).
 
-A job's images and thumbnails, its reference image, its provenance entries and its record go
+A job's images, their thumbnails and renditions, its reference image, its provenance entries and its record go
 together. Every step is idempotent, so a delete interrupted half-way is finished by the next one.
 """
 from __future__ import annotations
@@ -26,10 +26,11 @@ def delete_job(store: JobStore, storage: Storage, provenance: Any, job_id: str, 
     if not rec.status.terminal:
         raise JobNotEnded(f"job {job_id} is {rec.status.value}; cancel it and delete it once it has ended")
     for image in rec.result.images if rec.result else []:
-        for key in (image.key, image.thumbnail_key):
+        for key in (image.key, image.thumbnail_key, *(r.key for r in image.renditions)):
             if key:
                 storage.delete(key)
-        provenance.remove(image.sha256)
+        for sha in (image.sha256, *(r.sha256 for r in image.renditions)):
+            provenance.remove(sha)
     msg = store.message(job_id)
     for reference in (msg.input_key, msg.mask_key):
         if reference:

@@ -32,6 +32,7 @@ from worker.colour import palette_report
 from worker.deliver import Delivered, as_delivered, deliver_image
 from worker.prompts import prompt_tokens, t5_window_error
 from worker.render import CallShape, RenderItem, StepHook, render
+from worker.renditions import Extended, extend_canvas
 
 log = logging.getLogger(__name__)
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
@@ -73,6 +74,8 @@ class Rendered:
     outcome: Outcome | None = None
     #: Tokens of the prompt the text encoder read (worker/prompts.py).
     prompt_tokens: int | None = None
+    #: Per image, its ``extend`` renditions' outpainted canvases by name (worker/renditions.py).
+    extended: list[dict[str, Extended]] | None = None
 
 
 Progress = Callable[[str, int, int], None]
@@ -365,10 +368,15 @@ class JobRunner:
         if images is not None and strict:
             images = self.keep_best_palette(loaded.pipe, loaded.device, shape, live, items, images, step_hook,
                                             on_call)
-            # A job whose images passed before its last try: its rendering is done all the same.
-            for x in strict if images is not None else []:
-                if shown.get(x.msg.job_id, 0) < shape.steps:
-                    report(x, shape.steps, shape.steps)
+        extended: list[list[dict[str, Extended]]] | None = [[{} for _ in x.msg.seeds] for x in live]
+        if images is not None and any(x.msg.request.extends for x in live):
+            extended = self.extend(loaded, shape, live, items, images, step_hook, on_call)
+            if extended is None:
+                images = None
+        # A job whose images passed before its last try: its rendering is done all the same.
+        for x in live if images is not None else []:
+            if (x.msg.request.palette_strict or x.msg.request.extends) and shown.get(x.msg.job_id, 0) < shape.steps:
+                report(x, shape.steps, shape.steps)
         render_s = time.perf_counter() - t0
         self.busy_s += render_s
         RENDER_BUSY.inc(render_s)
@@ -387,12 +395,53 @@ class JobRunner:
                 return [Rendered(x, [], Timings(), self.fail(x.msg, err, retryable=False)) for x in live]
             return [Rendered(x, [], Timings(), self._canceled(x.msg)) for x in live]
         out = []
-        for x, imgs, item in zip(live, images, items):
+        assert extended is not None
+        for x, imgs, item, ext in zip(live, images, items, extended):
             timings = Timings(queue_wait_s=max(0.0, x.claimed_at - x.msg.submitted_at), load_s=load_s,
                               render_s=render_s / len(live), batch_size=len(live))
             # Rendered alongside others, but its owner gave up: discard, never deliver.
             ended = self._canceled(x.msg) if store.cancel_requested(x.msg.job_id) else None
-            out.append(Rendered(x, imgs, timings, ended, prompt_tokens(loaded.pipe, item.prompt)))
+            out.append(Rendered(x, imgs, timings, ended, prompt_tokens(loaded.pipe, item.prompt), ext))
+        return out
+
+    def extend(self, loaded, shape: CallShape, live: list[Live], items: list[RenderItem], images: list[list[Any]],
+               step_hook: Callable[[int, list[Live]], StepHook],
+               on_call: Callable[[int, int], None] | None = None) -> list[list[dict[str, Extended]]] | None:
+        """``extend`` renditions: each image outpainted to each such rendition's ratio, on a canvas
+        of the model's native size for that ratio (worker/renditions.py ``extend_canvas``), by the
+        inpainting pipeline at strength 1.0 with the job's prompts and the image's seed. Here, on
+        the render thread, after the image's own call (and palette re-renders); one call per
+        canvas size and rendition position, at the usual rows per call. Every call goes to
+        ``on_call``; progress is round ``k`` = the image's tries + the rendition's position, of
+        ``renders_per_image``. None when a call was interrupted (canceled or out of time)."""
+        from jobs.families import family, size_for
+
+        spec = self.ctx.registry.get(shape.model)
+        fam = family(getattr(spec, "family", "sd15"))
+        out: list[list[dict[str, Extended]]] = [[{} for _ in imgs] for imgs in images]
+        # (canvas size, round k) -> [(job, image, rendition, canvas, mask, placement, seed)]
+        calls: dict[tuple[tuple[int, int], int], list[tuple]] = {}
+        for j, x in enumerate(live):
+            r = x.msg.request
+            first = r.palette_tries if r.palette_strict else 1
+            for e, rendition in enumerate(r.extends):
+                size = size_for(rendition.ratio, spec.base_size, fam)
+                for i, img in enumerate(images[j]):
+                    canvas, mask, placement = extend_canvas(img, rendition.ratio, size)
+                    seed = img.info.get("palette_seed", items[j].seeds[i])
+                    calls.setdefault((size, first + e), []).append((j, i, rendition, canvas, mask, placement, seed))
+        for ((w, h), k), rows in calls.items():
+            call_shape = CallShape(shape.model, w, h, shape.steps, shape.guidance_scale, strength=1.0, inpaint=True,
+                                   references=shape.references)
+            loaded.prepare_for(w, h, self.rows_per_call or len(rows))
+            jobs = [live[j] for j in dict.fromkeys(row[0] for row in rows)]
+            painted = render(loaded.pipe, loaded.device, call_shape, [
+                RenderItem(items[j].prompt, items[j].negative_prompt, (seed,), canvas, mask, items[j].references)
+                for j, _, _, canvas, mask, _, seed in rows], step_hook(k, jobs), self.rows_per_call, on_call)
+            if painted is None:
+                return None
+            for (j, i, rendition, _, _, placement, seed), (img,) in zip(rows, painted):
+                out[j][i][rendition.name] = Extended(img, placement, seed)
         return out
 
     #: ``scorer(image, palette) -> {"score": 0-1, "passes": bool, ...}``; tests inject a stand-in.
@@ -456,13 +505,16 @@ class JobRunner:
     def deliver(self, item: Rendered) -> Outcome:
         """Stages 5-6 for one rendered job; thread-safe, so it can run off the GPU's critical path."""
         with job_context(item.live.msg.job_id):
-            return self._deliver(item.live.msg, item.images, item.timings, item.live.flags, item.prompt_tokens)
+            return self._deliver(item.live.msg, item.images, item.timings, item.live.flags, item.prompt_tokens,
+                                 item.extended)
 
-    def _deliver(self, msg: JobMessage, imgs, timings: Timings, flags, prompt_tokens: int | None = None) -> Outcome:
+    def _deliver(self, msg: JobMessage, imgs, timings: Timings, flags, prompt_tokens: int | None = None,
+                 extended: list[dict[str, Extended]] | None = None) -> Outcome:
         t0 = time.perf_counter()
         results: list[ImageResult] = []
         for index, (img, seed) in enumerate(zip(imgs, msg.seeds)):
-            d: Delivered = deliver_image(self.ctx, msg, index, seed, img)
+            d: Delivered = deliver_image(self.ctx, msg, index, seed, img,
+                                         extended[index] if extended and index < len(extended) else None)
             if d.blocked is not None:
                 rerolled = self._maybe_reroll(msg, d.blocked)
                 if rerolled is not None:
