@@ -13,9 +13,10 @@ from jobs.settings import Settings
 from producer.api import docs, errors
 from producer.api.deps import Services, known_query_parameters
 from producer.api.limits import BodyLimit, RequestId
-from producer.api.routers import batches, deliveries, jobs, openai_files, openai_images, outputs, system
+from producer.api.routers import (batches, campaigns, deliveries, jobs, openai_files, openai_images, outputs,
+                                  system)
 
-DESCRIPTION = """Submit, watch, list and fetch render jobs and batches per tenant.
+DESCRIPTION = """Submit, watch, list and fetch render jobs, batches and campaigns per tenant.
 
 Every error is JSON `{"error": {"code", "message", ...}}` with a stable code. A tenant sees only
 its own jobs, batches and deliveries: anything else is a 404, exactly like a missing id."""
@@ -48,7 +49,7 @@ def create_app(settings: Settings | None = None, *, client=None) -> FastAPI:
     app.add_middleware(RequestId)
     errors.install(app)
     docs.install(app)
-    for module in (jobs, outputs, batches, deliveries, openai_images, openai_files):
+    for module in (jobs, outputs, batches, campaigns, deliveries, openai_images, openai_files):
         # A query parameter an operation does not take is refused, not ignored (deps.py).
         app.include_router(module.router, dependencies=[Depends(known_query_parameters)])
     app.include_router(system.router)  # probes and scrapers: outside the documented API

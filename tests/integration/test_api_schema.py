@@ -18,6 +18,8 @@ EVERY_OPERATION = {
     "GET /v1/batches/{batch_id}/gallery", "GET /v1/deliveries",
     "POST /v1/images/generations", "POST /v1/images/edits", "GET /v1/models", "GET /v1/models/{model}",
     "POST /v1/files", "GET /v1/files/{file_id}", "GET /v1/files/{file_id}/content", "DELETE /v1/files/{file_id}",
+    "POST /v1/campaigns", "GET /v1/campaigns", "GET /v1/campaigns/{campaign}", "GET /v1/campaigns/{campaign}/results",
+    "GET /v1/campaigns/{campaign}/results.zip", "GET /v1/campaigns/{campaign}/gallery",
 }
 #: Per operation and generation mode (positive, negative): bounded so the test stays under a minute.
 EXAMPLES = 25
@@ -108,7 +110,7 @@ def test_every_documented_example_is_accepted(api_schema, api_key):
                     assert r.status_code < 300, (method, path, ctype, r.text)
                     tried += 1
     assert tried >= 4, tried
-    assert doc["webhooks"].keys() == {"job-event", "batch-event"}
+    assert doc["webhooks"].keys() == {"job-event", "batch-event", "campaign-event"}
 
 
 def test_no_input_on_real_ids_yields_a_server_error(br_env, settings_for, tenants, start_worker):
