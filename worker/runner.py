@@ -327,6 +327,8 @@ class JobRunner:
         def report(x: Live, step: int, total: int) -> None:
             # Progress is best effort: a Redis blip must not abort a render (the job store retries
             # each command first; what still fails is skipped this step).
+            if step < shown.get(x.msg.job_id, 0):
+                return  # a round of re-renders or extends in several calls restarts its steps per call
             try:
                 store.set_progress(x.msg.job_id, step, total)
                 self.ctx.events.progress(x.msg, step, total)
