@@ -31,7 +31,22 @@ def _echo_json(obj) -> None:
     echo(obj)
 
 
-@click.group()
+class _Group(click.Group):
+    """Campaigns read Redis directly (cells, the result cache): Redis being away is a transient
+    error here too, so the CLI exits 75 as for every other command."""
+
+    def invoke(self, ctx):
+        import redis
+
+        from jobs.errors import BrokerUnavailable
+
+        try:
+            return super().invoke(ctx)
+        except redis.RedisError as e:
+            raise BrokerUnavailable(f"Redis is unavailable ({type(e).__name__}: {e}); retry when it is back") from e
+
+
+@click.group(cls=_Group)
 def campaign() -> None:
     """Campaigns: a catalog × a template × sweeps × renditions, planned and priced before they run."""
 

@@ -413,6 +413,12 @@ def test_cli_plan_exits_2_naming_the_row_of_a_bad_csv(api_env, tmp_path):
     (tmp_path / "over.yaml").write_text(over.replace("cli-mugs", "cli-over"))
     refused = run("apply", str(tmp_path / "over.yaml"))
     assert refused.exit_code == 2 and "budget" in refused.stderr  # unmeasured: the budget cannot be checked
+    (tmp_path / "later.yaml").write_text((tmp_path / "doc.yaml").read_text().replace("cli-mugs", "cli-later"))
+    waited = run("apply", str(tmp_path / "later.yaml"), "--wait", "--timeout", "0.01")  # no worker here
+    assert waited.exit_code == 3 and "0/2 cells done" in waited.stderr
+    down = CliRunner().invoke(cli, ["campaign", "plan", str(tmp_path / "doc.yaml")],
+                              env={**api_env, "BATCHRENDER_REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert down.exit_code == 75 and "Redis is unavailable" in down.stderr
 
 
 def test_python_client_plans_and_applies_with_a_catalog_of_bytes(client_for, api_env):
