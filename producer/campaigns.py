@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 from jobs import callstats
 from jobs.campaign import CampaignSpec, Cell, check_slots, content_key, expand_row
+from jobs.campaign_records import campaign_id, campaign_key, iter_cells, progress, tenant_campaigns_key
 from jobs.errors import InvalidRequest, JobNotFound, QuotaExceeded
 from jobs.families import family, size_for
 from jobs.names import KEY_PREFIX, job_key
@@ -46,18 +47,6 @@ class OverBudget(InvalidRequest):
 
 class CampaignRefused(InvalidRequest):
     code = "cells_refused"
-
-
-def campaign_id(tenant: str | None, name: str) -> str:
-    return "cmp_" + hashlib.sha256(f"{tenant or '-'}\0{name}".encode()).hexdigest()[:24]
-
-
-def campaign_key(cid: str) -> str:
-    return f"{KEY_PREFIX}campaign:{cid}"
-
-
-def tenant_campaigns_key(tenant: str | None) -> str:
-    return f"{KEY_PREFIX}idx:campaigns:{tenant or '-'}"
 
 
 def cache_key(tenant: str | None, key: str) -> str:
@@ -526,52 +515,18 @@ class Campaigns:
 
     def iter_cells(self, cid: str) -> Iterator[list[dict[str, Any]]]:
         """The campaign's cells in catalog order, a chunk at a time."""
-        order = f"{campaign_key(cid)}:order"
-        start = 0
-        while True:
-            ids = self.r.lrange(order, start, start + CHUNK - 1)
-            if not ids:
-                return
-            raws = self.r.hmget(f"{campaign_key(cid)}:cells", ids)
-            yield [json.loads(x) for x in raws if x]
-            start += CHUNK
+        return iter_cells(self.r, cid)
 
     def status(self, tenant: str | None, cid: str) -> dict[str, Any]:
         """The campaign, its last plan, and progress: cells done of total, GPU-seconds spent against planned."""
         h = self.record(tenant, cid)
         plan = json.loads(h.get("plan") or "{}")
-        counts: dict[str, int] = {}
-        done = total = 0
-        spent = 0.0
-        for cells in self.iter_cells(cid):
-            jobs = [c["job_id"] for c in cells if c.get("job_id")]
-            with self.r.pipeline(transaction=False) as p:
-                for j in jobs:
-                    p.hmget(job_key(j), "status", "result")
-                states = dict(zip(jobs, p.execute()))
-            for c in cells:
-                total += 1
-                if c.get("refused"):
-                    state = "refused"
-                else:
-                    status, result = states.get(c.get("job_id"), (None, None))
-                    state = status or "expired"
-                    if result and not c.get("reused_from"):
-                        try:
-                            spent += float(json.loads(result).get("timings", {}).get("render_s") or 0.0)
-                        except ValueError:
-                            pass
-                key = f"reused_{state}" if c.get("reused_from") and state != "refused" else state
-                counts[key] = counts.get(key, 0) + 1
-                if state in ("succeeded", "failed", "blocked", "canceled", "refused", "expired"):
-                    done += 1
-        planned = (plan.get("gpu_seconds") or {}).get("total")
+        prog, counts = progress(self.r, cid, (plan.get("gpu_seconds") or {}).get("total"))
         return {"id": cid, "name": h.get("name"), "created_at": float(h.get("created_at") or 0),
                 "updated_at": float(h.get("updated_at") or 0), "applies": int(h.get("applies") or 0),
                 "batch_id": h.get("batch_id") or None,
-                "status": "completed" if done >= total else "in_progress",
-                "progress": {"cells_done": done, "cells_total": total, "gpu_seconds_spent": round(spent, 3),
-                             "gpu_seconds_planned": planned},
+                "status": "completed" if prog["cells_done"] >= prog["cells_total"] else "in_progress",
+                "progress": prog,
                 "counts": counts, "applied": json.loads(h.get("applied") or "{}"), "plan": plan,
                 "document": json.loads(h.get("document") or "{}")}
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-from types import SimpleNamespace
 from typing import Any
 
+from jobs.campaign_records import campaign_key, progress as campaign_progress
 from jobs.errors import PermanentError
 
 log = logging.getLogger(__name__)
@@ -39,22 +39,19 @@ def completed_data(settings, store, campaign_id: str, apply: int, batch: dict[st
                    ) -> tuple[dict[str, Any], dict[str, str]] | None:
     """(``data`` of the event, the campaign's record) or None when the campaign is gone.
 
-    Progress is read the way ``GET /v1/campaigns/{id}`` reads it (``producer.campaigns``, imported
-    here only when a campaign's batch ends). While the apply that made ``batch`` is still writing
+    Progress is read the way ``GET /v1/campaigns/{id}`` reads it (``jobs.campaign_records``).
+    While the apply that made ``batch`` is still writing
     its cells (a batch can end before its producer has written them), counts come from the batch
     and progress is null."""
-    from producer.campaigns import Campaigns, campaign_key
-
     h = store.r.hgetall(campaign_key(campaign_id))
     if not h:
         return None
-    tenant = h.get("tenant") or None
     base = (settings.public_base_url or "").rstrip("/")
     results_url = f"{base}/v1/campaigns/{campaign_id}/results"
     written = batch is None or h.get("batch_id") == batch.get("id")
     if written:
-        status = Campaigns(SimpleNamespace(settings=settings, store=store)).status(tenant, campaign_id)
-        counts, progress = status["counts"], status["progress"]
+        plan = json.loads(h.get("plan") or "{}")
+        progress, counts = campaign_progress(store.r, campaign_id, (plan.get("gpu_seconds") or {}).get("total"))
     else:
         counts = {k: v for k, v in (batch or {}).get("counts", {}).items() if k not in ("pending", "total") and v}
         progress = None
@@ -89,8 +86,6 @@ def send_campaign_completed(client, campaign_id: str) -> str | None:
     """The producer's call when an apply had nothing to render: ``campaign.completed`` for the
     campaign's latest apply, at once. A webhook that cannot be sent for good (no secret, a target
     the SSRF guard refuses) is logged: the apply itself stands."""
-    from producer.campaigns import campaign_key
-
     applies = client.store.r.hget(campaign_key(campaign_id), "applies")
     if not applies:
         return None
