@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from celery.signals import after_setup_logger, worker_init, worker_ready
+from celery.signals import after_setup_logger, worker_init, worker_ready, worker_shutdown
 
 from jobs.celery_app import make_app
 from jobs.errors import BatchRenderError
@@ -59,3 +59,43 @@ def _housekeeping(sender=None, **_kwargs) -> None:
 
     # Retention: one worker of the fleet deletes what is older than retention_s, hourly.
     start_periodic("retention", PRUNE_EVERY_S, prune)
+
+
+def served_models(consumer) -> list[str]:
+    """The models whose render queues this worker consumes (``-Q``)."""
+    from jobs.names import RENDER_QUEUE_PREFIX
+
+    queues = getattr(getattr(consumer, "task_consumer", None), "queues", None)
+    names = [q.name for q in queues] if queues else list(getattr(app.amqp.queues, "consume_from", None) or {})
+    return sorted({n[len(RENDER_QUEUE_PREFIX):] for n in names if n.startswith(RENDER_QUEUE_PREFIX)})
+
+
+_served: list[str] = []
+
+
+@worker_ready.connect
+def _heartbeat(sender=None, **_kwargs) -> None:
+    """Live render workers per model, in Redis, for ETAs (jobs/callstats.py): a beat now and every
+    ``HEARTBEAT_EVERY_S`` from a thread (a long render does not silence it)."""
+    from jobs import callstats
+    from jobs.periodic import start_periodic
+    from worker.context import get_context
+
+    _served[:] = served_models(sender)
+    if not _served:
+        return  # a webhook-only worker
+    callstats.heartbeat(get_context(settings).store.r, _served)
+    start_periodic("heartbeat", 2 * callstats.HEARTBEAT_EVERY_S,
+                   lambda: callstats.heartbeat(get_context(settings).store.r, _served))
+
+
+@worker_shutdown.connect
+def _leave(sender=None, **_kwargs) -> None:
+    from jobs import callstats
+    from worker.context import get_context
+
+    if _served:
+        try:
+            callstats.leave(get_context(settings).store.r, _served)
+        except Exception:  # noqa: BLE001 - shutting down: its beat simply ages out
+            log.warning("could not remove this worker's heartbeat", exc_info=True)

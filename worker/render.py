@@ -15,6 +15,7 @@ whole call; the prompt cache (worker/prompts.py) passes embeddings encoded at ba
 from __future__ import annotations
 
 import inspect
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -62,11 +63,14 @@ _PAD = ("", "", 0, None, None)  # prompt, negative prompt, seed, reference, mask
 
 def render(pipe, device: str, shape: CallShape, items: list[RenderItem],
            on_step: StepHook | None = None, rows_per_call: int = 0,
-           on_call: Callable[[int, int], None] | None = None) -> list[list[Image.Image]] | None:
+           on_call: Callable[[int, int, CallShape, float | None], None] | None = None
+           ) -> list[list[Image.Image]] | None:
     """Render ``items``; returns images per item, or None when interrupted.
 
     ``rows_per_call`` > 0: calls of exactly that many rows (padded); 0: one call of all rows.
-    ``on_call(rows, padded_rows)`` is told about every pipeline call (the padding-waste figure).
+    ``on_call(rows, padded_rows, shape, seconds)`` is told about every pipeline call (the
+    padding-waste figure; seconds: the call's own time, for jobs/callstats.py; None when it was
+    interrupted, so not a measurement).
 
     An interrupted diffusers call still decodes and returns images: they are half-made, so they
     are dropped here and never reach moderation, signing or storage.
@@ -88,10 +92,11 @@ def render(pipe, device: str, shape: CallShape, items: list[RenderItem],
         size = rows_per_call or len(indices)
         for start in range(0, len(indices), size):
             part = indices[start:start + size]
+            t0 = time.perf_counter()
             out = _call(pipe, device, shape, [rows[i] for i in part] + [_PAD] * (size - len(part)), on_step,
                         chunks=chunks, references=references)
             if on_call is not None:
-                on_call(len(part), size)
+                on_call(len(part), size, shape, None if out is None else time.perf_counter() - t0)
             if out is None:
                 return None
             for i, img in zip(part, out):

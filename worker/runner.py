@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from jobs import callstats
 from jobs.errors import BatchRenderError, InvalidRequest, PermanentError, TimeLimitExceeded, TransientError
 from jobs.logs import job_context
 from jobs.metrics import PIPELINE_CALLS, PIPELINE_ROWS, RENDER_BUSY, job_timed
@@ -358,11 +359,14 @@ class JobRunner:
             return on_step
 
         calls = [0, 0, 0]  # pipeline calls, rows with a job's image, rows rendered (padding included)
+        measured: list[tuple[CallShape, int, float]] = []  # per finished call, for jobs/callstats.py
 
-        def on_call(rows: int, rendered: int) -> None:
+        def on_call(rows: int, rendered: int, call: CallShape | None = None, seconds: float | None = None) -> None:
             calls[0] += 1
             calls[1] += rows
             calls[2] += rendered
+            if call is not None and seconds is not None:
+                measured.append((call, rendered, seconds))
 
         t0 = time.perf_counter()
         images = render(loaded.pipe, loaded.device, shape, items, step_hook(0, live), self.rows_per_call, on_call)
@@ -391,6 +395,7 @@ class JobRunner:
             p.incrby(STATS_CALLS_KEY, calls[0])
             p.incrby(STATS_ROWS_KEY, calls[2])
             p.execute()
+        callstats.record_calls(self.ctx.store.r, measured)  # per shape, for planning; never raises
         if images is None:
             if timed_out[0]:
                 err = PermanentError(f"render exceeded the time limit of {self.ctx.settings.soft_time_limit_s}s")
@@ -408,7 +413,7 @@ class JobRunner:
 
     def extend(self, loaded, shape: CallShape, live: list[Live], items: list[RenderItem], images: list[list[Any]],
                step_hook: Callable[[int, list[Live]], StepHook],
-               on_call: Callable[[int, int], None] | None = None) -> list[list[dict[str, Extended]]] | None:
+               on_call: Callable[..., None] | None = None) -> list[list[dict[str, Extended]]] | None:
         """``extend`` renditions: each image outpainted to each such rendition's ratio, on a canvas
         of the model's native size for that ratio (worker/renditions.py ``extend_canvas``), by the
         inpainting pipeline at strength 1.0 with the job's prompts and the image's seed. Here, on
@@ -451,7 +456,7 @@ class JobRunner:
 
     def keep_best_palette(self, pipe, device: str, shape: CallShape, live: list[Live], items: list[RenderItem],
                           images: list[list[Any]], step_hook: Callable[[int, list[Live]], StepHook],
-                          on_call: Callable[[int, int], None] | None = None) -> list[list[Any]] | None:
+                          on_call: Callable[..., None] | None = None) -> list[list[Any]] | None:
         """``palette_strict``: an image whose palette does not pass is rendered again with the next
         seed (image i of n tries seed + i + k·n, k < palette_tries), until one passes or the tries
         run out; the best-scoring render is kept, its seed and every try recorded on the image
