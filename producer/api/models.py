@@ -5,8 +5,29 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobs.schemas import AlphaReport, OutputFormat, PaletteReport, Timings
+from jobs.schemas import AlphaReport, Fit, OutputFormat, PaletteReport, Timings
 from jobs.status import JobStatus
+
+
+class RenditionOutput(BaseModel):
+    """One channel output derived from an image (``renditions`` on the request), with its links."""
+
+    name: str
+    key: str = Field(description="Storage key: beside the image, <image key without extension>.<name>.<ext>.")
+    width: int
+    height: int
+    format: OutputFormat
+    fit: Fit
+    sha256: str = Field(description="SHA-256 of the delivered (signed) bytes; also the ETag.")
+    bytes: int
+    c2pa: str | None = Field(None, description="'signed': Content Credentials naming the image as parentOf ingredient.")
+    box: list[int] = Field(description="The window taken from the image, in its pixels (x0, y0, x1, y1); past "
+                                       "its edges where padded or extended.")
+    subject: str = Field("none", description="What a crop was centred on: alpha, saliency or none.")
+    seed: int | None = Field(None, description="extend: the seed of the outpainting render.")
+    url: str = Field(description="Stable URL; needs the API key; never expires.")
+    download_url: str = Field(description="Fetchable without a key until download_expires_at.")
+    download_expires_at: float = Field(description="Unix time.")
 
 
 class Output(BaseModel):
@@ -29,6 +50,8 @@ class Output(BaseModel):
     thumbnail_url: str | None = Field(None, description="Signed link to a small WebP preview.")
     alpha: AlphaReport | None = Field(None, description="background transparent: how the alpha was made, coverage.")
     palette: PaletteReport | None = Field(None, description="A palette was requested: compliance (CIEDE2000).")
+    renditions: list[RenditionOutput] = Field(default_factory=list, description="Channel outputs derived from "
+                                              "the image (crop, pad, extend), each signed with it as parent.")
 
 
 class Progress(BaseModel):

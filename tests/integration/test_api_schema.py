@@ -13,7 +13,8 @@ EVERY_OPERATION = {
     "POST /v1/jobs", "GET /v1/jobs", "GET /v1/jobs/{job_id}", "DELETE /v1/jobs/{job_id}",
     "POST /v1/jobs/{job_id}/cancel", "POST /v1/jobs/{job_id}/refine", "GET /v1/jobs/{job_id}/lineage",
     "GET /v1/jobs/{job_id}/outputs/{index}",
-    "GET /v1/jobs/{job_id}/outputs/{index}/thumbnail", "POST /v1/batches", "GET /v1/batches",
+    "GET /v1/jobs/{job_id}/outputs/{index}/thumbnail", "GET /v1/jobs/{job_id}/outputs/{index}/renditions/{name}",
+    "POST /v1/batches", "GET /v1/batches",
     "GET /v1/batches/{batch_id}", "GET /v1/batches/{batch_id}/results", "POST /v1/batches/{batch_id}/cancel",
     "GET /v1/batches/{batch_id}/gallery", "GET /v1/deliveries",
     "POST /v1/images/generations", "POST /v1/images/edits", "GET /v1/models", "GET /v1/models/{model}",
@@ -129,14 +130,15 @@ def test_no_input_on_real_ids_yields_a_server_error(br_env, settings_for, tenant
     app = create_app(settings_for(br_env, api_rate_per_s=10_000, api_burst=10_000, api_max_body_bytes=64 * 1024))
     client = TestClient(app)
     start_worker(br_env)
-    small = {"width": 64, "height": 64, "steps": 2}
+    small = {"width": 64, "height": 64, "steps": 2, "renditions": [{"name": "sq", "aspect_ratio": "1:1"}]}
     batch = client.post("/v1/batches", json={"requests": [{"prompt": "a cup", **small}, {"prompt": "a jar", **small}],
                                              "webhook": "http://127.0.0.1:9/hook"}, headers=auth).json()
     wait_for(lambda: client.get(f"/v1/batches/{batch['id']}", headers=auth).json()["status"] == "completed",
              timeout=120, every=0.2)
     job_id = client.get(f"/v1/jobs?batch_id={batch['id']}", headers=auth).json()["data"][0]["id"]
-    real = {"job_id": job_id, "batch_id": batch["id"], "index": 0}
+    real = {"job_id": job_id, "batch_id": batch["id"], "index": 0, "name": "sq"}
     assert client.get(f"/v1/jobs/{job_id}/outputs/0", headers=auth).status_code == 200
+    assert client.get(f"/v1/jobs/{job_id}/outputs/0/renditions/sq", headers=auth).status_code == 200
 
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     # Refinements of the real job queue renders of their own: after the routes that wait for a render

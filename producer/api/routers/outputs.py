@@ -1,4 +1,4 @@
-"""Images and thumbnails behind stable URLs: bytes from local storage, or a redirect to a
+"""Images, thumbnails and renditions behind stable URLs: bytes from local storage, or a redirect to a
 freshly presigned S3 URL. A tenant's API key or a signed link (``?expires=&signature=``) admits."""
 from __future__ import annotations
 
@@ -60,3 +60,19 @@ def get_thumbnail(job_id: str, index: Index, svc: ServicesDep, who: SignedOrTena
         raise OutputNotFound(f"output {index} of job {job_id} has no thumbnail (made before thumbnails existed, "
                              "or BATCHRENDER_THUMBNAIL_PX=0)")
     return _serve(svc, image.thumbnail_key, image.sha256 + "-thumb", "image/webp", None, if_none_match)
+
+
+@router.get("/{index}/renditions/{name}", responses=_ANSWERS, response_class=Response)
+def get_rendition(job_id: str, index: Index, name: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,32}$")],
+                  svc: ServicesDep, who: SignedOrTenant,
+                  download: Annotated[bool, Query(description="Ask the browser to save it (attachment).")] = False,
+                  if_none_match: Annotated[str | None, Header(max_length=1024)] = None) -> Response:
+    """A rendition's bytes (local storage) or a 302 to a fresh presigned URL (S3). ETag: its SHA-256."""
+    image = _image(svc, who, job_id, index)
+    rendition = next((r for r in image.renditions if r.name == name), None)
+    if rendition is None:
+        made = ", ".join(r.name for r in image.renditions)
+        raise OutputNotFound(f"output {index} of job {job_id} has no rendition {name!r}; "
+                             + (f"its renditions are {made}" if made else "it has no renditions"))
+    filename = f"{job_id}-{index}.{name}.{rendition.format.value}" if download else None
+    return _serve(svc, rendition.key, rendition.sha256, rendition.format.content_type, filename, if_none_match)
