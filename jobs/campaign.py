@@ -393,6 +393,12 @@ def expand_row(spec: CampaignSpec, row: int, values: Mapping[str, Any], key_colu
             # Explicit and stable: the same row and sweep values give the same seed on every apply.
             basis = json.dumps([spec.name, row_key, combo], sort_keys=True, default=str)
             req["seed"] = int.from_bytes(hashlib.sha256(basis.encode()).digest()[:4], "big")
+        if isinstance(req.get("custom_id"), str):
+            # A pattern ({sku}-{style}) filled with any text: spaces and other characters a
+            # custom_id cannot hold become "_" rather than refusing the cell.
+            req["custom_id"] = _CUSTOM_ID_BAD.sub("_", req["custom_id"]).strip(".")[:128] or None
+            if req["custom_id"] is None:
+                del req["custom_id"]
         if "custom_id" not in req:
             base = _CUSTOM_ID_BAD.sub("_", row_key)[:100] or f"row-{row}"
             req["custom_id"] = f"{base}.{i}" if spec.sweeps else base

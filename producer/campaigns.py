@@ -270,7 +270,7 @@ class Campaigns:
         complete = not unmeasured
         eta = self._eta(per_model) if complete else None
         price = self.settings.gpu_second_price
-        cost = round(total * price, 4) if price is not None and complete else None
+        cost = round(total * price, 6) if price is not None and complete else None
         return {"gpu_seconds": {"total": round(total, 3) if complete else None, "measured_total": round(total, 3),
                                 "complete": complete, "by_shape": by_shape},
                 "eta": eta,
@@ -309,7 +309,8 @@ class Campaigns:
             if budget.max_gpu_seconds is not None:
                 if gpu_total is None:
                     fits = False
-                    reasons.append("the plan cannot price every shape (unmeasured), so max_gpu_seconds cannot be checked")
+                    reasons.append(f"the plan cannot price {self._unmeasured(priced)}, so max_gpu_seconds cannot be "
+                                   "checked: render one job with that model first, or leave the budget out")
                 elif gpu_total > budget.max_gpu_seconds:
                     fits = False
                     reasons.append(f"planned {gpu_total:.1f} GPU-seconds exceeds budget.max_gpu_seconds "
@@ -320,7 +321,8 @@ class Campaigns:
                     reasons.append("budget.max_cost needs a price: set BATCHRENDER_GPU_SECOND_PRICE")
                 elif cost is None:
                     fits = False
-                    reasons.append("the plan cannot price every shape (unmeasured), so max_cost cannot be checked")
+                    reasons.append(f"the plan cannot price {self._unmeasured(priced)}, so max_cost cannot be checked: "
+                                   "render one job with that model first, or leave the budget out")
                 elif cost > budget.max_cost:
                     fits = False
                     reasons.append(f"planned cost {cost:.4f} {self.settings.currency} exceeds budget.max_cost "
@@ -333,6 +335,11 @@ class Campaigns:
             **priced,
             "budget": {**(budget.model_dump() if budget else {}), "fits": fits, "reasons": reasons},
         }
+
+    @staticmethod
+    def _unmeasured(priced: dict[str, Any]) -> str:
+        models = sorted({x["model"] for x in priced["gpu_seconds"]["by_shape"] if x["source"] == "unmeasured"})
+        return "model " + ", ".join(repr(m) for m in models) + " (never measured on this fleet)"
 
     def plan(self, tenant: str | None, spec: CampaignSpec, catalog: Catalog | None = None) -> dict[str, Any]:
         """A dry run: nothing is queued or written."""
@@ -456,7 +463,12 @@ class Campaigns:
             p.delete(f"{staging}:cells", f"{staging}:order")
             p.execute()
         buffered: list[Evaluated] = []
+        order: list[str] = []  # cell ids in catalog order, whenever their records are written
         for e in self._evaluated(tenant, spec, cat):
+            order.append(e.cell.cell_id)
+            if len(order) >= CHUNK:
+                self.r.rpush(f"{staging}:order", *order)
+                order = []
             if e.key and not e.reuse and e.key in rendering:
                 # The same content as an earlier cell of this apply: rendered once, by that cell.
                 if rendering[e.key] is None:
@@ -479,6 +491,8 @@ class Campaigns:
                 buffered = []
         flush()
         self._write_staged(staging, buffered)
+        if order:
+            self.r.rpush(f"{staging}:order", *order)
 
     def _write_staged(self, staging: str, items: list[Evaluated]) -> None:
         if not items:
@@ -496,7 +510,6 @@ class Campaigns:
                   "key": e.key, "job_id": job, "reused_from": e.reuse,
                   "refused": e.refusal}
         p.hset(f"{staging}:cells", c.cell_id, json.dumps(record, default=str))
-        p.rpush(f"{staging}:order", c.cell_id)
 
     def _completed_now(self, tenant: str | None, spec: CampaignSpec, cid: str) -> None:
         """Nothing to render (every cell reused or refused): the campaign is complete at once."""

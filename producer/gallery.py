@@ -114,7 +114,7 @@ _CAMPAIGN_CSS = """
 table.sheet{border-collapse:separate;border-spacing:8px;margin:-8px}
 .sheet th{font-weight:600;text-align:left;color:#444;position:sticky;top:0;background:#f6f6f4}
 .sheet td{background:#fff;border:1px solid #ddd;border-radius:8px;padding:6px;vertical-align:top}
-.sheet td.row{min-width:160px;max-width:240px}.sheet img{max-width:200px;max-height:200px;display:block;
+.sheet td.row{min-width:160px;max-width:240px;overflow-wrap:anywhere}.sheet img{max-width:200px;max-height:200px;display:block;
 border-radius:4px;background:repeating-conic-gradient(#eee 0 25%,#fff 0 50%) 0 0/16px 16px}
 .reused{color:#176f2c}.empty{color:#999}
 """

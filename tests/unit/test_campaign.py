@@ -107,3 +107,11 @@ def test_document_version_and_unknown_fields_are_named():
     with pytest.raises(InvalidRequest) as e:
         CampaignSpec.parse({"name": "x", "catalog": {"rows": []}, "template": {"prompt": "x"}, "colour": 1})
     assert e.value.errors[0]["field"] == "colour"
+
+
+def test_a_custom_id_pattern_filled_with_spaces_becomes_a_valid_custom_id():
+    s = spec(template={"prompt": "{colour}", "fields": {"custom_id": "{sku}-{style}"}})
+    ids = [c.request["custom_id"] for c in expand_row(s, 1, {"sku": "mug 01/a", "colour": "red"}, "sku")]
+    assert ids == ["mug_01_a-studio", "mug_01_a-watercolour"]
+    for cid in ids:
+        RenderRequest.parse({"prompt": "x", "custom_id": cid})
