@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import json
 import re
 from dataclasses import dataclass
@@ -148,8 +149,8 @@ class Sweeps(BaseModel):
 
 
 def _number(v: Any, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError(f"{what} must be a number, not {json.dumps(v)[:40]}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"{what} must be a finite number, not {json.dumps(v)[:40]}")
     if v <= 0:
         raise ValueError(f"{what} must be greater than 0")
     return float(v)
@@ -362,6 +363,15 @@ def _convert(name: str, raw: Any, row: int, column: str | None) -> Any:
 def expand_row(spec: CampaignSpec, row: int, values: Mapping[str, Any], key_column: str | None) -> Iterator[Cell]:
     """The cells of one catalog row: one per sweep combination, each a request dict (unvalidated)."""
     row_key = str(values.get(key_column, "")).strip() if key_column else f"row-{row}"
+    variables = spec.variables()
+    for where, names in template_slots(spec).items():
+        if not where.startswith(("template.prompt", "template.negative_prompt")):
+            continue  # a field whose column is missing or empty keeps its default, as in CSV
+        for name in names:
+            if name not in values and name not in variables:
+                raise CellError(f"invalid catalog: row {row} has no column {name!r} ({where} uses it)",
+                                errors=[{"row": row, "column": name, "field": where,
+                                         "message": f"no column {name!r}"}])
     combos = list(spec.sweeps.combinations()) if spec.sweeps else [{}]
     for i, combo in enumerate(combos):
         scope = {**values, **combo}
@@ -391,7 +401,10 @@ def expand_row(spec: CampaignSpec, row: int, values: Mapping[str, Any], key_colu
             req["renditions"] = [r.model_dump(exclude_none=True, mode="json") for r in spec.renditions]
         if "seed" not in req:
             # Explicit and stable: the same row and sweep values give the same seed on every apply.
-            basis = json.dumps([spec.name, row_key, combo], sort_keys=True, default=str)
+            # Without a key column a row is known by its values (row numbers shift when a row is
+            # removed, and every row after it would render again).
+            basis = json.dumps([spec.name, row_key if key_column else sorted(values.items()), combo],
+                               sort_keys=True, default=str)
             req["seed"] = int.from_bytes(hashlib.sha256(basis.encode()).digest()[:4], "big")
         if isinstance(req.get("custom_id"), str):
             # A pattern ({sku}-{style}) filled with any text: spaces and other characters a

@@ -574,6 +574,11 @@ def resolve(request: RenderRequest, spec: Any, settings: Any) -> RenderRequest:
                  else ASPECT_RATIOS[request.aspect_ratio or "1:1"])
         width, height = size_for(ratio, spec.base_size, fam)
     assert height is not None
+    for r in request.renditions or []:
+        # Renditions are resized copies, not renders: up to 4x the render limit in pixels each.
+        if r.width and r.height and r.width * r.height > 4 * settings.max_pixels:
+            errors.append({"field": f"renditions.{r.name}", "message": f"{r.width}x{r.height} exceeds "
+                           f"{4 * settings.max_pixels} pixels (4 x BATCHRENDER_MAX_PIXELS) for a rendition"})
     for i, r in enumerate(request.extends):
         factor = extend_factor(width, height, r.ratio)
         if "mask" not in fam.tasks:

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 from jobs import callstats
 from jobs.campaign import CampaignSpec, Cell, check_slots, content_key, expand_row
 from jobs.campaign_records import campaign_id, campaign_key, iter_cells, progress, tenant_campaigns_key
-from jobs.errors import InvalidRequest, JobNotFound, QuotaExceeded
+from jobs.errors import IdempotencyInProgress, InvalidRequest, JobNotFound, QuotaExceeded
 from jobs.families import family, size_for
 from jobs.names import KEY_PREFIX, job_key
 from jobs.schemas import RenderRequest, resolve
@@ -57,6 +57,7 @@ def cache_key(tenant: str | None, key: str) -> str:
 class Evaluated:
     cell: Cell
     request: RenderRequest | None = None      # resolved
+    parsed: RenderRequest | None = None       # as the client would send it (submitted as such)
     key: str | None = None                     # content key
     refusal: dict[str, Any] | None = None
     reuse: str | None = None                   # job id whose result this cell takes
@@ -91,6 +92,7 @@ class Campaigns:
         #: The CLI reads ``catalog.path`` from its own disk; the HTTP API never does.
         self.allow_paths = allow_paths
         self._verdicts: dict[tuple[str, str | None], Any] = {}
+        self._specs: dict[str, Any] = {}
 
     # -- documents and catalogs ----------------------------------------------------------------------
     def catalog(self, tenant: str | None, spec: CampaignSpec) -> Catalog:
@@ -153,6 +155,11 @@ class Campaigns:
             yield from expand_row(spec, row, values, key)
 
     # -- evaluating cells ----------------------------------------------------------------------------
+    def _spec(self, model: str):
+        if model not in self._specs:
+            self._specs[model] = self.client.registry.get(model)
+        return self._specs[model]
+
     def _moderate(self, tenant: str | None, req: RenderRequest):
         k = (req.prompt, req.negative_prompt)
         if k not in self._verdicts:
@@ -167,8 +174,12 @@ class Campaigns:
         where = {"row": cell.row, "row_key": cell.row_key, "cell": cell.cell_id, **({"sweep": cell.sweep} if cell.sweep else {})}
         try:
             req = RenderRequest.parse(cell.request)
-            spec = self.client.registry.get(req.model)
-            ev.request = resolve(req, spec, self.settings)
+            spec = self._spec(req.model)
+            ev.parsed, ev.request = req, resolve(req, spec, self.settings)
+            if req.image or req.mask or req.references:
+                # Fetched through the SSRF guard and checked now, as submission will (Client.prepare):
+                # a bad image refuses its cell in the plan, before anything is queued.
+                self.client.prepare(req, tenant=tenant)
         except InvalidRequest as e:
             first = (e.errors or [{}])[0]
             ev.refusal = {**where, "code": e.code, "field": first.get("field"), "column": first.get("column"),
@@ -187,8 +198,21 @@ class Campaigns:
     def _evaluated(self, tenant: str | None, spec: CampaignSpec, catalog: Catalog) -> Iterator[Evaluated]:
         """Cells evaluated, with cache hits looked up a chunk at a time (two round trips per chunk)."""
         chunk: list[Evaluated] = []
+        custom_ids: dict[str, int] = {}
         for cell in self.cells(spec, catalog):
-            chunk.append(self._evaluate(tenant, cell))
+            e = self._evaluate(tenant, cell)
+            cid_ = e.request.custom_id if e.request is not None else None
+            if e.refusal is None and cid_ is not None:
+                if cid_ in custom_ids:
+                    e.refusal = {"row": cell.row, "row_key": cell.row_key, "cell": cell.cell_id,
+                                 "code": "duplicate_custom_id", "field": "custom_id",
+                                 "message": f"custom_id {cid_!r} is also row {custom_ids[cid_]}'s; results are joined "
+                                            "on custom_id, so each cell's must be unique: put the key column and "
+                                            "the sweep values in the pattern (e.g. {sku}-{style})"}
+                    e.key = None
+                else:
+                    custom_ids[cid_] = cell.row
+            chunk.append(e)
             if len(chunk) >= CHUNK:
                 yield from self._lookup(tenant, chunk)
                 chunk = []
@@ -240,7 +264,9 @@ class Campaigns:
             t.masters += 1
             t.images += r.num_images
             t.renditions += r.num_images * len(r.renditions or [])
-            t.add_shape(r.model, r.width, r.height, r.steps, "render", r.num_images * (r.renders_per_image - len(r.extends)))
+            strength = r.strength if r.image is not None else None
+            t.add_shape(r.model, r.width, r.height, callstats.denoised_steps(r.steps, strength),
+                        callstats.kind_of(False, strength), r.num_images * (r.renders_per_image - len(r.extends)))
             if r.extends:
                 fam = family(self.client.registry.get(r.model).family)
                 base = self.client.registry.get(r.model).base_size
@@ -381,24 +407,41 @@ class Campaigns:
         if not summary["budget"]["fits"]:
             raise OverBudget("the campaign is over its budget, nothing was queued: " + "; ".join(summary["budget"]["reasons"]),
                              errors=[{"field": "budget", "message": m} for m in summary["budget"]["reasons"]])
+        lock = f"{campaign_key(cid)}:applying"
+        if not self.r.set(lock, "1", nx=True, ex=600):
+            raise IdempotencyInProgress(f"campaign {spec.name!r} is being applied by another request; retry when it "
+                                        "has finished")
+        try:
+            return self._apply(tenant, spec, cat, cid, t, summary)
+        finally:
+            self.r.delete(lock)
+
+    def _apply(self, tenant, spec: CampaignSpec, cat: Catalog, cid: str, t: Tally, summary: dict[str, Any]
+               ) -> dict[str, Any]:
+        applied = int(self.r.hincrby(campaign_key(cid), "applies", 1))
         if tenant and t.masters:
             from producer.submit import reserve_capacity
 
             reserve_capacity(self.client, tenant, t.masters)
-        applied = int(self.r.hincrby(campaign_key(cid), "applies", 1))
         batch_id = f"bat_{cid[4:]}_{applied}" if t.masters else None
         staging = f"{campaign_key(cid)}:staging:{applied}"
         counts = {"submitted": 0, "reused": 0, "refused": 0}
-        held = t.masters if tenant else 0
+        held = [t.masters if tenant else 0]  # reserved slots not yet handed to submit_batch
+        failure: BaseException | None = None
         try:
             self._submit_cells(tenant, spec, cat, cid, batch_id, t.masters, staging, counts, held)
+        except BaseException as e:  # noqa: BLE001 - recorded below, then raised
+            failure = e
         finally:
-            leftover = (t.masters - counts["submitted"]) if tenant else 0
-            if leftover > 0:
-                self.client.store.release(tenant, leftover)
-        if batch_id and counts["submitted"] < t.masters:
-            # Cells that turned into reuses between the two passes: the batch is smaller than planned.
-            self.client.store.shrink_batch(batch_id, t.masters - counts["submitted"])
+            if held[0] > 0:
+                self.client.store.release(tenant, held[0])
+        if batch_id and counts["submitted"] == 0:
+            batch_id = None  # nothing was recorded: no batch
+        elif batch_id and counts["submitted"] < t.masters:
+            # Cells that became reuses between the passes, or an apply stopped half-way: the batch
+            # holds what was queued, and completes (with its events) when those jobs end.
+            if self.client.store.shrink_batch(batch_id, t.masters - counts["submitted"]) is not None:
+                self._completed_now(tenant, spec, cid)
         now = time.time()
         staged = counts["submitted"] + counts["reused"] + counts["refused"]
         with self.r.pipeline(transaction=True) as p:
@@ -418,13 +461,16 @@ class Campaigns:
                 p.expire(k, ttl)
             p.zadd(tenant_campaigns_key(tenant), {cid: now})
             p.execute()
+        if failure is not None:
+            # What was queued is in the campaign's cells; the rest was not: applying again submits it.
+            raise failure
         if not batch_id:
             self._completed_now(tenant, spec, cid)
         return {"id": cid, "name": spec.name, "dry_run": False, "apply": applied, "batch_id": batch_id,
                 "plan": summary, "applied": counts}
 
     def _submit_cells(self, tenant, spec: CampaignSpec, cat: Catalog, cid: str, batch_id: str | None,
-                      planned: int, staging: str, counts: dict[str, int], held: int) -> None:
+                      planned: int, staging: str, counts: dict[str, int], held: list[int]) -> None:
         pending: list[Evaluated] = []
         meta = {"campaign_id": cid, "campaign": spec.name}
         #: content key → the job of this apply that renders it (None until its part is submitted)
@@ -440,23 +486,24 @@ class Campaigns:
                                      "apply it again")
             reqs = []
             for e in pending:
-                assert e.request is not None
-                update: dict[str, Any] = {}
-                if spec.webhook:
-                    update["webhook"] = spec.webhook
-                reqs.append(e.request.model_copy(update=update))
+                assert e.parsed is not None
+                # The request as parsed, not resolved: submission resolves it (resolving twice would
+                # turn references into an image, then refuse both).
+                reqs.append(e.parsed.model_copy(update={"webhook": spec.webhook} if spec.webhook else {}))
             first = counts["submitted"] == 0
+            reserved = min(len(reqs), held[0])
+            held[0] -= reserved  # submit_batch now owns these slots: records keep them, it gives back the rest
             sub = self.client.submit_batch(reqs, tenant=tenant, batch_id=batch_id, meta=meta,
-                                           reserved=len(reqs) if held else 0, total=planned, append=not first)
+                                           reserved=reserved, total=planned, append=not first)
             if sub.errors:
+                # Refused at submission though the plan passed it (an image gone since): the others of
+                # this part are queued and recorded; this cell is not.
+                bad = {i for i, _e in sub.errors}
+                done = [e for i, e in enumerate(pending) if i not in bad]
+                self._record_part(staging, done, sub.job_ids, counts, rendering, tenant)
+                pending = []
                 raise sub.errors[0][1]
-            with self.r.pipeline(transaction=False) as p:
-                for e, job in zip(pending, sub.job_ids):
-                    rendering[e.key or ""] = job
-                    p.set(cache_key(tenant, e.key or ""), job, ex=self.settings.record_ttl_s)
-                    self._stage(p, staging, e, job=job)
-                p.execute()
-            counts["submitted"] += len(pending)
+            self._record_part(staging, pending, sub.job_ids, counts, rendering, tenant)
             pending = []
 
         with self.r.pipeline(transaction=False) as p:
@@ -468,6 +515,7 @@ class Campaigns:
             order.append(e.cell.cell_id)
             if len(order) >= CHUNK:
                 self.r.rpush(f"{staging}:order", *order)
+                self.r.expire(f"{staging}:order", 3600)
                 order = []
             if e.key and not e.reuse and e.key in rendering:
                 # The same content as an earlier cell of this apply: rendered once, by that cell.
@@ -494,12 +542,24 @@ class Campaigns:
         if order:
             self.r.rpush(f"{staging}:order", *order)
 
+    def _record_part(self, staging: str, items: list[Evaluated], job_ids: list[str], counts: dict[str, int],
+                     rendering: dict[str, str | None], tenant: str | None) -> None:
+        with self.r.pipeline(transaction=False) as p:
+            for e, job in zip(items, job_ids):
+                rendering[e.key or ""] = job
+                p.set(cache_key(tenant, e.key or ""), job, ex=self.settings.record_ttl_s)
+                self._stage(p, staging, e, job=job)
+            p.expire(f"{staging}:cells", 3600)
+            p.execute()
+        counts["submitted"] += len(items)
+
     def _write_staged(self, staging: str, items: list[Evaluated]) -> None:
         if not items:
             return
         with self.r.pipeline(transaction=False) as p:
             for e in items:
                 self._stage(p, staging, e, job=e.reuse)
+            p.expire(f"{staging}:cells", 3600)
             p.execute()
 
     @staticmethod

@@ -165,7 +165,7 @@ def test_a_bad_catalog_is_422_naming_the_row_and_nothing_is_queued(make_api, key
     ({"sweeps": {"axes": {"style": ["a", "b", "c"], "seed": [1, 2]}}}, "sweeps", "BATCHRENDER_CAMPAIGN_MAX_CELLS"),
     ({"renditions": [{"name": "tiny", "width": 32, "height": 64}]}, "renditions.0.width", "64"),
     ({"renditions": [{"name": "odd", "width": 64, "height": 64, "fit": "stretch"}]}, "renditions.0.fit", "crop"),
-    ({"budget": {"max_gpu_seconds": "lots"}}, "budget.max_gpu_seconds", "must be a number"),
+    ({"budget": {"max_gpu_seconds": "lots"}}, "budget.max_gpu_seconds", "must be a finite number"),
     ({"renditions": [{"name": "tall", "aspect_ratio": "1:3", "fit": "extend"}]}, "renditions.tall.fit",
      "at most 2 times"),
 ], ids=["unknown-slot", "attribute-access", "past-cell-limit", "rendition-under-64px", "unknown-fit",
@@ -461,3 +461,65 @@ def test_cache_reuse_answers_with_the_earlier_job_of_the_same_content(api, keys,
     c = client_for(api_env)
     one = c.submit({**req, "prompt": "a kettle"})
     assert c.submit({**req, "prompt": "a kettle"}) == one != c.submit({**req, "prompt": "a kettle", "seed": 9})
+
+
+# -- found by review: refusals the plan must see, and applies that stop half-way -----------------
+def test_a_reference_url_the_guard_refuses_refuses_its_cell_in_the_plan_and_nothing_is_queued(api, keys):
+    auth = keys("alice")
+    rows = [{"sku": "mug-01", "colour": "red", "ref": "https://example.invalid/ok.png"},
+            {"sku": "mug-02", "colour": "blue", "ref": "http://127.0.0.1:9/ref.png"}]
+    d = doc(catalog={"rows": rows[1:], "key": "sku"},
+            template={"prompt": "a {colour} mug", "fields": {"model": "tiny", "steps": 2, "width": 64, "height": 64,
+                                                             "image": "{ref}"}})
+    plan = api.post("/v1/campaigns", params={"dry_run": "true"}, json=d, headers=auth)
+    assert plan.status_code == 200, plan.text
+    p = plan.json()["plan"]
+    assert (p["refused"], p["masters"]) == (1, 0)
+    assert p["refusals"][0]["row"] == 1 and p["refusals"][0]["field"] == "image"
+    r = api.post("/v1/campaigns", json=d, headers=auth)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "cells_refused"
+    nothing_queued(api, auth)
+
+
+def test_cells_with_the_same_custom_id_are_refused_naming_the_earlier_row(api, keys):
+    auth = keys("alice")
+    d = doc(template={"prompt": "a {colour} mug", "fields": {"model": "tiny", "steps": 2, "width": 64, "height": 64,
+                                                             "custom_id": "mug"}})
+    p = api.post("/v1/campaigns", params={"dry_run": "true"}, json=d, headers=auth).json()["plan"]
+    assert (p["masters"], p["refused"]) == (1, 1)
+    assert p["refusals"][0]["code"] == "duplicate_custom_id" and "row 1" in p["refusals"][0]["message"]
+    assert api.post("/v1/campaigns", json=d, headers=auth).status_code == 422
+    nothing_queued(api, auth)
+
+
+def test_an_apply_that_fails_half_way_keeps_what_it_queued_and_its_batch_completes(api, keys, monkeypatch):
+    from jobs.errors import BrokerUnavailable
+    from jobs.store import JobStore
+    from producer import campaigns as campaigns_mod
+
+    monkeypatch.setattr(campaigns_mod, "CHUNK", 2)
+    auth = keys("alice")
+    rows = [{"sku": f"mug-{i:02d}", "colour": c} for i, c in enumerate(["red", "blue", "green", "teal", "grey"])]
+    d = doc(catalog={"rows": rows, "key": "sku"})
+    real = JobStore.append_batch_records
+
+    def redis_gone(self, *a, **kw):  # the second part's records cannot be written
+        raise BrokerUnavailable("Redis is unavailable")
+
+    monkeypatch.setattr(JobStore, "append_batch_records", redis_gone)
+    r = api.post("/v1/campaigns", json=d, headers=auth)
+    assert r.status_code == 503, r.text
+    client = api.app.state.client
+    cid = api.get("/v1/campaigns", headers=auth).json()["data"][0]["id"]
+    jobs = campaign_jobs(client, cid)
+    assert len(jobs) == 2  # the first part was queued and is listed
+    assert client.store.tenant_active(auth.tenant) == 2  # slots of what was not queued given back, none twice
+    info = api.get("/v1/campaigns/" + cid, headers=auth).json()
+    batch = client.store.batch_info(info["batch_id"])
+    assert batch["total"] == 2
+    for j in jobs:
+        finish(client, j)
+    assert client.store.batch_info(info["batch_id"])["status"] == "completed"
+    monkeypatch.setattr(JobStore, "append_batch_records", real)
+    again = api.post("/v1/campaigns", json=d, headers=auth)
+    assert again.status_code == 201 and again.json()["applied"] == {"submitted": 3, "reused": 2, "refused": 0}

@@ -115,3 +115,23 @@ def test_a_custom_id_pattern_filled_with_spaces_becomes_a_valid_custom_id():
     assert ids == ["mug_01_a-studio", "mug_01_a-watercolour"]
     for cid in ids:
         RenderRequest.parse({"prompt": "x", "custom_id": cid})
+
+
+def test_without_a_key_column_a_row_keeps_its_seed_when_rows_before_it_go():
+    s = spec(catalog={"rows": [{"a": 1}]})
+    rows = [{"colour": "red"}, {"colour": "blue"}]
+    before = [c.request["seed"] for c in expand_row(s, 2, rows[1], None)]
+    after = [c.request["seed"] for c in expand_row(s, 1, rows[1], None)]
+    assert before == after
+
+
+def test_a_jsonl_row_without_a_prompt_column_is_named():
+    with pytest.raises(InvalidRequest) as e:
+        list(expand_row(spec(), 4, {"sku": "a"}, "sku"))
+    assert "row 4 has no column 'colour'" in e.value.message
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_budget_that_is_not_finite_is_refused(bad):
+    with pytest.raises(InvalidRequest):
+        spec(budget={"max_cost": bad})
