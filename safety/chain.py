@@ -181,12 +181,14 @@ class ModerationChain:
         return decision
 
     def check_prompt(self, prompt: str, negative_prompt: str | None = None, *, real_person_context: bool = False,
-                     actor: str | None = None, job_id: str | None = None) -> Decision:
+                     actor: str | None = None, job_id: str | None = None, audit_allowed: bool = True) -> Decision:
         """Moderate a prompt before any GPU time. ``real_person_context``: a real person's image is
-        part of the request (see ``InputImageCheck.real_person_context``)."""
+        part of the request (see ``InputImageCheck.real_person_context``). ``audit_allowed=False``
+        (a campaign's plan, which is moderated again when its cells are submitted) records only
+        flags and blocks in the audit log."""
         decision = self._run(self.prompt_stages, lambda s: s.check(  # type: ignore[call-arg]
             prompt, negative_prompt, real_person_context=real_person_context))
-        if self.audit:
+        if self.audit and (audit_allowed or decision.action is not Action.ALLOW):
             self.audit.record(decision, kind="prompt", actor=actor, job_id=job_id, prompt=prompt,
                               negative_prompt=negative_prompt)
         return decision

@@ -103,6 +103,7 @@ class PromptRules:
         # Names (and their aliases in other scripts) are one more term list; a name matches as a
         # phrase with optional spaces, an alias in an unspaced script as a substring.
         self._names = TermMatcher(policy.protected_names)
+        self._negative_seen: dict[str, frozenset[str]] = {}
         self._allow = _phrase_regex(p for p in policy.allow_phrases if not has_unspaced_script(p))
         # Exceptions, and allow-phrases written in unspaced scripts, are cut out of compact views.
         self._exceptions = _substring_regex([*policy.exceptions,
@@ -124,11 +125,20 @@ class PromptRules:
         if real_person_context:
             found.add("$real_person_context")
         if negative_prompt and self.policy.negative_prompt:
-            neg, neg_tokens = self._prepare(negative_prompt)
-            for set_name, signal in self.policy.negative_prompt.items():
-                if self._sets[set_name].matches(neg, neg_tokens):
-                    found.add(signal)
+            found |= self._negative_signals(negative_prompt)
         return found
+
+    def _negative_signals(self, negative_prompt: str) -> frozenset[str]:
+        """The signals of a negative prompt, remembered (a catalog's cells usually share one)."""
+        hit = self._negative_seen.get(negative_prompt)
+        if hit is None:
+            neg, neg_tokens = self._prepare(negative_prompt)
+            hit = frozenset(signal for set_name, signal in self.policy.negative_prompt.items()
+                            if self._sets[set_name].matches(neg, neg_tokens))
+            if len(self._negative_seen) >= 1024:
+                self._negative_seen.clear()
+            self._negative_seen[negative_prompt] = hit
+        return hit
 
     def check(self, prompt: str, negative_prompt: str | None = None, *, real_person_context: bool = False) -> list[Verdict]:
         """One verdict per matching category; a single ``allow`` verdict when none match."""

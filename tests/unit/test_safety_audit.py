@@ -58,3 +58,11 @@ def test_concurrent_writers_never_interleave_lines(tmp_path: Path):
         t.join()
     lines = (tmp_path / "a.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 200 and all(json.loads(line)["kind"] == "prompt" for line in lines)
+
+
+def test_a_campaign_plan_audits_only_what_it_flags_or_blocks(tmp_path: Path):
+    chain = ModerationChain.prompt_only(Settings(home=tmp_path))
+    chain.check_prompt("a red ceramic mug, product photo", audit_allowed=False)
+    chain.check_prompt(SECRET_PROMPT, audit_allowed=False)
+    lines = (tmp_path / "moderation" / "audit.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(x)["action"] for x in lines] == ["flag"]
