@@ -262,6 +262,17 @@ def wait_for(pred: Callable[[], Any], deadline: Deadline, what: str, timeout: fl
     raise TimeoutError(f"timed out waiting for {what}")
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when this benchmark dies, even by SIGKILL (Linux), so no
+    worker, API or redis-server outlives it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - not Linux: the finally blocks still stop them
+        pass
+
+
 class Proc:
     """A child process in its own session (so its children go with it), logging to a file."""
 
@@ -269,7 +280,7 @@ class Proc:
         self.log_path = log
         self._log = open(log, "ab")
         self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent)
         RUNNING.append(self)
 
     @property
@@ -788,7 +799,8 @@ def main(argv: list[str] | None = None) -> int:
     def on_term(signum, _frame):
         raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, on_term)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_term)
     out: dict[str, Any] = {
         "command": "python benchmarks/campaign_plan.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine(), "versions": versions(), "checkout": checkout(),
