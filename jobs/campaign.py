@@ -37,7 +37,7 @@ from typing import Any, Iterator, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from jobs.errors import InvalidRequest
-from jobs.schemas import MAX_RENDITIONS, Rendition, RenderRequest, invalid_from
+from jobs.schemas import CUSTOM_ID_CHARS, MAX_RENDITIONS, Rendition, RenderRequest, invalid_from
 
 CAMPAIGN_VERSION = 1
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -328,7 +328,7 @@ class Cell:
         return f"{self.row_key}#{self.sweep_index}" if self.sweep else self.row_key
 
 
-_CUSTOM_ID_BAD = re.compile(r"[^A-Za-z0-9._:-]")
+_CUSTOM_ID_BAD = re.compile(f"[^{CUSTOM_ID_CHARS}]")
 
 
 def _convert(name: str, raw: Any, row: int, column: str | None) -> Any:

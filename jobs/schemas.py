@@ -36,7 +36,9 @@ ASPECT_RATIOS: dict[str, tuple[int, int]] = {
     "1:1": (1, 1), "16:9": (16, 9), "9:16": (9, 16), "4:5": (4, 5), "5:4": (5, 4),
     "3:2": (3, 2), "2:3": (2, 3), "4:3": (4, 3), "3:4": (3, 4), "21:9": (21, 9),
 }
-_CUSTOM_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+#: The characters a custom_id may hold (also what campaigns make of a custom_id pattern).
+CUSTOM_ID_CHARS = "A-Za-z0-9._:-"
+_CUSTOM_ID = re.compile(f"[{CUSTOM_ID_CHARS}]{{1,128}}")
 #: Colours a palette may hold; ``palette_strict`` renders each image at most ``MAX_PALETTE_TRIES`` times.
 MAX_PALETTE = 8
 #: Reference images one job may give (``references``).

@@ -25,16 +25,16 @@ from jobs.campaign import CampaignSpec, Cell, check_slots, content_key, expand_r
 from jobs.campaign_records import campaign_id, campaign_key, iter_cells, progress, tenant_campaigns_key
 from jobs.errors import IdempotencyInProgress, InvalidRequest, JobNotFound, QuotaExceeded
 from jobs.families import family, size_for
-from jobs.names import KEY_PREFIX, job_key
+from jobs.names import job_key
 from jobs.schemas import RenderRequest, resolve
-from jobs.status import JobStatus
 from producer.catalog import Catalog, read_path
+from producer.result_cache import REUSABLE, cache_key
 
 #: Cells evaluated (and looked up in the cache) per Redis round trip, and submitted per batch part.
 CHUNK = 256
 #: Refused cells listed in a plan (all are counted).
 MAX_LISTED = 200
-_REUSABLE = {JobStatus.SUCCEEDED.value, JobStatus.QUEUED.value, JobStatus.RUNNING.value}
+_REUSABLE = {s.value for s in REUSABLE}  # the rule plain jobs' cache: "reuse" follows
 
 
 class CampaignNotFound(JobNotFound):
@@ -48,9 +48,6 @@ class OverBudget(InvalidRequest):
 class CampaignRefused(InvalidRequest):
     code = "cells_refused"
 
-
-def cache_key(tenant: str | None, key: str) -> str:
-    return f"{KEY_PREFIX}cache:{tenant or '-'}:{key}"
 
 
 @dataclass
@@ -331,28 +328,21 @@ class Campaigns:
         fits, reasons = True, []
         gpu_total = priced["gpu_seconds"]["total"]
         cost = priced["cost"]["amount"]
-        if budget is not None:
-            if budget.max_gpu_seconds is not None:
-                if gpu_total is None:
-                    fits = False
-                    reasons.append(f"the plan cannot price {self._unmeasured(priced)}, so max_gpu_seconds cannot be "
-                                   "checked: render one job with that model first, or leave the budget out")
-                elif gpu_total > budget.max_gpu_seconds:
-                    fits = False
-                    reasons.append(f"planned {gpu_total:.1f} GPU-seconds exceeds budget.max_gpu_seconds "
-                                   f"{budget.max_gpu_seconds:g}")
-            if budget.max_cost is not None:
-                if self.settings.gpu_second_price is None:
-                    fits = False
-                    reasons.append("budget.max_cost needs a price: set BATCHRENDER_GPU_SECOND_PRICE")
-                elif cost is None:
-                    fits = False
-                    reasons.append(f"the plan cannot price {self._unmeasured(priced)}, so max_cost cannot be checked: "
-                                   "render one job with that model first, or leave the budget out")
-                elif cost > budget.max_cost:
-                    fits = False
-                    reasons.append(f"planned cost {cost:.4f} {self.settings.currency} exceeds budget.max_cost "
-                                   f"{budget.max_cost:g}")
+        price_missing = "budget.max_cost needs a price: set BATCHRENDER_GPU_SECOND_PRICE"
+        for name, limit, planned, shown, missing in (
+                ("max_gpu_seconds", budget and budget.max_gpu_seconds, gpu_total,
+                 lambda v: f"planned {v:.1f} GPU-seconds", None),
+                ("max_cost", budget and budget.max_cost, cost,
+                 lambda v: f"planned cost {v:.4f} {self.settings.currency}",
+                 price_missing if self.settings.gpu_second_price is None else None)):
+            if limit is None:
+                continue
+            if missing or planned is None or planned > limit:
+                fits = False
+                reasons.append(missing or (
+                    f"the plan cannot price {self._unmeasured(priced)}, so {name} cannot be checked: render one "
+                    "job with that model first, or leave the budget out" if planned is None else
+                    f"{shown(planned)} exceeds budget.{name} {limit:g}"))
         removed = sorted(previous_rows - t.rows)
         return {
             "cells": t.cells, "masters": t.masters, "images": t.images, "renditions": t.renditions,

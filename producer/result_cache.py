@@ -3,7 +3,7 @@ rendering again.
 
 A request's content key (``jobs.campaign.content_key``: the model's registry entry, prompt, every
 parameter that changes pixels, seed, shape, renditions) is looked up in the tenant's result cache,
-the one campaigns fill (``producer.campaigns.cache_key``). A job of the same tenant that succeeded,
+the one campaigns fill too (``cache_key``, ``REUSABLE``: one cache, one rule). A job of the same tenant that succeeded,
 or is still queued or running, is the answer; anything else (failed, blocked, canceled, expired,
 another tenant's) is not, and the request renders and becomes the cached job for its key, for as
 long as job records are kept. Never by default: only a request that asks for it, with a seed.
@@ -15,12 +15,18 @@ not by what it points at; a data URI is keyed by its bytes.
 from __future__ import annotations
 
 from jobs.campaign import content_key
+from jobs.names import KEY_PREFIX
 from jobs.errors import JobNotFound
 from jobs.schemas import RenderRequest, resolve
 from jobs.status import JobStatus
 from jobs.store import JobRecord
 
 REUSABLE = frozenset({JobStatus.SUCCEEDED, JobStatus.QUEUED, JobStatus.RUNNING})
+
+
+def cache_key(tenant: str | None, key: str) -> str:
+    """Where the tenant's job for content ``key`` is recorded."""
+    return f"{KEY_PREFIX}cache:{tenant or '-'}:{key}"
 
 
 def key_for(client, req: RenderRequest) -> str:
@@ -34,8 +40,6 @@ def lookup(client, tenant: str | None, req: RenderRequest) -> tuple[JobRecord | 
     (None, None) for any other request."""
     if req.cache != "reuse":
         return None, None
-    from producer.campaigns import cache_key
-
     key = key_for(client, req)
     job_id = client.store.r.get(cache_key(tenant, key))
     if not job_id:
@@ -51,10 +55,8 @@ def lookup(client, tenant: str | None, req: RenderRequest) -> tuple[JobRecord | 
 
 def remember(client, tenant: str | None, key: str | None, job_id: str) -> None:
     """``job_id`` renders the content ``key`` (kept as long as job records are)."""
-    from producer.campaigns import cache_key
-
     if key:
         client.store.r.set(cache_key(tenant, key), job_id, ex=client.settings.record_ttl_s)
 
 
-__all__ = ["lookup", "remember", "key_for", "REUSABLE"]
+__all__ = ["lookup", "remember", "key_for", "cache_key", "REUSABLE"]
