@@ -424,7 +424,7 @@ def expand_row(spec: CampaignSpec, row: int, values: Mapping[str, Any], key_colu
 
 # -- content keys ---------------------------------------------------------------------------------
 #: Fields that do not change a job's pixels: left out of its content key.
-_NOT_PIXELS = {"custom_id", "metadata", "webhook", "webhook_events_filter", "cache"}
+_NOT_PIXELS = {"custom_id", "metadata", "webhook", "webhook_events_filter", "cache", "priority", "deliver_by"}
 
 
 def content_key(resolved: RenderRequest, model_spec: Any) -> str:

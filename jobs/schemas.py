@@ -264,6 +264,15 @@ class RenderRequest(BaseModel):
         "'reuse': when this tenant already has a job with the same content key (model, prompt, every "
         "parameter that changes pixels, seed, shape) that succeeded or is still running, answer with it "
         "instead of rendering again. Needs an explicit seed."))
+    priority: Literal["interactive", "normal", "bulk"] | None = Field(None, description=(
+        "Order among this tenant's own queued jobs (tenants share render time fairly whatever their "
+        "priorities): 'interactive' first, then 'normal', then 'bulk'. Default: 'normal'; campaign "
+        "cells, batches and OpenAI-style batches 'bulk'; refine and synchronous images.generate "
+        "'interactive'. Bulk is never starved (docs/scheduling.md)."))
+    deliver_by: float | None = Field(None, description=(
+        "A deadline (RFC 3339 time, or Unix seconds): the job is planned against the live queue and "
+        "measured render rates and ordered by it among this tenant's jobs; a deadline that cannot be "
+        "met is refused (422) naming the earliest feasible time."))
 
     @field_validator("prompt", "negative_prompt")
     @classmethod
@@ -279,6 +288,34 @@ class RenderRequest(BaseModel):
     @classmethod
     def _prompt(cls, v: str) -> str:
         return prompt_text(v)
+
+    @field_validator("deliver_by", mode="before")
+    @classmethod
+    def _deliver_by(cls, v: Any) -> Any:
+        # Only the form is checked here (a stored request is read again after its deadline);
+        # "not in the past" is the producer's check at submit (jobs.fairshare.plan_delivery).
+        if v is None or isinstance(v, bool):
+            if isinstance(v, bool):
+                raise ValueError("give an RFC 3339 time (2026-12-05T18:00:00Z) or Unix seconds")
+            return v
+        if isinstance(v, str):
+            from datetime import datetime, timezone
+
+            try:
+                when = datetime.fromisoformat(v.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+            except ValueError:
+                try:
+                    v = float(v)
+                except ValueError:
+                    raise ValueError(f"{v[:40]!r} is not a time: give an RFC 3339 time "
+                                     "(2026-12-05T18:00:00Z) or Unix seconds") from None
+            else:
+                if when.tzinfo is None:
+                    raise ValueError("give the time zone (2026-12-05T18:00:00Z or +01:00)")
+                v = when.astimezone(timezone.utc).timestamp()
+        if not isinstance(v, (int, float)) or not (0 < float(v) < 4102444800):  # before 2100
+            raise ValueError("give an RFC 3339 time or Unix seconds between 1970 and 2100")
+        return float(v)
 
     @field_validator("width", "height")
     @classmethod

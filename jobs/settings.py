@@ -92,6 +92,16 @@ class Settings(BaseModel):
     #: many seconds, one worker at a time; a job counts once it has been queued this long.
     job_sweep_every_s: float = Field(default=60.0, gt=0)
     job_sweep_overdue_s: float = Field(default=120.0, ge=0)
+    #: How queued jobs share the render workers (jobs/fairshare.py, docs/scheduling.md): ``fair``
+    #: (weighted fair share of render time between tenants, priorities inside a tenant) or ``fifo``
+    #: (one queue per model in submission order). Workers serve both; set it on API and producers.
+    scheduler: Literal["fair", "fifo"] = "fair"
+    #: Inside a tenant, a ``normal`` / ``bulk`` job competes as an ``interactive`` one submitted this
+    #: many seconds later: interactive work goes first, and bulk is never starved (bounded wait).
+    priority_delay_normal_s: float = Field(default=60.0, ge=0, le=86_400)
+    priority_delay_bulk_s: float = Field(default=600.0, ge=0, le=7 * 86_400)
+    #: Each render worker tops up its models' ready queues from the tenants' lanes this often.
+    dispatch_every_s: float = Field(default=0.2, gt=0, le=10)
     #: A batch's job record whose message is still unpublished after this long was left behind
     #: by a broker failure or a dead producer: ``Client.reconcile`` ends it as ``not_queued``.
     batch_publish_grace_s: int = 600

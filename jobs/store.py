@@ -120,6 +120,8 @@ class JobRecord:
     error: dict[str, Any] | None = None
     #: A refinement: parent job and image index, turn, root (``jobs.lineage.Lineage``); None: turn 0.
     lineage: dict[str, Any] | None = None
+    #: The completion time planned when the job was accepted with a ``deliver_by`` (jobs/fairshare.py).
+    planned_completion: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -141,6 +143,10 @@ class JobRecord:
             d["error"] = self.error
         if self.lineage:
             d["lineage"] = {k: self.lineage[k] for k in ("parent_id", "parent_index", "turn", "root_id")}
+        d["priority"] = self.request.get("priority") or "normal"
+        if self.request.get("deliver_by") is not None:
+            d["deliver_by"] = self.request["deliver_by"]
+            d["planned_completion"] = self.planned_completion
         return d
 
 
@@ -559,6 +565,7 @@ class JobStore:
             result=JobResult.model_validate_json(h["result"]) if h.get("result") else None,
             error=json.loads(h["error"]) if h.get("error") else None,
             lineage=json.loads(h["lineage"]) if h.get("lineage") else None,
+            planned_completion=f("planned_completion"),
         )
 
 

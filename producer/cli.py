@@ -99,6 +99,10 @@ def cli() -> None:
 @click.option("--palette-tries", type=int)
 @click.option("--custom-id")
 @click.option("--webhook", help="URL that receives signed webhook events.")
+@click.option("--priority", type=click.Choice(["interactive", "normal", "bulk"]),
+              help="Order among your own queued jobs (default normal; a --file batch: bulk).")
+@click.option("--deliver-by", help="Deadline, RFC 3339 (2026-12-05T18:00:00Z) or Unix seconds: refused "
+                                   "with the earliest feasible time when it cannot be met.")
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the job(s) with a progress bar.")
 def submit(prompt, file_, wait_, **opts) -> None:
     """Queue one prompt, or every line of --file as one batch. Prints the job or batch id."""
@@ -594,6 +598,23 @@ def tenants_set_webhook(tenant_id: str, url: str | None) -> None:
         click.echo(f"error: no tenant {tenant_id}", err=True)
         sys.exit(2)
     click.echo(f"{tenant_id} webhook: {url or 'none'}")
+
+
+@tenants.command("set-weight")
+@click.argument("tenant_id")
+@click.argument("weight")
+def tenants_set_weight(tenant_id: str, weight: str) -> None:
+    """The tenant's share of render time against other tenants with work queued (default 1: equal
+    shares; 2 gets twice the render time of a tenant with 1). Takes effect at the next dispatch."""
+    try:
+        w = _tenants().set_weight(tenant_id, weight)
+    except ValueError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyError:
+        click.echo(f"error: no tenant {tenant_id}", err=True)
+        sys.exit(2)
+    click.echo(f"{tenant_id} weight: {w:g}")
 
 
 @tenants.command("disable")

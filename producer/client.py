@@ -4,6 +4,7 @@ It sends tasks by name (``jobs.names``) and never imports worker code or torch.
 """
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from jobs.schemas import ImageResult, JobMessage, JobResult, RenderRequest, reso
 from jobs.settings import Settings
 from jobs.status import JobStatus
 from jobs.store import JobRecord, JobStore
-from jobs.names import mask_key, reference_key
+from jobs.names import job_key, mask_key, reference_key
 from producer.inputs import input_key, load_reference
 
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
@@ -52,14 +53,29 @@ class Client:
         self._links: Any = None
         self._signer: Any = None
         self._provenance: Any = None
+        self._dispatcher: Any = None
+        #: Lazy parts are built once: 40 API threads meeting a cold client built the moderation
+        #: chain (~0.5 s of CPU each) 40 times over, holding every thread meanwhile.
+        self._build_lock = threading.RLock()
+
+    @property
+    def dispatcher(self):
+        """Moves this producer's queued jobs from the tenants' lanes to the workers (jobs/fairshare.py)."""
+        if self._dispatcher is None:
+            from jobs.fairshare import Dispatcher
+
+            self._dispatcher = Dispatcher(self.app, self.store.r)
+        return self._dispatcher
 
     @property
     def moderation(self):
         """The prompt stages of the moderation chain (torch-free), built on first use."""
         if self._moderation is None:
-            from safety.chain import ModerationChain
+            with self._build_lock:
+                if self._moderation is None:
+                    from safety.chain import ModerationChain
 
-            self._moderation = ModerationChain.producer_side(self.settings)
+                    self._moderation = ModerationChain.producer_side(self.settings)
         return self._moderation
 
     @property
@@ -74,9 +90,11 @@ class Client:
     @property
     def storage(self):
         if self._storage is None:
-            from storage import open_storage
+            with self._build_lock:
+                if self._storage is None:
+                    from storage import open_storage
 
-            self._storage = open_storage(self.settings)
+                    self._storage = open_storage(self.settings)
         return self._storage
 
     @property
@@ -89,11 +107,14 @@ class Client:
 
     # -- submitting ------------------------------------------------------------------------------
     def prepare(self, request: RenderRequest | dict[str, Any], *, batch_id: str | None = None,
-                tenant: str | None = None, job_id: str | None = None) -> JobMessage:
-        """Validate and resolve a request into the message a worker will run (raises InvalidRequest)."""
+                tenant: str | None = None, job_id: str | None = None, priority: str = "normal") -> JobMessage:
+        """Validate and resolve a request into the message a worker will run (raises InvalidRequest).
+        ``priority``: the job's priority when the request does not name one."""
         req = request if isinstance(request, RenderRequest) else RenderRequest.parse(request)
         spec = self.registry.get(req.model)
         resolved = resolve(req, spec, self.settings)
+        if resolved.priority is None:
+            resolved = resolved.model_copy(update={"priority": priority})
         job_id = job_id or new_id("job")
         msg = self._with_references(JobMessage(job_id=job_id, batch_id=batch_id, tenant=tenant, request=resolved),
                                     spec, tenant)
@@ -162,9 +183,41 @@ class Client:
             self.store.create(msg, reserved=reserved)
             self._block(msg, decision)
             return
-        self._publish(msg)
+        plan = self._plan(msg)
+        if self.settings.scheduler == "fair":
+            # The record first: the dispatch publishes the message stored with it. Dying between
+            # the two leaves a queued record with no lane entry, which the job sweep re-sends.
+            if self.store.create(msg, reserved=reserved):
+                self._publish(msg, plan)
+                self._dispatch(msg.request.model)
+            return
+        self._publish(msg, plan)
         # A no-op when a fast worker has already rebuilt the record from the message.
         self.store.create(msg, reserved=reserved)
+
+    def _plan(self, msg: JobMessage) -> tuple[float | None, float | None]:
+        """(planned completion, lane order) of a job about to be queued; ``InvalidRequest`` for a
+        ``deliver_by`` in the past or one the plan cannot meet (``jobs.fairshare.plan_delivery``).
+        Jobs without a deadline are planned only when they enter a lane (no extra reads)."""
+        if msg.request.deliver_by is None:
+            return None, None
+        from jobs.fairshare import plan_delivery
+
+        try:
+            return plan_delivery(self.store.r, self.settings, msg)
+        except InvalidRequest:
+            raise
+        except Exception as e:  # noqa: BLE001 - Redis away: the submit fails as unavailable
+            raise BrokerUnavailable(f"could not plan job {msg.job_id}: {e}") from e
+
+    def _dispatch(self, model: str) -> None:
+        """Hand the workers a job at once when they are idle (workers also do it themselves)."""
+        try:
+            self.dispatcher.fill(model, want=1)
+        except Exception as e:  # noqa: BLE001 - the job is queued in its lane; a worker dispatches it
+            import logging
+
+            logging.getLogger(__name__).warning("dispatch after submit failed (a worker will do it): %s", e)
 
     def _check_prompt(self, msg: JobMessage):
         return self.moderation.check_prompt(msg.request.prompt, msg.request.negative_prompt,
@@ -182,8 +235,10 @@ class Client:
         if t.ok:
             self.events.finished(msg, result, t.batch_done)
 
-    def _publish(self, msg: JobMessage) -> None:
-        """Store the reference image (if any) and send the render message; BrokerUnavailable if not sent."""
+    def _publish(self, msg: JobMessage, plan: tuple[float | None, float | None] = (None, None)) -> None:
+        """Store the reference image (if any) and send the render message (``scheduler: fair``: put
+        the recorded job in its tenant's lane); BrokerUnavailable if not sent. ``plan``: planned
+        completion and lane order from ``_plan``."""
         for key, data in zip(msg.reference_keys, msg._reference_bytes):
             self.storage.put(key, data, content_type="application/octet-stream",
                              metadata={"job_id": msg.job_id, "kind": "reference"})
@@ -193,10 +248,21 @@ class Client:
         if msg.input_key and msg._input_bytes is not None:
             self.storage.put(msg.input_key, msg._input_bytes, content_type="application/octet-stream",
                              metadata={"job_id": msg.job_id, "kind": "reference"})
+        planned, score = plan
+        if self.settings.scheduler == "fair":
+            from jobs import fairshare
+
+            try:
+                fairshare.enqueue(self.store.r, msg, self.settings, score=score, planned=planned)
+            except Exception as e:  # noqa: BLE001 - redis-py errors: not queued
+                raise BrokerUnavailable(f"could not queue job {msg.job_id}: Redis is unavailable ({e})") from e
+            return
         try:
             publish_render(self.app, msg, retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5})
         except (OperationalError, ConnectionError, OSError) as e:
             raise BrokerUnavailable(f"could not queue job {msg.job_id}: the broker is unavailable ({e})") from e
+        if planned is not None:
+            self.store.r.hset(job_key(msg.job_id), "planned_completion", repr(planned))
 
     def submit(self, request: RenderRequest | dict[str, Any], *, tenant: str | None = None) -> str:
         """Queue one job; returns its id. With ``cache: "reuse"``, the id of an earlier job of the
@@ -265,7 +331,7 @@ class Client:
     def submit_batch(self, requests: Iterable[RenderRequest | dict[str, Any]], *,
                      tenant: str | None = None, batch_id: str | None = None,
                      meta: dict[str, Any] | None = None, reserved: int = 0, total: int | None = None,
-                     append: bool = False) -> BatchSubmission:
+                     append: bool = False, priority: str = "bulk") -> BatchSubmission:
         """Queue many jobs as one batch. Invalid items are reported by index; the valid ones run.
 
         The batch and all its job records are written in one Redis transaction, then the
@@ -276,16 +342,19 @@ class Client:
         batch always completes. ``reserved``: slots already taken for the tenant
         (``JobStore.reserve``); those that do not become jobs are given back. ``total``: the
         batch's size when it is sent in parts (a campaign's cells); ``append``: this part joins
-        ``batch_id``, made by an earlier part.
+        ``batch_id``, made by an earlier part. ``priority``: of the items that name none (bulk).
         """
         batch_id = batch_id or new_id("bat")
         msgs: list[JobMessage] = []
         errors: list[tuple[int, InvalidRequest]] = []
         held = reserved if tenant else 0  # reserved slots not yet owned by a record
         try:
+            plans: dict[str, tuple[float | None, float | None]] = {}
             for i, req in enumerate(requests):
                 try:
-                    msgs.append(self.prepare(req, batch_id=batch_id, tenant=tenant))
+                    m = self.prepare(req, batch_id=batch_id, tenant=tenant, priority=priority)
+                    plans[m.job_id] = self._plan(m)
+                    msgs.append(m)
                 except InvalidRequest as e:
                     errors.append((i, e))
             decisions = {m.job_id: self._check_prompt(m) for m in msgs}
@@ -312,13 +381,16 @@ class Client:
                 if decisions[m.job_id].action.value == "block":
                     self._block(m, decisions[m.job_id])
                 else:
-                    self._publish(m)
+                    self._publish(m, plans[m.job_id])
                 done.append(m.job_id)
                 self.store.mark_published([m.job_id])
             except BrokerUnavailable as e:
                 not_queued = [x.job_id for x in msgs[i:] if x.job_id not in done]
                 self._not_queued(not_queued, e)
                 raise BatchIncomplete(batch_id, done, not_queued, e) from e
+        if self.settings.scheduler == "fair":
+            for model in sorted({m.request.model for m in msgs}):
+                self._dispatch(model)
         return BatchSubmission(batch_id, [m.job_id for m in msgs], errors)
 
     def _not_queued(self, job_ids: list[str], cause: BaseException) -> int:
@@ -463,7 +535,13 @@ class Client:
         if rec.result is not None:
             view["outputs"] = [self.links.view(rec.job_id, i, base) for i in rec.result.images]
         if rec.status is JobStatus.QUEUED:
-            view["queue_position"] = self.store.queue_position(rec.job_id, rec.model)
+            from jobs.fairshare import queued_place
+
+            try:
+                view.update(queued_place(self.store.r, self.settings, rec.job_id, rec.model, rec.tenant, rec.request))
+            except Exception as e:  # noqa: BLE001 - Redis away: the rest of the view still answers
+                view["queue_position"] = None
+                view["eta_basis"] = f"unavailable: {type(e).__name__}"
         return view
 
     # -- listing and retention -------------------------------------------------------------------

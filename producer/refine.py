@@ -173,7 +173,7 @@ def _refine(client, parent_id: str, body: RefineRequest, tenant: Any, job_id: st
         reserve_capacity(client, owner, 1)
     msg = None
     try:
-        prepared = client.prepare(req, tenant=owner, job_id=job_id)
+        prepared = client.prepare(req, tenant=owner, job_id=job_id, priority="interactive")
         msg = client.signer.sign(prepared.model_copy(update={"lineage": lineage}))
         msg._input_bytes, msg._mask_bytes = prepared._input_bytes, prepared._mask_bytes
         client.enqueue(msg, reserved=bool(owner))

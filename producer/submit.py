@@ -193,10 +193,11 @@ def submit_batch_body(client, tenant: str, raw: bytes, ctype: str) -> dict[str, 
 
 
 def submit_job(client, idempotency: Idempotency, tenant: str, body: RenderRequest,
-               idempotency_key: str | None = None) -> tuple[JobRecord, bool, bool]:
+               idempotency_key: str | None = None, priority: str = "normal") -> tuple[JobRecord, bool, bool]:
     """Queue one job for ``tenant``: (its record, whether an earlier request with the same
     ``idempotency_key`` had already created it, whether it is an earlier job of the same content
-    that ``cache: "reuse"`` answers with: nothing was queued then; ``producer.result_cache``)."""
+    that ``cache: "reuse"`` answers with: nothing was queued then; ``producer.result_cache``).
+    ``priority``: the job's when the request names none."""
     check_webhook(body, client.settings)
     content = None
     if body.cache == "reuse":
@@ -219,7 +220,7 @@ def submit_job(client, idempotency: Idempotency, tenant: str, body: RenderReques
         raise
     msg = None
     try:
-        msg = client.prepare(body, tenant=tenant, job_id=job_id)
+        msg = client.prepare(body, tenant=tenant, job_id=job_id, priority=priority)
         client.enqueue(msg, reserved=True)
     except BaseException:
         _give_back_unused(client, tenant, msg)

@@ -9,6 +9,7 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -19,16 +20,21 @@ from jobs.settings import Settings
 KEY_PREFIX_LIVE = "br_"
 
 # Token bucket: KEYS[1] bucket; ARGV rate/s, burst, now. Returns {allowed, retry_after_ms}.
+#: A token bucket on Redis's own clock: the callers' clocks (API hosts apart, a thread that read the
+#: time and reached Redis after a later one) never refill it backwards (needs Redis >= 5, where a
+#: script may write after TIME: its effects are replicated, not the script).
 _BUCKET = """
-local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(b[1]) or burst
 local ts = tonumber(b[2]) or now
-tokens = math.min(burst, tokens + (now - ts) * rate)
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
 local allowed = 0
 local wait = 0
 if tokens >= 1 then tokens = tokens - 1; allowed = 1 else wait = math.ceil((1 - tokens) / rate * 1000) end
-redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', math.max(ts, now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return {allowed, wait}
 """
@@ -120,6 +126,23 @@ class Tenants:
         url = self.r.hget(tenant_key(tenant_id), "webhook_url")
         return url.decode() if isinstance(url, bytes) else url
 
+    def set_weight(self, tenant_id: str, weight: Any) -> float:
+        """The tenant's share of render time relative to others (default 1; jobs/fairshare.py): an
+        operator's setting, never a tenant's (no API route sets it). ValueError names what is
+        allowed (greater than 0, at most 1000); KeyError: no such tenant."""
+        from jobs.fairshare import check_weight
+
+        w = check_weight(weight)
+        if not self.r.exists(tenant_key(tenant_id)):
+            raise KeyError(tenant_id)
+        self.r.hset(tenant_key(tenant_id), "weight", repr(w))
+        return w
+
+    def weight(self, tenant_id: str) -> float:
+        from jobs.fairshare import weight
+
+        return weight(self.r, tenant_id)
+
     def set_disabled(self, tenant_id: str, disabled: bool = True) -> None:
         """A disabled tenant's keys stop working and workers refuse its queued jobs; reversible."""
         if not self.r.exists(tenant_key(tenant_id)):
@@ -140,5 +163,5 @@ class Tenants:
     def allow(self, tenant_id: str, rate_per_s: float, burst: int) -> tuple[bool, float]:
         """Take one token from the tenant's bucket: (allowed, seconds to wait when not)."""
         allowed, wait_ms = self._bucket(keys=[f"{KEY_PREFIX}rate:{tenant_id}"],
-                                        args=[rate_per_s, burst, time.time()])
+                                        args=[rate_per_s, burst])
         return bool(allowed), int(wait_ms) / 1000.0

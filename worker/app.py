@@ -87,6 +87,31 @@ def _heartbeat(sender=None, **_kwargs) -> None:
     callstats.heartbeat(get_context(settings).store.r, _served)
     start_periodic("heartbeat", 2 * callstats.HEARTBEAT_EVERY_S,
                    lambda: callstats.heartbeat(get_context(settings).store.r, _served))
+    start_dispatch(_served)
+
+
+def start_dispatch(models: list[str]) -> None:
+    """Keep a job ready in each served model's queue while tenants' lanes hold any (jobs/fairshare.py):
+    an idle worker waits in Celery's BRPOP and takes it; a busy one's gatherer takes what it needs
+    itself. Whatever ``scheduler`` this worker's settings say, so no lane is ever left unserved."""
+    from jobs.periodic import start_periodic
+    from worker.context import get_context
+
+    quiet_until = [0.0]
+
+    def top_up() -> None:
+        import time
+
+        try:
+            dispatcher = get_context(settings).dispatcher_for(app)
+            for model in models:
+                dispatcher.fill(model, want=1)
+        except Exception as e:  # noqa: BLE001 - Redis away: say so once in a while, not 5 times a second
+            if time.monotonic() >= quiet_until[0]:
+                log.warning("fair-share dispatch failed (%s); retrying every %.1f s", e, settings.dispatch_every_s)
+                quiet_until[0] = time.monotonic() + 30
+
+    start_periodic("dispatch", 2 * settings.dispatch_every_s, top_up)
 
 
 @worker_shutdown.connect

@@ -49,6 +49,8 @@ from worker.task_events import TaskEvents
 log = logging.getLogger(__name__)
 #: Arrivals closer than this many quiet windows apart count as one burst (see Gatherer.pull).
 BURST_GAPS = 5
+#: After a dispatch found every lane empty, the gatherer asks again only after this many seconds.
+REFILL_IDLE_S = 0.02
 #: Seconds between consecutive pipeline calls of a session, and how many such gaps (the benchmark's
 #: "idle between calls" figure), summed over workers.
 STATS_GAP_KEY = f"{KEY_PREFIX}stats:between_calls_s"
@@ -144,10 +146,15 @@ class Pulled:
 class Gatherer:
     """Takes render messages from one queue without acknowledging them."""
 
-    def __init__(self, app, queue: str, verify: Callable[[JobMessage], JobMessage]) -> None:
+    def __init__(self, app, queue: str, verify: Callable[[JobMessage], JobMessage],
+                 refill: Callable[[int], int] | None = None) -> None:
         self.app = app
         self.queue = queue
         self.verify = verify  # jobs.signing.Signer.verify: forged messages are dropped
+        #: ``refill(n)`` moves up to n jobs from the tenants' lanes into the queue and returns how
+        #: many (jobs.fairshare.Dispatcher.fill): the queue holds only what workers are taking.
+        self.refill = refill
+        self._refill_idle_until = 0.0
         self.conn = app.connection_for_read()
         self.conn.ensure_connection(max_retries=3)
         self.channel = self.conn.default_channel
@@ -189,6 +196,8 @@ class Gatherer:
         while len(out) < limit:
             message = self.channel.basic_get(self.queue, no_ack=False)
             now = self.clock()
+            if message is None and self._top_up(limit - len(out), now):
+                continue  # jobs came out of the lanes: take them
             if message is None:
                 patience = min(max_wait_s, max(quiet_s, 2.5 * self.gap_s))
                 quiet = now - last >= patience
@@ -212,6 +221,20 @@ class Gatherer:
             if pulled is not None:
                 out.append(pulled)
         return out
+
+    def _top_up(self, n: int, now: float) -> int:
+        """Ask the fair-share dispatch for ``n`` jobs (the queue is empty). When the lanes were empty
+        too, ask again only after ``REFILL_IDLE_S`` (the poll loop runs every few ms)."""
+        if self.refill is None or n <= 0 or now < self._refill_idle_until:
+            return 0
+        try:
+            moved = self.refill(n)
+        except Exception as e:  # noqa: BLE001 - Redis away: the lanes wait; the session goes on
+            log.warning("fair-share dispatch failed: %s", e)
+            moved = 0
+        if not moved:
+            self._refill_idle_until = now + REFILL_IDLE_S
+        return moved
 
     def _parse(self, message) -> Pulled | None:
         headers = message.headers or {}
@@ -267,7 +290,7 @@ def _not_due(eta: Any) -> bool:
 class BatchSession:
     def __init__(self, runner: JobRunner, app, queue: str, *, max_batch: int, window_ms: int, max_wait_ms: int,
                  threads: int, max_pending: int, session_s: float, policy: RetryPolicy,
-                 events: TaskEvents | None = None) -> None:
+                 events: TaskEvents | None = None, refill: Callable[[int], int] | None = None) -> None:
         self.runner = runner
         self.app = app
         self.queue = queue
@@ -281,10 +304,11 @@ class BatchSession:
         self.leader_error: TransientError | None = None
         #: Celery task events for pulled jobs, so each shows in Flower as its own task.
         self.events = events or TaskEvents(app, None, False)
+        self.refill = refill
 
     def run(self, leader: JobMessage, progress=None) -> Outcome:
         """Render the leader and whatever compatible work arrives; returns the leader's outcome."""
-        gatherer = Gatherer(self.app, self.queue, self.runner.ctx.messages.verify)
+        gatherer = Gatherer(self.app, self.queue, self.runner.ctx.messages.verify, self.refill)
         pending: deque[tuple[Future, Pulled]] = deque()
         outcomes: dict[str, Outcome] = {}
         by_id: dict[str, Pulled] = {leader.job_id: Pulled(leader)}

@@ -35,6 +35,15 @@ class WorkerContext:
     actor: str = "worker"
     #: The matting model for transparent backgrounds, loaded on first use (None: keying).
     matting: Any = None
+    #: Moves jobs from the tenants' lanes to the render queues (jobs.fairshare.Dispatcher; set with the app).
+    dispatcher: Any = None
+
+    def dispatcher_for(self, app: Any) -> Any:
+        if self.dispatcher is None:
+            from jobs.fairshare import Dispatcher
+
+            self.dispatcher = Dispatcher(app, self.store.r)
+        return self.dispatcher
 
     @classmethod
     def build(cls, settings: Settings) -> "WorkerContext":

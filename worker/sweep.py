@@ -8,7 +8,7 @@ chaos suite (benchmarks/chaos.py) found one in 320 jobs.
 Render workers run this sweep themselves, one at a time (a Redis lock), every
 ``BATCHRENDER_JOB_SWEEP_EVERY_S``: jobs queued for longer than ``BATCHRENDER_JOB_SWEEP_OVERDUE_S``
 whose id is neither in their model's queue nor in the transport's unacknowledged set (messages a
-worker holds, ETA retries included) get a new message, built from the job record, after a
+worker holds, ETA retries included) nor waiting in a tenant's lane (jobs/fairshare.py) get a new message, built from the job record, after a
 second look a moment later. A message that was only in flight is harmless: the claim step
 makes a second copy of an ended job a no-op. Jobs of a batch that were never published belong
 to ``Client.reconcile`` and are left alone.
@@ -65,6 +65,29 @@ def message_ids(r: Any, queues: Iterable[str]) -> set[str] | None:
     return ids
 
 
+def waiting_elsewhere(r: Any, job_ids: list[str], overdue_s: float) -> list[str]:
+    """``job_ids`` less those that wait in a tenant's lane (jobs/fairshare.py: no message yet, by
+    design) or left it less than ``overdue_s`` ago (their message is being published)."""
+    if not job_ids:
+        return []
+    with r.pipeline(transaction=False) as p:
+        for j in job_ids:
+            p.hmget(f"{KEY_PREFIX}job:{j}", "lane", "dispatched")
+        got = p.execute()
+    now = time.time()
+    out = []
+    for j, (lane, dispatched) in zip(job_ids, got):
+        if lane == "1":
+            continue
+        try:
+            if dispatched and now - float(dispatched) < overdue_s:
+                continue
+        except ValueError:
+            pass
+        out.append(j)
+    return out
+
+
 def sweep_lost_jobs(app: Any, store: JobStore, overdue_s: float, recheck_s: float = 1.0) -> list[str]:
     """Publish a new message for each overdue queued job that has none. Returns their ids."""
     r = store.r
@@ -81,7 +104,7 @@ def sweep_lost_jobs(app: Any, store: JobStore, overdue_s: float, recheck_s: floa
     if present is None:
         log.warning("job sweep skipped: more than %d messages queued", MAX_MESSAGES)
         return []
-    suspects = [j for j in candidates if j not in present]
+    suspects = waiting_elsewhere(r, [j for j in candidates if j not in present], overdue_s)
     if not suspects:
         return []
     time.sleep(recheck_s)  # a message popped just now is in the unacked set by the second look

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from jobs.celery_app import publish_render
 from jobs.errors import PermanentError, TransientError
-from jobs.names import RENDER_TASK, render_queue
+from jobs.names import RENDER_QUEUE_PREFIX, RENDER_TASK, render_queue
 from jobs.retry import RetryPolicy, transient
 from jobs.schemas import JobMessage
 from jobs.settings import Settings
@@ -50,6 +50,8 @@ def register(app: Celery, settings: Settings) -> None:
         rows = settings.max_batch or default_max_batch(settings.device)
         runner = JobRunner(ctx, rows_per_call=rows)
         queue = (self.request.delivery_info or {}).get("routing_key") or render_queue(msg.request.model)
+        dispatcher = ctx.dispatcher_for(app)
+        model = queue[len(RENDER_QUEUE_PREFIX):] if queue.startswith(RENDER_QUEUE_PREFIX) else msg.request.model
 
         def progress(job_id: str, step: int, total: int) -> None:
             # Task ids are job ids, so every job of a batched call reports under its own id.
@@ -59,7 +61,8 @@ def register(app: Celery, settings: Settings) -> None:
             runner, app, queue, max_batch=rows,
             window_ms=settings.batch_window_ms, max_wait_ms=settings.batch_max_wait_ms, threads=settings.resolved_postprocess_threads,
             max_pending=postprocess_limit(settings.postprocess_queue, rows, settings.device), session_s=settings.visibility_timeout_s / 4,
-            policy=policy, events=TaskEvents(app, self.request.hostname, settings.task_events))
+            policy=policy, events=TaskEvents(app, self.request.hostname, settings.task_events),
+            refill=lambda n: dispatcher.fill(model, want=n, limit=n))
         try:
             try:
                 outcome = session.run(msg, progress)

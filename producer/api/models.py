@@ -104,7 +104,18 @@ class Job(BaseModel):
     progress: Progress | None = None
     attempts: int = 0
     retries: int = 0
-    queue_position: int | None = Field(None, description="0-based, while queued.")
+    queue_position: int | None = Field(None, description=(
+        "While queued: jobs that go before it (other tenants' by fair share, this tenant's by priority "
+        "and deadline; docs/scheduling.md)."))
+    eta_s: float | None = Field(None, description=(
+        "While queued: seconds until it should have finished, from measured render rates and the live "
+        "workers; null with eta_basis saying why (no measurement yet, no worker)."))
+    estimated_completion: float | None = Field(None, description="While queued: Unix time, now + eta_s.")
+    eta_basis: str | None = Field(None, description="What the ETA rests on.")
+    priority: Literal["interactive", "normal", "bulk"] = "normal"
+    deliver_by: float | None = Field(None, description="The deadline it was accepted with (Unix time).")
+    planned_completion: float | None = Field(None, description=(
+        "The completion time planned when it was accepted with deliver_by (Unix time)."))
     outputs: list[Output] | None = None
     timings: Timings | None = None
     prompt_tokens: int | None = Field(None, description=(

@@ -15,7 +15,7 @@ SMALL = {"width": 64, "height": 64, "steps": 2}
 def test_the_sweep_republishes_only_what_is_missing(br_env, client_for):
     from worker.sweep import sweep_lost_jobs
 
-    client = client_for(br_env)
+    client = client_for({**br_env, "BATCHRENDER_SCHEDULER": "fifo"})  # both messages published at once
     present = client.submit({"prompt": "a lighthouse", "seed": 1, **SMALL})
     lost = client.submit({"prompt": "a harbour", "seed": 2, **SMALL})
     r = client.store.r
@@ -28,6 +28,27 @@ def test_the_sweep_republishes_only_what_is_missing(br_env, client_for):
     assert sweep_lost_jobs(client.app, client.store, overdue_s=0, recheck_s=0) == [lost]
     assert sorted(j for j in (present, lost) if any(j in raw for raw in r.lrange(queue, 0, -1))) == sorted([present, lost])
     assert sweep_lost_jobs(client.app, client.store, overdue_s=0, recheck_s=0) == [], "each message exists once"
+
+
+def test_with_fair_share_jobs_waiting_in_a_lane_are_not_lost_but_a_dispatched_one_is(br_env, client_for):
+    """jobs/fairshare.py: a job in its tenant's lane has no message by design; one that left the
+    lane (dispatched) and whose message then vanished is re-sent once overdue."""
+    from jobs import fairshare
+    from worker.sweep import sweep_lost_jobs
+
+    client = client_for({**br_env, "BATCHRENDER_SCHEDULER": "fair"})
+    first = client.submit({"prompt": "a lighthouse", "seed": 1, **SMALL}, tenant="ten_a")
+    waiting = client.submit({"prompt": "a harbour", "seed": 2, **SMALL}, tenant="ten_a")
+    r = client.store.r
+    queue = render_queue("tiny")
+    assert [first in raw for raw in r.lrange(queue, 0, -1)] == [True], "one ready message; the rest wait"
+    assert r.zscore(fairshare.lane_key("tiny", "ten_a"), waiting) is not None
+    r.delete(queue)  # the dispatched job's message is lost
+    assert sweep_lost_jobs(client.app, client.store, overdue_s=3600, recheck_s=0) == [], "dispatched just now"
+    r.hset(f"br:job:{first}", "dispatched", "1")  # long ago
+    assert sweep_lost_jobs(client.app, client.store, overdue_s=0, recheck_s=0) == [first]
+    assert any(first in raw for raw in r.lrange(queue, 0, -1))
+    assert not any(waiting in raw for raw in r.lrange(queue, 0, -1)), "the waiting job is left in its lane"
 
 
 def test_a_batch_record_never_published_is_left_to_reconcile(br_env, client_for):

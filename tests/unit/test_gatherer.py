@@ -27,6 +27,7 @@ class Script:
 def gatherer(script: Script) -> Gatherer:
     g = Gatherer.__new__(Gatherer)
     g.queue, g.channel, g.gap_s, g.last_arrival, g.deferred = "render.tiny", script, 0.0, None, []
+    g.refill, g._refill_idle_until = None, 0.0
     g.clock, g.sleep = (lambda: script.now), script.sleep
     g._parse = lambda message: message  # the arrival time stands in for the message
     return g

@@ -24,8 +24,10 @@ _EDIT_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data
 
 async def _render(svc: Services, request: Request, tenant: str, req: RenderRequest, body: ImageGenerate,
                   idempotency_key: str | None) -> dict:
-    """Submit as an ordinary job, wait for it without holding a thread, answer OpenAI's way."""
-    rec, _, _ = await run_in_threadpool(submit_job, svc.client, svc.idempotency, tenant, req, idempotency_key)
+    """Submit as an ordinary job (someone is waiting: ``interactive`` unless the request says
+    otherwise), wait for it without holding a thread, answer OpenAI's way."""
+    rec, _, _ = await run_in_threadpool(submit_job, svc.client, svc.idempotency, tenant, req, idempotency_key,
+                                        "interactive")
     wait_s = svc.settings.openai_sync_timeout_s
     if not rec.status.terminal:
         rec = await wait_for_end(svc, rec.job_id, wait_s)

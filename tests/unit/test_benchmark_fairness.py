@@ -1,0 +1,27 @@
+"""The pure parts of benchmarks/fairness.py: percentiles, the weighted share, the checks."""
+from __future__ import annotations
+
+from benchmarks.fairness import checks, p95, share_while_both_busy
+
+
+def test_p95_is_nearest_rank():
+    assert p95(list(range(1, 21))) == 19
+    assert p95([3.0]) == 3.0 and p95([]) is None
+
+
+def test_share_counts_only_while_both_tenants_have_work():
+    started = [(0.5, "D")] + [(1 + i, t) for i, t in enumerate(["D", "D", "E"] * 10)] + [(100 + i, "D") for i in range(5)]
+    got = share_while_both_busy(started, "D", "E", since=1.0)
+    assert got["rows"] == {"D": 20, "E": 10} and got["ratio"] == 2.0
+
+
+def _result(wait, bound, tput, rpi):
+    return {"singles": {"B": {"within_bound": wait <= bound}}, "flood": {"throughput_images_per_s": tput,
+                                                                      "rows_per_image": rpi}}
+
+
+def test_checks_compare_fair_with_fifo():
+    ok = checks({"fifo": _result(90, 5, 10.0, 1.0), "fair": _result(3, 5, 9.6, 1.0)})
+    assert ok["throughput_at_least_95pct"] and ok["rows_per_image_unchanged"] and ok["singles_p95_within_bound"]
+    bad = checks({"fifo": _result(90, 5, 10.0, 1.0), "fair": _result(6, 5, 9.4, 1.1)})
+    assert not (bad["throughput_at_least_95pct"] or bad["rows_per_image_unchanged"] or bad["singles_p95_within_bound"])
