@@ -329,28 +329,40 @@ def model_rate(r: Any, model: str) -> dict[str, Any]:
             "seconds_per_row": round(seconds / rows, 6) if rows and seconds > 0 else None}
 
 
+def request_shapes(q: dict[str, Any]) -> dict[tuple[int, int, int, str], int]:
+    """Pipeline rows per (w, h, denoised steps, kind) of one stored (resolved) request: images x
+    palette tries; an outpainting render per ``extend`` rendition, counted as ``inpaint`` rows at
+    the image's size (their canvas is of the model's native size for the rendition's ratio,
+    about the same pixels). Empty when the request has no size (not resolved)."""
+    try:
+        w, h, steps = int(q["width"]), int(q["height"]), int(q["steps"])
+    except (KeyError, TypeError, ValueError):
+        return {}
+    n = int(q.get("num_images") or 1)
+    tries = int(q.get("palette_tries") or 1) if q.get("palette_strict") else 1
+    # The stored request has its image and mask moved out (producer/client.py); a strength is
+    # set exactly when there was an image. A masked job is priced as img2img (about the same).
+    strength = q.get("strength")
+    out = {(w, h, denoised_steps(steps, strength), kind_of(False, strength)): n * tries}
+    extends = sum(1 for x in q.get("renditions") or [] if isinstance(x, dict) and x.get("fit") == "extend")
+    if extends:
+        key = (w, h, steps, "inpaint")
+        out[key] = out.get(key, 0) + n * extends
+    return out
+
+
 def _queued_shapes(requests: list[str | None]) -> dict[tuple[int, int, int, str], int]:
-    """Rows per (w, h, steps, kind) of queued jobs' stored requests (palette tries included;
-    outpainting renders counted as ``inpaint`` rows at the image's size: their canvas is of the
-    model's native size for the rendition's ratio, about the same pixels)."""
+    """Rows per shape of queued jobs' stored requests (``request_shapes``)."""
     out: dict[tuple[int, int, int, str], int] = {}
     for raw in requests:
         try:
             q = json.loads(raw or "{}")
-            w, h, steps = int(q["width"]), int(q["height"]), int(q["steps"])
-        except (ValueError, KeyError, TypeError):
+        except ValueError:
             continue
-        n = int(q.get("num_images") or 1)
-        tries = int(q.get("palette_tries") or 1) if q.get("palette_strict") else 1
-        # The stored request has its image and mask moved out (producer/client.py); a strength is
-        # set exactly when there was an image. A masked job is priced as img2img (about the same).
-        strength = q.get("strength")
-        key = (w, h, denoised_steps(steps, strength), kind_of(False, strength))
-        out[key] = out.get(key, 0) + n * tries
-        extends = sum(1 for x in q.get("renditions") or [] if isinstance(x, dict) and x.get("fit") == "extend")
-        if extends:
-            key = (w, h, steps, "inpaint")
-            out[key] = out.get(key, 0) + n * extends
+        if not isinstance(q, dict):
+            continue
+        for key, rows in request_shapes(q).items():
+            out[key] = out.get(key, 0) + rows
     return out
 
 

@@ -73,28 +73,26 @@ def _req(request: Any) -> dict[str, Any]:
 
 
 def rows_of(request: Any) -> int:
-    """Pipeline rows a job renders: images x palette tries, plus an outpainting per ``extend``."""
-    q = _req(request)
-    n = int(q.get("num_images") or 1)
-    tries = int(q.get("palette_tries") or 1) if q.get("palette_strict") else 1
-    extends = sum(1 for x in q.get("renditions") or [] if isinstance(x, dict) and x.get("fit") == "extend")
-    return n * tries + n * extends
+    """Pipeline rows a job renders (``jobs.callstats.request_shapes``; 1 for an unresolved one)."""
+    from jobs.callstats import request_shapes
+
+    return sum(request_shapes(_req(request)).values()) or 1
 
 
 def shape_of(request: Any) -> tuple[int, int, int, str]:
-    """(width, height, denoised steps, kind) as callstats measures calls."""
-    from jobs.callstats import denoised_steps, kind_of
+    """(width, height, denoised steps, kind) of a job's main render, as callstats measures calls."""
+    from jobs.callstats import request_shapes
 
-    q = _req(request)
-    w, h, steps = int(q.get("width") or 512), int(q.get("height") or 512), int(q.get("steps") or 1)
-    strength = q.get("strength")
-    return w, h, denoised_steps(steps, strength), kind_of(False, strength)
+    shapes = request_shapes(_req(request))
+    return next(iter(shapes)) if shapes else (512, 512, 1, "render")
 
 
 def cost_of(request: Any) -> float:
-    """Render work of a job in megapixel-steps: rows x pixels x denoised steps / 1e6."""
-    w, h, steps, _kind = shape_of(request)
-    return rows_of(request) * w * h * max(1, steps) / UNIT
+    """Render work of a job in megapixel-steps: the sum over its renders of rows x pixels x steps / 1e6."""
+    from jobs.callstats import request_shapes
+
+    shapes = request_shapes(_req(request)) or {(512, 512, 1, "render"): 1}
+    return sum(rows * w * h * max(1, steps) for (w, h, steps, _kind), rows in shapes.items()) / UNIT
 
 
 def priority_of(request: Any) -> str:
