@@ -92,7 +92,8 @@ def test_tenant_sees_nothing_of_another_tenant(api, tenants, alice):
 
 
 # -- jobs -------------------------------------------------------------------------------------------
-def test_queued_job_shows_its_queue_position(api, alice):
+def test_queued_job_shows_its_queue_position(make_api, alice):
+    api = make_api(scheduler="fifo")  # submission order (fair share: tests/integration/test_fair_share.py)
     ids = [api.post("/v1/jobs", json={"prompt": f"a cat {i}"}, headers=auth(alice)).json()["id"] for i in range(3)]
     views = [api.get(f"/v1/jobs/{j}", headers=auth(alice)).json() for j in ids]
     assert [v["status"] for v in views] == ["queued"] * 3

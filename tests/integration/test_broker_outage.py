@@ -18,7 +18,9 @@ SMALL = {"width": 64, "height": 64, "steps": 2}
 
 @pytest.fixture
 def outage_env(br_env, private_redis):
-    return {**br_env, "BATCHRENDER_REDIS_URL": private_redis.url, "BATCHRENDER_BATCH_PUBLISH_GRACE_S": "0"}
+    # fifo: these tests cut Redis off between published messages (fair share publishes at dispatch).
+    return {**br_env, "BATCHRENDER_REDIS_URL": private_redis.url, "BATCHRENDER_BATCH_PUBLISH_GRACE_S": "0",
+            "BATCHRENDER_SCHEDULER": "fifo"}
 
 
 @pytest.fixture
