@@ -40,6 +40,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from jobs.clock import NOW_LUA
 from jobs.names import KEY_PREFIX, job_key, queued_key, render_queue, tenant_key
 
 log = logging.getLogger(__name__)
@@ -152,8 +153,10 @@ def enqueue(r: Any, msg: Any, settings: Any, *, score: float | None = None, plan
 
 #: KEYS: lanes set, fair state hash, the model's ready queue (a kombu Redis list).
 #: ARGV: want (queue length to reach), limit (most to move), lane prefix, job prefix, tenant
-#: prefix, now. Returns {id, score, message, ...} of the jobs moved out of their lanes, in order.
-_DISPATCH = """
+#: prefix. Returns {id, score, message, ...} of the jobs moved out of their lanes, in order.
+#: ``dispatched`` is Redis's time (jobs/clock.py): the job sweep that compares it may run on
+#: another host.
+_DISPATCH = NOW_LUA + """
 local ready = redis.call('LLEN', KEYS[3])
 local n = math.min(tonumber(ARGV[2]), tonumber(ARGV[1]) - ready)
 local out = {}
@@ -190,7 +193,7 @@ while moved < n do
     local cost = tonumber(rec[2] or '1') or 1
     v = best_s
     redis.call('HSET', KEYS[2], 'f:' .. best, tostring(best_s + cost / w))
-    redis.call('HSET', jk, 'lane', '0', 'dispatched', ARGV[6])
+    redis.call('HSET', jk, 'lane', '0', 'dispatched', string.format('%.6f', now))
     out[#out + 1] = best_id
     out[#out + 1] = tostring(best_score)
     out[#out + 1] = rec[3]
@@ -221,7 +224,7 @@ class Dispatcher:
         if limit <= 0 or want <= 0:
             return []
         got = self._script(keys=[lanes_key(model), state_key(model), render_queue(model)],
-                           args=[want, limit, f"{KEY_PREFIX}lane:{model}:", job_key(""), tenant_key(""), repr(time.time())])
+                           args=[want, limit, f"{KEY_PREFIX}lane:{model}:", job_key(""), tenant_key("")])
         return [(got[i], float(got[i + 1]), got[i + 2]) for i in range(0, len(got), 3)]
 
     def fill(self, model: str, want: int, limit: int | None = None) -> int:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 import redis
 
+from jobs.clock import NOW_LUA, lua_time
 from jobs.errors import BrokerUnavailable, JobNotFound
 from jobs.metrics import job_finished, job_submitted
 from jobs.names import (ALL_BATCHES_KEY, ALL_JOBS_KEY, KEY_PREFIX, batch_index_key, batch_jobs_key, batch_key,
@@ -87,6 +88,14 @@ if terminal then
 end
 return {1, done}
 """
+
+# KEYS: job. Sets first_started_at once, on Redis's clock (jobs/clock.py: the worker that claims a
+# job again may be another host). Returns {first_started_at, now}.
+_FIRST_STARTED = NOW_LUA + """
+redis.call('HSETNX', KEYS[1], 'first_started_at', string.format('%.6f', now))
+return {redis.call('HGET', KEYS[1], 'first_started_at'), string.format('%.6f', now)}
+"""
+
 
 
 # KEYS: tenant hash. ARGV: n, limit. Returns {1, active before} or {0, active}.
@@ -177,6 +186,7 @@ class JobStore:
         self.r = client
         self.ttl_s = ttl_s
         self._transition = client.register_script(_TRANSITION)
+        self._first_started = client.register_script(_FIRST_STARTED)
         self._reserve = client.register_script(_RESERVE)
 
     @classmethod
@@ -371,11 +381,14 @@ class JobStore:
         return int(attempts), int(retries or 0)
 
     def first_started(self, job_id: str) -> float:
-        """When the job was first claimed (set once; its total time limit counts from here)."""
-        with self.r.pipeline(transaction=True) as p:
-            p.hsetnx(job_key(job_id), "first_started_at", repr(time.time()))
-            p.hget(job_key(job_id), "first_started_at")
-            return float(p.execute()[1])
+        """When the job was first claimed (set once, on Redis's clock; its total time limit counts from here)."""
+        return lua_time(self._first_started(keys=[job_key(job_id)])[0])
+
+    def time_used(self, job_id: str) -> float:
+        """Seconds since the job was first claimed (set now if it never was), on Redis's clock: the
+        worker that claims it again may be another host, with another clock."""
+        first, now = self._first_started(keys=[job_key(job_id)])
+        return lua_time(now) - lua_time(first)
 
     def bump_retries(self, job_id: str) -> int:
         return int(self.r.hincrby(job_key(job_id), "retries", 1))

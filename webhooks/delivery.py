@@ -179,7 +179,8 @@ class Deliverer:
         fields: dict[str, object] = dict(state=state, attempts=rec.attempts + 1, last_status=result.status,
                                          last_error=result.error, claimed_until=0)
         if decision.outcome == "retry":
-            fields.update(next_attempt=n + 1, not_before=time.time() + decision.delay_s)
+            # On Redis's clock: the next attempt's task may run on another worker (jobs/clock.py).
+            fields.update(next_attempt=n + 1, not_before=self.store.now() + decision.delay_s)
         self.store.update(rec.id, **fields)
         if decision.outcome == "gone":
             self.store.disable_endpoint(rec.url, rec.id)

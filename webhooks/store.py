@@ -22,8 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from redis.exceptions import WatchError
-
+from jobs.clock import NOW_LUA, redis_now
 from jobs.names import KEY_PREFIX
 
 PREFIX = KEY_PREFIX + "wh:"
@@ -109,13 +108,30 @@ class Attempt:
     generation: int = 1
 
 
-# KEYS: the tenant's slot set (holder -> lease end). ARGV: now, lease, limit, token.
-_SLOT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
-redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), ARGV[4])
-redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 60)
+# KEYS: the tenant's slot set (holder -> lease end, Redis time). ARGV: lease, limit, token.
+# Leases are on Redis's clock (jobs/clock.py): a worker whose clock runs ahead would otherwise
+# free the others' slots early, and one behind would hold its own past their end.
+_SLOT = NOW_LUA + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[3])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[1])) + 60)
 return 1
+"""
+
+# KEYS: the event record. ARGV: generation, attempt, lease. The attempt's claim on Redis's clock:
+# {1, record fields...} when taken; {0} when stale, a duplicate or held; {} for no record.
+_CLAIM = NOW_LUA + """
+local h = redis.call('HMGET', KEYS[1], 'state', 'generation', 'next_attempt', 'claimed_until')
+if not h[1] then return {} end
+if h[1] ~= 'pending' or tonumber(h[2]) ~= tonumber(ARGV[1]) or tonumber(h[3]) ~= tonumber(ARGV[2])
+    or (tonumber(h[4] or '0') or 0) > now then
+  return {0}
+end
+redis.call('HSET', KEYS[1], 'claimed_until', string.format('%.6f', now + tonumber(ARGV[3])))
+local out = redis.call('HGETALL', KEYS[1])
+table.insert(out, 1, 1)
+return out
 """
 
 
@@ -127,6 +143,11 @@ class DeliveryStore:
         self.ttl_s = int(ttl_s)
         self._create = redis.register_script(_CREATE)
         self._slot = redis.register_script(_SLOT)
+        self._claim = redis.register_script(_CLAIM)
+
+    def now(self) -> float:
+        """Redis's time: what every worker compares claims, leases and schedules against."""
+        return redis_now(self.redis)
 
     # -- keys ------------------------------------------------------------------------------------
     @staticmethod
@@ -139,7 +160,7 @@ class DeliveryStore:
     # -- records ---------------------------------------------------------------------------------
     def create(self, rec: EventRecord) -> bool:
         """Store a new record and index it; False (and nothing written) if the id exists."""
-        now = time.time()
+        now = self.now()
         rec = replace(rec, created_at=rec.created_at or now, updated_at=now)
         keys = [self.key(rec.id), PREFIX + "all"]
         if rec.state == PENDING:
@@ -159,8 +180,9 @@ class DeliveryStore:
         return EventRecord.from_hash(h) if h else None
 
     def update(self, event_id: str, **fields: Any) -> None:
-        """Overwrite some fields (used under the task's claim; see ``claim``)."""
-        fields["updated_at"] = time.time()
+        """Overwrite some fields (used under the task's claim; see ``claim``). ``updated_at`` is
+        Redis's time: the sweep compares it, on whichever worker runs it."""
+        fields["updated_at"] = self.now()
         pipe = self.redis.pipeline()
         pipe.hset(self.key(event_id), mapping={k: str(v) for k, v in fields.items()})
         pipe.expire(self.key(event_id), self.ttl_s)
@@ -178,33 +200,20 @@ class DeliveryStore:
     def acquire_slot(self, tenant: str, limit: int, lease_s: float, token: str) -> bool:
         """One of ``tenant``'s ``limit`` delivery slots for ``token``; a slot whose holder died
         frees itself after ``lease_s``. False when all are taken."""
-        return bool(self._slot(keys=[f"{PREFIX}slots:{tenant or '-'}"], args=[time.time(), lease_s, limit, token]))
+        return bool(self._slot(keys=[f"{PREFIX}slots:{tenant or '-'}"], args=[lease_s, limit, token]))
 
     def release_slot(self, tenant: str, token: str) -> None:
         self.redis.zrem(f"{PREFIX}slots:{tenant or '-'}", token)
 
     def claim(self, event_id: str, generation: int, attempt: int, lease_s: float) -> EventRecord | None:
         """Take the right to run ``attempt``: None if the message is stale, a duplicate, or
-        another worker holds an unexpired claim (a crashed worker's claim expires)."""
-        key = self.key(event_id)
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    h = pipe.hgetall(key)
-                    if not h:
-                        return None
-                    rec = EventRecord.from_hash(h)
-                    now = time.time()
-                    if (rec.state != PENDING or rec.generation != generation
-                            or rec.next_attempt != attempt or rec.claimed_until > now):
-                        return None
-                    pipe.multi()
-                    pipe.hset(key, "claimed_until", str(now + lease_s))
-                    pipe.execute()
-                    return replace(rec, claimed_until=now + lease_s)
-                except WatchError:  # someone else touched the record meanwhile; look again
-                    continue
+        another worker holds an unexpired claim (a crashed worker's claim expires). Atomic, and
+        on Redis's clock: a worker whose clock runs ahead cannot take over a live claim."""
+        got = self._claim(keys=[self.key(event_id)], args=[generation, attempt, lease_s])
+        if not got or int(got[0]) != 1:
+            return None
+        flat = got[1:]
+        return EventRecord.from_hash(dict(zip(flat[0::2], flat[1::2])))
 
     def log_attempt(self, event_id: str, entry: Attempt) -> None:
         """Append one attempt to the event's log."""

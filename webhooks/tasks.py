@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import time
 from dataclasses import replace
 from typing import Any, Callable, Iterable
 
@@ -84,7 +83,7 @@ def enqueue_event(app: Celery, settings: Settings, redis: Any, *, url: str,
     body = ev.envelope(event_type, data)
     rec = EventRecord(id=event_id, type=event_type, url=url, payload=json.dumps(body, separators=(",", ":")),
                       job_id=job_id or "", batch_id=batch_id or "", tenant=tenant or "", secrets=secrets,
-                      not_before=time.time() + float(settings.webhook_schedule_s[0]))
+                      not_before=store.now() + float(settings.webhook_schedule_s[0]))
     disabled = store.is_disabled(url)
     if disabled:
         rec = replace(rec, state=GONE, last_error="not attempted: endpoint answered 410 Gone earlier")
@@ -109,7 +108,7 @@ def replay(app: Celery, settings: Settings, redis: Any, event_id: str) -> EventR
         store.enable_endpoint(rec.url)
     generation = rec.generation + 1
     store.update(event_id, state=PENDING, generation=generation, next_attempt=1, scheduled_attempt=1,
-                 claimed_until=0, not_before=time.time())
+                 claimed_until=0, not_before=store.now())
     fresh = store.get(event_id)
     assert fresh is not None
     _send(app, fresh, 0.0, _max_wait(settings))
@@ -166,12 +165,12 @@ def register(app: Celery, settings: Settings, *, resolver: Resolver | None = Non
             return "stale"
         if rec.next_attempt > attempt and rec.scheduled_attempt < rec.next_attempt:
             # The run that logged this attempt died before sending the next message: send it now.
-            _send(app, rec, rec.not_before - time.time(), _max_wait(settings))
+            _send(app, rec, rec.not_before - store.now(), _max_wait(settings))
             store.update(event_id, scheduled_attempt=rec.next_attempt)
             return "recovered"
         if rec.next_attempt != attempt:
             return "duplicate"
-        early = rec.not_before - time.time()
+        early = rec.not_before - store.now()  # schedules and claims are on Redis's clock (jobs/clock.py)
         if early > 1.0:
             _send(app, rec, early, _max_wait(settings))  # a long delay, hopping; see module doc
             return "waiting"
@@ -191,13 +190,13 @@ def register(app: Celery, settings: Settings, *, resolver: Resolver | None = Non
                  attempt: int) -> str:
         claimed = store.claim(event_id, generation, attempt, settings.webhook_lease_s)
         if claimed is None:
-            held = store.get(event_id)
+            held, now = store.get(event_id), store.now()
             if (held is not None and held.state == PENDING and held.generation == generation
                     and held.next_attempt == attempt and held.claimed_until > time.time()):
                 # Another worker holds this attempt, or held it and died (this message is its
                 # redelivery). Come back when the claim ends: if that worker finished, the
                 # attempt number has moved on and this is a duplicate then; if it died, this runs it.
-                _send(app, held, held.claimed_until - time.time() + 1.0, _max_wait(settings))
+                _send(app, held, held.claimed_until - now + 1.0, _max_wait(settings))
                 return "held"
             return "duplicate"
         decision = d.attempt(claimed)
@@ -222,7 +221,7 @@ def sweep(app: Celery, settings: Settings, store: DeliveryStore, overdue_s: floa
     forever. A message that was not lost after all is harmless: the record's attempt number and
     claim make the extra one a duplicate. Returns the ids that got a message.
     """
-    now = time.time()
+    now = store.now()
     sent = []
     for event_id in store.pending_ids(limit):
         rec = store.get(event_id)

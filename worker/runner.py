@@ -182,7 +182,7 @@ class JobRunner:
                 (msg.mask_key and msg.mask_key != mask_key(msg.job_id)):
             raise InvalidRequest("the reference image and mask must be the job's own uploads",
                                  errors=[{"field": "image", "message": "not this job's reference"}])
-        used = time.time() - self.ctx.store.first_started(msg.job_id)
+        used = self.ctx.store.time_used(msg.job_id)  # on Redis's clock: attempts may run on other hosts
         if used > s.job_time_limit_s:
             raise TimeLimitExceeded(f"the job has been rendering for {used:.0f} s over its attempts; the limit is "
                                     f"{s.job_time_limit_s} s (BATCHRENDER_JOB_TIME_LIMIT_S)")

@@ -21,6 +21,7 @@ import time
 from typing import Any, Iterable
 
 from jobs.celery_app import publish_render
+from jobs.clock import redis_now
 from jobs.names import KEY_PREFIX, render_queue
 from jobs.periodic import take_turn
 from jobs.status import JobStatus
@@ -74,7 +75,7 @@ def waiting_elsewhere(r: Any, job_ids: list[str], overdue_s: float) -> list[str]
         for j in job_ids:
             p.hmget(f"{KEY_PREFIX}job:{j}", "lane", "dispatched")
         got = p.execute()
-    now = time.time()
+    now = redis_now(r)  # ``dispatched`` is Redis's time; this sweep may run on another host
     out = []
     for j, (lane, dispatched) in zip(job_ids, got):
         if lane == "1":
@@ -91,7 +92,8 @@ def waiting_elsewhere(r: Any, job_ids: list[str], overdue_s: float) -> list[str]
 def sweep_lost_jobs(app: Any, store: JobStore, overdue_s: float, recheck_s: float = 1.0) -> list[str]:
     """Publish a new message for each overdue queued job that has none. Returns their ids."""
     r = store.r
-    before = time.time() - overdue_s
+    # Submission times are the producers' clocks; Redis's is the one every sweeping worker shares.
+    before = redis_now(r) - overdue_s
     candidates: dict[str, str] = {}  # job id -> model
     for key in r.scan_iter(match=f"{KEY_PREFIX}queued:*", count=100):
         model = key.removeprefix(f"{KEY_PREFIX}queued:")
