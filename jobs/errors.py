@@ -111,6 +111,13 @@ class ModerationBlocked(PermanentError):
     code = "moderation_blocked"
 
 
+class ModerationOutageTooLong(PermanentError):
+    """The moderation classifier service has been unavailable for longer than the policy's
+    ``outage.max_wait_s``: the job needed it and ends (``failed``, code ``moderation_unavailable``)."""
+
+    code = "moderation_unavailable"
+
+
 class SigningFailed(PermanentError):
     """C2PA signing could not produce a valid manifest (bad key, expired certificate...)."""
 
@@ -164,3 +171,17 @@ class BatchIncomplete(BrokerUnavailable):
 
 class DeliveryFailed(TransientError):
     code = "delivery_failed"
+
+
+class ModerationUnavailable(TransientError):
+    """The moderation classifier service cannot answer now (refused, timed out, 5xx, circuit open).
+
+    The worker puts the job back on the queue (it waits); the API answers 503 with
+    ``Retry-After: retry_after_s``. Never raised for a bad answer: that is a verdict by the policy's
+    ``fail`` setting (safety/moderation_service.py)."""
+
+    code = "moderation_unavailable"
+
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.retry_after_s = retry_after_s

@@ -167,6 +167,11 @@ class Settings(BaseModel):
     moderation_reroll_max: int = 0
     moderation_reroll_below_severity: int = 3
     audit_log_prompts: bool = False
+    #: Bearer key for the policy's ``moderation_service`` (OpenAI, or a vLLM/TGI ``--api-key``).
+    moderation_service_key: SecretStr | None = None
+    #: Hosts (names, IPs or CIDRs) the policy's ``moderation_service.url`` may resolve to although
+    #: they are loopback/private (a classifier served inside the deployment); checked like webhooks.
+    moderation_service_allow_hosts: list[str] = Field(default_factory=list)
 
     # -- webhooks ------------------------------------------------------------------------------
     #: Hosts (names, IPs or CIDRs) the SSRF guard lets through despite being private/loopback.

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from PIL import Image
 
+from jobs.errors import ModerationOutageTooLong, ModerationUnavailable
 from jobs.metrics import moderation_decided
 from jobs.settings import Settings
 from safety.audit import AuditLog
@@ -32,7 +33,7 @@ from safety.verdict import MODERATION_ERROR, Action, Decision, Verdict
 log = logging.getLogger(__name__)
 
 STAGE_NAMES = ("prompt_rules", "text_classifier", "input_images", "phash_blocklist", "nsfw_classifier",
-               "output_classifier", "safety_checker")
+               "output_classifier", "safety_checker", "moderation_service")
 
 
 class PromptStage(Protocol):
@@ -99,7 +100,8 @@ class ModerationChain:
         policy = load_policy(settings.policy_file)
         input_stage = InputImageStage(policy.version, max_pixels=settings.max_pixels, max_bytes=DEFAULT_MAX_BYTES,
                                       face_detector=HaarFaceDetector(), decode_cpu_s=settings.image_decode_cpu_s)
-        return cls(policy, prompt_stages=[PromptRules(policy)], input_stage=input_stage,
+        service = _service_stage(policy, settings, "api")
+        return cls(policy, prompt_stages=[PromptRules(policy), *service.prompt], input_stage=input_stage,
                    fail_open=settings.moderation_fail_open,
                    audit=AuditLog.from_settings(settings) if audit else None)
 
@@ -152,6 +154,9 @@ class ModerationChain:
             from safety.output_images import SafetyCheckerStage
 
             output_stages.append(SafetyCheckerStage(settings.safety_checker_dir, policy))
+        service = _service_stage(policy, settings, "worker")
+        prompt_stages += service.prompt
+        output_stages += service.output
         return cls(policy, prompt_stages=prompt_stages, input_stage=input_stage, output_stages=output_stages,
                    fail_open=settings.moderation_fail_open,
                    audit=AuditLog.from_settings(settings) if audit else None)
@@ -166,6 +171,8 @@ class ModerationChain:
         for stage in stages:
             try:
                 found = call(stage)
+            except (ModerationUnavailable, ModerationOutageTooLong):
+                raise  # the classifier service is down: the caller holds the job or answers 503
             except Exception as e:  # noqa: BLE001 - any stage failure must become a decision
                 failed_open = stage.name in self.fail_open
                 log.exception("moderation stage %s failed (%s)", stage.name, "fail open" if failed_open else "fail closed")
@@ -217,6 +224,25 @@ class ModerationChain:
         if self.audit:
             self.audit.record(decision, kind="output_image", actor=actor, job_id=job_id)
         return decision
+
+
+@dataclass(frozen=True, slots=True)
+class _ServiceStages:
+    prompt: tuple = ()
+    output: tuple = ()
+
+
+def _service_stage(policy: Policy, settings: Settings, role: str) -> _ServiceStages:
+    """The policy's ``moderation_service`` stage (one client, cache and breaker for both uses),
+    where the prompts and/or output images go; none when the policy has no such section."""
+    cfg = policy.moderation_service
+    if cfg is None:
+        return _ServiceStages()
+    from safety.moderation_service import ModerationServiceStage
+
+    stage = ModerationServiceStage.from_settings(policy, settings, role=role)
+    return _ServiceStages(prompt=(stage,) if cfg.on_prompts else (),
+                          output=(stage,) if cfg.on_output_images and role == "worker" else ())
 
 
 def _with_message(decision: Decision, message: str) -> Decision:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -72,6 +73,8 @@ class Policy:
     languages: tuple[str, ...] = ()
     #: Term set matched in the NEGATIVE prompt -> signal it raises for the positive prompt.
     negative_prompt: Mapping[str, str] = field(default_factory=dict)
+    #: The optional classifier-service stage (``moderation_service:``; safety/moderation_service.py).
+    moderation_service: "ServiceConfig | None" = None
     source: str = "<string>"
 
     def category(self, category_id: str) -> Category:
@@ -241,7 +244,7 @@ def parse_policy(text: str, source: str = "<string>", base_dir: Path | None = No
         raise ConfigurationError(f"{source}:1: the policy file is empty", line=1)
     top = r.mapping(root, "the policy", {"version", "categories", "term_sets", "protected_names",
                                         "protected_names_file", "allow_phrases", "negative_prompt",
-                                        "exceptions"},
+                                        "exceptions", "moderation_service"},
                     {"version", "categories"})
     version = str(r.scalar(top["version"], "version", (str, int, float))).strip()
     if not version:
@@ -290,8 +293,136 @@ def parse_policy(text: str, source: str = "<string>", base_dir: Path | None = No
         exceptions=r.terms(top["exceptions"], "exceptions", langs) if "exceptions" in top else (),
         languages=tuple(sorted(langs)),
         negative_prompt=MappingProxyType(negative),
+        moderation_service=(_service(r, top["moderation_service"], {c.id for c in categories})
+                            if "moderation_service" in top else None),
         source=source,
     )
+
+
+#: Wire formats of ``moderation_service``: OpenAI's ``/v1/moderations``, and a Llama-Guard-style
+#: chat completion answering ``safe`` or ``unsafe`` + MLCommons hazard codes (``S1``..``S14``).
+SERVICE_FORMATS = ("openai", "llama_guard")
+_HAZARD_CODE = re.compile(r"^S[1-9][0-9]?$")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceCategory:
+    """One service category (``sexual/minors``) or hazard code (``S4``) mapped onto a policy category."""
+
+    name: str
+    category: str
+    threshold: float
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """The ``moderation_service:`` section: where the classifier service is and how to read it."""
+
+    url: str
+    format: str
+    model: str
+    categories: tuple[ServiceCategory, ...]
+    #: Service categories that are known but mean nothing to this policy (never an unknown-category error).
+    ignore: tuple[str, ...] = ()
+    on_prompts: bool = True
+    on_output_images: bool = False
+    timeout_s: float = 5.0
+    max_concurrency: int = 8
+    breaker_failures: int = 5
+    breaker_cooldown_s: float = 30.0
+    cache_size: int = 10_000
+    cache_ttl_s: float = 3600.0
+    #: ``closed``: a bad answer blocks, an outage holds the job; ``open``: both are a flag and the chain goes on.
+    fail: str = "closed"
+    #: Worker: jobs wait while the service has been down for less than this, then end ``moderation_unavailable``.
+    outage_max_wait_s: float = 1800.0
+    #: API during an outage: ``reject`` (503 + Retry-After) or ``defer`` (accept; the worker checks).
+    outage_api: str = "reject"
+
+
+def _service(r: _Reader, node: yaml.Node, category_ids: set[str]) -> ServiceConfig:
+    what = "moderation_service"
+    m = r.mapping(node, what, {"url", "format", "model", "categories", "ignore", "on_prompts", "on_output_images",
+                               "timeout_s", "max_concurrency", "circuit_breaker", "cache", "fail", "outage"},
+                  {"url", "format", "model", "categories"})
+
+    def number(n: yaml.Node, name: str, low: float, high: float, kind: type | tuple[type, ...] = (int, float)) -> Any:
+        v = r.scalar(n, f"{what}.{name}", kind)
+        if not low <= v <= high:
+            raise r.fail(n, f"{what}.{name} must be between {low:g} and {high:g}, got {v}")
+        return v
+
+    def choice(n: yaml.Node, name: str, options: tuple[str, ...]) -> str:
+        v = r.scalar(n, f"{what}.{name}", str)
+        if v not in options:
+            raise r.fail(n, f"{what}.{name} must be one of {', '.join(options)}, got {v!r}")
+        return v
+
+    url = r.scalar(m["url"], f"{what}.url", str).strip()
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as e:
+        raise r.fail(m["url"], f"{what}.url is malformed: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise r.fail(m["url"], f"{what}.url must be an http(s) URL like https://api.openai.com/v1/moderations, got {url!r}")
+    if parts.username is not None or parts.password is not None:
+        raise r.fail(m["url"], f"{what}.url must not carry credentials; the key goes in "
+                               "BATCHRENDER_MODERATION_SERVICE_KEY")
+    fmt = choice(m["format"], "format", SERVICE_FORMATS)
+    model = r.scalar(m["model"], f"{what}.model", str).strip()
+    if not model:
+        raise r.fail(m["model"], f"{what}.model must not be empty")
+    mapped: list[ServiceCategory] = []
+    for name, v in r.mapping(m["categories"], f"{what}.categories", set()).items():
+        if fmt == "llama_guard" and not _HAZARD_CODE.match(name):
+            raise r.fail(v, f"{what}.categories: {name!r} is not a hazard code like S1..S14 (format llama_guard)")
+        if isinstance(v, yaml.ScalarNode):
+            cid, threshold = r.scalar(v, f"{what}.categories.{name}", str), 0.5
+        else:
+            e = r.mapping(v, f"{what}.categories.{name}", {"category", "threshold"}, {"category"})
+            cid = r.scalar(e["category"], f"{what}.categories.{name}.category", str)
+            threshold = float(number(e["threshold"], f"categories.{name}.threshold", 0.0, 1.0)) if "threshold" in e else 0.5
+            if threshold <= 0.0:
+                raise r.fail(e["threshold"], f"{what}.categories.{name}.threshold must be above 0 (0 fires on every prompt)")
+        if cid not in category_ids:
+            raise r.fail(v, f"{what}.categories.{name} maps to unknown category {cid!r}; "
+                            f"categories are {sorted(category_ids)}")
+        mapped.append(ServiceCategory(name, cid, threshold))
+    if not mapped:
+        raise r.fail(m["categories"], f"{what}.categories must map at least one service category onto a policy category")
+    ignore = tuple(s for s, _ in r.strings(m["ignore"], f"{what}.ignore")) if "ignore" in m else ()
+    cfg: dict[str, Any] = {}
+    for key in ("on_prompts", "on_output_images"):
+        if key in m:
+            cfg[key] = r.scalar(m[key], f"{what}.{key}", bool)
+    if not cfg.get("on_prompts", True) and not cfg.get("on_output_images", False):
+        raise r.fail(node, f"{what} checks nothing: set on_prompts and/or on_output_images to true")
+    if "timeout_s" in m:
+        cfg["timeout_s"] = float(number(m["timeout_s"], "timeout_s", 0.01, 300))
+    if "max_concurrency" in m:
+        cfg["max_concurrency"] = number(m["max_concurrency"], "max_concurrency", 1, 1024, int)
+    if "circuit_breaker" in m:
+        b = r.mapping(m["circuit_breaker"], f"{what}.circuit_breaker", {"failures", "cooldown_s"})
+        if "failures" in b:
+            cfg["breaker_failures"] = number(b["failures"], "circuit_breaker.failures", 1, 10_000, int)
+        if "cooldown_s" in b:
+            cfg["breaker_cooldown_s"] = float(number(b["cooldown_s"], "circuit_breaker.cooldown_s", 0.01, 86_400))
+    if "cache" in m:
+        c = r.mapping(m["cache"], f"{what}.cache", {"size", "ttl_s"})
+        if "size" in c:
+            cfg["cache_size"] = number(c["size"], "cache.size", 0, 10_000_000, int)
+        if "ttl_s" in c:
+            cfg["cache_ttl_s"] = float(number(c["ttl_s"], "cache.ttl_s", 0.01, 30 * 86_400))
+    if "fail" in m:
+        cfg["fail"] = choice(m["fail"], "fail", ("closed", "open"))
+    if "outage" in m:
+        o = r.mapping(m["outage"], f"{what}.outage", {"max_wait_s", "api"})
+        if "max_wait_s" in o:
+            cfg["outage_max_wait_s"] = float(number(o["max_wait_s"], "outage.max_wait_s", 0, 7 * 86_400))
+        if "api" in o:
+            cfg["outage_api"] = choice(o["api"], "outage.api", ("reject", "defer"))
+    return ServiceConfig(url=url, format=fmt, model=model, categories=tuple(mapped), ignore=ignore, **cfg)
 
 
 def load_policy(path: Path | None = None) -> Policy:

@@ -97,7 +97,8 @@ def _status_of(e: BatchRenderError) -> tuple[int, dict[str, str]]:
     if isinstance(e, UnsupportedMediaType):
         return 415, {}
     if isinstance(e, TransientError):
-        return 503, {"Retry-After": "5"}
+        # ModerationUnavailable says when the classifier service's circuit lets a call through.
+        return 503, {"Retry-After": str(int(e.details.get("retry_after_s") or 5))}
     return 422, {}
 
 
