@@ -9,7 +9,10 @@ Failure policy: a stage that raises makes the decision ``block`` with category
 ``moderation_error`` (fail closed) unless the operator named that stage in
 ``settings.moderation_fail_open``; then it is recorded as a ``flag`` and the chain goes on.
 Stages run in order and stop at the first block: there is no point paying for a model once
-the answer is no.
+the answer is no. The classifier-service stage (safety/moderation_service.py) applies the policy's
+own ``fail`` setting to bad answers, and during an outage raises ``ModerationUnavailable``
+(transient: the worker re-queues the job, the API answers 503) or, past the policy's wait limit,
+``ModerationOutageTooLong``: those two pass through the chain.
 """
 from __future__ import annotations
 

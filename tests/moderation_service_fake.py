@@ -18,6 +18,7 @@ until ``release`` is set. ``requests`` records every request (path, headers, JSO
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import uuid
@@ -64,6 +65,12 @@ class FakeModerationService:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                # Answer at once: without it, Nagle's algorithm and the client's delayed ACK hold
+                # a response split over two writes for ~40 ms (a real server's latency, not ours).
+                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
@@ -237,3 +244,27 @@ class FakeModerationService:
 
 def _error(message: str, kind: str, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+
+def main() -> None:
+    """``python -m tests.moderation_service_fake --port N``: serve until killed (the benchmark
+    runs the service in its own process so it does not share the measuring process's GIL)."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, default=0)
+    args = ap.parse_args()
+    fake = FakeModerationService(args.port).start()
+    print(f"ready {fake.port}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fake.stop()
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

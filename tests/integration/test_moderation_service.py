@@ -214,3 +214,18 @@ def test_worker_job_ends_moderation_unavailable_after_the_outage_limit(br_env, t
         assert SECRET not in w.log()
     finally:
         producer.close()
+
+
+def test_a_service_on_loopback_not_allowed_is_named_at_start_never_a_500(br_env, tmp_path, service, tenants,
+                                                                         start_api, start_worker):
+    env = env_for(br_env, tmp_path, service)
+    del env["BATCHRENDER_MODERATION_SERVICE_ALLOW_HOSTS"]
+    w = start_worker(env, ready=False)
+    assert w.proc.wait(120) != 0
+    assert "BATCHRENDER_MODERATION_SERVICE_ALLOW_HOSTS" in w.log() and "loopback" in w.log()
+    base, _ = start_api(env)
+    r = submit(base, tenants.create("alice").api_key, BENIGN)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "configuration_error"
+    assert "BATCHRENDER_MODERATION_SERVICE_ALLOW_HOSTS" in r.json()["error"]["message"]
+    assert service.server.seen() == [], "nothing was sent to a refused address"
