@@ -295,6 +295,11 @@ class ModerationServiceStage:
 
         if role not in ("api", "worker"):
             raise ValueError(f"role must be 'api' or 'worker', got {role!r}")
+        if api_key is not None and not re.fullmatch(r"[\x21-\x7e]+", api_key.get_secret_value()):
+            # A header value: a space, a newline or a non-ASCII letter would break or split the
+            # request. The message never quotes the key.
+            raise ConfigurationError("BATCHRENDER_MODERATION_SERVICE_KEY must be printable ASCII without spaces "
+                                     "or line breaks (as the service issued it)")
         self.config, self.policy, self.role = config, policy, role
         self.fail_open = fail_open or config.fail == "open"
         self._key = api_key

@@ -466,6 +466,14 @@ def test_key_never_in_logs_reprs_verdicts_errors_or_audit(fake, tmp_path, caplog
         assert SECRET not in text
 
 
+@pytest.mark.parametrize("key", ["sk-abc\r\nX-Injected: 1", "sk abc", "sk-ключ", " "])
+def test_a_key_that_cannot_be_a_header_is_refused_without_quoting_it(fake, key):
+    with pytest.raises(ConfigurationError) as e:
+        make_stage(fake.moderations_url, key=key)
+    assert "BATCHRENDER_MODERATION_SERVICE_KEY" in str(e.value)
+    assert not key.strip() or key.strip() not in str(e.value)
+
+
 # -- the chain -----------------------------------------------------------------------------------------
 def chain_settings(tmp_path: Path, text: str, **kw) -> Settings:
     path = tmp_path / "policy.yaml"
