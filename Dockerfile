@@ -1,8 +1,12 @@
 # One image for the API, the render workers and the webhook workers.
-# CPU build by default; for NVIDIA GPUs: --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124
-# (and TORCH_SPEC for a CUDA build of torch that index holds).
-FROM python:3.11-slim
-ARG TORCH_SPEC="torch==2.13.0"
+# torch is the CPU build by default (TORCH=cpu): torch alone from PyTorch's CPU index, because PyPI's
+# Linux wheel is the CUDA build (several GB of nvidia packages, on amd64 and arm64 alike).
+#   docker build --build-arg TORCH=cuda .          PyPI's build, for NVIDIA GPUs (CUDA 13)
+#   docker build --build-arg TORCH_INDEX=URL .     torch from that index: a mirror of the CPU index, or
+#                                                  another CUDA build, e.g. https://download.pytorch.org/whl/cu126
+# Everything else comes from PyPI at the versions in constraints.txt.
+FROM python:3.11-slim-bookworm
+ARG TORCH=cpu
 ARG TORCH_INDEX=""
 RUN apt-get update && apt-get install -y --no-install-recommends redis-tools && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
@@ -14,10 +18,24 @@ COPY safety safety
 COPY storage storage
 COPY provenance provenance
 COPY webhooks webhooks
-# The tested versions (constraints.txt), except torch, whose build (CPU/CUDA) TORCH_SPEC chooses.
-RUN grep -v '^torch==' constraints.txt > /tmp/constraints.txt \
- && pip install --no-cache-dir ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "$TORCH_SPEC" \
- && pip install --no-cache-dir -c /tmp/constraints.txt '.[worker,api,monitor]'
+# The tested versions (constraints.txt; its torch==X matches X+cpu and X+cu126 too). torch first and
+# alone (--no-deps), so that nothing but torch comes from TORCH_INDEX; its dependencies come next.
+RUN set -e; \
+    torch="torch==$(sed -n 's/^torch==//p' constraints.txt)"; \
+    case "$TORCH" in \
+      cpu) index="${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}" ;; \
+      cuda) index="$TORCH_INDEX" ;; \
+      *) echo "TORCH=$TORCH is not a choice: --build-arg TORCH=cpu (the default) or TORCH=cuda" >&2; exit 2 ;; \
+    esac; \
+    if [ -n "$index" ]; then \
+      pip install --no-cache-dir --no-deps --index-url "$index" "$torch" || { \
+        echo "no $torch from $index: pass --build-arg TORCH_INDEX=<a mirror of it>," \
+             "or --build-arg TORCH=cuda for PyPI's build (several GB)" >&2; exit 1; }; \
+    fi; \
+    pip install --no-cache-dir -c constraints.txt '.[worker,api,monitor]'; \
+    if [ "$TORCH" = cpu ] && [ -z "$TORCH_INDEX" ] && pip list 2>/dev/null | grep -i -E '^(nvidia-|cuda-)'; then \
+      echo "TORCH=cpu, yet CUDA packages were installed (above)" >&2; exit 1; \
+    fi
 ENV BATCHRENDER_HOME=/data
 VOLUME /data
 CMD ["batchrender", "--help"]

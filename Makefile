@@ -3,29 +3,63 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Which torch build: cpu (default) or cuda. On Linux PyPI's torch wheel is the CUDA build (several
+# GB of nvidia packages, x86_64 and aarch64 alike); the CPU build is on PyTorch's own index, used for
+# torch alone when it answers. macOS wheels on PyPI are CPU builds already. TORCH_INDEX=URL takes
+# torch from that index instead (a mirror of the CPU index, or e.g. .../whl/cu126 for CUDA 12.6).
+TORCH ?= cpu
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
 TEST_REDIS_PORT ?= 6391
 
 .PHONY: demo test install clean bench lint lock chaos
 
-# constraints.txt pins every package to the versions the suite last passed with.
+# constraints.txt pins every package to the versions the suite last passed with, from PyPI.
+# torch first, alone, so that only torch can come from TORCH_INDEX / TORCH_CPU_INDEX (--no-deps:
+# its dependencies come from pip's own indexes in the second step, pinned like the rest).
 $(STAMP): pyproject.toml constraints.txt
+	@case "$(TORCH)" in cpu|cuda) ;; *) echo "TORCH=$(TORCH) is not a choice: make install TORCH=cpu (the default) or TORCH=cuda" >&2; exit 2;; esac
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# CPU wheel pinned: any other torch spec pulls several GB of CUDA packages.
-	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	@index="$(TORCH_INDEX)"; \
+	if [ -z "$$index" ] && [ "$(TORCH)" = cpu ] && [ "$$(uname -s)" = Linux ]; then \
+	  if $(BIN)/python -c "import urllib.request; urllib.request.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=10).close()" 2>/dev/null; then \
+	    index="$(TORCH_CPU_INDEX)"; \
+	  else \
+	    echo "note: $(TORCH_CPU_INDEX) does not answer: torch comes from pip's own indexes. On Linux PyPI's"; \
+	    echo "      wheel is the CUDA build (several GB more; it runs on the CPU too). For the CPU build from"; \
+	    echo "      a mirror of that index: make clean install TORCH_INDEX=<its URL>"; \
+	  fi; \
+	fi; \
+	if [ -n "$$index" ]; then \
+	  echo "$(BIN)/pip install -q --no-deps --index-url $$index torch==$(TORCH_VERSION)"; \
+	  $(BIN)/pip install -q --no-deps --index-url "$$index" "torch==$(TORCH_VERSION)"; \
+	else \
+	  echo "$(BIN)/pip install -q -c constraints.txt torch"; \
+	  $(BIN)/pip install -q -c constraints.txt torch; \
+	fi
 	$(BIN)/pip install -q -c constraints.txt -e '.[worker,api,monitor,test]'
+	@$(BIN)/python -c "import importlib.metadata as m; n = sorted(d.metadata['Name'] for d in m.distributions() if d.metadata['Name'].lower().startswith(('nvidia-', 'cuda-'))); print('installed torch', m.version('torch'), '(with %d CUDA packages)' % len(n) if n else '(no CUDA packages)')"
 	touch $(STAMP)
+	@echo "installed into $(VENV): 'source $(BIN)/activate' puts batchrender on your PATH (or run $(BIN)/batchrender)"
 
 # After a deliberate upgrade has passed `make test`: record the tested set.
 lock: $(STAMP)
 	{ echo "# Exact versions the suite was last run with (make lock regenerates it from .venv). make install"; \
 	  echo "# and CI install through it, so a fresh clone gets the tested set, not whatever is newest."; \
-	  $(BIN)/pip list --format=freeze --exclude-editable | grep -v -E '^(pip|setuptools|wheel)=='; } > constraints.txt
+	  echo "# Versions as PyPI names them: a local label (torch's +cpu) is dropped; torch==X matches X+cpu too."; \
+	  $(BIN)/pip list --format=freeze --exclude-editable | grep -v -E '^(pip|setuptools|wheel)==' | sed -E 's/^([^=]+==[^+]+)[+].*$$/\1/'; } > constraints.txt
 
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/batchrender demo
+	@echo; echo "Next: batchrender is in $(BIN), not on your PATH. In this directory:"; \
+	echo "  source $(BIN)/activate        # or prefix each command with $(BIN)/"; \
+	echo "  batchrender worker &               # renders the tiny model; starts the embedded redis-server again"; \
+	echo "  batchrender submit \"a ceramic mug on a walnut table\" --wait"; \
+	echo "  kill %1; batchrender embedded stop # when done"
 
 # Real Redis: 6379 when reachable, else a private redis-server on $(TEST_REDIS_PORT).
 test: $(STAMP)
