@@ -349,8 +349,11 @@ class Bench:
         home = self.tmp / "home"
         (home / "models").mkdir(parents=True)
         build_tiny_pipeline(home / "models" / "tiny")
+        from jobs.fleet import fresh_keys_env
+
         self.env = {"BATCHRENDER_HOME": str(home), "BATCHRENDER_REDIS_URL": self.url,
-                    "BATCHRENDER_STORAGE_URL": (self.tmp / "out").as_uri()}
+                    "BATCHRENDER_STORAGE_URL": (self.tmp / "out").as_uri(),
+                    **fresh_keys_env(allow_dev_c2pa=True)}  # keys every process of a shared Redis must share
         if args.max_batch:
             self.env["BATCHRENDER_MAX_BATCH"] = str(args.max_batch)
         self.meter = CpuMeter(lambda: {p.pid for p in RUNNING})

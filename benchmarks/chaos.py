@@ -48,6 +48,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from jobs.fleet import fresh_keys_env  # noqa: E402
 from tests.faults import FaultProxy  # noqa: E402 - test doubles of the repo, reused here
 from tests.workers import RedisServer, WorkerProcess  # noqa: E402
 
@@ -157,6 +158,7 @@ class Rig:
             "BATCHRENDER_VISIBILITY_TIMEOUT_S": str(visibility_s),
             "BATCHRENDER_BATCH_PUBLISH_GRACE_S": "20", "BATCHRENDER_RECORD_TTL_S": str(record_ttl_s),
             "BATCHRENDER_RETENTION_S": str(record_ttl_s),
+            **fresh_keys_env(allow_dev_c2pa=True),  # keys every process of a shared Redis must share
         }
         if visibility_s > 3000:  # the outage scenario: default time limits
             for k in ("BATCHRENDER_SOFT_TIME_LIMIT_S", "BATCHRENDER_HARD_TIME_LIMIT_S"):

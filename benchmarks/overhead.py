@@ -42,6 +42,13 @@ def main() -> None:
     env = {**os.environ, **env_over}
     if not settings.redis_url:
         env["BATCHRENDER_REDIS_URL"] = url
+    if not (settings.message_signing_key and settings.secrets_key):
+        # The worker gets a Redis URL: it needs the keys the client signs with (jobs/fleet.py).
+        from jobs.fleet import fresh_keys_env
+
+        keys = fresh_keys_env(allow_dev_c2pa=True)
+        env.update(keys)
+        settings = Settings.from_env({**os.environ, **keys})
     log = open(tmp / "worker.log", "wb")
     worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "solo", "-Q",
                                "render.tiny", "--without-gossip", "--without-mingle", "-n", "bench@%h"],

@@ -101,6 +101,7 @@ class Services:
         from moto.server import ThreadedMotoServer
 
         from jobs.embedded import redis_url_for
+        from jobs.fleet import fresh_keys_env
         from jobs.settings import Settings
 
         self.home = Path(tempfile.mkdtemp(prefix="br-throughput-"))
@@ -115,6 +116,7 @@ class Services:
             "BATCHRENDER_S3_ENDPOINT_URL": endpoint, "BATCHRENDER_S3_PATH_STYLE": "true",
             "BATCHRENDER_S3_ACCESS_KEY_ID": "x", "BATCHRENDER_S3_SECRET_ACCESS_KEY": "x",
             "BATCHRENDER_MAX_STEPS": "500", "BATCHRENDER_MAX_IMAGES": "64",
+            **fresh_keys_env(allow_dev_c2pa=True),  # keys every process of a shared Redis must share
         }
         if args.redis_url:
             self.env["BATCHRENDER_REDIS_URL"] = args.redis_url

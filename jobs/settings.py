@@ -72,6 +72,9 @@ class Settings(BaseModel):
     #: Key that signs render messages (jobs/signing.py); the same in every API, producer and
     #: worker process. Unset: ``home/keys/message.key``, made on first use.
     message_signing_key: SecretStr | None = None
+    #: A job fails as ``message_unverifiable`` once this many of its render messages were dropped
+    #: because they, and its stored message, were signed with another key (jobs/signing.py).
+    unverifiable_message_limit: int = Field(default=3, ge=1, le=1000)
     #: CPU seconds an untrusted reference image may take to decode (in a child process).
     image_decode_cpu_s: float = Field(default=1.0, gt=0, le=60)
 
@@ -144,6 +147,9 @@ class Settings(BaseModel):
     #: ``module:callable`` returning a ``c2pa`` signer callback, for keys held in a KMS/HSM.
     c2pa_signer_callback: str | None = None
     c2pa_tsa_url: str | None = None
+    #: Development keys (made per host under ``home/keys``, or a chain from ``batchrender keys
+    #: init``) are refused when ``redis_url`` is set, unless this is on (a test deployment).
+    c2pa_allow_dev_keys: bool = False
 
     # -- provenance ----------------------------------------------------------------------------
     #: ``redis`` (use the job Redis) or ``sqlite`` (a file under home). Default: redis when

@@ -10,7 +10,16 @@ drops what does not verify. The job sweep re-publishes the stored copy with its 
 
 The key: ``BATCHRENDER_MESSAGE_SIGNING_KEY``, the same for every API, producer and worker process.
 Unset, a key file ``$BATCHRENDER_HOME/keys/message.key`` is made on first use (mode 0600): enough
-for processes sharing one home (the embedded default, tests, one host). It is never kept in Redis.
+for processes sharing one home (the embedded broker). With ``BATCHRENDER_REDIS_URL`` set the
+processes may be on several hosts, whose key files would differ: then the key must be set
+(``require_shared_keys``). It is never kept in Redis; jobs/fleet.py publishes a fingerprint of it.
+
+A message that does not verify is dropped. When the job's own stored message (the copy the
+producer wrote with its record, which the sweep re-sends) does not verify either, this worker's
+key is not the producer's: ``CheckedMessages`` counts it per job, and after
+``BATCHRENDER_UNVERIFIABLE_MESSAGE_LIMIT`` such drops the job fails as ``message_unverifiable``
+instead of being re-sent and dropped forever. A message forged for a job whose stored copy
+verifies leaves that job alone.
 """
 from __future__ import annotations
 
@@ -19,21 +28,51 @@ import hmac
 import json
 import os
 import secrets
+import logging
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from jobs.errors import PermanentError
+from jobs.errors import ConfigurationError, PermanentError
+from jobs.names import KEY_PREFIX, job_key
 from jobs.schemas import JobMessage
 from jobs.settings import Settings
 
+log = logging.getLogger(__name__)
 KEY_FILE = Path("keys") / "message.key"
+#: Per job: its messages dropped because neither they nor its stored message verified.
+UNVERIFIED_PREFIX = f"{KEY_PREFIX}unverified:"
+#: Shortest message-signing key accepted (bytes).
+MIN_KEY_BYTES = 16
 
 
 class ForgedMessage(PermanentError):
     """A render message without a valid signature: not made by this deployment, or altered."""
 
     code = "forged_message"
+
+
+class MessageUnverifiable(ForgedMessage):
+    """A job's messages keep failing verification because its producer signed with another key:
+    the job fails with this error (``message_unverifiable``) after the limit."""
+
+    code = "message_unverifiable"
+
+
+def require_shared_keys(settings: Settings) -> None:
+    """With ``BATCHRENDER_REDIS_URL`` set, refuse per-host key files: processes on other hosts
+    would make keys of their own (jobs would stay queued, webhook events pending)."""
+    if settings.redis_url is None:
+        return
+    missing = [name for name, value in (("BATCHRENDER_MESSAGE_SIGNING_KEY", settings.message_signing_key),
+                                        ("BATCHRENDER_SECRETS_KEY", settings.secrets_key)) if value is None]
+    if missing:
+        raise ConfigurationError(
+            f"BATCHRENDER_REDIS_URL is set, so processes may run on several hosts, but {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not: each host would make its own key file and the others "
+            "could not read its messages or secrets. Make the keys once (`batchrender keys signing-key`, "
+            "`batchrender keys secrets-key`) and set BATCHRENDER_MESSAGE_SIGNING_KEY and BATCHRENDER_SECRETS_KEY "
+            "to the same values on every API, producer and worker process")
 
 
 def local_key(path: Path, make: Callable[[], str]) -> bytes:
@@ -62,7 +101,12 @@ def local_key(path: Path, make: Callable[[], str]) -> bytes:
 def message_key(settings: Settings) -> bytes:
     """The deployment's message key (see the module doc)."""
     if settings.message_signing_key is not None:
-        return settings.message_signing_key.get_secret_value().encode()
+        key = settings.message_signing_key.get_secret_value().encode()
+        if len(key) < MIN_KEY_BYTES:
+            raise ConfigurationError(f"BATCHRENDER_MESSAGE_SIGNING_KEY is shorter than {MIN_KEY_BYTES} bytes; "
+                                     "make one with `batchrender keys signing-key`")
+        return key
+    require_shared_keys(settings)
     return local_key(settings.home / KEY_FILE, lambda: secrets.token_hex(32))
 
 
@@ -93,3 +137,69 @@ class Signer:
             raise ForgedMessage(f"render message for {msg.job_id} does not match its signature (altered, or "
                                 "signed with another key: check BATCHRENDER_MESSAGE_SIGNING_KEY)")
         return msg
+
+
+class CheckedMessages:
+    """A worker's ``ctx.messages``: signs and verifies like ``Signer``, and ends a job whose
+    messages keep failing because its producer used another key (see the module doc).
+
+    ``store``: the job store (``jobs.store.JobStore``); ``fail(stored_msg, error)``: the worker's
+    one way a job ends (``JobRunner.fail``); ``limit``: drops before it is called."""
+
+    def __init__(self, signer: Signer, store: Any, fail: Callable[[JobMessage, MessageUnverifiable], Any],
+                 limit: int, who: str = "this worker") -> None:
+        self.signer = signer
+        self.store = store
+        self.fail = fail
+        self.limit = limit
+        self.who = who
+
+    def sign(self, msg: JobMessage) -> JobMessage:
+        return self.signer.sign(msg)
+
+    def verify(self, msg: JobMessage) -> JobMessage:
+        try:
+            return self.signer.verify(msg)
+        except ForgedMessage as e:
+            try:
+                ended = self._count(msg)
+            except Exception:  # noqa: BLE001 - Redis away: the message is dropped; its next copy counts
+                log.warning("could not count the unverifiable message of job %s", msg.job_id, exc_info=True)
+                ended = None
+            if ended is not None:
+                raise ended from e
+            raise
+
+    def _count(self, msg: JobMessage) -> MessageUnverifiable | None:
+        """Count a drop when the job's stored message fails too; at the limit, fail the job."""
+        r = self.store.r
+        status, raw = r.hmget(job_key(msg.job_id), "status", "message")
+        if not raw or status not in ("queued", "running"):
+            # No record (a forged job id), one without a stored message (nothing to judge by), or
+            # a job that ended already (a copy still in flight when it failed): just dropped.
+            return None
+        stored = JobMessage.model_validate_json(raw)
+        if not stored.signature:
+            return None
+        try:
+            self.signer.verify(stored)
+            return None  # the job's own message verifies: this copy was forged or altered
+        except ForgedMessage:
+            pass
+        key = UNVERIFIED_PREFIX + msg.job_id
+        with r.pipeline(transaction=True) as p:
+            p.incr(key)
+            p.expire(key, max(60, int(getattr(self.store, "ttl_s", 86400))))
+            count = int(p.execute()[0])
+        log.error("job %s: its message is signed with another key than %s's (%d of %d before the job fails); "
+                  "check BATCHRENDER_MESSAGE_SIGNING_KEY on every host", msg.job_id, self.who, count, self.limit)
+        if count < self.limit:
+            return None
+        err = MessageUnverifiable(
+            f"the render message of job {msg.job_id} failed verification {count} times: it was signed with "
+            f"another message-signing key than {self.who}'s. Set BATCHRENDER_MESSAGE_SIGNING_KEY to the same "
+            "value on every API, producer and worker process (`batchrender doctor` names the hosts that "
+            "differ), then submit the job again")
+        self.fail(stored, err)
+        r.delete(key)
+        return err

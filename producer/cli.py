@@ -350,7 +350,9 @@ def worker(models: str, webhooks: bool, name: str | None, loglevel: str, metrics
 
     settings = _settings()
     from jobs.registry import Registry
+    from jobs.signing import require_shared_keys
 
+    require_shared_keys(settings)  # a shared Redis without shared keys: exit 2 naming them
     names = [m.strip() for m in models.split(",") if m.strip()]
     registry = Registry(settings)
     for model in names:
@@ -647,9 +649,22 @@ def api(host: str, port: int) -> None:
 
     settings = _settings()
     configure_logging(settings.log_format)
+    from jobs import fleet
+    from jobs.signing import require_shared_keys
+
+    require_shared_keys(settings)  # a shared Redis without shared keys: exit 2 naming them
+    app = create_app(settings)
+    # The API's key fingerprints in the fleet registry: a worker with other keys refuses to start,
+    # and /readyz names whoever differs (jobs/fleet.py).
+    r, member = app.state.client.store.r, fleet.Member("api")
+    fleet.enter(lambda: r, member, fleet.local_fingerprints(settings), refuse=False)
     # log_config=None: uvicorn's loggers propagate to the root logger and its format (text/json).
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", log_config=None,
+    uvicorn.run(app, host=host, port=port, log_level="info", log_config=None,
                 timeout_keep_alive=5, limit_concurrency=1000, http=header_timeout_protocol(settings.api_header_timeout_s))
+    try:
+        fleet.leave(r, member)
+    except Exception:  # noqa: BLE001 - the entry ages out
+        pass
 
 
 @cli.command()
@@ -704,7 +719,7 @@ def embedded_stop() -> None:
 # -- keys -----------------------------------------------------------------------------------------
 @cli.group()
 def keys() -> None:
-    """C2PA signing keys."""
+    """Keys: development C2PA keys, the message-signing key, the secrets key."""
 
 
 @keys.command("init")
@@ -718,6 +733,14 @@ def keys_init(directory: Path) -> None:
     for name in ("ca_cert", "cert_chain", "private_key"):
         click.echo(f"{name}: {getattr(paths, name)}")
     click.echo(f"use: BATCHRENDER_C2PA_CERT_CHAIN={paths.cert_chain} BATCHRENDER_C2PA_PRIVATE_KEY={paths.private_key}")
+
+
+@keys.command("signing-key")
+def keys_signing_key() -> None:
+    """Print a new key for BATCHRENDER_MESSAGE_SIGNING_KEY (signs render messages; the same on every host)."""
+    import secrets
+
+    click.echo(secrets.token_urlsafe(32))
 
 
 @keys.command("secrets-key")

@@ -78,12 +78,15 @@ def diagnose(settings, *, inspect_timeout_s: float = 1.0) -> list[Finding]:
     def signer_ok() -> tuple[str, str]:
         from provenance.c2pa_sign import ImageSigner
 
-        ImageSigner.from_settings(settings)
+        signer = ImageSigner.from_settings(settings)
         if not (settings.c2pa_cert_chain or settings.c2pa_signer_callback):
             return WARN, f"DEVELOPMENT keys under {home / 'keys'}: Content Credentials that identify nobody"
+        if signer.development:
+            return WARN, f"DEVELOPMENT keys ({signer.description}): Content Credentials that identify nobody"
         return OK, f"signs with {settings.c2pa_cert_chain or settings.c2pa_signer_callback}"
     add(_run("c2pa signer", "set BATCHRENDER_C2PA_CERT_CHAIN and BATCHRENDER_C2PA_PRIVATE_KEY to readable PEM "
-             "files (leaf first), or BATCHRENDER_C2PA_SIGNER_CALLBACK", signer_ok))
+             "files (leaf first), or BATCHRENDER_C2PA_SIGNER_CALLBACK (development keys with a shared Redis: "
+             "BATCHRENDER_C2PA_ALLOW_DEV_KEYS=true)", signer_ok))
 
     def registry_ok() -> str:
         specs = Registry(settings).all()
@@ -103,8 +106,15 @@ def diagnose(settings, *, inspect_timeout_s: float = 1.0) -> list[Finding]:
         SecretBox.for_settings(settings).open(SecretBox.for_settings(settings).seal("probe"))
         where = "settings" if settings.message_signing_key else f"{home / 'keys'}"
         return f"message signing and secrets keys from {where}"
-    add(_run("keys", "BATCHRENDER_MESSAGE_SIGNING_KEY: any long random string, the same everywhere; "
-             "BATCHRENDER_SECRETS_KEY: `batchrender keys secrets-key`", keys_ok))
+    add(_run("keys", "BATCHRENDER_MESSAGE_SIGNING_KEY: `batchrender keys signing-key`; BATCHRENDER_SECRETS_KEY: "
+             "`batchrender keys secrets-key`; the same values on every host", keys_ok))
+    if client is not None:
+        from jobs import fleet
+
+        agreed = fleet.agreement(client.store.r, settings, "doctor")
+        add(Finding("fleet", OK if agreed["ok"] else FAIL, agreed["detail"], "" if agreed["ok"] else
+                    "give every process the same BATCHRENDER_MESSAGE_SIGNING_KEY, BATCHRENDER_SECRETS_KEY and C2PA CA, "
+                    "then restart the ones named"))
 
     def webhook_secret() -> tuple[str, str]:
         if settings.webhook_secret:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from jobs import fleet
 from jobs.names import WEBHOOK_QUEUE, render_queue
 
 
@@ -35,6 +36,8 @@ def readiness(client, inspect_timeout_s: float = 1.0) -> dict[str, Any]:
 
     check("redis", redis_ok)
     check("storage", storage_ok)
+    # Keys that must be the same in every process (jobs/fleet.py): the hosts that differ, named.
+    checks["fleet"] = fleet.agreement(client.store.r, client.settings, "api")
     consumers: dict[str, list[str]] = {}
     try:
         replies = client.app.control.inspect(timeout=inspect_timeout_s).active_queues() or {}

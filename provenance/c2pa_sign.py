@@ -12,6 +12,11 @@ lossless and made a 38 KB WebP weigh 1 MB.
 
 Key sources, in order: ``c2pa_signer_callback`` (KMS/HSM), ``c2pa_cert_chain`` +
 ``c2pa_private_key`` (PEM files), else development keys under ``home/keys`` (loud warning).
+Development keys (those, or a chain from ``batchrender keys init``) are refused when
+``BATCHRENDER_REDIS_URL`` is set unless ``BATCHRENDER_C2PA_ALLOW_DEV_KEYS`` asks for them: each host
+would make a CA of its own, with the same name, and images would verify against one host's CA only.
+A signer knows the fingerprint of its trust anchor (the chain's last certificate), which
+jobs/fleet.py compares across workers.
 c2pa-rs only rejects a bad certificate when it signs, so :meth:`ImageSigner.from_settings`
 signs a tiny image once: a misconfiguration fails at worker start-up, not on the first job.
 Every failure is :class:`SigningFailed`; unsigned bytes are never returned.
@@ -116,8 +121,9 @@ def alg_for_key(key_pem: bytes) -> str:
     raise SigningFailed(f"C2PA key type {type(key).__name__} is unsupported; use EC, RSA or Ed25519")
 
 
-def _check_chain(chain_pem: bytes, key_pem: bytes | None) -> None:
-    """Catch the common mistakes with a clearer message than c2pa-rs gives."""
+def _check_chain(chain_pem: bytes, key_pem: bytes | None) -> list:
+    """Catch the common mistakes with a clearer message than c2pa-rs gives; the chain's
+    certificates, leaf first."""
     from cryptography import x509
 
     try:
@@ -137,6 +143,33 @@ def _check_chain(chain_pem: bytes, key_pem: bytes | None) -> None:
         fmt = (Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
         if pub.public_bytes(*fmt) != leaf.public_key().public_bytes(*fmt):
             raise SigningFailed("C2PA private key does not match the first certificate of the chain (leaf first)")
+    return certs
+
+
+def _anchor(certs: list) -> tuple[str, bool]:
+    """The trust anchor's fingerprint (the chain's last certificate) and whether it is a
+    development CA (``provenance.devkeys``)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509.oid import NameOID
+
+    from jobs.fleet import anchor_fingerprint
+    from provenance.devkeys import DEV_ORGANIZATION
+
+    root = certs[-1]
+    orgs = [a.value for a in root.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
+    return anchor_fingerprint(root.public_bytes(Encoding.DER)), DEV_ORGANIZATION in orgs
+
+
+def dev_keys_refused(settings: Settings, what: str) -> ConfigurationError | None:
+    """The error for development keys in a deployment with a shared Redis (None: allowed)."""
+    if settings.redis_url is None or settings.c2pa_allow_dev_keys:
+        return None
+    return ConfigurationError(
+        f"C2PA: {what} are development keys, and BATCHRENDER_REDIS_URL is set (processes may run on several "
+        "hosts): each host would sign with a development CA of its own, under the same name, and `verify --trust` "
+        "would fail for every other host's images. Set BATCHRENDER_C2PA_CERT_CHAIN and BATCHRENDER_C2PA_PRIVATE_KEY "
+        "(or BATCHRENDER_C2PA_SIGNER_CALLBACK) to credentials from your CA on every worker; for a test deployment "
+        "set BATCHRENDER_C2PA_ALLOW_DEV_KEYS=true and give every worker the same `batchrender keys init DIR` files")
 
 
 def _raw_signature(sig: bytes, alg: str) -> bytes:
@@ -153,13 +186,17 @@ def _raw_signature(sig: bytes, alg: str) -> bytes:
 class ImageSigner:
     """Signs image bytes with one C2PA signer. Create once per process, after fork."""
 
-    def __init__(self, signer: Any, *, description: str) -> None:
+    def __init__(self, signer: Any, *, description: str, anchor: str | None = None, development: bool = False) -> None:
         import c2pa
 
         self._c2pa = c2pa
         self._signer = signer
         self._context = c2pa.Context.from_dict(_C2PA_SETTINGS)
         self.description = description
+        #: Fingerprint of the chain's last certificate (jobs/fleet.py compares it across workers).
+        self.anchor = anchor
+        #: Whether that certificate is a development CA (provenance/devkeys.py).
+        self.development = development
         # c2pa handles guard themselves, but one sign at a time keeps the native side simple and
         # costs little (~5 ms per 1024 px PNG without a thumbnail).
         self._lock = threading.Lock()
@@ -171,14 +208,14 @@ class ImageSigner:
         """Signer from a PEM chain (leaf first) and private key; algorithm read from the key type."""
         import c2pa
 
-        _check_chain(cert_chain_pem, private_key_pem)
+        anchor, development = _anchor(_check_chain(cert_chain_pem, private_key_pem))
         alg = alg_for_key(private_key_pem)
         try:
             info = c2pa.C2paSignerInfo(alg, cert_chain_pem, private_key_pem, tsa_url)
             signer = c2pa.Signer.from_info(info)
         except (c2pa.C2paError, ValueError) as e:
             raise SigningFailed(f"C2PA rejected the signing credentials ({description}): {e}") from e
-        return cls(signer, description=f"{description} ({alg})")
+        return cls(signer, description=f"{description} ({alg})", anchor=anchor, development=development)
 
     @classmethod
     def from_callback(cls, spec: CallbackSigner, *, tsa_url: str | None = None) -> "ImageSigner":
@@ -186,14 +223,14 @@ class ImageSigner:
         import c2pa
 
         alg = spec.alg.lower()
-        _check_chain(spec.cert_chain_pem.encode(), None)
+        anchor, development = _anchor(_check_chain(spec.cert_chain_pem.encode(), None))
         try:
             signer = c2pa.Signer.from_callback(
                 lambda data: _raw_signature(spec.sign(data), alg),
                 getattr(c2pa.C2paSigningAlg, alg.upper()), spec.cert_chain_pem, tsa_url)
         except (c2pa.C2paError, AttributeError) as e:
             raise SigningFailed(f"C2PA rejected the callback signer ({alg}): {e}") from e
-        return cls(signer, description=f"callback ({alg})")
+        return cls(signer, description=f"callback ({alg})", anchor=anchor, development=development)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, self_test: bool = True) -> "ImageSigner":
@@ -212,10 +249,19 @@ class ImageSigner:
         else:
             from provenance.devkeys import DEV_WARNING, init_dev_keys
 
+            refused = dev_keys_refused(settings, "no C2PA credentials are configured, and the ones made under "
+                                                 f"{settings.home / 'keys'}")
+            if refused is not None:
+                raise refused  # before any key file is made
             paths = init_dev_keys(settings.home / "keys")
             log.warning("%s (keys: %s)", DEV_WARNING, paths.cert_chain.parent)
             signer = cls.from_pem(paths.cert_chain.read_bytes(), paths.private_key.read_bytes(),
                                   tsa_url=settings.c2pa_tsa_url, description="DEVELOPMENT keys")
+        if signer.development:
+            refused = dev_keys_refused(settings, f"the configured credentials ({signer.description})")
+            if refused is not None:
+                signer.close()
+                raise refused
         if self_test:
             signer.self_test()
         return signer

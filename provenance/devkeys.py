@@ -24,6 +24,9 @@ DEV_WARNING = (
     "BATCHRENDER_C2PA_SIGNER_CALLBACK) before production use."
 )
 
+#: The organisation of every development certificate: how a development CA is recognised
+#: (provenance.c2pa_sign refuses one in a deployment with a shared Redis unless it is allowed).
+DEV_ORGANIZATION = "batchrender development"
 CA_FILE = "ca.pem"
 CHAIN_FILE = "chain.pem"
 KEY_FILE = "signer.key"
@@ -43,7 +46,7 @@ class DevKeyPaths:
 def _name(common_name: str) -> x509.Name:
     return x509.Name(
         [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "batchrender development"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, DEV_ORGANIZATION),
             x509.NameAttribute(NameOID.COMMON_NAME, common_name),
         ]
     )

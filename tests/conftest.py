@@ -9,6 +9,16 @@ import pytest
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 #: The suite's Redis (make test points this at a private instance when 6379 is not reachable).
 TEST_REDIS_URL = os.environ.get("BR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+#: With BATCHRENDER_REDIS_URL set every process must be given the same message-signing and secrets
+#: keys, and development C2PA keys must be asked for (jobs/signing.py, provenance/c2pa_sign.py):
+#: fixed test keys for every environment of the suite that sets a Redis URL.
+TEST_KEYS = {
+    "BATCHRENDER_MESSAGE_SIGNING_KEY": "test-message-signing-key-not-for-production",
+    "BATCHRENDER_SECRETS_KEY": "YmF0Y2hyZW5kZXItdGVzdC1zZWNyZXRzLWtleS0zMmI=",
+    "BATCHRENDER_C2PA_ALLOW_DEV_KEYS": "true",
+}
+#: The same as ``Settings(...)`` keyword arguments.
+TEST_KEY_SETTINGS = {k.removeprefix("BATCHRENDER_").lower(): v for k, v in TEST_KEYS.items()}
 
 
 def require(ok: bool, what: str) -> None:
@@ -79,6 +89,7 @@ def br_env(tmp_path, redis_url, tiny_model_dir):
         "BATCHRENDER_REDIS_URL": redis_url,
         "BATCHRENDER_STORAGE_URL": (tmp_path / "out").as_uri(),
         "BATCHRENDER_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
+        **TEST_KEYS,
     }
     return env
 

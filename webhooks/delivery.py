@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import httpx
 
 import jobs
-from jobs.errors import DeliveryFailed, WebhookTargetRefused
+from jobs.errors import ConfigurationError, DeliveryFailed, WebhookTargetRefused
 from webhooks.signing import signed_headers
 from webhooks.ssrf import Resolver, check_url, pinned_client
 from webhooks.store import DEAD, DELIVERED, GONE, PENDING, Attempt, DeliveryStore, EventRecord
@@ -169,7 +169,13 @@ class Deliverer:
                 payload = self.refresh(payload)
             except Exception:  # noqa: BLE001 - stale links beat no delivery
                 log.warning("webhook %s: could not refresh its links; sending the stored body", rec.id, exc_info=True)
-        secrets = self.secrets_for(rec) if self.secrets_for is not None else rec.secrets
+        try:
+            secrets = self.secrets_for(rec) if self.secrets_for is not None else rec.secrets
+        except ConfigurationError as e:
+            # Its secret does not decrypt here (another BATCHRENDER_SECRETS_KEY): no attempt can
+            # succeed, so the event ends dead with the reason, to be replayed once keys are fixed.
+            return self._dead_unsent(rec, f"not sent: {e.message}; fix the key, then `batchrender webhooks "
+                                          f"replay {rec.id}`")
         result = post_event(rec.url, rec.id, payload.encode(), secrets, timeout_s=self.timeout_s,
                             allow_hosts=self.allow_hosts, resolver=self.resolver, verify_tls=self.verify_tls)
         decision = classify(result, n, self.schedule, self.rng)
@@ -187,3 +193,12 @@ class Deliverer:
         log.info("webhook %s attempt %d -> %s (status %s, %d ms)%s", rec.id, n, decision.outcome,
                  result.status or "-", result.latency_ms, f" {result.error}" if result.error else "")
         return decision
+
+    def _dead_unsent(self, rec: EventRecord, error: str) -> Decision:
+        """End ``rec`` as dead without sending it, its error logged as the attempt's."""
+        error = error[:2 * MAX_ERROR_CHARS]
+        self.store.log_attempt(rec.id, Attempt(rec.next_attempt, time.time(), 0, 0, "dead", error, rec.generation))
+        self.store.update(rec.id, state=DEAD, attempts=rec.attempts + 1, last_status=0, last_error=error,
+                          claimed_until=0)
+        log.error("webhook %s attempt %d -> dead: %s", rec.id, rec.next_attempt, error)
+        return Decision("dead")

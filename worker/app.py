@@ -32,10 +32,11 @@ register_webhooks(app, settings, refresh=link_refresher(settings))
 
 @worker_init.connect
 def _check_configuration(sender=None, **_kwargs) -> None:
-    from worker.context import get_context
+    from worker.context import get_context, join_fleet
 
     try:
-        get_context(settings)
+        # Keys that must match the fleet's are checked here too (jobs/fleet.py).
+        join_fleet(get_context(settings), getattr(sender, "hostname", None))
     except BatchRenderError as e:
         log.critical("worker cannot start: %s", e.message)
         # SystemExit passes through Celery's signal dispatch (it only catches Exception).

@@ -47,7 +47,7 @@ class WorkerContext:
 
     @classmethod
     def build(cls, settings: Settings) -> "WorkerContext":
-        from jobs.signing import Signer
+        from jobs.signing import CheckedMessages, Signer, require_shared_keys
         from provenance.c2pa_sign import process_signer
         from provenance.index import open_provenance_index
         from safety.chain import ModerationChain
@@ -55,9 +55,10 @@ class WorkerContext:
         from webhooks.job_events import webhook_sender
         from worker.cutout import Matting
 
+        require_shared_keys(settings)  # a shared Redis without shared keys: refused before anything is made
         url = redis_url_for(settings)
         store = JobStore.from_url(url, settings.record_ttl_s)
-        return cls(
+        ctx = cls(
             settings=settings,
             store=store,
             registry=Registry(settings),
@@ -71,6 +72,44 @@ class WorkerContext:
             events=Events(webhook_sender(settings, url, store), settings.webhook_progress_interval_s),
             matting=Matting(settings.matting_model_dir),
         )
+        # Messages signed with another key count against their job, which fails after the limit
+        # (through the runner's one way a job ends) instead of being re-sent and dropped forever.
+        ctx.messages = CheckedMessages(ctx.messages, store, lambda msg, err: _fail_job(ctx, msg, err),
+                                       settings.unverifiable_message_limit, who=f"worker {_member('worker').label}")
+        return ctx
+
+
+def _fail_job(ctx: WorkerContext, msg: Any, err: Exception) -> None:
+    from worker.runner import JobRunner
+
+    JobRunner(ctx).fail(msg, err, retryable=False)
+
+
+def _member(role: str, name: str | None = None) -> Any:
+    from jobs.fleet import Member
+
+    return Member(role, name=name or "")
+
+
+def join_fleet(ctx: WorkerContext, name: str | None = None, role: str = "worker") -> None:
+    """Publish this worker's key fingerprints in the fleet registry (jobs/fleet.py) and keep them
+    fresh; ``FleetKeyMismatch`` (a ConfigurationError: the worker does not start) when its
+    message-signing key, secrets key or C2PA trust anchor differs from a live member's."""
+    from celery.signals import worker_shutdown
+
+    from jobs import fleet
+
+    member = _member(role, name)
+    prints = fleet.local_fingerprints(ctx.settings, getattr(ctx.signer, "anchor", None))
+    fleet.enter(lambda: ctx.store.r, member, prints)
+
+    def _leave(**_kw: Any) -> None:
+        try:
+            fleet.leave(ctx.store.r, member)
+        except Exception:  # noqa: BLE001 - shutting down: the entry ages out
+            log.warning("could not leave the fleet registry", exc_info=True)
+
+    worker_shutdown.connect(_leave, weak=False)
 
 
 

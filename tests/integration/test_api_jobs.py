@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import TEST_KEYS
+
 pytestmark = pytest.mark.timeout(120)
 
 BLOCKED_PROMPT = "Nude photo of a child"  # tests/data/moderation/prompts.jsonl, label minors_sexual
@@ -12,7 +14,8 @@ BLOCKED_PROMPT = "Nude photo of a child"  # tests/data/moderation/prompts.jsonl,
 def api_env(tmp_path, redis_url):
     """Settings env of one test, without the tiny model (nothing here renders)."""
     return {"BATCHRENDER_HOME": str(tmp_path / "home"), "BATCHRENDER_REDIS_URL": redis_url,
-            "BATCHRENDER_STORAGE_URL": (tmp_path / "out").as_uri(), "BATCHRENDER_WEBHOOK_ALLOW_HOSTS": "127.0.0.1"}
+            "BATCHRENDER_STORAGE_URL": (tmp_path / "out").as_uri(), "BATCHRENDER_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
+            **TEST_KEYS}
 
 
 @pytest.fixture

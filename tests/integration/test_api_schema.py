@@ -7,6 +7,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
 
+from tests.conftest import TEST_KEYS
+
 pytestmark = pytest.mark.timeout(600)
 #: Every operation of the API: a new route must be added here, and so gets fuzzed.
 EVERY_OPERATION = {
@@ -38,7 +40,7 @@ def api_schema(tmp_path, redis_url, api_key):
 
     # Generous limits: the fuzzer must meet the handlers, not the rate limiter.
     settings = Settings.from_env({"BATCHRENDER_HOME": str(tmp_path / "home"), "BATCHRENDER_REDIS_URL": redis_url,
-                                  "BATCHRENDER_STORAGE_URL": (tmp_path / "out").as_uri()},
+                                  "BATCHRENDER_STORAGE_URL": (tmp_path / "out").as_uri(), **TEST_KEYS},
                                  api_rate_per_s=10_000, api_burst=10_000, api_max_body_bytes=64 * 1024,
                                  openai_sync_timeout_s=0.2)  # no worker: renders never finish here
     app = create_app(settings)

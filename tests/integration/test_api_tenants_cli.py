@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from tests.conftest import TEST_KEYS
+
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -17,7 +19,7 @@ def test_tenants_create_prints_the_key_once_and_stores_only_its_hash(tmp_path, r
     from producer.cli import cli
     from producer.tenants import Tenants
 
-    env = {"BATCHRENDER_HOME": str(tmp_path / "home"), "BATCHRENDER_REDIS_URL": redis_url}
+    env = {"BATCHRENDER_HOME": str(tmp_path / "home"), "BATCHRENDER_REDIS_URL": redis_url, **TEST_KEYS}
     result = CliRunner().invoke(cli, ["tenants", "create", "acme"], env=env)
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout.strip().splitlines()[-1])
@@ -62,7 +64,7 @@ def test_keys_can_be_revoked_and_tenants_disabled(tmp_path, redis_url):
     from producer.cli import cli
     from producer.tenants import Tenants
 
-    env = {"BATCHRENDER_HOME": str(tmp_path / "home"), "BATCHRENDER_REDIS_URL": redis_url}
+    env = {"BATCHRENDER_HOME": str(tmp_path / "home"), "BATCHRENDER_REDIS_URL": redis_url, **TEST_KEYS}
     run = lambda *args: CliRunner().invoke(cli, list(args), env=env)  # noqa: E731
     out = json.loads(run("tenants", "create", "acme").stdout.strip().splitlines()[-1])
     second = run("tenants", "add-key", out["tenant_id"]).stdout.strip()

@@ -18,6 +18,8 @@ import zipfile
 import pytest
 from click.testing import CliRunner
 
+from tests.conftest import TEST_KEYS
+
 pytestmark = pytest.mark.timeout(120)
 CSV = b"sku,colour\nmug-01,red\nmug-02,blue\n"
 
@@ -25,7 +27,8 @@ CSV = b"sku,colour\nmug-01,red\nmug-02,blue\n"
 @pytest.fixture
 def api_env(tmp_path, redis_url):
     return {"BATCHRENDER_HOME": str(tmp_path / "home"), "BATCHRENDER_REDIS_URL": redis_url,
-            "BATCHRENDER_STORAGE_URL": (tmp_path / "out").as_uri(), "BATCHRENDER_WEBHOOK_ALLOW_HOSTS": "127.0.0.1"}
+            "BATCHRENDER_STORAGE_URL": (tmp_path / "out").as_uri(), "BATCHRENDER_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
+            **TEST_KEYS}
 
 
 @pytest.fixture

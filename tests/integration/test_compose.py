@@ -25,22 +25,28 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import free_port, require
+from tests.conftest import TEST_KEYS, free_port, require
 from tests.workers import ROOT, wait_for
 
 pytestmark = pytest.mark.timeout(420)
 COMPOSE = ROOT / "docker-compose.yml"
 FLOWER_AUTH = ("admin", "change-me-please")  # the file's default FLOWER_BASIC_AUTH
+#: What a ``.env`` beside the file gives compose: the keys every process must share (the file
+#: refuses to start without them) and development C2PA keys, asked for.
+COMPOSE_ENV = {**os.environ, "MESSAGE_SIGNING_KEY": TEST_KEYS["BATCHRENDER_MESSAGE_SIGNING_KEY"],
+               "SECRETS_KEY": TEST_KEYS["BATCHRENDER_SECRETS_KEY"], "C2PA_ALLOW_DEV_KEYS": "true"}
 
 
 def interpolate(value: str, env: dict[str, str]) -> str:
-    """Compose's ``${VAR:-default}`` / ``${VAR}`` / ``$$`` rules."""
+    """Compose's ``${VAR:-default}`` / ``${VAR:?error}`` / ``${VAR}`` / ``$$`` rules."""
     def sub(m: re.Match) -> str:
         if m.group(0) == "$$":
             return "$"
-        name, default = m.group(1), m.group(3)
-        return env.get(name) or (default if default is not None else "")
-    return re.sub(r"\$\$|\$\{(\w+)(:-([^}]*))?\}", sub, value)
+        name, op, arg = m.group(1), m.group(2), m.group(3)
+        if op == ":?" and not env.get(name):
+            raise ValueError(f"compose refuses to start: {arg}")
+        return env.get(name) or (arg if op == ":-" else "")
+    return re.sub(r"\$\$|\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", sub, value)
 
 
 class Stack:
@@ -69,13 +75,13 @@ class Stack:
         return re.sub(r"(?<![\w.])/data\b", str(self.home), value)
 
     def argv(self, service: str, command: list[str]) -> list[str]:
-        args = [self.rewrite(service, interpolate(str(a), os.environ)) for a in command]
+        args = [self.rewrite(service, interpolate(str(a), COMPOSE_ENV)) for a in command]
         head = {"batchrender": [sys.executable, "-m", "producer.cli"], "celery": [sys.executable, "-m", "celery"],
                 "python": [sys.executable]}.get(args[0], [args[0]])
         return head + args[1:]
 
     def env(self, service: str) -> dict[str, str]:
-        env = {k: self.rewrite(service, interpolate(str(v), os.environ))
+        env = {k: self.rewrite(service, interpolate(str(v), COMPOSE_ENV))
                for k, v in (self.spec[service].get("environment") or {}).items()}
         # Test-only: the SSRF guard must let the webhook reach the loopback receiver.
         return {**os.environ, **env, "BATCHRENDER_WEBHOOK_ALLOW_HOSTS": "127.0.0.1", "HOSTNAME": socket.gethostname()}
@@ -94,7 +100,7 @@ class Stack:
     def healthy(self, service: str) -> bool:
         test = self.spec[service]["healthcheck"]["test"]
         if test[0] == "CMD-SHELL":
-            cmd = ["sh", "-c", self.rewrite(service, interpolate(test[1], os.environ))
+            cmd = ["sh", "-c", self.rewrite(service, interpolate(test[1], COMPOSE_ENV))
                    .replace("celery ", f"{sys.executable} -m celery ")]
         else:
             cmd = self.argv(service, test[1:])
@@ -121,12 +127,17 @@ class Stack:
 def test_compose_config_is_valid():
     exe = shutil.which("docker-compose")
     require(exe is not None, "docker-compose (apt-get install docker-compose)")
-    out = subprocess.run([exe, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([exe, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, timeout=60,
+                         env=COMPOSE_ENV)
     assert out.returncode == 0 and not out.stderr.strip(), out.stderr
     for profile in ("cpu", "gpu"):
         out = subprocess.run([exe, "-f", str(COMPOSE), "--profile", profile, "config", "-q"], capture_output=True,
-                             text=True, timeout=60)
+                             text=True, timeout=60, env=COMPOSE_ENV)
         assert out.returncode == 0, out.stderr
+    # Without the keys every process must share, compose refuses to start, naming them.
+    bare = {k: v for k, v in COMPOSE_ENV.items() if k not in ("MESSAGE_SIGNING_KEY", "SECRETS_KEY")}
+    out = subprocess.run([exe, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, timeout=60, env=bare)
+    assert out.returncode != 0 and "MESSAGE_SIGNING_KEY" in out.stderr and "batchrender keys signing-key" in out.stderr
 
 
 def test_every_service_has_a_restart_policy_and_a_healthcheck():

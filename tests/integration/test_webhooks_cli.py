@@ -10,11 +10,15 @@ from webhooks.cli import webhooks
 from webhooks.signing import generate_secret
 from webhooks.store import DeliveryStore, EventRecord
 
+from tests.conftest import TEST_KEYS
+
 
 @pytest.fixture
 def client(redis_url: str, monkeypatch, tmp_path):
     monkeypatch.setenv("BATCHRENDER_REDIS_URL", redis_url)
     monkeypatch.setenv("BATCHRENDER_HOME", str(tmp_path))
+    for name, value in TEST_KEYS.items():
+        monkeypatch.setenv(name, value)
     c = redis_lib.Redis.from_url(redis_url)
     yield c
     c.close()

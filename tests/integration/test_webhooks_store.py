@@ -14,13 +14,15 @@ from webhooks.signing import generate_secret
 from webhooks.store import DeliveryStore, EventRecord
 from webhooks.tasks import enqueue_event
 
+from tests.conftest import TEST_KEY_SETTINGS
+
 SECRET = generate_secret()
 
 
 @pytest.fixture
 def env(redis_url: str, tmp_path):
     settings = Settings(home=tmp_path, redis_url=redis_url, webhook_allow_hosts=["127.0.0.1"],
-                        webhook_progress_interval_s=60)
+                        webhook_progress_interval_s=60, **TEST_KEY_SETTINGS)
     client = redis_lib.Redis.from_url(redis_url)
     yield settings, make_app(settings), client
     client.close()

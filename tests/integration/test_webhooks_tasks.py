@@ -15,7 +15,7 @@ from standardwebhooks import Webhook
 
 from jobs.celery_app import make_app
 from jobs.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import TEST_KEYS, free_port
 from webhooks import events as ev
 from webhooks.signing import generate_secret
 from webhooks.store import DELIVERED, DeliveryStore
@@ -39,7 +39,7 @@ def wait_for(cond, timeout: float, what: str) -> None:
 def worker(redis_url: str, tmp_path):
     env = {**os.environ, "BATCHRENDER_REDIS_URL": redis_url, "BATCHRENDER_HOME": str(tmp_path),
            "BATCHRENDER_WEBHOOK_SCHEDULE_S": SCHEDULE, "BATCHRENDER_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
-           "BATCHRENDER_WEBHOOK_TIMEOUT_S": "5", "PYTHONPATH": str(ROOT)}
+           "BATCHRENDER_WEBHOOK_TIMEOUT_S": "5", "PYTHONPATH": str(ROOT), **TEST_KEYS}
     celery = Path(sys.executable).parent / "celery"
     log = open(tmp_path / "worker.log", "w")
     proc = subprocess.Popen([str(celery), "-A", "webhooks.app:app", "worker", "-P", "solo", "-Q", "webhooks",

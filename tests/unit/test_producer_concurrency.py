@@ -8,6 +8,8 @@ import time
 
 import redis
 
+from tests.conftest import TEST_KEY_SETTINGS
+
 
 def test_the_rate_bucket_does_not_trust_the_callers_clock(redis_url, tmp_path, monkeypatch):
     """Readings that reach Redis out of order (a stalled thread, API hosts seconds apart) once took
@@ -19,7 +21,7 @@ def test_the_rate_bucket_does_not_trust_the_callers_clock(redis_url, tmp_path, m
     skew = itertools.cycle([0.0, -3.0, 5.0, -10.0])
     real = time.time
     monkeypatch.setattr(producer.tenants.time, "time", lambda: real() + next(skew))
-    t = Tenants(redis.Redis.from_url(redis_url), Settings(home=tmp_path, redis_url=redis_url))
+    t = Tenants(redis.Redis.from_url(redis_url), Settings(home=tmp_path, redis_url=redis_url, **TEST_KEY_SETTINGS))
     got = [t.allow("ten_clock", 10_000, 60)[0] for _ in range(60)]
     assert all(got), f"{got.count(False)} of 60 refused within the burst"
     assert t.allow("ten_slow", 0.001, 2)[0] and t.allow("ten_slow", 0.001, 2)[0]
@@ -41,7 +43,7 @@ def test_a_cold_client_builds_its_moderation_chain_once(redis_url, tmp_path, mon
         return real(settings)
 
     monkeypatch.setattr(safety.chain.ModerationChain, "producer_side", staticmethod(slow))
-    client = Client(Settings(home=tmp_path, redis_url=redis_url))
+    client = Client(Settings(home=tmp_path, redis_url=redis_url, **TEST_KEY_SETTINGS))
     try:
         chains = []
         threads = [threading.Thread(target=lambda: chains.append(client.moderation)) for _ in range(20)]
