@@ -54,6 +54,52 @@ def patch_kombu_released_connection() -> None:
     kombu_redis.Channel._connparams = _connparams
 
 
+def patch_kombu_sentinel_released_connection() -> None:
+    """The same kombu 5.7 bug as ``patch_kombu_released_connection``, on the Sentinel transport.
+
+    ``SentinelChannel._sentinel_managed_pool`` reads the sentinel list from ``connection.client``
+    too, so restoring unacknowledged messages after a dropped connection (a failover) raised
+    ``AttributeError: 'NoneType' object has no attribute 'alt'`` and the worker exited. The patch
+    keeps the channel's last sentinel list and builds the pool from it then; the parameters come
+    from the patched ``_connparams`` (retrying ~20 s: long enough for a failover to elect a new
+    master, which the pool asks the sentinels for on each try). Tested by
+    tests/integration/test_sentinel.py.
+    """
+    from kombu.transport import redis as kombu_redis
+
+    channel = getattr(kombu_redis, "SentinelChannel", None)
+    if channel is None or getattr(channel._sentinel_managed_pool, "batchrender_patched", False):
+        return
+    original = channel._sentinel_managed_pool
+
+    def _sentinel_managed_pool(self, asynchronous=False):
+        client = self.connection.client
+        if client is not None:
+            self.__dict__["_batchrender_alt"] = (list(client.alt), self.connection.default_port)
+            return original(self, asynchronous)
+        import redis
+        from redis import sentinel
+
+        saved = self.__dict__.get("_batchrender_alt")
+        if saved is None:
+            raise redis.exceptions.ConnectionError("broker connection already released")
+        alt, default_port = saved
+        params = {k: v for k, v in self._connparams(asynchronous).items() if k not in ("host", "port")}
+        sentinels = [(u.hostname, u.port or default_port) for u in map(kombu_redis._parse_url, alt)
+                     if u.scheme == "sentinel"]
+        manager = sentinel.Sentinel(sentinels, min_other_sentinels=getattr(self, "min_other_sentinels", 0),
+                                    sentinel_kwargs=getattr(self, "sentinel_kwargs", None), **params)
+        if asynchronous:
+            self._async_sentinel_manager = manager
+        else:
+            self._sentinel_manager = manager
+        credentials = {k: params[k] for k in ("username", "password") if k in params}
+        return manager.master_for(self.master_name, redis.Redis, **credentials).connection_pool
+
+    _sentinel_managed_pool.batchrender_patched = True  # type: ignore[attr-defined]
+    channel._sentinel_managed_pool = _sentinel_managed_pool
+
+
 #: How long an acknowledgement keeps retrying while Redis drops connections (see below).
 ACK_RETRY_S = 10.0
 
@@ -115,15 +161,35 @@ def patch_kombu_lost_ack() -> None:
     qos.ack, qos.reject = ack, reject
 
 
+def unacked_mutex_expire(visibility_timeout_s: int) -> int:
+    """Seconds kombu's unacked-restore lock lives when its holder dies without releasing it.
+
+    kombu takes the lock (default expiry 300 s) around each scan for abandoned messages; a worker
+    SIGKILLed inside that scan left it held, and no worker restored anything for five minutes
+    (30 jobs sat ``running`` ~4 minutes in a chaos run). A scan restores at most a handful of
+    messages, in milliseconds, so 30 s is still a thousand times what it needs; a lock that
+    expires while a slow scan still runs is harmless, because each restore is a WATCHed
+    transaction on the unacked hash: a message restored twice at once is pushed back once.
+    Capped at a tenth of the visibility timeout for tests that shorten it."""
+    return max(1, min(30, visibility_timeout_s // 10))
+
+
 def make_app(settings: Settings, broker_url: str | None = None) -> Celery:
-    """Build the Celery app. ``broker_url`` defaults to the configured or embedded Redis."""
+    """Build the Celery app. ``broker_url`` defaults to the configured or embedded Redis; a
+    ``sentinel://`` one (master name from ``settings``) gives kombu and the result backend the
+    sentinels and ``master_name``, so both follow a failover (jobs/redisconn.py)."""
+    from jobs import redisconn
+
     patch_kombu_released_connection()
+    patch_kombu_sentinel_released_connection()
     patch_kombu_lost_ack()
     if broker_url is None:
         from jobs.embedded import redis_url_for
 
         broker_url = redis_url_for(settings, start=False)
-    app = Celery("batchrender", broker=broker_url, backend=broker_url, set_as_current=False)
+    target = redisconn.target_for(broker_url, settings)
+    url = target.kombu_url()
+    app = Celery("batchrender", broker=url, backend=url, set_as_current=False)
     transport = {
         # Must exceed the longest render (hard limit), or a job still running is delivered again.
         "visibility_timeout": settings.visibility_timeout_s,
@@ -131,6 +197,9 @@ def make_app(settings: Settings, broker_url: str | None = None) -> Celery:
         # default); scan on every tick so a killed worker's job is back soon after the timeout.
         "unacked_restore_interval": max(1, min(60, settings.visibility_timeout_s // 20)),
         "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": unacked_mutex_expire(settings.visibility_timeout_s),
+        # Sentinel: master_name and how to reach the sentinels (kombu's SentinelChannel).
+        **target.transport_options(),
     }
     app.conf.update(
         # Never pickle: a pickle payload is code execution for anyone who can write to Redis.
@@ -143,7 +212,13 @@ def make_app(settings: Settings, broker_url: str | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_transport_options=transport,
+        # Celery's SentinelBackend reads master_name (and sentinel_kwargs) from here.
+        result_backend_transport_options=target.transport_options(),
         broker_connection_retry_on_startup=True,
+        # A broker that answers READONLY (a server that became a replica: a failover seen through
+        # a fixed address) is a channel error to kombu; without this the worker exited for good
+        # ("Unrecoverable error: ReadOnlyError", celery#7946); with it the consumer reconnects.
+        broker_channel_error_retry=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         task_soft_time_limit=settings.soft_time_limit_s,
         task_time_limit=settings.hard_time_limit_s,

@@ -76,10 +76,11 @@ def transient(exc: BaseException) -> TransientError | None:
     """
     if isinstance(exc, TransientError):
         return exc
-    import redis
     from kombu.exceptions import OperationalError
 
-    if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OperationalError,
-                        ConnectionError, TimeoutError)):
+    from jobs.redisconn import REDIS_AWAY
+
+    # REDIS_AWAY: also a server that is a replica now (READONLY, MASTERDOWN: a failover).
+    if isinstance(exc, (*REDIS_AWAY, OperationalError, ConnectionError, TimeoutError)):
         return BrokerUnavailable(f"Redis or the network is unavailable ({type(exc).__name__}: {exc})")
     return None

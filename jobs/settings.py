@@ -40,8 +40,15 @@ class Settings(BaseModel):
     #: Always absolute; default the user's data directory (``$XDG_DATA_HOME/batchrender``, else
     #: ``~/.local/share/batchrender``), so every command finds the same one wherever it runs.
     home: Path = Field(default_factory=lambda: default_home())
-    #: Redis URL for broker, job records and indexes. Unset: an embedded private redis-server.
+    #: Redis URL for broker, job records and indexes: ``redis://``, ``rediss://`` (TLS), or Redis
+    #: Sentinel ``sentinel://host1:26379;sentinel://host2:26379/0`` (jobs/redisconn.py). Unset: an
+    #: embedded private redis-server.
     redis_url: str | None = None
+    #: With a ``sentinel://`` URL: the name of the master the sentinels monitor (required).
+    redis_master_name: str | None = None
+    #: With a ``sentinel://`` URL: the sentinels' own password, if they have one (the Redis
+    #: servers' password goes in the URL: ``sentinel://:password@host:26379;...``).
+    redis_sentinel_password: SecretStr | None = None
     #: How long a job's record, outputs, provenance entry and webhook log are kept, counted from
     #: its creation: then ``prune`` (run hourly by one worker, or ``batchrender prune``) deletes them.
     retention_s: int = Field(default=30 * 24 * 3600, gt=0)
@@ -280,7 +287,8 @@ class Settings(BaseModel):
         return v.expanduser().absolute()
 
     @field_validator("redis_url", "storage_url", "s3_endpoint_url", "s3_public_endpoint_url", "public_base_url",
-                     "message_signing_key", "secrets_key", "url_signing_key", "webhook_secret", mode="before")
+                     "message_signing_key", "secrets_key", "url_signing_key", "webhook_secret", "redis_master_name",
+                     "redis_sentinel_password", mode="before")
     @classmethod
     def _empty_is_none(cls, v: Any) -> Any:
         return None if v == "" else v
@@ -311,6 +319,13 @@ class Settings(BaseModel):
             raise ValueError("provenance_index must be 'redis' or 'sqlite'")
         if self.nsfw_classifier not in ("open_nsfw", "off"):
             raise ValueError(f"nsfw_classifier must be 'open_nsfw' or 'off', got {self.nsfw_classifier!r}")
+        if self.redis_url is not None or self.redis_master_name or self.redis_sentinel_password:
+            from jobs.redisconn import settings_url
+
+            try:  # checked here so every process refuses a bad URL at start; carries the master name
+                object.__setattr__(self, "redis_url", settings_url(self))
+            except ConfigurationError as e:
+                raise ValueError(e.message) from None
         return self
 
     # -- derived -------------------------------------------------------------------------------

@@ -17,11 +17,13 @@ from typing import Any, Callable, Iterable, TypeVar
 import redis
 
 from jobs.clock import NOW_LUA, lua_time
+from jobs import redisconn
 from jobs.errors import BrokerUnavailable, JobNotFound
 from jobs.metrics import job_finished, job_submitted
 from jobs.names import (ALL_BATCHES_KEY, ALL_JOBS_KEY, KEY_PREFIX, batch_index_key, batch_jobs_key, batch_key,
                         cancel_key, deleted_key, events_channel, idem_key, index_member, job_key, queued_key,
                         tenant_batches_key, tenant_jobs_key, tenant_key)
+from jobs.redisconn import REDIS_AWAY
 from jobs.schemas import JobMessage, JobResult, RenderRequest
 from jobs.status import TERMINAL, JobStatus
 
@@ -29,24 +31,20 @@ from jobs.status import TERMINAL, JobStatus
 UNPUBLISHED_KEY = f"{KEY_PREFIX}unpublished"
 URL_SIGNING_KEY = f"{KEY_PREFIX}url-signing-key"
 #: Errors that mean "Redis is not reachable right now" (down, restarting, loading its data,
-#: a dropped connection): retrying later can succeed, so they become ``BrokerUnavailable``.
-REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+#: a dropped connection, a failover: no master, or a server that is a replica now): retrying
+#: later can succeed, so they become ``BrokerUnavailable`` (jobs/redisconn.py).
+REDIS_DOWN = REDIS_AWAY
 F = TypeVar("F", bound=Callable[..., Any])
 #: Index entries one listing call reads at most when it filters by status.
 LIST_SCAN_MAX = 1000
 
 
-def client_for(url: str) -> redis.Redis:
+def client_for(url: str, settings: Any = None) -> redis.Redis:
     """A redis-py client that rides out connection blips (a killed connection, a failover):
-    each command is retried on a fresh connection, with backoff, for about two seconds before
-    ``BrokerUnavailable`` is raised. Commands that are not idempotent are safe to retry here: the
-    transition script refuses a second application, and ``Transition.already`` reports it."""
-    from redis.backoff import ExponentialBackoff
-    from redis.retry import Retry
-
-    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=2, health_check_interval=30,
-                                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 6),
-                                retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError])
+    each command is retried on a fresh connection (to the current master), with backoff, for
+    about two seconds before ``BrokerUnavailable`` is raised. Built by ``jobs.redisconn.client``,
+    the one place clients are made (``redis://``, ``rediss://``, ``sentinel://``)."""
+    return redisconn.client(url, settings)
 
 
 def translate_redis_errors(fn: F) -> F:
@@ -56,7 +54,7 @@ def translate_redis_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except REDIS_DOWN as e:
-            raise BrokerUnavailable(f"Redis is unavailable ({type(e).__name__}: {e}); retry when it is back") from e
+            raise BrokerUnavailable(redisconn.away_message(e, redisconn.client_of(fn, *args[:1]))) from e
     return wrapper  # type: ignore[return-value]
 
 # KEYS: job, batch (or ""), tenant (or ""), queued zset of the model.
@@ -190,8 +188,9 @@ class JobStore:
         self._reserve = client.register_script(_RESERVE)
 
     @classmethod
-    def from_url(cls, url: str, ttl_s: int = 7 * 24 * 3600) -> "JobStore":
-        return cls(client_for(url), ttl_s)
+    def from_url(cls, url: str, ttl_s: int = 7 * 24 * 3600, settings: Any = None) -> "JobStore":
+        """A store on ``url`` (a ``Settings.redis_url`` carries its Sentinel master name)."""
+        return cls(client_for(url, settings), ttl_s)
 
     # -- creating --------------------------------------------------------------------------------
     def reserve(self, tenant: str, n: int, limit: int) -> int | None:

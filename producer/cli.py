@@ -413,9 +413,9 @@ def _serve_worker_metrics(settings, address: str, port: int, renderers: int) -> 
     counters restart at zero like any process's), GPU busy ratio and queue depth."""
     import tempfile
 
-    import redis
     from prometheus_client import CollectorRegistry, start_http_server
 
+    from jobs import redisconn
     from jobs.embedded import redis_url_for
     from jobs.metrics import BusyRatio, combined, multiprocess_registry, queue_registry
     from jobs.registry import Registry
@@ -425,7 +425,8 @@ def _serve_worker_metrics(settings, address: str, port: int, renderers: int) -> 
     summed = multiprocess_registry()
     ratio = CollectorRegistry(auto_describe=True)
     ratio.register(BusyRatio(summed, renderers))
-    queues = queue_registry(redis.Redis.from_url(redis_url_for(settings, start=False)), Registry(settings))
+    queues = queue_registry(redisconn.client(redis_url_for(settings, start=False), settings, decode_responses=False),
+                            Registry(settings))
     start_http_server(port, addr=address, registry=combined(summed, ratio, queues))
     click.echo(f"metrics: http://{address}:{port}/metrics", err=True)
     return directory

@@ -52,11 +52,14 @@ def diagnose(settings, *, inspect_timeout_s: float = 1.0) -> list[Finding]:
     def redis_ok() -> str:
         from producer.client import Client
 
+        from jobs.redisconn import master_role
+
         client = Client(settings)
-        client.store.r.ping()
+        detail = master_role(client.store.r)  # reachable, and the master: a replica refuses writes
         client_box.append(client)
-        return "reachable"
-    add(_run("redis", "start Redis or fix BATCHRENDER_REDIS_URL (redis://host:6379/0)", redis_ok))
+        return detail
+    add(_run("redis", "start Redis or fix BATCHRENDER_REDIS_URL (redis://host:6379/0; Sentinel: sentinel://host1:26379;"
+             "sentinel://host2:26379/0 with BATCHRENDER_REDIS_MASTER_NAME)", redis_ok))
     client = client_box[0] if client_box else None
 
     def storage_ok() -> str:

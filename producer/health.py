@@ -21,8 +21,9 @@ def readiness(client, inspect_timeout_s: float = 1.0) -> dict[str, Any]:
             checks[name] = {"ok": False, "detail": f"{type(e).__name__}: {e}"[:300]}
 
     def redis_ok() -> str:
-        client.store.r.ping()
-        return "reachable"
+        from jobs.redisconn import master_role
+
+        return master_role(client.store.r)  # reachable, and the master: a replica refuses writes
 
     def storage_ok() -> str:
         key = f"_health/{secrets.token_hex(8)}"

@@ -32,9 +32,10 @@ class RedisProvenanceIndex(ProvenanceIndex):
     def r(self) -> Any:
         """The process's redis client."""
         if self._client is None or self._pid != os.getpid():
-            import redis
+            from jobs.redisconn import client
 
-            self._client = redis.Redis.from_url(self.url)
+            # The one client builder (follows a Sentinel master); bytes: members are packed ints.
+            self._client = client(self.url, decode_responses=False)
             self._pid = os.getpid()
         return self._client
 

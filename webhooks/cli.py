@@ -16,12 +16,10 @@ from webhooks.store import DeliveryStore, EventRecord
 
 
 def _connect() -> tuple[Settings, Any]:
-    import redis as redis_lib
-
-    from jobs.embedded import redis_url_for
+    from jobs.redisconn import for_settings
 
     settings = Settings.from_env()
-    return settings, redis_lib.Redis.from_url(redis_url_for(settings))
+    return settings, for_settings(settings, decode_responses=False)
 
 
 def _row(r: EventRecord) -> list[str]:

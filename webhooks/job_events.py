@@ -166,7 +166,8 @@ def link_refresher(settings, redis_url: str | None = None) -> Callable[[str], st
             from jobs.store import JobStore
             from storage.links import open_links
 
-            state["links"] = open_links(settings, JobStore.from_url(redis_url or redis_url_for(settings)))
+            state["links"] = open_links(settings, JobStore.from_url(redis_url or redis_url_for(settings),
+                                                                    settings=settings))
         links = state["links"]
         body = json.loads(payload)
         data = body.get("data") or {}

@@ -15,11 +15,13 @@ from dataclasses import replace
 from typing import Any, Callable, Iterable
 
 from celery import Celery
+from celery.exceptions import Reject
 
 from jobs.errors import ConfigurationError
 from jobs.logs import job_context
 from jobs.metrics import WEBHOOK_DELIVERIES
 from jobs.names import WEBHOOK_QUEUE, WEBHOOK_TASK, tenant_key
+from jobs.retry import RetryPolicy, transient
 from jobs.secretbox import SecretBox
 from jobs.periodic import start_periodic, take_turn
 from jobs.settings import WEBHOOK_CLAIM_SLACK_S, Settings
@@ -37,6 +39,10 @@ CLAIM_SLACK_S = WEBHOOK_CLAIM_SLACK_S
 #: this long after its attempt was due has lost its task message, and the sweep sends a new one.
 SWEEP_OVERDUE_S = Settings.model_fields["webhook_sweep_overdue_s"].default
 SWEEP_EVERY_S = Settings.model_fields["webhook_sweep_every_s"].default
+#: How long the deliverer's Redis commands keep retrying (a restart, a failover) before the task
+#: is retried instead, and how many times it is (with backoff; the sweep catches what is left).
+REDIS_PATIENCE_S = 30.0
+REDIS_RETRIES = 20
 
 
 def _send(app: Celery, rec: EventRecord, countdown: float, max_wait_s: float) -> None:
@@ -125,16 +131,17 @@ def register(app: Celery, settings: Settings, *, resolver: Resolver | None = Non
     """
     app.conf.task_routes = {**(app.conf.task_routes or {}), WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE}}
     state: dict[str, Any] = {"redis": redis}
+    policy = RetryPolicy.from_settings(settings)
 
     def deliverer() -> Deliverer:
         if state.get("deliverer") is None:
             client = state["redis"]
             if client is None:
-                import redis as redis_lib
+                from jobs.redisconn import for_settings
 
-                from jobs.embedded import redis_url_for
-
-                client = redis_lib.Redis.from_url(redis_url_for(settings))
+                # Rides out a restart or a failover (~30 s) inside one attempt, so the outcome of a
+                # request already sent is recorded rather than the event sent twice.
+                client = for_settings(settings, decode_responses=False, patience_s=REDIS_PATIENCE_S)
             state["deliverer"] = Deliverer(DeliveryStore(client, settings.record_ttl_s),
                                            timeout_s=settings.webhook_timeout_s, schedule=settings.webhook_schedule_s,
                                            allow_hosts=settings.webhook_allow_hosts, resolver=resolver,
@@ -155,9 +162,27 @@ def register(app: Celery, settings: Settings, *, resolver: Resolver | None = Non
         start_periodic("webhook-sweep", settings.webhook_sweep_every_s,
                        lambda: maybe_sweep(app, settings, deliverer().store))
 
-    @app.task(name=WEBHOOK_TASK, queue=WEBHOOK_QUEUE, ignore_result=True, acks_late=True)
-    def deliver(event_id: str, generation: int, attempt: int) -> str:
-        """Run attempt ``attempt`` of an event and schedule the next one when it failed."""
+    @app.task(name=WEBHOOK_TASK, queue=WEBHOOK_QUEUE, ignore_result=True, acks_late=True, bind=True,
+              max_retries=REDIS_RETRIES)
+    def deliver(self, event_id: str, generation: int, attempt: int) -> str:
+        """Run attempt ``attempt`` of an event and schedule the next one when it failed.
+
+        Redis away (down, restarting, a failover) is transient here as everywhere: the task is
+        retried with backoff (the record's attempt number and claim make a repeat harmless)
+        instead of failing and leaving the event to the sweep, minutes later."""
+        try:
+            return _deliver(event_id, generation, attempt)
+        except Exception as e:
+            t = transient(e)
+            if t is None:
+                raise
+            log.warning("webhook %s attempt %d: %s; the task is retried", event_id, attempt, t.message)
+            try:
+                raise self.retry(exc=t, countdown=policy.backoff(self.request.retries))
+            except Reject as r:  # Celery could not publish the retry (Redis still away): keep this message
+                raise Reject(r.reason, requeue=True) from None
+
+    def _deliver(event_id: str, generation: int, attempt: int) -> str:
         d = deliverer()
         store = d.store
         rec = store.get(event_id)

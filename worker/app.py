@@ -14,6 +14,7 @@ from celery.signals import after_setup_logger, worker_init, worker_ready, worker
 from jobs.celery_app import make_app
 from jobs.errors import BatchRenderError
 from jobs.logs import celery_json_hook, configure_logging
+from jobs.retry import transient
 from jobs.settings import Settings
 from webhooks.job_events import link_refresher
 from webhooks.tasks import register as register_webhooks
@@ -85,7 +86,12 @@ def _heartbeat(sender=None, **_kwargs) -> None:
     _served[:] = served_models(sender)
     if not _served:
         return  # a webhook-only worker
-    callstats.heartbeat(get_context(settings).store.r, _served)
+    try:
+        callstats.heartbeat(get_context(settings).store.r, _served)
+    except Exception as e:  # noqa: BLE001 - Redis away (a restart, a failover): beat and dispatch start anyway
+        if transient(e) is None:
+            raise
+        log.warning("first heartbeat failed (%s); the next one is in %.0f s", e, callstats.HEARTBEAT_EVERY_S)
     start_periodic("heartbeat", 2 * callstats.HEARTBEAT_EVERY_S,
                    lambda: callstats.heartbeat(get_context(settings).store.r, _served))
     start_dispatch(_served)
