@@ -217,7 +217,7 @@ def register(app: Celery, settings: Settings, *, resolver: Resolver | None = Non
         if claimed is None:
             held, now = store.get(event_id), store.now()
             if (held is not None and held.state == PENDING and held.generation == generation
-                    and held.next_attempt == attempt and held.claimed_until > time.time()):
+                    and held.next_attempt == attempt and held.claimed_until > now):
                 # Another worker holds this attempt, or held it and died (this message is its
                 # redelivery). Come back when the claim ends: if that worker finished, the
                 # attempt number has moved on and this is a duplicate then; if it died, this runs it.
