@@ -264,6 +264,76 @@ class Dispatcher:
         return bool(self.r.scard(lanes_key(model)))
 
 
+# -- render workers waiting for work (no hoarding: worker/batching.py hands jobs to them) ---------
+#: A worker counts as idle once it has waited this long (a worker between two sessions, with work
+#: in the queue, takes its next message within milliseconds; with work in the lanes, within one
+#: ``dispatch_every_s`` top-up).
+IDLE_GRACE_S = 1.0
+#: An idle mark not renewed for this long belongs to a worker that died or stopped beating.
+IDLE_STALE_S = 5.0
+
+
+def idle_key(model: str) -> str:
+    """Zset: render workers of ``model`` waiting for work -> since when (Redis time)."""
+    return f"{KEY_PREFIX}idle:{model}"
+
+
+def idle_seen_key(model: str) -> str:
+    """Zset: those workers -> when each last said so (Redis time)."""
+    return f"{KEY_PREFIX}idle-seen:{model}"
+
+
+#: KEYS: (idle, seen) per model. ARGV: worker id, '1' idle / '0' busy. On Redis's clock.
+_IDLE_BEAT = NOW_LUA + """
+for i = 1, #KEYS, 2 do
+  if ARGV[2] == '1' then
+    redis.call('ZADD', KEYS[i], 'NX', now, ARGV[1])
+    redis.call('ZADD', KEYS[i + 1], now, ARGV[1])
+    redis.call('EXPIRE', KEYS[i], 3600)
+    redis.call('EXPIRE', KEYS[i + 1], 3600)
+  else
+    redis.call('ZREM', KEYS[i], ARGV[1])
+    redis.call('ZREM', KEYS[i + 1], ARGV[1])
+  end
+end
+return 1
+"""
+
+#: KEYS: idle, seen, the model's ready queue. ARGV: this worker, grace, stale. How many other
+#: workers have been idle for ``grace`` while the queue is empty (a worker that stays "idle" while
+#: messages wait is not taking any: it does not count). Drops stale marks.
+_IDLE_OTHERS = NOW_LUA + """
+if redis.call('LLEN', KEYS[3]) > 0 then return 0 end
+for _, w in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[3]))) do
+  redis.call('ZREM', KEYS[1], w)
+  redis.call('ZREM', KEYS[2], w)
+end
+local n = 0
+for _, w in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))) do
+  if w ~= ARGV[1] then
+    if redis.call('ZSCORE', KEYS[2], w) then n = n + 1 else redis.call('ZREM', KEYS[1], w) end
+  end
+end
+return n
+"""
+
+
+def idle_beat(r: Any, models: Iterable[str], worker: str, idle: bool) -> None:
+    """Say whether ``worker`` waits for work of ``models`` (render workers, every top-up, and a
+    session as it starts). An idle mark keeps the time it was first set."""
+    keys = [k for m in models for k in (idle_key(m), idle_seen_key(m))]
+    if keys:
+        r.eval(_IDLE_BEAT, len(keys), *keys, worker, "1" if idle else "0")
+
+
+def others_idle(r: Any, model: str, worker: str, grace_s: float = IDLE_GRACE_S,
+                stale_s: float = IDLE_STALE_S) -> int:
+    """Render workers of ``model`` other than ``worker`` that have been waiting for work for at
+    least ``grace_s`` while its queue is empty."""
+    return int(r.eval(_IDLE_OTHERS, 3, idle_key(model), idle_seen_key(model), render_queue(model),
+                      worker, grace_s, stale_s))
+
+
 # -- where a queued job stands, and when it should finish -----------------------------------------
 @dataclass
 class Place:

@@ -87,13 +87,13 @@ end
 return {1, done}
 """
 
+
 # KEYS: job. Sets first_started_at once, on Redis's clock (jobs/clock.py: the worker that claims a
 # job again may be another host). Returns {first_started_at, now}.
 _FIRST_STARTED = NOW_LUA + """
 redis.call('HSETNX', KEYS[1], 'first_started_at', string.format('%.6f', now))
 return {redis.call('HGET', KEYS[1], 'first_started_at'), string.format('%.6f', now)}
 """
-
 
 
 # KEYS: tenant hash. ARGV: n, limit. Returns {1, active before} or {0, active}.
@@ -184,8 +184,8 @@ class JobStore:
         self.r = client
         self.ttl_s = ttl_s
         self._transition = client.register_script(_TRANSITION)
-        self._first_started = client.register_script(_FIRST_STARTED)
         self._reserve = client.register_script(_RESERVE)
+        self._first_started = client.register_script(_FIRST_STARTED)
 
     @classmethod
     def from_url(cls, url: str, ttl_s: int = 7 * 24 * 3600, settings: Any = None) -> "JobStore":

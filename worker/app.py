@@ -100,7 +100,13 @@ def _heartbeat(sender=None, **_kwargs) -> None:
 def start_dispatch(models: list[str]) -> None:
     """Keep a job ready in each served model's queue while tenants' lanes hold any (jobs/fairshare.py):
     an idle worker waits in Celery's BRPOP and takes it; a busy one's gatherer takes what it needs
-    itself. Whatever ``scheduler`` this worker's settings say, so no lane is ever left unserved."""
+    itself. Whatever ``scheduler`` this worker's settings say, so no lane is ever left unserved.
+    Each round also says whether this worker is idle (no task running), so that busy workers hand
+    it the jobs they hold for later calls (worker/batching.py: no hoarding)."""
+    from celery.worker import state as worker_state
+
+    from jobs import fairshare
+    from jobs.callstats import worker_id
     from jobs.periodic import start_periodic
     from worker.context import get_context
 
@@ -113,6 +119,7 @@ def start_dispatch(models: list[str]) -> None:
             dispatcher = get_context(settings).dispatcher_for(app)
             for model in models:
                 dispatcher.fill(model, want=1)
+            fairshare.idle_beat(dispatcher.r, models, worker_id(), idle=not worker_state.active_requests)
         except Exception as e:  # noqa: BLE001 - Redis away: say so once in a while, not 5 times a second
             if time.monotonic() >= quiet_until[0]:
                 log.warning("fair-share dispatch failed (%s); retrying every %.1f s", e, settings.dispatch_every_s)
@@ -128,6 +135,9 @@ def _leave(sender=None, **_kwargs) -> None:
 
     if _served:
         try:
+            from jobs import fairshare
+
             callstats.leave(get_context(settings).store.r, _served)
+            fairshare.idle_beat(get_context(settings).store.r, _served, callstats.worker_id(), idle=False)
         except Exception:  # noqa: BLE001 - shutting down: its beat simply ages out
             log.warning("could not remove this worker's heartbeat", exc_info=True)

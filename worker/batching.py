@@ -7,9 +7,18 @@ renders the jobs that share a call shape together. Three things overlap:
 
 - the pipeline call runs on the process's render thread (one long-lived thread makes every call);
 - meanwhile the session prepares the next call: it pulls messages (collecting for as long as the
-  GPU is busy, so a partly filled call runs only when the GPU would otherwise idle), claims the
-  jobs and moderates their prompts;
+  GPU is busy, so a partly filled call runs only when the GPU would otherwise idle) and moderates
+  their prompts. It does not claim them: a job is claimed (``running``, by this worker) when its
+  call starts (worker/runner.py, stage 1);
 - a bounded thread pool moderates, encodes, signs and stores the images of earlier calls.
+
+No hoarding: a job waiting in a busy session for the next call is work another worker could be
+doing. While another render worker of the model waits idle (``jobs.fairshare.others_idle``: idle
+for a second, nothing in the queue), a session pulls nothing more, and hands the jobs it holds
+but has not started back to the queue (``reject(requeue=True)``: kombu moves each message from
+its unacked set back onto the queue in one transaction, so it is neither lost nor doubled), where
+the idle worker takes them. With no other worker idle, nothing changes: a lone worker batches
+exactly as before (docs/scheduling.md).
 
 A pulled message is acknowledged only after its job's outputs are stored; the leader's message is
 acknowledged by Celery when the session returns. All broker traffic (pulls, acks) stays on the
@@ -35,10 +44,12 @@ from typing import Any, Callable
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from jobs import fairshare
+from jobs.callstats import worker_id
 from jobs.errors import PermanentError, TransientError
 from jobs.celery_app import publish_render
 from jobs.metrics import RENDER_GAP
-from jobs.names import KEY_PREFIX, RENDER_TASK
+from jobs.names import KEY_PREFIX, RENDER_QUEUE_PREFIX, RENDER_TASK
 from jobs.retry import RetryPolicy, transient
 from jobs.schemas import JobMessage
 from jobs.signing import ForgedMessage
@@ -55,6 +66,8 @@ REFILL_IDLE_S = 0.02
 #: "idle between calls" figure), summed over workers.
 STATS_GAP_KEY = f"{KEY_PREFIX}stats:between_calls_s"
 STATS_GAPS_KEY = f"{KEY_PREFIX}stats:between_calls"
+#: A session asks Redis whether another worker is idle at most this often.
+GIVE_WAY_EVERY_S = 0.25
 
 
 class RenderThread:
@@ -131,6 +144,36 @@ def default_max_batch(device: str | None = None) -> int:
     return 4
 
 
+class GiveWay:
+    """``give_way()``: whether another render worker of the session's model waits idle, so the
+    session should leave the queue to it (asked of Redis at most every ``GIVE_WAY_EVERY_S``;
+    false when Redis cannot say)."""
+
+    def __init__(self, r: Any, model: str, worker: str | None = None, every_s: float = GIVE_WAY_EVERY_S) -> None:
+        self.r, self.model, self.worker, self.every_s = r, model, worker or worker_id(), every_s
+        self._next, self._value = 0.0, False
+        self.clock = time.monotonic
+
+    def busy(self) -> None:
+        """This worker is in a session now: never idle for the others (its beat says so within a
+        top-up; this says it at once)."""
+        try:
+            fairshare.idle_beat(self.r, [self.model], self.worker, idle=False)
+        except Exception as e:  # noqa: BLE001 - the next beat says it
+            log.debug("idle mark not cleared: %s", e)
+
+    def __call__(self) -> bool:
+        now = self.clock()
+        if now >= self._next:
+            self._next = now + self.every_s
+            try:
+                self._value = fairshare.others_idle(self.r, self.model, self.worker) > 0
+            except Exception as e:  # noqa: BLE001 - Redis away: keep the jobs, as before
+                log.debug("idle workers unknown: %s", e)
+                self._value = False
+        return self._value
+
+
 @dataclass
 class Pulled:
     """A message taken from the queue by the session (``message`` None for the leader)."""
@@ -169,7 +212,8 @@ class Gatherer:
         self.deferred: list[Any] = []
 
     def pull(self, limit: int, quiet_s: float, max_wait_s: float,
-             busy: Callable[[], bool] | None = None, on_wait: Callable[[], None] | None = None) -> list[Pulled]:
+             busy: Callable[[], bool] | None = None, on_wait: Callable[[], None] | None = None,
+             stop: Callable[[], bool] | None = None) -> list[Pulled]:
         """Up to ``limit`` messages. While messages keep arriving it keeps collecting, so a burst
         that is still being queued fills the call instead of being split into part-empty (padded)
         calls; it stops when none has arrived for the *patience* (``quiet_s``, or 2.5 x the recent
@@ -180,9 +224,10 @@ class Gatherer:
         ``busy()`` true means the GPU is still rendering the previous call: waiting costs nothing
         then, so the pull keeps collecting until it is full or the GPU is free, and only then do
         the patience and ``max_wait_s`` start to count. It returns early, while the GPU is still
-        busy, with what it has once the queue pauses, so those jobs are claimed and moderated
+        busy, with what it has once the queue pauses, so those jobs are checked and moderated
         before the GPU needs them (the session then pulls again). ``on_wait()`` runs between polls
-        while it waits on a busy GPU (the session settles finished deliveries there).
+        while it waits on a busy GPU (the session settles finished deliveries there). ``stop()``
+        true (another worker is idle: ``GiveWay``) returns what it has at once and pulls no more.
         """
         out: list[Pulled] = []
         for message in self._due():
@@ -194,6 +239,8 @@ class Gatherer:
         # patience runs from the session's last arrival, not from this pull's start.
         last = self.last_arrival if busy is not None and self.last_arrival is not None else start
         while len(out) < limit:
+            if stop is not None and stop():
+                break
             message = self.channel.basic_get(self.queue, no_ack=False)
             now = self.clock()
             if message is None and self._top_up(limit - len(out), now):
@@ -290,7 +337,8 @@ def _not_due(eta: Any) -> bool:
 class BatchSession:
     def __init__(self, runner: JobRunner, app, queue: str, *, max_batch: int, window_ms: int, max_wait_ms: int,
                  threads: int, max_pending: int, session_s: float, policy: RetryPolicy,
-                 events: TaskEvents | None = None, refill: Callable[[int], int] | None = None) -> None:
+                 events: TaskEvents | None = None, refill: Callable[[int], int] | None = None,
+                 give_way: GiveWay | None = None) -> None:
         self.runner = runner
         self.app = app
         self.queue = queue
@@ -305,6 +353,13 @@ class BatchSession:
         #: Celery task events for pulled jobs, so each shows in Flower as its own task.
         self.events = events or TaskEvents(app, None, False)
         self.refill = refill
+        #: Whether another worker of the model is idle (no hoarding, see the module doc): by
+        #: default asked of the job store's Redis; None (no store: tests) never gives way.
+        if give_way is None:
+            r = getattr(getattr(getattr(runner, "ctx", None), "store", None), "r", None)
+            if r is not None:
+                give_way = GiveWay(r, queue.removeprefix(RENDER_QUEUE_PREFIX))
+        self.give_way = give_way
 
     def run(self, leader: JobMessage, progress=None) -> Outcome:
         """Render the leader and whatever compatible work arrives; returns the leader's outcome."""
@@ -318,6 +373,9 @@ class BatchSession:
         gaps: list[float] = []
         last_end: list[float] = []
         in_flight: list[Future | None] = [None]  # the call rendering now
+        give_way: Callable[[], bool] = self.give_way or (lambda: False)
+        if self.give_way is not None:
+            self.give_way.busy()
 
         def render_call(group: list[Live]) -> list[Rendered]:  # on the render thread
             began = time.perf_counter()
@@ -343,11 +401,16 @@ class BatchSession:
                     call = in_flight[0] = renderer.submit(render_call, group)
                     # Prepare the next call while this one renders. Keep draining while work is
                     # queued or still arriving (then the session ends and Celery hands this worker
-                    # its next message as a new leader).
+                    # its next message as a new leader). Not while another worker waits idle:
+                    # the queue and the lanes are its (no hoarding).
                     need = self.max_batch - len(waiting)
-                    while need > 0 and time.monotonic() - started < self.session_s:
+                    while need > 0 and time.monotonic() - started < self.session_s and not give_way():
                         more = gatherer.pull(need, self.window_s, self.max_wait_s, busy=lambda: not call.done(),
-                                             on_wait=lambda: self._reap(pending, outcomes, block=False))
+                                             on_wait=lambda: self._reap(pending, outcomes, block=False),
+                                             stop=give_way)
+                        if more and give_way():
+                            self._hand_back(more, by_id, outcomes, gatherer, admitted=False)
+                            break
                         self._admit(more, by_id, outcomes, waiting, gatherer)
                         need -= len(more)
                         if not more or call.done():
@@ -356,6 +419,12 @@ class BatchSession:
                         # Settle finished deliveries (acks, events) while the call runs.
                         wait([call] + ([pending[0][0]] if pending else []), timeout=0.5, return_when=FIRST_COMPLETED)
                         self._reap(pending, outcomes, block=False)
+                        if any(not by_id[x.msg.job_id].is_leader for x in waiting) and give_way():
+                            # Jobs held for a later call while another worker idles: theirs now.
+                            back = [x for x in waiting if not by_id[x.msg.job_id].is_leader]
+                            waiting = [x for x in waiting if by_id[x.msg.job_id].is_leader]
+                            self._hand_back([by_id[x.msg.job_id] for x in back], by_id, outcomes, gatherer,
+                                            admitted=True)
                     in_flight[0] = None
                     for item in self._rendered(group, call, outcomes, by_id):
                         pending.append((pool.submit(self._deliver, item), by_id[item.live.msg.job_id]))
@@ -394,6 +463,30 @@ class BatchSession:
                 p.execute()
         except RedisError as e:  # statistics only: never fail a session for them
             log.warning("between-calls statistics not recorded: %s", e)
+
+    def _hand_back(self, pulled: list[Pulled], by_id: dict[str, Pulled], outcomes: dict[str, Outcome],
+                   gatherer: Gatherer, *, admitted: bool) -> None:
+        """Put jobs this session pulled but has not started back on the queue, for an idle worker.
+        Never claimed (their records still read ``queued``), so nothing else needs undoing; a
+        leader is never handed back (Celery acknowledges it when the session returns), nor a
+        second message for a job this session still holds (it waits for the session's end, as
+        in ``_admit``: another worker must not render that job meanwhile)."""
+        n = 0
+        for p in pulled:
+            if p.is_leader:
+                continue
+            held = by_id.get(p.msg.job_id)
+            if held is not None and held is not p and p.msg.job_id not in outcomes:
+                gatherer.defer(p.message)
+                continue
+            p.message.reject(requeue=True)  # unacked -> queue, one transaction (kombu)
+            if by_id.get(p.msg.job_id) is p:
+                del by_id[p.msg.job_id]
+            if admitted:
+                self.events.retried(p.msg.job_id, "handed back to the queue: another worker is idle")
+            n += 1
+        if n:
+            log.info("handed %d job(s) back to %s: another worker of the model is idle", n, self.queue)
 
     def _admit(self, batch: list[Pulled], by_id: dict[str, Pulled], outcomes: dict[str, Outcome],
                waiting: list[Live], gatherer: Gatherer) -> None:

@@ -1,8 +1,12 @@
 """The render pipeline for a group of compatible jobs, in numbered stages.
 
-1. claim     each job: queued/running → running (a redelivered job is claimed again; a finished,
-             canceled or blocked one is skipped, so a redelivery never renders twice)
-2. moderate  the prompt, before any GPU time (blocked → ``blocked``, nothing rendered)
+1. claim     each job, as its call starts: queued/running → running, by this worker (a redelivered
+             job is claimed again; a finished, canceled or blocked one is skipped, so a
+             redelivery never renders twice). Not when it is pulled for a later call: a job
+             waiting in a busy worker's session stays ``queued`` and may be handed back to the
+             queue for an idle worker (worker/batching.py, docs/scheduling.md)
+2. moderate  the prompt, before any GPU time (blocked → ``blocked``, nothing rendered); a job that
+             ends here is claimed first, so its record reads "taken, then refused"
 3. load      the model (cached per process); a job whose prompt the model cannot read whole
              (SD3/FLUX past 511 T5 tokens) fails here, alone, before the call
 4. render    one pipeline call; progress and cancellation at every step
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from jobs import callstats
+from jobs.callstats import worker_id
 from jobs.errors import BatchRenderError, InvalidRequest, PermanentError, TimeLimitExceeded, TransientError
 from jobs.logs import job_context
 from jobs.metrics import PIPELINE_CALLS, PIPELINE_ROWS, RENDER_BUSY, job_timed
@@ -57,12 +62,15 @@ class Live:
 
     msg: JobMessage
     flags: dict[str, Any] | None
+    #: When its call started and claimed it (until then, when it was admitted).
     claimed_at: float
     #: The decoded reference image, for image-to-image jobs, and its inpainting mask.
     image: Any = None
     mask: Any = None
     #: The decoded references an IP-Adapter reads.
     references: tuple = ()
+    #: Claimed (stage 1) by this worker: set when its call starts.
+    claimed: bool = False
 
 
 @dataclass
@@ -149,7 +157,7 @@ class JobRunner:
             store.transition(msg.job_id, JobStatus.CANCELED, [Q, R])
             self.ctx.events.emit("job.canceled", msg)
             return Outcome(msg.job_id, JobStatus.CANCELED, {"reason": "canceled before start"})
-        t = store.transition(msg.job_id, R, [Q, R], started_at=repr(time.time()))
+        t = store.transition(msg.job_id, R, [Q, R], started_at=repr(time.time()), worker=worker_id())
         if not t.ok:
             # Redelivered after it ended: render nothing, but send its terminal events again (a
             # worker may have died between the transition and the events; they are deduplicated).
@@ -192,8 +200,32 @@ class JobRunner:
             raise InvalidRequest("invalid request: " + "; ".join(f"{x['field']}: {x['message']}" for x in errors),
                                  errors=errors)
 
+    def precheck(self, msg: JobMessage) -> tuple[Outcome | None, bool]:
+        """Before stage 2, without claiming: a job that ended already or whose cancel was asked for
+        is claimed now, which ends it (``claim``); a record that expired is rebuilt.
+        Returns ``(ended, claimed)``."""
+        store = self.ctx.store
+        status = store.status(msg.job_id)
+        if status is None:
+            store.create(msg)  # the record expired or the producer died after sending
+            return None, False
+        if status.terminal or store.cancel_requested(msg.job_id):
+            done = self.claim(msg)
+            return done, done is None
+        return None, False
+
+    def _refuse(self, msg: JobMessage, claimed: bool, end: Callable[[], Outcome]) -> Outcome:
+        """End a job at stage 2. One not claimed yet is claimed first (attempts, ``job.started``:
+        its record reads as it always did, taken and then refused); when the claim itself ends
+        it (canceled or ended meanwhile, out of attempts), that outcome stands."""
+        if not claimed:
+            taken = self.claim(msg)
+            if taken is not None:
+                return taken
+        return end()
+
     # 2. moderate ---------------------------------------------------------------------------------
-    def check_reference(self, msg: JobMessage) -> tuple[Outcome | None, Any, Any, bool]:
+    def check_reference(self, msg: JobMessage, claimed: bool = True) -> tuple[Outcome | None, Any, Any, bool]:
         """Image-to-image: load the stored reference (and mask) and check them again (never trust
         a message): ``(ended, image, mask, real_person_context)``."""
         if not msg.input_key:
@@ -206,17 +238,18 @@ class JobRunner:
             try:
                 data = self.ctx.storage.get(key)
             except KeyError:
-                return self.fail(msg, PermanentError(f"{what} {key!r} is missing from storage"),
-                                 retryable=False), None, None, False
+                return self._refuse(msg, claimed, lambda: self.fail(
+                    msg, PermanentError(f"{what} {key!r} is missing from storage"), retryable=False)), None, None, False
             check = self.ctx.moderation.check_input_image(data, actor=msg.tenant or "worker", job_id=msg.job_id)
             if check.decision.blocked:
-                return self.fail(msg, PermanentError(f"the {what} was refused: {check.decision.message}"),
-                                 retryable=False), None, None, False
+                return self._refuse(msg, claimed, lambda: self.fail(
+                    msg, PermanentError(f"the {what} was refused: {check.decision.message}"),
+                    retryable=False)), None, None, False
             checked.append(check)
         image, mask = checked
         return None, image.image, mask.image if mask else None, image.real_person_context or msg.real_person_context
 
-    def check_references(self, msg: JobMessage) -> tuple[Outcome | None, tuple, bool]:
+    def check_references(self, msg: JobMessage, claimed: bool = True) -> tuple[Outcome | None, tuple, bool]:
         """IP-Adapter references: each loaded from storage and checked again by the input-image
         stage: ``(ended, images, real_person_context)``."""
         images, faces = [], False
@@ -224,17 +257,18 @@ class JobRunner:
             try:
                 data = self.ctx.storage.get(key)
             except KeyError:
-                return self.fail(msg, PermanentError(f"reference {i} ({key!r}) is missing from storage"),
-                                 retryable=False), (), False
+                return self._refuse(msg, claimed, lambda: self.fail(
+                    msg, PermanentError(f"reference {i} ({key!r}) is missing from storage"), retryable=False)), (), False
             check = self.ctx.moderation.check_input_image(data, actor=msg.tenant or "worker", job_id=msg.job_id)
             if check.decision.blocked:
-                return self.fail(msg, PermanentError(f"reference {i} was refused: {check.decision.message}"),
-                                 retryable=False), (), False
+                return self._refuse(msg, claimed, lambda: self.fail(
+                    msg, PermanentError(f"reference {i} was refused: {check.decision.message}"),
+                    retryable=False)), (), False
             images.append(check.image)
             faces = faces or check.real_person_context
         return None, tuple(images), faces
 
-    def moderate_prompt(self, msg: JobMessage, real_person_context: bool = False
+    def moderate_prompt(self, msg: JobMessage, real_person_context: bool = False, claimed: bool = True
                         ) -> tuple[Outcome | None, dict[str, Any] | None]:
         # The chain appends every decision to the audit log itself (a prompt hash, not the prompt).
         decision = self.ctx.moderation.check_prompt(msg.request.prompt, msg.request.negative_prompt,
@@ -242,35 +276,60 @@ class JobRunner:
                                                     actor=msg.tenant or "worker", job_id=msg.job_id)
         if decision.action.value == "block":
             info = decision.to_dict()
-            self._end(msg, JobStatus.BLOCKED, error={
-                "code": "moderation_blocked", "message": decision.message,
-                "stage": info.get("blocking_stage"), "categories": info.get("categories", []),
-            }, moderation=info)
-            return Outcome(msg.job_id, JobStatus.BLOCKED, info), None
+
+            def block() -> Outcome:
+                self._end(msg, JobStatus.BLOCKED, error={
+                    "code": "moderation_blocked", "message": decision.message,
+                    "stage": info.get("blocking_stage"), "categories": info.get("categories", []),
+                }, moderation=info)
+                return Outcome(msg.job_id, JobStatus.BLOCKED, info)
+            return self._refuse(msg, claimed, block), None
         return None, (decision.to_dict() if decision.action.value == "flag" else None)
 
     # the whole pipeline, in phases the batching session can schedule separately -----------------
     def admit(self, msgs: list[JobMessage]) -> tuple[dict[str, Outcome], list[Live]]:
-        """Stages 1-2 for each job: the ones that ended already, and the ones still to render."""
+        """Stage 2 for each job, before its call (the batching session runs it while the previous
+        call renders): the ones that ended, and the ones still to render. Nothing is claimed here
+        unless it ends here (``_refuse``): the live ones are claimed when their call starts
+        (``render_group``), so a job prepared for a later call still reads ``queued`` and can be
+        handed to an idle worker instead."""
         ended: dict[str, Outcome] = {}
         live: list[Live] = []
         for msg in msgs:
             with job_context(msg.job_id):  # every log line of these stages names the job
-                done = self.claim(msg)
+                done, claimed = self.precheck(msg)
                 flags = image = mask = None
                 refs: tuple = ()
+                real_person = False
                 if done is None:
-                    done, image, mask, real_person = self.check_reference(msg)
+                    done, image, mask, real_person = self.check_reference(msg, claimed)
                 if done is None and msg.reference_keys:
-                    done, refs, faces = self.check_references(msg)
+                    done, refs, faces = self.check_references(msg, claimed)
                     real_person = real_person or faces
                 if done is None:
-                    done, flags = self.moderate_prompt(msg, real_person)
+                    done, flags = self.moderate_prompt(msg, real_person, claimed)
             if done is not None:
                 ended[msg.job_id] = done
             else:
-                live.append(Live(msg, flags, time.time(), image, mask, refs))
+                live.append(Live(msg, flags, time.time(), image, mask, refs, claimed=claimed))
         return ended, live
+
+    def start(self, live: list[Live]) -> tuple[list[Live], dict[str, Rendered]]:
+        """Stage 1 for the jobs of a call that is starting: each is claimed now. Returns the ones
+        to render and, by job id, the ones the claim ended (canceled or ended meanwhile, out of
+        attempts, no longer within limits)."""
+        go: list[Live] = []
+        ended: dict[str, Rendered] = {}
+        for x in live:
+            if not x.claimed:
+                with job_context(x.msg.job_id):
+                    done = self.claim(x.msg)
+                if done is not None:
+                    ended[x.msg.job_id] = Rendered(x, [], Timings(), done)
+                    continue
+                x.claimed, x.claimed_at = True, time.time()
+            go.append(x)
+        return go, ended
 
     def run(self, msgs: list[JobMessage], progress: Progress | None = None) -> list[Outcome]:
         """All stages for a list of jobs, one after another (the unbatched path)."""
@@ -282,9 +341,13 @@ class JobRunner:
         return [outcomes[m.job_id] for m in msgs]
 
     def render_group(self, live: list[Live], progress: Progress | None = None) -> list[Rendered]:
-        """Stages 3-4 for jobs of one shape (logged with every job id of the call)."""
-        with job_context(*[x.msg.job_id for x in live]):
-            return self._render_group(live, progress)
+        """Stage 1 (each job claimed as its call starts), then stages 3-4 for jobs of one shape
+        (logged with every job id of the call). Jobs the claim ends come back ended."""
+        go, ended = self.start(live)
+        if go:
+            with job_context(*[x.msg.job_id for x in go]):
+                ended.update({item.live.msg.job_id: item for item in self._render_group(go, progress)})
+        return [ended[x.msg.job_id] for x in live]
 
     def _render_group(self, live: list[Live], progress: Progress | None = None) -> list[Rendered]:
         """Stages 3-4 for jobs of one shape: one pipeline call. Canceled jobs come back ended, and so

@@ -154,3 +154,40 @@ def test_a_retry_held_for_its_countdown_is_taken_up_once_the_countdown_has_passe
     g.deferred = [past, future, other]
     got = g.pull(8, quiet_s=0.03, max_wait_s=2.0)
     assert got == [past] and g.deferred == [future, other]
+
+
+# -- no hoarding: another worker is idle (``stop``) ---------------------------------------------------
+
+
+def test_a_pull_takes_nothing_while_another_worker_is_idle():
+    """Messages waiting are the idle worker's: a busy session's pull leaves them on the queue."""
+    script = Script([0.0] * 5)
+    got = gatherer(script).pull(8, quiet_s=0.03, max_wait_s=2.0, busy=lambda: True, stop=lambda: True)
+    assert got == [] and len(script.arrivals) == 5
+
+
+def test_a_pull_returns_what_it_has_once_another_worker_turns_idle():
+    script = Script([i * 0.01 for i in range(20)])
+    got = gatherer(script).pull(8, quiet_s=0.03, max_wait_s=2.0, busy=lambda: True,
+                                stop=lambda: script.now >= 0.05)
+    assert 1 <= len(got) < 8 and script.now < 0.1, "handed over at once, not after the window or the call"
+
+
+def test_give_way_asks_redis_at_most_every_quarter_second_and_keeps_the_jobs_when_it_cannot():
+    from worker.batching import GiveWay
+
+    asked = []
+
+    class Redis:
+        def eval(self, *args):
+            asked.append(args)
+            if len(asked) > 1:
+                raise ConnectionError("Redis away")
+            return 1
+
+    now = [0.0]
+    g = GiveWay(Redis(), "tiny", "host-a:1")
+    g.clock = lambda: now[0]
+    assert g() is True and g() is True and len(asked) == 1
+    now[0] = 0.3
+    assert g() is False, "Redis cannot say: keep the jobs, as before"
