@@ -305,9 +305,11 @@ def enter(redis_for: Any, member: Member, prints: Mapping[str, str], *, refuse: 
     doctor still compare)."""
     import redis
 
+    from jobs.errors import TransientError
+
     try:
         join(redis_for(), member, prints, refuse=refuse)
-    except (redis.exceptions.RedisError, OSError) as e:
+    except (redis.exceptions.RedisError, OSError, TransientError) as e:
         log.warning("fleet: could not compare keys with the fleet (Redis: %s); publishing when it is back", e)
     keep_alive(redis_for, member, prints)
 

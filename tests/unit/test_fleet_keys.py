@@ -125,3 +125,19 @@ def test_the_anchor_is_the_chains_last_certificate(tmp_path):
     finally:
         one.close()
         two.close()
+
+
+def test_redis_away_at_start_skips_the_check_and_leaves_the_beats_to_publish_later(monkeypatch, caplog):
+    """A worker starting while Redis restarts is not refused for it (readyz and doctor compare later)."""
+    import logging
+
+    import redis
+
+    from jobs import fleet
+
+    beats = []
+    monkeypatch.setattr(fleet, "keep_alive", lambda redis_for, member, prints: beats.append(member))
+    away = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    with caplog.at_level(logging.WARNING, logger="jobs.fleet"):
+        fleet.enter(lambda: away, fleet.Member("worker", host="h", pid=1), {"signing": "aaaa"})
+    assert "could not compare keys with the fleet" in caplog.text and len(beats) == 1
