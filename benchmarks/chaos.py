@@ -330,6 +330,7 @@ def account(rig: Rig, ledger: Ledger, receiver: FlakyReceiver | None, drain_s: f
     statuses = Counter(states[j] or "missing" for j in accepted)
     failed_codes = Counter()
     expected_keys: dict[str, str] = {}
+    companions: set[str] = set()
     succeeded = []
     for j in accepted:
         rec = record(rig, j)
@@ -341,6 +342,8 @@ def account(rig: Rig, ledger: Ledger, receiver: FlakyReceiver | None, drain_s: f
             succeeded.append(rec)
             for img in rec.result.images:
                 expected_keys[img.key] = j
+                # Recorded beside the image: its preview and its renditions (not duplicates).
+                companions.update(k for k in [img.thumbnail_key, *(x.key for x in img.renditions)] if k)
     job_of = {j: True for j in accepted + ledger.not_queued}
     objects = []
     for page in rig.s3.get_paginator("list_objects_v2").paginate(Bucket=rig.bucket):
@@ -349,8 +352,9 @@ def account(rig: Rig, ledger: Ledger, receiver: FlakyReceiver | None, drain_s: f
     duplicates = orphans = 0
     for key in objects:
         rel = key.split("/", 1)[1] if key.startswith("renders/") else key
-        if rel in expected_keys or key in expected_keys:
-            continue
+        if rel in expected_keys or key in expected_keys or rel in companions or key in companions \
+                or rel.startswith("_health/"):
+            continue  # _health/: the workers' storage markers (storage/shared_check.py), not outputs
         parts = rel.split("/")
         owner = next((p for p in parts if p in job_of), None)
         if owner in succeeded_ids:
