@@ -352,7 +352,7 @@ class Bench:
         from jobs.fleet import fresh_keys_env
 
         self.env = {"BATCHRENDER_HOME": str(home), "BATCHRENDER_REDIS_URL": self.url,
-                    "BATCHRENDER_STORAGE_URL": (self.tmp / "out").as_uri(),
+                    "BATCHRENDER_STORAGE_URL": (self.tmp / "out").as_uri(), "BATCHRENDER_STORAGE_SHARED": "1",
                     **fresh_keys_env(allow_dev_c2pa=True)}  # keys every process of a shared Redis must share
         if args.max_batch:
             self.env["BATCHRENDER_MAX_BATCH"] = str(args.max_batch)

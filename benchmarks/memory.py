@@ -81,7 +81,7 @@ def main() -> None:
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {"BATCHRENDER_HOME": str(work / "home"), "BATCHRENDER_REDIS_URL": f"redis://127.0.0.1:{port}/0",
            "BATCHRENDER_STORAGE_URL": (work / "out").as_uri(), "BATCHRENDER_RECORD_TTL_S": "3600",
-           "BATCHRENDER_RETENTION_S": "3600",
+           "BATCHRENDER_RETENTION_S": "3600", "BATCHRENDER_STORAGE_SHARED": "1",  # one host
            **fresh_keys_env(allow_dev_c2pa=True)}  # keys every process of a shared Redis must share
     (work / "home" / "models").mkdir(parents=True)
     build_tiny_pipeline(work / "home" / "models" / "tiny")

@@ -35,7 +35,7 @@ def main() -> None:
     from producer.client import Client
 
     tmp = Path(tempfile.mkdtemp(prefix="br-bench-"))
-    env_over = {"BATCHRENDER_STORAGE_URL": (tmp / "out").as_uri()}
+    env_over = {"BATCHRENDER_STORAGE_URL": (tmp / "out").as_uri(), "BATCHRENDER_STORAGE_SHARED": "1"}  # one host
     os.environ.update(env_over)
     settings = Settings.from_env()
     url = redis_url_for(settings, start=True)

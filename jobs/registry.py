@@ -1,24 +1,34 @@
 """The model registry: model name → where its weights live and how to run it.
 
-A JSON file (``{home}/models.json``) shared by producers (to validate model names) and workers
-(to load). The ``tiny`` entry is always present: a random-weight Stable-Diffusion pipeline that
-the worker writes on first use, so everything runs offline on a CPU.
+Shared by producers (to validate model names) and workers (to load). Where it lives follows the
+broker: with ``redis_url`` set (a deployment that may span hosts) it is a Redis hash
+(``br:models``), the same for every host; with the embedded broker (one host) it is a JSON file,
+``{home}/models.json``. A host's ``models.json`` left from before is imported into Redis once
+(entries already in Redis win) and renamed ``models.json.imported``.
+
+The ``tiny`` entry is always present: a random-weight Stable-Diffusion pipeline that the worker
+writes on first use under its own home, so everything runs offline on a CPU.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from jobs.errors import ConfigurationError, UnknownModel
 from jobs.families import FAMILIES, Family
-from jobs.names import is_valid_model_name
+from jobs.names import KEY_PREFIX, is_valid_model_name
 from jobs.settings import Settings
 
 TINY = "tiny"
+#: The shared registry (``redis_url`` set): model name -> JSON of its spec.
+MODELS_KEY = f"{KEY_PREFIX}models"
+log = logging.getLogger(__name__)
 
 
 class ModelSpec(BaseModel):
@@ -92,26 +102,94 @@ def tiny_spec(settings: Settings) -> ModelSpec:
     )
 
 
-class Registry:
-    """Read and write the registry file."""
+def _spec(name: str, entry: Any, where: str) -> ModelSpec:
+    try:
+        return ModelSpec(name=name, **{k: v for k, v in entry.items() if k != "name"})
+    except (ValidationError, AttributeError, TypeError) as e:
+        raise ConfigurationError(f"model registry {where} is invalid: {name}: {e}") from None
 
-    def __init__(self, settings: Settings) -> None:
+
+class Registry:
+    """Read and write the registry: the Redis hash when ``redis_url`` is set, else the home's file."""
+
+    def __init__(self, settings: Settings, *, redis: Any = None) -> None:
         self.settings = settings
         self.path = settings.models_file
+        self.shared = bool(settings.redis_url) or redis is not None
+        self._redis = redis
+        #: The last hash read and its parsed specs: a submit reads the registry per job, and parsing
+        #: is skipped while Redis holds the same entries (never stale: the hash is read every time).
+        self._cache: tuple[dict[str, str], dict[str, ModelSpec]] | None = None
+        self._lock = threading.Lock()
+        self._imported = False
+        #: Where the registry lives, for messages.
+        self.where = f"Redis ({MODELS_KEY})" if self.shared else str(self.path)
+
+    @property
+    def redis(self) -> Any:
+        if self._redis is None:
+            from jobs.redisconn import for_settings
+
+            self._redis = for_settings(self.settings)  # the one builder: redis://, rediss://, sentinel://
+        return self._redis
 
     def _load_file(self) -> dict[str, ModelSpec]:
         if not self.path.exists():
             return {}
         try:
             raw = json.loads(self.path.read_text())
-            return {name: ModelSpec(name=name, **{k: v for k, v in entry.items() if k != "name"})
-                    for name, entry in raw.get("models", {}).items()}
-        except (json.JSONDecodeError, ValidationError, AttributeError, TypeError) as e:
+            return {name: _spec(name, entry, str(self.path)) for name, entry in raw.get("models", {}).items()}
+        except (json.JSONDecodeError, AttributeError, TypeError) as e:
             raise ConfigurationError(f"model registry {self.path} is invalid: {e}") from None
+
+    def _load_shared(self) -> dict[str, ModelSpec]:
+        from jobs.store import translate_redis_errors
+
+        @translate_redis_errors
+        def load() -> dict[str, Any]:
+            if not self._imported:
+                self._import_file()
+            return self.redis.hgetall(MODELS_KEY)
+
+        hashed = load()
+        with self._lock:
+            if self._cache is not None and self._cache[0] == hashed:
+                return self._cache[1]
+        specs = {}
+        for name, raw in hashed.items():
+            try:
+                entry = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise ConfigurationError(f"model registry {self.where} is invalid: {name}: {e}") from None
+            specs[name] = _spec(name, entry, self.where)
+        with self._lock:
+            self._cache = (hashed, specs)
+        return specs
+
+    def _import_file(self) -> None:
+        """A host's ``models.json`` from before the shared registry: its entries go to Redis once
+        (those already there win) and the file is renamed, so a later removal is not undone."""
+        if self.path.exists():
+            specs = self._load_file()
+            p = self.redis.pipeline()
+            specs.pop(TINY, None)  # tiny is each host's own (under its home), never shared
+            for name, spec in sorted(specs.items()):
+                p.hsetnx(MODELS_KEY, name, spec.model_dump_json(exclude={"name"}))
+            added = [name for name, new in zip(sorted(specs), p.execute()) if new]
+            try:
+                os.replace(self.path, self.path.with_name(self.path.name + ".imported"))
+            except FileNotFoundError:
+                pass  # another process of this home imported it meanwhile
+            log.warning("model registry: imported %s from %s into the shared registry %s (the file is now %s.imported)",
+                        ", ".join(added) or "nothing new", self.path, self.where, self.path.name)
+        self._imported = True
+
+    def _load(self) -> dict[str, ModelSpec]:
+        return self._load_shared() if self.shared else self._load_file()
 
     def all(self) -> dict[str, ModelSpec]:
         specs = {TINY: tiny_spec(self.settings)}
-        specs.update(self._load_file())
+        specs.update(self._load())
         return specs
 
     def get(self, name: str) -> ModelSpec:
@@ -124,6 +202,11 @@ class Registry:
         return specs[name]
 
     def register(self, spec: ModelSpec) -> None:
+        if self.shared:
+            from jobs.store import translate_redis_errors
+
+            translate_redis_errors(self.redis.hset)(MODELS_KEY, spec.name, spec.model_dump_json(exclude={"name"}))
+            return
         specs = self._load_file()
         specs[spec.name] = spec
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,6 +216,13 @@ class Registry:
         os.replace(tmp, self.path)
 
     def remove(self, name: str) -> None:
+        if self.shared:
+            from jobs.store import translate_redis_errors
+
+            self._load()  # a host's old file is imported first, so this removal sticks
+            if not translate_redis_errors(self.redis.hdel)(MODELS_KEY, name):
+                raise UnknownModel(f"model {name!r} is not in the registry ({self.where})")
+            return
         specs = self._load_file()
         if specs.pop(name, None) is None:
             raise UnknownModel(f"model {name!r} is not in {self.path}")

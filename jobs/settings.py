@@ -119,6 +119,9 @@ class Settings(BaseModel):
     # -- storage -------------------------------------------------------------------------------
     #: ``file:///abs/path`` or ``s3://bucket/prefix``. Unset: ``file://{home}/outputs``.
     storage_url: str | None = None
+    #: Local storage is one directory every process of the deployment sees (a network mount at
+    #: the same path on every host). Without it, local storage with ``redis_url`` set is refused.
+    storage_shared: bool = False
     key_template: str = "{batch_id}/{job_id}/{index}.{ext}"
     quarantine_prefix: str = "_quarantine"
     s3_endpoint_url: str | None = None

@@ -350,6 +350,9 @@ def worker(models: str, webhooks: bool, name: str | None, loglevel: str, metrics
 
     settings = _settings()
     from jobs.registry import Registry
+    from storage.shared_check import require_shared_storage
+
+    require_shared_storage(settings)  # exit 2 naming the fix, before any process starts
     from jobs.signing import require_shared_keys
 
     require_shared_keys(settings)  # a shared Redis without shared keys: exit 2 naming them
@@ -647,8 +650,10 @@ def api(host: str, port: int) -> None:
     # connections close after 5 s; at most 1,000 connections at once.
     from jobs.logs import configure_logging
     from producer.api.slow_headers import header_timeout_protocol
+    from storage.shared_check import require_shared_storage
 
     settings = _settings()
+    require_shared_storage(settings)  # local storage with a shared Redis: exit 2 naming the fix
     configure_logging(settings.log_format)
     from jobs import fleet
     from jobs.signing import require_shared_keys
@@ -670,12 +675,14 @@ def api(host: str, port: int) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per check instead of the table.")
-def doctor(as_json: bool) -> None:
+@click.option("--role", type=click.Choice(["all", "api", "worker"]), default="all", show_default=True,
+              help="What this host runs: api (no model files or signer checked), worker, or all.")
+def doctor(as_json: bool, role: str) -> None:
     """Check everything a deployment needs (Redis, storage, signer, models, keys, workers), with
     the fix for each failure. Exit 0 when nothing failed (warnings allowed), 1 otherwise."""
     from producer.doctor import FAIL, diagnose, table
 
-    findings = diagnose(_settings())
+    findings = diagnose(_settings(), role=role)
     if as_json:
         for f in findings:
             click.echo(json.dumps(f.__dict__))

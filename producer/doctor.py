@@ -3,14 +3,21 @@
 Runs in the environment it is given (the same ``BATCHRENDER_*`` variables as the processes it
 checks): settings, Redis, storage (write, read, presign), the C2PA signer (and whether its keys
 are development keys), the model registry, workers per queue, webhook secrets, the keys that sign
-messages and encrypt secrets, the embedded broker.
+messages and encrypt secrets, the embedded broker, this host's clock against Redis ``TIME``, and
+that the workers' storage markers are readable here (storage/shared_check.py).
+
+``role`` says what this host runs: ``api`` (the HTTP API, producers: no model files, no signer),
+``worker`` (render workers: model files and the signer), ``all`` (both; the default).
 """
 from __future__ import annotations
 
+import socket
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
+ROLES = ("all", "api", "worker")
 
 
 @dataclass(frozen=True)
@@ -31,10 +38,15 @@ def _run(check: str, fix: str, fn: Callable[[], "str | tuple[str, str]"]) -> Fin
     return Finding(check, state, detail, fix if state != OK else "")
 
 
-def diagnose(settings, *, inspect_timeout_s: float = 1.0) -> list[Finding]:
-    """The findings, in the order a person would fix them."""
+def diagnose(settings, *, inspect_timeout_s: float = 1.0, role: str = "all",
+             clock: Callable[[], float] = time.time) -> list[Finding]:
+    """The findings, in the order a person would fix them. ``clock``: this host's clock (a test
+    may offset it; Redis ``TIME`` is always read for real)."""
     from jobs.embedded import redis_url_for
     from jobs.registry import Registry, local_dir
+
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
 
     findings: list[Finding] = []
     add = findings.append
@@ -62,6 +74,14 @@ def diagnose(settings, *, inspect_timeout_s: float = 1.0) -> list[Finding]:
              "sentinel://host2:26379/0 with BATCHRENDER_REDIS_MASTER_NAME)", redis_ok))
     client = client_box[0] if client_box else None
 
+    def clock_ok() -> tuple[str, str]:
+        from producer.clock_skew import measure, verdict
+
+        ok, detail = verdict(measure(client.store.r, clock), socket.gethostname())
+        return (OK if ok else WARN), detail
+    if client is not None:
+        add(_run("clock", "synchronise this host's clock (chrony, systemd-timesyncd; the Redis host's too)", clock_ok))
+
     def storage_ok() -> str:
         from storage import open_storage
 
@@ -79,6 +99,8 @@ def diagnose(settings, *, inspect_timeout_s: float = 1.0) -> list[Finding]:
              "endpoint, credentials and bucket; the directory must be writable", storage_ok))
 
     def signer_ok() -> tuple[str, str]:
+        if role == "api":
+            return OK, "not checked: the API signs no images (doctor --role worker on render hosts)"
         from provenance.c2pa_sign import ImageSigner
 
         signer = ImageSigner.from_settings(settings)
@@ -93,6 +115,8 @@ def diagnose(settings, *, inspect_timeout_s: float = 1.0) -> list[Finding]:
 
     def registry_ok() -> str:
         specs = Registry(settings).all()
+        if role == "api":  # the API validates model names; the files live on render hosts only
+            return f"{len(specs)} model(s): {', '.join(sorted(specs))} (files not checked: doctor --role worker)"
         bad = [f"{s.name} ({s.source})" for s in specs.values()
                if (d := local_dir(s)) is not None and not (d / "model_index.json").is_file()]
         if bad:
@@ -132,7 +156,7 @@ def diagnose(settings, *, inspect_timeout_s: float = 1.0) -> list[Finding]:
 
         report = readiness(client, inspect_timeout_s)
         for name, c in report["checks"].items():
-            if name.startswith("queue:") or name == "workers":
+            if name.startswith("queue:") or name in ("workers", "storage shared"):
                 fix = "" if c["ok"] else c["detail"].split(": ", 1)[-1]
                 add(Finding(name, OK if c["ok"] else FAIL, c["detail"], fix))
         client.close()

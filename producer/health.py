@@ -7,6 +7,7 @@ from typing import Any
 
 from jobs import fleet
 from jobs.names import WEBHOOK_QUEUE, render_queue
+from storage import shared_check
 
 
 def readiness(client, inspect_timeout_s: float = 1.0) -> dict[str, Any]:
@@ -39,6 +40,8 @@ def readiness(client, inspect_timeout_s: float = 1.0) -> dict[str, Any]:
     check("storage", storage_ok)
     # Keys that must be the same in every process (jobs/fleet.py): the hosts that differ, named.
     checks["fleet"] = fleet.agreement(client.store.r, client.settings, "api")
+    check("storage shared", lambda: shared_check.verify_markers(
+        client.storage, client.store.r, client.settings.resolved_storage_url))  # workers' markers readable here
     consumers: dict[str, list[str]] = {}
     try:
         replies = client.app.control.inspect(timeout=inspect_timeout_s).active_queues() or {}

@@ -87,7 +87,12 @@ def check(prompt: str | None, file: Path | None, negative: str | None, real_pers
 
 @moderation.command(name="log")
 @click.option("--job", "job_id", default=None, help="Only decisions for this job id.")
-def log_cmd(job_id: str | None) -> None:
-    """Print audit log entries (JSON lines), oldest first."""
-    for entry in AuditLog.from_settings(_settings()).read(job_id):
+@click.option("--local", is_flag=True, help="This host's file under the home instead of the shared log in Redis.")
+def log_cmd(job_id: str | None, local: bool) -> None:
+    """Print audit log entries (JSON lines), oldest first.
+
+    With BATCHRENDER_REDIS_URL set, from Redis: every host's decisions (a job's as long as its
+    record is kept; without --job the fleet's latest 10,000). Otherwise, or with --local, from
+    this host's complete file, HOME/moderation/audit.jsonl."""
+    for entry in AuditLog.from_settings(_settings()).read(job_id, local=local):
         click.echo(json.dumps(entry, ensure_ascii=False))

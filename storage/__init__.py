@@ -17,13 +17,17 @@ __all__ = ["ALLOWED_FORMS", "Storage", "StoredObject", "build_key", "check_key",
 
 
 def open_storage(settings: Settings) -> Storage:
-    """The backend for ``settings.resolved_storage_url``; ConfigurationError for other schemes.
+    """The backend for ``settings.resolved_storage_url``; ConfigurationError for other schemes, and
+    for local storage with ``redis_url`` set unless ``storage_shared`` (storage/shared_check.py).
 
     Cheap: no network client is created until the first operation.
     """
     url = settings.resolved_storage_url
     scheme = urlparse(url).scheme
     if scheme == "file":
+        from storage.shared_check import require_shared_storage
+
+        require_shared_storage(settings)  # local storage with a shared Redis: refused unless declared shared
         from storage.local import LocalStorage
 
         return LocalStorage.from_url(url, quarantine_prefix=settings.quarantine_prefix)

@@ -88,6 +88,7 @@ def br_env(tmp_path, redis_url, tiny_model_dir):
         "BATCHRENDER_HOME": str(home),
         "BATCHRENDER_REDIS_URL": redis_url,
         "BATCHRENDER_STORAGE_URL": (tmp_path / "out").as_uri(),
+        "BATCHRENDER_STORAGE_SHARED": "1",  # one host: every process of the test sees this directory
         "BATCHRENDER_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
         **TEST_KEYS,
     }

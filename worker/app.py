@@ -48,6 +48,7 @@ def _check_configuration(sender=None, **_kwargs) -> None:
 def _housekeeping(sender=None, **_kwargs) -> None:
     from jobs.periodic import start_periodic
     from storage.retention import maybe_prune
+    from storage.shared_check import start_markers
     from worker.context import get_context
     from worker.sweep import maybe_sweep_lost_jobs
 
@@ -61,6 +62,8 @@ def _housekeeping(sender=None, **_kwargs) -> None:
 
     # Retention: one worker of the fleet deletes what is older than retention_s, hourly.
     start_periodic("retention", PRUNE_EVERY_S, prune)
+    # A marker in storage that /readyz and doctor read back: storage shared with this worker.
+    start_markers(getattr(sender, "hostname", None), lambda: get_context(settings), settings)
 
 
 def served_models(consumer) -> list[str]:

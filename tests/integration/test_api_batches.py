@@ -18,7 +18,7 @@ def api(tmp_path, redis_url, settings_for):
 
     env = {"BATCHRENDER_HOME": str(tmp_path / "home"), "BATCHRENDER_REDIS_URL": redis_url,
            "BATCHRENDER_STORAGE_URL": (tmp_path / "out").as_uri(), "BATCHRENDER_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
-           **TEST_KEYS}
+           "BATCHRENDER_STORAGE_SHARED": "1", **TEST_KEYS}
     with TestClient(create_app(settings_for(env)), raise_server_exceptions=False) as c:
         yield c
         c.app.state.client.close()

@@ -62,7 +62,7 @@ def serve(settings_for):
 def api_env(tmp_path, redis_url):
     return {"BATCHRENDER_HOME": str(tmp_path / "home"), "BATCHRENDER_REDIS_URL": redis_url,
             "BATCHRENDER_STORAGE_URL": (tmp_path / "out").as_uri(), "BATCHRENDER_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
-            **TEST_KEYS}
+            "BATCHRENDER_STORAGE_SHARED": "1", **TEST_KEYS}
 
 
 def test_http_client_round_trips_without_a_worker(serve, api_env, tenants):

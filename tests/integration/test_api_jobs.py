@@ -15,7 +15,7 @@ def api_env(tmp_path, redis_url):
     """Settings env of one test, without the tiny model (nothing here renders)."""
     return {"BATCHRENDER_HOME": str(tmp_path / "home"), "BATCHRENDER_REDIS_URL": redis_url,
             "BATCHRENDER_STORAGE_URL": (tmp_path / "out").as_uri(), "BATCHRENDER_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
-            **TEST_KEYS}
+            "BATCHRENDER_STORAGE_SHARED": "1", **TEST_KEYS}
 
 
 @pytest.fixture

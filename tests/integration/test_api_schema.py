@@ -40,7 +40,8 @@ def api_schema(tmp_path, redis_url, api_key):
 
     # Generous limits: the fuzzer must meet the handlers, not the rate limiter.
     settings = Settings.from_env({"BATCHRENDER_HOME": str(tmp_path / "home"), "BATCHRENDER_REDIS_URL": redis_url,
-                                  "BATCHRENDER_STORAGE_URL": (tmp_path / "out").as_uri(), **TEST_KEYS},
+                                  "BATCHRENDER_STORAGE_URL": (tmp_path / "out").as_uri(), "BATCHRENDER_STORAGE_SHARED": "1",
+                                  **TEST_KEYS},
                                  api_rate_per_s=10_000, api_burst=10_000, api_max_body_bytes=64 * 1024,
                                  openai_sync_timeout_s=0.2)  # no worker: renders never finish here
     app = create_app(settings)

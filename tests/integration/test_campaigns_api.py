@@ -28,7 +28,7 @@ CSV = b"sku,colour\nmug-01,red\nmug-02,blue\n"
 def api_env(tmp_path, redis_url):
     return {"BATCHRENDER_HOME": str(tmp_path / "home"), "BATCHRENDER_REDIS_URL": redis_url,
             "BATCHRENDER_STORAGE_URL": (tmp_path / "out").as_uri(), "BATCHRENDER_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
-            **TEST_KEYS}
+            "BATCHRENDER_STORAGE_SHARED": "1", **TEST_KEYS}
 
 
 @pytest.fixture
