@@ -23,7 +23,8 @@ def test_demo_renders_signed_images_and_a_manifest(redis_url, tiny_model_dir, tm
     (home / "models" / "tiny").symlink_to(tiny_model_dir)
     out = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHRENDER_")}
-    env.update(BATCHRENDER_HOME=str(home), BATCHRENDER_REDIS_URL=redis_url, **TEST_KEYS)
+    env.update(BATCHRENDER_HOME=str(home), BATCHRENDER_REDIS_URL=redis_url, **TEST_KEYS,
+               BATCHRENDER_STORAGE_SHARED="1")  # a real Redis URL and the demo's local --out: one host, declared
     exe = Path(sys.executable).with_name("batchrender")
     # Run from an unrelated directory: the demo must not depend on the caller's working directory.
     proc = subprocess.run([str(exe), "demo", "--n", "2", "--out", str(out), "--timeout", "60"], env=env,
