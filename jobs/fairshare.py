@@ -66,6 +66,13 @@ def state_key(model: str) -> str:
     return f"{KEY_PREFIX}fair:{model}"
 
 
+def urgent_key(model: str) -> str:
+    """Zset: interactive jobs of ``model`` waiting in a lane -> when they entered it. A busy
+    worker looks at it between polls of its running call (worker/batching.py), so an interactive
+    job does not wait for a next call that was gathered before it arrived."""
+    return f"{KEY_PREFIX}urgent:{model}"
+
+
 # -- what a job costs and where it stands in its tenant's lane ----------------------------------
 def _req(request: Any) -> dict[str, Any]:
     if isinstance(request, dict):
@@ -97,7 +104,8 @@ def cost_of(request: Any) -> float:
 
 
 def priority_of(request: Any) -> str:
-    return _req(request).get("priority") or DEFAULT_PRIORITY
+    given = request.get("priority") if isinstance(request, dict) else getattr(request, "priority", None)
+    return given or DEFAULT_PRIORITY
 
 
 def order_score(submitted_at: float, priority: str, settings: Any, deliver_by: float | None = None,
@@ -148,6 +156,8 @@ def enqueue(r: Any, msg: Any, settings: Any, *, score: float | None = None, plan
                                              **({"planned_completion": repr(planned)} if planned else {})})
         p.zadd(lane_key(model, tenant), {msg.job_id: score})
         p.sadd(lanes_key(model), tenant)
+        if priority_of(req) == "interactive":
+            p.zadd(urgent_key(model), {msg.job_id: msg.submitted_at})
         p.execute()
 
 
@@ -157,9 +167,16 @@ def enqueue(r: Any, msg: Any, settings: Any, *, score: float | None = None, plan
 #: ``dispatched`` is Redis's time (jobs/clock.py): the job sweep that compares it may run on
 #: another host.
 _DISPATCH = NOW_LUA + """
-local ready = redis.call('LLEN', KEYS[3])
-local n = math.min(tonumber(ARGV[2]), tonumber(ARGV[1]) - ready)
+local urgent_only = ARGV[6] == '1'
 local out = {}
+local n
+if urgent_only then
+  -- Only while the fair pick is an interactive job (cheap when there is none: one ZCARD).
+  if redis.call('ZCARD', KEYS[4]) == 0 then return out end
+  n = tonumber(ARGV[2])
+else
+  n = math.min(tonumber(ARGV[2]), tonumber(ARGV[1]) - redis.call('LLEN', KEYS[3]))
+end
 if n <= 0 then return out end
 local v = tonumber(redis.call('HGET', KEYS[2], 'v') or '0')
 local moved = 0
@@ -181,7 +198,9 @@ while moved < n do
     end
   end
   if best == nil then break end
+  if urgent_only and not redis.call('ZSCORE', KEYS[4], best_id) then break end
   redis.call('ZREM', ARGV[3] .. best, best_id)
+  redis.call('ZREM', KEYS[4], best_id)
   local jk = ARGV[4] .. best_id
   local rec = redis.call('HMGET', jk, 'status', 'cost', 'message')
   if rec[1] == 'queued' and rec[3] then
@@ -217,23 +236,28 @@ class Dispatcher:
         self.r = r
         self._script = r.register_script(_DISPATCH)
 
-    def pop(self, model: str, want: int, limit: int | None = None) -> list[tuple[str, float, str]]:
+    def pop(self, model: str, want: int, limit: int | None = None, *,
+            urgent: bool = False) -> list[tuple[str, float, str]]:
         """Take up to ``limit`` jobs (default ``want``) out of the lanes, as long as the queue holds
-        fewer than ``want`` messages: [(job id, order score, stored message)]. Marked dispatched."""
+        fewer than ``want`` messages: [(job id, order score, stored message)]. Marked dispatched.
+        ``urgent``: regardless of the queue, only while the fair pick is an interactive job."""
         limit = want if limit is None else limit
-        if limit <= 0 or want <= 0:
+        if limit <= 0 or (want <= 0 and not urgent):
             return []
-        got = self._script(keys=[lanes_key(model), state_key(model), render_queue(model)],
-                           args=[want, limit, f"{KEY_PREFIX}lane:{model}:", job_key(""), tenant_key("")])
+        got = self._script(keys=[lanes_key(model), state_key(model), render_queue(model), urgent_key(model)],
+                           args=[want, limit, f"{KEY_PREFIX}lane:{model}:", job_key(""), tenant_key(""),
+                                 "1" if urgent else "0"])
         return [(got[i], float(got[i + 1]), got[i + 2]) for i in range(0, len(got), 3)]
 
-    def fill(self, model: str, want: int, limit: int | None = None) -> int:
+    def fill(self, model: str, want: int, limit: int | None = None, *, urgent: bool = False) -> int:
         """Top the model's queue up to ``want`` messages (at most ``limit`` moved); returns how many
-        were published. A job whose message could not be published goes back to its lane."""
+        were published. A job whose message could not be published goes back to its lane.
+        ``urgent``: move up to ``limit`` interactive jobs the fair order would take next, however
+        full the queue is (a busy worker takes them into its next call: worker/batching.py)."""
         from jobs.celery_app import publish_render
         from jobs.schemas import JobMessage
 
-        moved = self.pop(model, want, limit)
+        moved = self.pop(model, want, limit, urgent=urgent)
         sent = 0
         for i, (job_id, score, raw) in enumerate(moved):
             try:
@@ -252,6 +276,8 @@ class Dispatcher:
                 tenant = json.loads(raw).get("tenant") or NO_TENANT
                 with self.r.pipeline(transaction=True) as p:
                     p.zadd(lane_key(model, tenant), {job_id: score})
+                    if priority_of(json.loads(raw).get("request") or {}) == "interactive":
+                        p.zadd(urgent_key(model), {job_id: score})
                     p.sadd(lanes_key(model), tenant)
                     p.hset(job_key(job_id), mapping={"lane": "1"})
                     p.hdel(job_key(job_id), "dispatched")

@@ -66,6 +66,8 @@ REFILL_IDLE_S = 0.02
 #: "idle between calls" figure), summed over workers.
 STATS_GAP_KEY = f"{KEY_PREFIX}stats:between_calls_s"
 STATS_GAPS_KEY = f"{KEY_PREFIX}stats:between_calls"
+#: While a call renders, a session looks for interactive jobs in the lanes this often.
+URGENT_POLL_S = 0.05
 #: A session asks Redis whether another worker is idle at most this often.
 GIVE_WAY_EVERY_S = 0.25
 
@@ -269,6 +271,18 @@ class Gatherer:
                 out.append(pulled)
         return out
 
+    def take_ready(self, limit: int) -> list[Pulled]:
+        """Up to ``limit`` messages already in the queue, without waiting or topping up."""
+        out: list[Pulled] = []
+        while len(out) < limit:
+            message = self.channel.basic_get(self.queue, no_ack=False)
+            if message is None:
+                break
+            pulled = self._parse(message)
+            if pulled is not None:
+                out.append(pulled)
+        return out
+
     def _top_up(self, n: int, now: float) -> int:
         """Ask the fair-share dispatch for ``n`` jobs (the queue is empty). When the lanes were empty
         too, ask again only after ``REFILL_IDLE_S`` (the poll loop runs every few ms)."""
@@ -338,7 +352,7 @@ class BatchSession:
     def __init__(self, runner: JobRunner, app, queue: str, *, max_batch: int, window_ms: int, max_wait_ms: int,
                  threads: int, max_pending: int, session_s: float, policy: RetryPolicy,
                  events: TaskEvents | None = None, refill: Callable[[int], int] | None = None,
-                 give_way: GiveWay | None = None) -> None:
+                 give_way: GiveWay | None = None, urgent: Callable[[int], int] | None = None) -> None:
         self.runner = runner
         self.app = app
         self.queue = queue
@@ -353,6 +367,11 @@ class BatchSession:
         #: Celery task events for pulled jobs, so each shows in Flower as its own task.
         self.events = events or TaskEvents(app, None, False)
         self.refill = refill
+        #: ``urgent(n)`` moves up to n interactive jobs that the fair order takes next into the
+        #: queue, however full it is (jobs.fairshare.Dispatcher.fill(urgent=True)); looked at every
+        #: ``URGENT_POLL_S`` while a call renders, so such a job renders in the very next call
+        #: instead of after the one gathered before it arrived.
+        self.urgent = urgent
         #: Whether another worker of the model is idle (no hoarding, see the module doc): by
         #: default asked of the job store's Redis; None (no store: tests) never gives way.
         if give_way is None:
@@ -417,8 +436,11 @@ class BatchSession:
                             break
                     while not call.done():
                         # Settle finished deliveries (acks, events) while the call runs.
-                        wait([call] + ([pending[0][0]] if pending else []), timeout=0.5, return_when=FIRST_COMPLETED)
+                        wait([call] + ([pending[0][0]] if pending else []),
+                             timeout=URGENT_POLL_S if self.urgent else 0.5, return_when=FIRST_COMPLETED)
                         self._reap(pending, outcomes, block=False)
+                        if self.urgent is not None and not call.done():
+                            self._take_urgent(gatherer, by_id, outcomes, waiting, give_way)
                         if any(not by_id[x.msg.job_id].is_leader for x in waiting) and give_way():
                             # Jobs held for a later call while another worker idles: theirs now.
                             back = [x for x in waiting if not by_id[x.msg.job_id].is_leader]
@@ -463,6 +485,23 @@ class BatchSession:
                 p.execute()
         except RedisError as e:  # statistics only: never fail a session for them
             log.warning("between-calls statistics not recorded: %s", e)
+
+    def _take_urgent(self, gatherer: "Gatherer", by_id: dict[str, Pulled], outcomes: dict[str, Outcome],
+                     waiting: list[Live], give_way: Callable[[], bool]) -> None:
+        """Take interactive jobs the fair order picks next into this session while its call
+        renders (they render first: ``group_by_shape``), up to one call of interactive rows."""
+        room = self.max_batch - sum(x.msg.request.num_images for x in waiting
+                                    if x.msg.request.priority == "interactive")
+        if room <= 0 or give_way():
+            return  # a call of them is ready; or an idle worker takes them
+        try:
+            moved = self.urgent(room)
+        except Exception as e:  # noqa: BLE001 - Redis away: they wait in their lanes
+            log.debug("urgent dispatch failed: %s", e)
+            return
+        if moved:
+            # The queue holds what the dispatch keeps ready (a message or two) and these.
+            self._admit(gatherer.take_ready(moved + self.max_batch), by_id, outcomes, waiting, gatherer)
 
     def _hand_back(self, pulled: list[Pulled], by_id: dict[str, Pulled], outcomes: dict[str, Outcome],
                    gatherer: Gatherer, *, admitted: bool) -> None:

@@ -62,7 +62,9 @@ def register(app: Celery, settings: Settings) -> None:
             window_ms=settings.batch_window_ms, max_wait_ms=settings.batch_max_wait_ms, threads=settings.resolved_postprocess_threads,
             max_pending=postprocess_limit(settings.postprocess_queue, rows, settings.device), session_s=settings.visibility_timeout_s / 4,
             policy=policy, events=TaskEvents(app, self.request.hostname, settings.task_events),
-            refill=lambda n: dispatcher.fill(model, want=n, limit=n))
+            refill=lambda n: dispatcher.fill(model, want=n, limit=n),
+            urgent=(lambda n: dispatcher.fill(model, want=0, limit=n, urgent=True))
+            if settings.scheduler == "fair" else None)
         try:
             try:
                 outcome = session.run(msg, progress)

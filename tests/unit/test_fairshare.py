@@ -166,3 +166,45 @@ def test_weights_are_checked():
         with pytest.raises(ValueError, match="weight must be"):
             fairshare.check_weight(bad)
     assert fairshare.check_weight("2.5") == 2.5
+
+
+def test_urgent_dispatch_takes_interactive_work_only_while_the_fair_pick_is_interactive(r, settings):
+    """A busy worker asks for urgent work between polls of its call: it gets the interactive job
+    the fair order would take next, however full the queue is, and nothing else; a tenant that
+    marks its flood interactive gets no more than its fair share that way."""
+    d = fairshare.Dispatcher(None, r)
+    flood = queue(r, settings, "A", 6, priority="bulk", at=1000.0)
+    r.rpush(render_queue("tiny"), "a message the dispatch keeps ready")
+    assert d.pop("tiny", want=0, limit=4, urgent=True) == []  # no interactive job: nothing moves
+    assert drain(r, 0) == []
+    single = queue(r, settings, "B", 1, priority="interactive", at=1001.0)
+    got = d.pop("tiny", want=0, limit=4, urgent=True)
+    assert [x[0] for x in got] == single  # B's job, though the queue is not empty; A's flood stays
+    assert r.zcard(fairshare.urgent_key("tiny")) == 0
+    assert r.zcard(fairshare.lane_key("tiny", "A")) == len(flood)
+
+    # A floods interactive work too: urgent dispatch takes A's job only when A is the fair pick.
+    a_hot = queue(r, settings, "A", 3, priority="interactive", at=1002.0)
+    b_bulk = queue(r, settings, "B", 3, priority="bulk", at=1002.0)
+    order = []
+    for _ in range(6):
+        got = d.pop("tiny", want=0, limit=1, urgent=True) or d.pop("tiny", want=10, limit=1)
+        order.append(got[0][0])
+    assert set(order) == set(a_hot + b_bulk)
+    # Equal weights: the two tenants alternate; A's interactive marks do not buy it B's turns.
+    tenants = [tenant_of(r, j) for j in order]
+    assert tenants.count("A") == tenants.count("B") == 3
+    assert all(a != b for a, b in zip(tenants, tenants[1:]))
+
+
+def test_interactive_jobs_get_calls_of_their_own_and_go_first():
+    from worker.runner import Live, group_by_shape
+
+    def live(i, priority):
+        return Live(msg=JobMessage(job_id=f"g{i}", request=RenderRequest(prompt="p", width=64, height=64, steps=2,
+                                                                        guidance_scale=5.0, priority=priority)),
+                    flags=None, claimed_at=0.0)
+
+    jobs = [live(0, "bulk"), live(1, "bulk"), live(2, "interactive"), live(3, None), live(4, "interactive")]
+    groups = [[x.msg.job_id for x in g] for g in group_by_shape(jobs, max_rows=4)]
+    assert groups == [["g2", "g4"], ["g0", "g1", "g3"]]
