@@ -523,3 +523,10 @@ def test_fail_open_setting_names_the_stage(fake, tmp_path):
     fake.always = Scripted(status=503)
     d = chain.check_prompt("a teapot")
     assert d.flagged and d.categories == (MODERATION_ERROR,)
+
+
+def test_an_output_image_during_an_outage_raises_for_the_retry_policy(fake, tmp_path):
+    chain = chain_for(tmp_path, policy_text(fake.moderations_url, extra="  on_output_images: true\n"))
+    fake.always = Scripted(status=503)
+    with pytest.raises(ModerationUnavailable):  # delivery re-queues the job (worker/batching.py)
+        chain.check_output_image(Image.new("RGB", (64, 64)))
