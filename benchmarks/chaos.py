@@ -128,7 +128,7 @@ class Slot:
 
 class Rig:
     def __init__(self, work: Path, *, bucket: str, visibility_s: int, seed: int,
-                 record_ttl_s: int = 7 * 24 * 3600) -> None:
+                 record_ttl_s: int = 7 * 24 * 3600, scheduler: str = "fair") -> None:
         from moto.server import ThreadedMotoServer
 
         from worker.tiny import build_tiny_pipeline
@@ -159,6 +159,7 @@ class Rig:
             "BATCHRENDER_BATCH_PUBLISH_GRACE_S": "20", "BATCHRENDER_RECORD_TTL_S": str(record_ttl_s),
             "BATCHRENDER_RETENTION_S": str(record_ttl_s),
             **fresh_keys_env(allow_dev_c2pa=True),  # keys every process of a shared Redis must share
+            "BATCHRENDER_SCHEDULER": scheduler,
         }
         if visibility_s > 3000:  # the outage scenario: default time limits
             for k in ("BATCHRENDER_SOFT_TIME_LIMIT_S", "BATCHRENDER_HARD_TIME_LIMIT_S"):
@@ -429,7 +430,7 @@ def run_main(args) -> dict:
     import redis
 
     work = Path(tempfile.mkdtemp(prefix="br-chaos-"))
-    rig = Rig(work, bucket="chaos-main", visibility_s=45, seed=args.seed)
+    rig = Rig(work, bucket="chaos-main", visibility_s=45, seed=args.seed, scheduler=args.scheduler)
     receiver = FlakyReceiver(p_fail=0.2, seed=args.seed)
     receiver.up()
     rig.proxy.p_503, rig.proxy.p_reset = 0.20, 0.04
@@ -506,7 +507,7 @@ def run_main(args) -> dict:
 
 def run_outage(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="br-chaos-outage-"))
-    rig = Rig(work, bucket="chaos-s3-outage", visibility_s=3600, seed=args.seed)
+    rig = Rig(work, bucket="chaos-s3-outage", visibility_s=3600, seed=args.seed, scheduler=args.scheduler)
     ledger = Ledger()
     try:
         for i in range(args.render_workers):
@@ -557,6 +558,8 @@ def main() -> None:
     ap.add_argument("--drain-limit-s", type=float, default=900.0)
     ap.add_argument("--c2pa-sample", type=int, default=40)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--scheduler", choices=["fair", "fifo"], default="fair",
+                    help="BATCHRENDER_SCHEDULER of every process (jobs/fairshare.py)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (worker logs)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
