@@ -39,7 +39,11 @@ class ImageGenerate(BaseModel):
     background: Literal["transparent", "opaque", "auto"] | None = None
     output_format: Literal["png", "jpeg", "webp"] | None = None
     output_compression: int | None = Field(None, ge=0, le=100)
-    moderation: Literal["auto", "low"] | None = None
+    moderation: Literal["auto", "low"] | None = Field(None, description=(
+        "'auto' (default): the content policy as written. 'low': borderline categories (those that block "
+        "with severity <= 6: sexual_explicit and graphic_violence in the default policy) flag instead of "
+        "blocking; minors, real-person sexual content, self-harm and hate never relax (safety/levels.py). "
+        "Accepted and validated; jobs do not carry the level yet, so it is not applied."))
     response_format: Literal["url", "b64_json"] | None = None
     user: str | None = Field(None, max_length=256)
     stream: Literal[False] | None = None

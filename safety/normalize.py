@@ -19,14 +19,21 @@ Scripts written without spaces (Han, kana, Hangul, Thai...): kana are folded to 
 also has a *compact* form with every space removed, in which such terms are matched as substrings
 (``safety.prompt_rules``).
 
-Not handled: two-letter doubling (``nuude``), words split into long halves (``chi ldren``),
-synonyms and euphemisms the policy does not list, meaning expressed without any listed word.
+Doubled letters (``nuude``, ``nakked``): a token with a doubled letter also reads with every
+doubled letter once, when that leaves 4+ letters. Romanised Japanese, Chinese and Korean: each view
+also has a *romanized* form folded to one spelling (``safety.romanize.fold``), matched only against
+romanised terms (``safety.structural``).
+
+Not handled: words split into long halves (``chi ldren``), synonyms and euphemisms the policy does
+not list, meaning expressed without any listed word.
 """
 from __future__ import annotations
 
 import re
 import unicodedata
 from dataclasses import dataclass
+
+from safety.romanize import fold
 
 # Lowercase lookalikes only: casefold runs first, so capital Cyrillic/Greek letters arrive here
 # lowercased. Sources: Unicode confusables.txt, restricted to letters that render like ASCII.
@@ -52,6 +59,8 @@ _LEET_CHARS = frozenset("013457 89@$€+!|") - {" "}
 
 _WORD = re.compile(r"[^\W_]+")
 _RUN3 = re.compile(r"([^\W\d_])\1{2,}")
+_DOUBLE = re.compile(r"([a-z])\1")
+_LATIN = re.compile(r"[a-z]")
 
 #: Visible separators people put between letters or words to split a term. Format characters
 #: (category Cf) and combining enclosures (Me) are separators too; see ``_is_separator``.
@@ -143,6 +152,9 @@ class NormalizedText:
     #: Each view with every space removed, for terms of scripts written without spaces; empty
     #: when the prompt has no such letters.
     compact: tuple[str, ...] = ()
+    #: Each view's Latin letters folded to one canonical romanisation (``safety.romanize.fold``),
+    #: for romanised Japanese, Chinese and Korean terms only; empty when there are no Latin letters.
+    romanized: tuple[str, ...] = ()
 
 
 def _view(chunks: list[str], extra: set[str], runs: set[str], remove: re.Pattern[str] | None) -> str:
@@ -199,12 +211,23 @@ def normalize(text: str, remove: re.Pattern[str] | None = None,
     for tok in list(extra):
         if _RUN3.search(tok):
             tokens.add(_RUN3.sub(r"\1", tok))
+    for tok in list(tokens):
+        # "nuude", "nakked", "sexxy": a doubled letter read once. Only results of 4+ letters, so
+        # short words ("nuss" -> "nus") keep their meaning.
+        if _DOUBLE.search(tok):
+            single = _DOUBLE.sub(r"\1", tok)
+            if len(single) >= 4:
+                tokens.add(single)
     compact: tuple[str, ...] = ()
     if has_unspaced_script(views[0]) or (len(views) > 1 and any(map(has_unspaced_script, views[1:]))):
         compact = tuple(dict.fromkeys(v.replace(" ", "") for v in views))
         if exceptions is not None:
             compact = tuple(exceptions.sub("|", c) for c in compact)
-    return NormalizedText(views=tuple(views), tokens=frozenset(tokens), runs=tuple(sorted(runs)), compact=compact)
+    romanized: tuple[str, ...] = ()
+    if any(_LATIN.search(v) for v in views):
+        romanized = tuple(dict.fromkeys(f for v in views if (f := fold(v))))
+    return NormalizedText(views=tuple(views), tokens=frozenset(tokens), runs=tuple(sorted(runs)), compact=compact,
+                          romanized=romanized)
 
 
 def normalize_term(term: str) -> str:

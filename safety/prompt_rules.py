@@ -4,7 +4,9 @@ Everything is compiled once at construction: single-word terms become frozensets
 set intersection with the prompt's tokens), phrases and prefix terms one trie-shaped regex per
 term set (``safety.term_regex``), terms of unspaced scripts another, matched inside the
 prompt's compact views, and the policy's patterns one alternation. A prompt is normalised once (``safety.normalize``) and every
-signal is computed from that, so a check costs tens of microseconds.
+signal is computed from that; ``safety.structural`` adds the signals of classes that combine (ages and
+grades, romanised terms, words within a window of each other) and lowers flags a medical or art context
+explains. A check costs a few hundred microseconds at most.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from collections.abc import Iterable
 from safety.normalize import (NormalizedText, has_unspaced_script, normalize, normalize_compact, normalize_pattern,
                               normalize_term)
 from safety.policy import Category, Policy
+from safety.structural import ROMANIZED_SUFFIX, StructuralRules
 from safety.term_regex import ANY, PREFIX, WORD, compile_terms
 from safety.verdict import Action, Verdict
 
@@ -80,7 +83,7 @@ class TermMatcher:
 
 def _with_stems(tokens: frozenset[str]) -> frozenset[str]:
     """Add naive singulars so a term "kid" also matches "kids" and "kid's" -> "kids"."""
-    stems = {t[:-1] for t in tokens if len(t) > 3 and t.endswith("s")}
+    stems = {t[:-1] for t in tokens if len(t) > 3 and t.endswith("s") and not t.endswith("ss")}  # not "nuss" -> "nus"
     stems |= {t[:-2] for t in tokens if len(t) > 4 and t.endswith("es")}
     return tokens | stems
 
@@ -96,7 +99,15 @@ class PromptRules:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self._sets = {name: TermMatcher(s.terms, s.patterns) for name, s in policy.term_sets.items()}
+        # A term set raises a signal here only when something reads it: a combination, the
+        # negative-prompt mapping or a lowering context. Sets that only feed the structural rules
+        # (``protected_group``, ``metaphor_link``...) and ``<signal>_romanized`` sets are matched
+        # there, by position or against romanised views.
+        used = {sig for c in policy.categories for combo in c.combinations for sig in combo}
+        used |= {*policy.negative_prompt, *policy.negative_prompt.values(), *StructuralRules.SIGNALS_READ}
+        self._sets = {name: TermMatcher(s.terms, s.patterns) for name, s in policy.term_sets.items()
+                      if name in used and not name.endswith(ROMANIZED_SUFFIX)}
+        self._structural = StructuralRules(policy.term_sets, used)
         self._cats: list[tuple[Category, TermMatcher]] = [
             (c, TermMatcher(c.terms, c.patterns)) for c in policy.categories
         ]
@@ -120,6 +131,7 @@ class PromptRules:
     def _signals(self, text: NormalizedText, tokens: frozenset[str], negative_prompt: str | None,
                  real_person_context: bool) -> set[str]:
         found = {name for name, m in self._sets.items() if m.matches(text, tokens)}
+        found |= self._structural.signals(text, found)
         if self._names and self._names.matches(text, tokens):
             found.add("$protected_name")
         if real_person_context:
@@ -155,4 +167,5 @@ class PromptRules:
                     rule = "combination:" + "+".join(combo)
             if rule:
                 out.append(Verdict(STAGE, cat.id, 1.0, cat.action, self.policy.version, cat.severity, rule))
+        out = StructuralRules.lower(out, signals, self.policy.version, STAGE)
         return out or [Verdict(STAGE, "none", 0.0, Action.ALLOW, self.policy.version)]
