@@ -42,14 +42,17 @@ def demo(count: int, out: str, timeout: float) -> None:
 
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    overrides = {} if os.environ.get("BATCHRENDER_STORAGE_URL") else {"storage_url": out_dir.as_uri()}
+    # --out is this host's directory, written by the worker the demo starts here: shared by both.
+    overrides = {} if os.environ.get("BATCHRENDER_STORAGE_URL") else {"storage_url": out_dir.as_uri(),
+                                                                      "storage_shared": True}
     settings = Settings.from_env(**overrides)
     embedded = not settings.redis_url
     url = redis_url_for(settings, start=True)
     click.echo(f"broker: {'embedded private redis-server at ' + url if embedded else redact_url(url)}", err=True)
     click.echo(f"storage: {settings.resolved_storage_url}", err=True)
 
-    env = {**os.environ, **({"BATCHRENDER_STORAGE_URL": settings.resolved_storage_url} if overrides else {})}
+    env = {**os.environ, **({"BATCHRENDER_STORAGE_URL": settings.resolved_storage_url,
+                             "BATCHRENDER_STORAGE_SHARED": "true"} if overrides else {})}
     log_path = out_dir / "worker.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

@@ -66,8 +66,9 @@ REFILL_IDLE_S = 0.02
 #: "idle between calls" figure), summed over workers.
 STATS_GAP_KEY = f"{KEY_PREFIX}stats:between_calls_s"
 STATS_GAPS_KEY = f"{KEY_PREFIX}stats:between_calls"
-#: While a call renders, a session looks for interactive jobs in the lanes this often.
-URGENT_POLL_S = 0.05
+#: While a call renders, a session looks once for interactive jobs in the lanes, this long before
+#: the call should end (time to take and check them before the next call starts).
+URGENT_LEAD_S = 0.03
 #: A session asks Redis whether another worker is idle at most this often.
 GIVE_WAY_EVERY_S = 0.25
 
@@ -368,10 +369,12 @@ class BatchSession:
         self.events = events or TaskEvents(app, None, False)
         self.refill = refill
         #: ``urgent(n)`` moves up to n interactive jobs that the fair order takes next into the
-        #: queue, however full it is (jobs.fairshare.Dispatcher.fill(urgent=True)); looked at every
-        #: ``URGENT_POLL_S`` while a call renders, so such a job renders in the very next call
-        #: instead of after the one gathered before it arrived.
+        #: queue, however full it is (jobs.fairshare.Dispatcher.fill(urgent=True)); asked once per
+        #: call, ``URGENT_LEAD_S`` before it should end, so such a job renders in the very next
+        #: call instead of after the one gathered before it arrived.
         self.urgent = urgent
+        #: Recent length of a pipeline call (EWMA, seconds): when to look for urgent work.
+        self._call_s = 0.0
         #: Whether another worker of the model is idle (no hoarding, see the module doc): by
         #: default asked of the job store's Redis; None (no store: tests) never gives way.
         if give_way is None:
@@ -404,6 +407,7 @@ class BatchSession:
                 return self.runner.render_group(group, progress)
             finally:
                 last_end[:] = [time.perf_counter()]
+                self._call_s = 0.7 * self._call_s + 0.3 * (last_end[0] - began) if self._call_s else last_end[0] - began
 
         try:
             with ThreadPoolExecutor(self.threads, thread_name_prefix="postprocess") as pool:
@@ -434,12 +438,18 @@ class BatchSession:
                         need -= len(more)
                         if not more or call.done():
                             break
+                    # One look for interactive work per call, just before the call should end
+                    # (by the recent calls' length): late enough to see what arrived meanwhile, and
+                    # no polling thread competing with the render thread for the GIL.
+                    look_at = (time.monotonic() + max(0.0, self._call_s - URGENT_LEAD_S)
+                               if self.urgent is not None else None)
                     while not call.done():
                         # Settle finished deliveries (acks, events) while the call runs.
-                        wait([call] + ([pending[0][0]] if pending else []),
-                             timeout=URGENT_POLL_S if self.urgent else 0.5, return_when=FIRST_COMPLETED)
+                        timeout = 0.5 if look_at is None else min(0.5, max(0.0, look_at - time.monotonic()))
+                        wait([call] + ([pending[0][0]] if pending else []), timeout=timeout, return_when=FIRST_COMPLETED)
                         self._reap(pending, outcomes, block=False)
-                        if self.urgent is not None and not call.done():
+                        if look_at is not None and time.monotonic() >= look_at and not call.done():
+                            look_at = None
                             self._take_urgent(gatherer, by_id, outcomes, waiting, give_way)
                         if any(not by_id[x.msg.job_id].is_leader for x in waiting) and give_way():
                             # Jobs held for a later call while another worker idles: theirs now.

@@ -101,14 +101,15 @@ def group_by_shape(live: list[Live], max_rows: int = 0) -> list[list[Live]]:
     """Jobs that can share one pipeline call, in arrival order, packed to at most ``max_rows``
     images per group (a job with more images than that gets a group of its own).
 
-    Interactive jobs (``priority: interactive``) come first and share calls only with each
-    other: a call padded out with bulk rows would take as long as a full one, and the person
-    waiting would wait for all of it (docs/scheduling.md)."""
-    by_shape: dict[tuple[bool, CallShape], list[Live]] = {}
-    for x in live:
-        by_shape.setdefault((x.msg.request.priority != "interactive", shape_of(x.msg)), []).append(x)
+    Interactive jobs (``priority: interactive``) go first: into the first call of their shape, and
+    a shape holding one goes before the others. They are not rendered alone: a call is padded to
+    its full row count (worker/render.py), so a call of one job takes as long as a full one."""
+    hot = [x for x in live if x.msg.request.priority == "interactive"]
+    by_shape: dict[CallShape, list[Live]] = {}
+    for x in hot + [x for x in live if x.msg.request.priority != "interactive"]:
+        by_shape.setdefault(shape_of(x.msg), []).append(x)
     out: list[list[Live]] = []
-    for _, jobs in sorted(by_shape.items(), key=lambda kv: kv[0][0]):  # stable: arrival order within a tier
+    for jobs in by_shape.values():
         group: list[Live] = []
         rows = 0
         for x in jobs:
