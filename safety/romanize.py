@@ -9,8 +9,9 @@ spaces between its syllables (``juuni-sai``, ``juunisai`` and ``juni sai`` read 
 
 Two sources of romanised terms:
 
-* Kana and Hangul terms of the policy are romanised here mechanically (``kana_to_romaji``,
-  ``hangul_to_rr``), so every such term also matches when typed in Latin letters.
+* Kana, Hangul and Cyrillic terms of the policy are romanised here mechanically
+  (``kana_to_romaji``, ``hangul_to_rr``, ``cyrillic_to_latin``), so every such term also matches
+  when typed in Latin letters (``golenkaya``).
 * Han terms have no reading without a dictionary: their romanisations are listed in the policy
   under term sets named ``<signal>_romanized`` (pinyin, romaji of kanji words).
 
@@ -149,6 +150,21 @@ def syllable_regex(folded: str) -> str:
     return r"\b" + r"\s*".join(re.escape(p) for p in syllables(folded)) + r"\b"
 
 
+# -- Cyrillic -> Latin (the informal transliterations people type) --------------------------------
+_CYR_A = {"а": "a", "б": "b", "в": "v", "г": "g", "д": "d", "е": "e", "ё": "yo", "ж": "zh", "з": "z", "и": "i",
+          "й": "y", "к": "k", "л": "l", "м": "m", "н": "n", "о": "o", "п": "p", "р": "r", "с": "s", "т": "t",
+          "у": "u", "ф": "f", "х": "kh", "ц": "ts", "ч": "ch", "ш": "sh", "щ": "shch", "ъ": "", "ы": "y", "ь": "",
+          "э": "e", "ю": "yu", "я": "ya"}
+_CYR_B = {**_CYR_A, "ё": "e", "й": "j", "х": "h", "ц": "c", "щ": "sch", "ы": "i", "ю": "ju", "я": "ja"}
+
+
+def cyrillic_to_latin(text: str) -> list[str]:
+    """Two common transliterations of Cyrillic (``голенькая`` -> ``golenkaya``, ``golenkaja``)."""
+    t = text.lower()
+    return list(dict.fromkeys("".join(table.get(ch, ch) for ch in t) for table in (_CYR_A, _CYR_B)))
+
+
+_CYRILLIC = re.compile("[\u0400-\u04ff]")
 _HANGUL = re.compile("[\uac00-\ud7a3]")
 _KANA_RE = re.compile("[\u3041-\u309f\u30a0-\u30ff\uff66-\uff9f]")
 _HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -170,4 +186,8 @@ def romanizations(term: str) -> list[str]:
         if re.search(r"[^\u3041-\u309f\u30a0-\u30ff\uff66-\uff9f\s]", t):
             return []
         return [fold(kana_to_romaji(t))]
+    if _CYRILLIC.search(t):
+        if re.search(r"[^\u0400-\u04ff\s]", t):
+            return []
+        return list(dict.fromkeys(fold(x) for x in cyrillic_to_latin(t)))
     return []

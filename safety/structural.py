@@ -45,6 +45,9 @@ ROMANIZED_SIGNALS = frozenset({"minor", "nudity", "undress", "sexual", "explicit
 MIN_GENERATED_ROMANIZATION = 5
 
 
+_CYRILLIC = re.compile("[\u0400-\u04ff]")
+
+
 # -- ages and school grades --------------------------------------------------------------------
 def _alt(words: Iterable[str]) -> str:
     return "(?:" + "|".join(sorted(set(words), key=len, reverse=True)) + ")"
@@ -283,6 +286,9 @@ class Near:
     cjk_window: int
     link: str | None = None
     max_gap: int = 2
+    #: ``a`` must come first, and every word between ``a`` and ``b`` must be one of these
+    #: (in spaced views; compact views only use the window).
+    fillers: frozenset[str] | None = None
 
 
 #: The windowed rules. Inputs are term-set names of the policy; a rule whose inputs are missing
@@ -295,8 +301,15 @@ NEAR_RULES = (
     Near("dehumanizing_pair", "protected_group", "dehumanizing_noun", window=6, cjk_window=16),
     # cuts or scars where self-harm leaves them
     Near("selfharm_wound", "wound_site", "wound_mark", window=4, cjk_window=8),
-    # "without any clothes on", "sin nada de ropa", "ohne jegliche Kleidung"
-    Near("nudity", "clothing_absence", "clothing_all", window=3, cjk_window=6),
+    # "without any clothes on", "sin nada de ropa", "ohne jegliche Kleidung": the absence word first,
+    # then only determiners before the garment ("no text, clothes rack" is not nudity)
+    Near("nudity", "clothing_absence", "clothing_all", window=3, cjk_window=6, fillers=frozenset(
+        normalize_term(w) for w in
+        "a an any her his their my your the single one piece of de la el los las ningún ninguna nada "
+        "le les des ses sa son aucun aucune die der den ihre seine jegliche jeglicher jegliches irgendwelche "
+        "o os as uma um nenhuma nenhum il lo i gli alcun alcuna alcuno nessun nessuna niente di "
+        "всякой всякого никакой никакого какой либо своей своего su sus mi tu seu sua seus suas suo suoi sue "
+        "sein seine seinen ihr ihren mon ma mes".split())),
 )
 #: Derived signals of boolean rules (``_attack_depiction``).
 ATTACK_DEPICTION = "attack_depiction"
@@ -337,21 +350,27 @@ class StructuralRules:
         self._compact_age = re.compile("|".join(f"(?:{p})" for p in _compact_age_patterns()))
         self._roman_age = re.compile("|".join(f"(?:{p})" for p in _romanized_age_patterns()))
         # romanised terms: generated from kana/Hangul terms, plus <signal>_romanized sets
-        forms: dict[str, set[str]] = {}
+        forms: dict[str, set[tuple[tuple[str, ...], str]]] = {}
         for name, ts in term_sets.items():
             terms = getattr(ts, "terms", ())
             if name.endswith(ROMANIZED_SUFFIX):
                 base = name[: -len(ROMANIZED_SUFFIX)]
-                forms.setdefault(base, set()).update(f for t in terms if (f := fold(t.rstrip("*"))))
+                forms.setdefault(base, set()).update((tuple(syllables(f)), WORD) for t in terms
+                                                     if (f := fold(t.rstrip("*"))))
                 continue
             if name not in used or name not in ROMANIZED_SIGNALS:
                 continue
             for t in terms:
+                cyrillic = _CYRILLIC.search(t) is not None
                 for f in romanizations(t.rstrip("*")):
                     if len(f.replace(" ", "")) >= MIN_GENERATED_ROMANIZATION:
-                        forms.setdefault(name, set()).add(f)
-        # one trie per signal; spaces are optional between the letters of a romanised term
-        self._romanized = {sig: compile_terms((syllables(f), WORD) for f in sorted(fs))
+                        # a prefix term ("обнажен*") keeps matching any ending when romanised;
+                        # a transliterated Russian word is typed whole ("pen is" is not "penis")
+                        words = tuple(f.split()) if cyrillic else tuple(syllables(f))
+                        forms.setdefault(name, set()).add((words, PREFIX if t.endswith("*") else WORD))
+        # one trie per signal; spaces are optional between the letters of a romanised kana, Hangul
+        # or pinyin term (``chodeung haksaeng``, ``luo ti``)
+        self._romanized = {sig: compile_terms((list(w), end) for w, end in sorted(fs))
                            for sig, fs in forms.items() if fs}
         needed = {n for r in NEAR_RULES for n in (r.a, r.b, r.link) if n}
         needed |= {"real_attack", "attack_event", "victim_body", "victims_word", "photoreal", "memorial_context"}
@@ -413,6 +432,11 @@ class StructuralRules:
                         continue
                     first, second = (x, y) if x[0] <= y[0] else (y, x)
                     if second[0] - first[1] - 1 > rule.window:
+                        continue
+                    if rule.fillers is not None:
+                        if first is x and x[1] < y[0] and all(
+                                t in rule.fillers for t in view.split()[x[1] + 1:y[0]]):
+                            return True
                         continue
                     if link is None:
                         return True

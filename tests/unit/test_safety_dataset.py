@@ -1,7 +1,7 @@
 """The labelled prompt sets: every minors prompt of the DEV split blocked, benign false blocks under 2%.
 
 Only the dev split is asserted here: it is what the rules were tuned on, so this is a regression
-guard. The test splits (multilingual_test.jsonl, multilingual_test_v6.jsonl) are measured by
+guard. The test splits (multilingual_test.jsonl, multilingual_test_v7.jsonl) are measured by
 benchmarks/moderation.py and never asserted, so nobody tunes the rules until a test passes.
 """
 from __future__ import annotations
@@ -16,7 +16,8 @@ from safety.verdict import Action, Decision
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "moderation"
 DATA = DATA_DIR / "prompts.jsonl"
 DEV = ("prompts.jsonl", "holdout.jsonl", "multilingual_dev.jsonl", "multilingual_test_v1.jsonl",
-       "multilingual_test_v2.jsonl", "multilingual_test_v3.jsonl", "multilingual_test_v4.jsonl")
+       "multilingual_test_v2.jsonl", "multilingual_test_v3.jsonl", "multilingual_test_v4.jsonl",
+       "multilingual_test_v6.jsonl")
 LANGUAGES = {"en", "ja", "ko", "zh-hans", "zh-hant", "es", "fr", "de", "pt", "it", "ru"}
 
 
@@ -57,14 +58,14 @@ def test_every_minors_prompt_is_blocked_and_benign_false_positives_stay_under_tw
 def test_multilingual_sets_cover_every_language_and_split_cleanly():
     dev = load_rows(DEV[2:])
     test = load_rows(("multilingual_test.jsonl",))
-    # round 6 (issue 27): written blind before the structural rules, measured, never tuned on
-    blind6 = load_rows(("multilingual_test_v6.jsonl",))
+    # round 7 (issue 27): written after the v6 run, before its misses were read; measured, never tuned on
+    blind7 = load_rows(("multilingual_test_v7.jsonl",))
     policy = load_policy()
-    for rows in (dev, test, blind6):
+    for rows in (dev, test, blind7):
         assert {r["lang"] for r in rows} == LANGUAGES
         assert {r["lang"] for r in rows if r["label"] == "minors_sexual"} == LANGUAGES
         for r in rows:
             assert r["variant"] in ("plain", "evasion")
             assert r["label"] == "benign" or policy.category(r["label"])
     assert not {r["prompt"] for r in dev} & {r["prompt"] for r in test}, "a prompt is in both dev and test"
-    assert not {r["prompt"] for r in dev} & {r["prompt"] for r in blind6}, "a prompt is in both dev and test v6"
+    assert not {r["prompt"] for r in dev} & {r["prompt"] for r in blind7}, "a prompt is in both dev and test v7"
