@@ -3,7 +3,7 @@
 # Linux wheel is the CUDA build (several GB of nvidia packages, on amd64 and arm64 alike).
 #   docker build --build-arg TORCH=cuda .          PyPI's build, for NVIDIA GPUs (CUDA 13)
 #   docker build --build-arg TORCH_INDEX=URL .     torch from that index: a mirror of the CPU index, or
-#                                                  another CUDA build, e.g. https://download.pytorch.org/whl/cu126
+#                                                  another CUDA build, https://download.pytorch.org/whl/cuXYZ
 # Everything else comes from PyPI at the versions in constraints.txt.
 FROM python:3.11-slim-bookworm
 ARG TORCH=cpu
@@ -18,7 +18,7 @@ COPY safety safety
 COPY storage storage
 COPY provenance provenance
 COPY webhooks webhooks
-# The tested versions (constraints.txt; its torch==X matches X+cpu and X+cu126 too). torch first and
+# The tested versions (constraints.txt; its torch==X matches X+cpu and X+cuXYZ too). torch first and
 # alone (--no-deps), so that nothing but torch comes from TORCH_INDEX; its dependencies come next.
 RUN set -e; \
     torch="torch==$(sed -n 's/^torch==//p' constraints.txt)"; \

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Which torch build: cpu (default) or cuda. On Linux PyPI's torch wheel is the CUDA build (several
 # GB of nvidia packages, x86_64 and aarch64 alike); the CPU build is on PyTorch's own index, used for
 # torch alone when it answers. macOS wheels on PyPI are CPU builds already. TORCH_INDEX=URL takes
-# torch from that index instead (a mirror of the CPU index, or e.g. .../whl/cu126 for CUDA 12.6).
+# torch from that index instead (a mirror of the CPU index, or another CUDA build: .../whl/cuXYZ).
 TORCH ?= cpu
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=

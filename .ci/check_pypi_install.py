@@ -48,8 +48,8 @@ TARGETS: dict[str, tuple[list[str], dict, str, str]] = {
     "linux-aarch64": (manylinux(28, "aarch64"), LINUX_ARM, MAKE_EXTRAS, "make install on Linux aarch64, glibc >= 2.28"),
     "macos-arm64": (["macosx_14_0_arm64"], MACOS_ARM, MAKE_EXTRAS, "make install on macOS 14+, Apple silicon"),
     # The Dockerfile's base, python:3.11-slim-bookworm: glibc 2.36; amd64, and arm64 (Apple silicon hosts).
-    "docker-amd64": (manylinux(36, "x86_64"), LINUX_X86, DOCKER_EXTRAS, "the Dockerfile on linux/amd64"),
-    "docker-arm64": (manylinux(36, "aarch64"), LINUX_ARM, DOCKER_EXTRAS, "the Dockerfile on linux/arm64"),
+    "docker-amd64": (manylinux(36, "x86_64"), LINUX_X86, DOCKER_EXTRAS, "the Dockerfile on linux/amd64, as TORCH=cuda"),
+    "docker-arm64": (manylinux(36, "aarch64"), LINUX_ARM, DOCKER_EXTRAS, "the Dockerfile on linux/arm64, as TORCH=cuda"),
 }
 # pip's --platform/--python-version choose wheels, but pip evaluates dependency markers
 # (`; platform_system == "Linux"`) for the machine it runs on. pip with the target's markers:
@@ -61,7 +61,7 @@ PIP_WITH_MARKERS = (
     "from pip._internal.cli.main import main\n"
     "sys.exit(main(sys.argv[1:]))\n")
 LINUX_TARGETS = ("linux-x86_64", "linux-aarch64", "docker-amd64", "docker-arm64")
-CUDA_NAME = re.compile(r"^(nvidia-|cuda-|triton$)", re.I)
+CUDA_NAME = re.compile(r"^(nvidia-|cuda-)", re.I)  # as make install and the Dockerfile count them
 
 
 def pypi_only_env(cache_dir: str) -> dict[str, str]:
@@ -103,7 +103,7 @@ def resolve(venv: Path, env: dict, target: str, python: str, constraints: Path, 
     """A dry run of the install for one platform; (ok, summary or pip's error)."""
     report = out / f"{target}-py{python}.json"
     cmd, env = pip_for(venv, env, target, python)
-    cmd += ["--report", str(report), "-c", str(constraints), f"{ROOT}[{TARGETS[target][2]}]"]
+    cmd += ["--report", str(report), "-c", str(constraints), f"{out / 'project'}[{TARGETS[target][2]}]"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=out)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if "fast-deps" not in ln and ln.strip()]
@@ -118,16 +118,18 @@ def resolve(venv: Path, env: dict, target: str, python: str, constraints: Path, 
                   + (f" (the CUDA build: {len(cuda)} nvidia/CUDA packages)" if cuda else " (no CUDA packages)"))
 
 
-def cpu_index_torch(venv: Path, env: dict, target: str, python: str, torch: str, out: Path) -> tuple[bool, str]:
+def cpu_index_torch(venv: Path, env: dict, target: str, python: str, torch: str, out: Path,
+                    index: str = TORCH_CPU_INDEX) -> tuple[bool, str]:
     """What `make install` (Linux) and the Dockerfile take by default: torch alone from the CPU index."""
     report = out / f"{target}-py{python}-cpu-index.json"
     cmd, env = pip_for(venv, env, target, python)
-    cmd += ["--report", str(report), "--no-deps", "--index-url", TORCH_CPU_INDEX, f"torch=={torch}"]
+    cmd += ["--report", str(report), "--no-deps", "--index-url", index, f"torch=={torch}"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=out)
     if proc.returncode != 0:
         return False, "\n    ".join(proc.stderr.strip().splitlines()[-4:])
     meta = json.loads(report.read_text())["install"][0]["metadata"]
-    cuda = [r for r in meta.get("requires_dist") or [] if CUDA_NAME.match(r) and "extra ==" not in r]
+    cuda = [r for r in meta.get("requires_dist") or []
+            if (CUDA_NAME.match(r) or r.lower().startswith("triton")) and "extra ==" not in r]
     if cuda:
         return False, f"torch {meta['version']} from the CPU index requires {cuda}"
     return True, f"torch {meta['version']} from the CPU index needs no CUDA package"
@@ -146,6 +148,7 @@ def main() -> int:
     ap.add_argument("--target", action="append", choices=sorted(TARGETS), help="default: all")
     ap.add_argument("--python", action="append", help="Python version(s) to resolve for (default: 3.11)")
     ap.add_argument("--constraints", type=Path, default=ROOT / "constraints.txt")
+    ap.add_argument("--torch-cpu-index", default=TORCH_CPU_INDEX, help="a mirror of PyTorch's CPU index")
     args = ap.parse_args()
     targets, pythons = args.target or list(TARGETS), args.python or ["3.11"]
     constraints = args.constraints.resolve()
@@ -163,6 +166,10 @@ def main() -> int:
         out = Path(tmp)
         env = pypi_only_env(str(out / "cache"))
         # A fresh venv with a current pip from PyPI, as `make install` has (pip install --upgrade pip).
+        # The project's metadata from a copy of pyproject.toml: building it in the checkout would write
+        # batchrender.egg-info there, beside a `make install` that CI runs at the same time.
+        (out / "project").mkdir()
+        (out / "project" / "pyproject.toml").write_bytes((ROOT / "pyproject.toml").read_bytes())
         venv = out / "venv"
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         pip = venv / "bin" / "pip"
@@ -181,16 +188,17 @@ def main() -> int:
             print(f"{'ok  ' if ok else 'FAIL'} {target} py{py} ({TARGETS[target][3]}): {text}")
 
         linux = [(t, py) for (t, py) in jobs if t in LINUX_TARGETS]
-        if linux and reachable(f"{TORCH_CPU_INDEX}/torch/"):
+        if linux and reachable(f"{args.torch_cpu_index}/torch/"):
             torch = pinned(constraints, "torch")
             with ThreadPoolExecutor(max_workers=len(linux)) as pool:
-                cpu = list(pool.map(lambda j: cpu_index_torch(venv, env, j[0], j[1], torch, out), linux))
+                cpu = list(pool.map(lambda j: cpu_index_torch(venv, env, j[0], j[1], torch, out,
+                                                              args.torch_cpu_index), linux))
             for (target, py), (ok, text) in zip(linux, cpu):
                 failed += not ok
                 print(f"{'ok  ' if ok else 'FAIL'} {target} py{py} CPU default: {text}")
         elif linux:
-            print(f"skip CPU-index check: {TORCH_CPU_INDEX} does not answer from here "
-                  "(make install then takes PyPI's build and says so)")
+            print(f"skip CPU-index check: {args.torch_cpu_index} does not answer from here "
+                  "(make install then takes PyPI's build and says so; the Dockerfile stops, naming the fix)")
     return 1 if failed else 0
 
 
