@@ -57,7 +57,7 @@ demo: $(STAMP)
 	$(BIN)/batchrender demo
 	@echo; echo "Next: batchrender is in $(BIN), not on your PATH. In this directory:"; \
 	echo "  source $(BIN)/activate        # or prefix each command with $(BIN)/"; \
-	echo "  batchrender worker &               # renders the tiny model; starts the embedded redis-server again"; \
+	echo "  batchrender worker &               # renders the tiny model (starts the embedded redis-server if it is down)"; \
 	echo "  batchrender submit \"a ceramic mug on a walnut table\" --wait"; \
 	echo "  kill %1; batchrender embedded stop # when done"
 
