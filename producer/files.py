@@ -12,6 +12,7 @@ from typing import Any
 
 from jobs.errors import InvalidRequest, JobNotFound
 from jobs.names import KEY_PREFIX
+from jobs.text import refuse_surrogates
 
 PURPOSES = ("batch", "batch_output", "campaign")
 
@@ -58,6 +59,9 @@ class Files:
                                  errors=[{"field": "purpose", "message": "use 'batch' or 'campaign'"}])
         rec = FileRecord(file_id or "file-" + secrets.token_hex(12), tenant, filename[:255] or "upload.jsonl", purpose,
                          len(data), time.time())
+        if purpose != "batch_output" and rec.content_type == "application/jsonl":
+            # Refused at upload, naming line and field, rather than when a batch reads it.
+            refuse_surrogates(data, jsonl=True, what="file")
         self.client.storage.put(rec.storage_key, data, content_type=rec.content_type,
                                 metadata={"tenant": tenant, "kind": "file"})
         with self.r.pipeline() as p:

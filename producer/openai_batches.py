@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from jobs.errors import InvalidRequest, PermanentError
 from jobs.names import batch_key
 from jobs.schemas import invalid_from
+from jobs.text import refuse_surrogates
 from producer.files import Files
 from producer.openai_compat import ImageGenerate, images_response, render_request
 from producer.submit import reserve_capacity
@@ -59,7 +60,11 @@ def create(client, tenant: str, raw: bytes) -> tuple[dict[str, Any], list[dict[s
         raise InvalidRequest(f"input_file_id: {body.input_file_id!r} was uploaded with purpose 'campaign'; a batch "
                              "reads a file uploaded with purpose 'batch'",
                              errors=[{"field": "input_file_id", "message": "purpose is 'campaign', not 'batch'"}])
-    lines = files.content(source).decode("utf-8", "replace").splitlines()
+    text = files.content(source).decode("utf-8", "replace")
+    # A lone surrogate ("\ud800") in any line refuses the whole batch, naming line and field,
+    # before anything is created: it could be neither stored nor echoed in the error file.
+    refuse_surrogates(text, jsonl=True, what=f"input_file_id {body.input_file_id}")
+    lines = text.splitlines()
     limit = client.settings.max_batch_jobs
     if len([x for x in lines if x.strip()]) > limit:
         raise InvalidRequest(f"input_file_id: the file holds more than {limit} requests (BATCHRENDER_MAX_BATCH_JOBS)",

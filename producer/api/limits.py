@@ -7,12 +7,17 @@ import re
 import secrets
 from itertools import accumulate
 
+from starlette.requests import Request
+
+from jobs.text import surrogate_problem
 from producer.api.errors import error_response
 
 #: Seconds a client has to send its whole body; a slow sender is cut off with 408.
 BODY_TIMEOUT_S = 30.0
 #: JSON bodies (and JSONL lines) nested deeper than this are refused before any parser sees them.
 MAX_JSON_DEPTH = 32
+#: Bodies read line by line (batches): a problem is named by its line.
+JSONL_TYPES = (b"application/jsonl", b"application/x-ndjson", b"application/x-jsonlines", b"text/plain")
 _STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in _DEPTH_STEP)
@@ -88,6 +93,15 @@ class BodyLimit:
                 response = error_response(422, "invalid_request", f"the JSON body is nested deeper than "
                                           f"{MAX_JSON_DEPTH} levels", errors=[{"field": "body", "message":
                                                                                 f"nesting over {MAX_JSON_DEPTH}"}])
+                return await response(scope, receive, send)
+            # Lone surrogates ("\ud800"): refused here for every JSON route, naming the line
+            # (JSONL) and the field, before a route creates anything (jobs/text.py).
+            base = ctype.split(b";")[0].strip().lower()
+            problem = surrogate_problem(body, jsonl=base in JSONL_TYPES)
+            if problem is not None:
+                where = f"line {problem['line']}: " if "line" in problem else ""
+                response = error_response(422, "invalid_request", f"invalid request: {where}{problem['message']}",
+                                          request=Request(scope), errors=[problem])
                 return await response(scope, receive, send)
 
         async def replay():
