@@ -50,6 +50,9 @@ RENDER_GAP = Counter("batchrender_render_gap_seconds",
 PIPELINE_CALLS = Counter("batchrender_pipeline_calls", "Pipeline calls made by render processes.")
 PIPELINE_ROWS = Counter("batchrender_pipeline_rows", "Rows rendered by pipeline calls: kind=image (a job's image) or "
                         "padding (a throw-away row that keeps the call at its fixed size).", ["kind"])
+MESSAGES_DROPPED = Counter("batchrender_render_messages_dropped", "Render messages a worker refused (forged, "
+                           "or replayed: the job was deleted, the message expired or belongs to another record), "
+                           "by reason.", ["reason"])
 WEBHOOK_DELIVERIES = Counter("batchrender_webhook_deliveries", "Webhook delivery attempts by outcome.", ["outcome"])
 MODERATION_DECISIONS = Counter("batchrender_moderation_decisions",
                                "Moderation decisions (prompts, reference images, outputs) by action and category "

@@ -570,6 +570,11 @@ class JobMessage(BaseModel):
     references_given: int = Field(0, ge=0, le=MAX_REFERENCES)
     #: A refinement (producer/refine.py): the parent job and image, the turn, the chain's root.
     lineage: Lineage | None = None
+    #: Unix time after which no worker acts on this message (``message_ttl_s`` after submission),
+    #: and the job record's nonce: both signed, binding the message to the job's life
+    #: (jobs/signing.py). None only in messages signed before they existed.
+    expires_at: float | None = None
+    nonce: str | None = Field(None, max_length=64)
     #: HMAC of everything else, by a producer or worker of this deployment (jobs/signing.py).
     signature: str | None = Field(None, max_length=128)
     #: The reference image's (and mask's) bytes between validation and upload (never serialized).

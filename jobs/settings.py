@@ -82,6 +82,10 @@ class Settings(BaseModel):
     #: A job fails as ``message_unverifiable`` once this many of its render messages were dropped
     #: because they, and its stored message, were signed with another key (jobs/signing.py).
     unverifiable_message_limit: int = Field(default=3, ge=1, le=1000)
+    #: A render message is signed with an expiry this long after submission (jobs/signing.py): a
+    #: worker drops a message past it (a job still queued then fails as ``message_expired``), and
+    #: a deleted job's tombstone outlives it, so a captured message cannot bring the job back.
+    message_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
     #: CPU seconds an untrusted reference image may take to decode (in a child process).
     image_decode_cpu_s: float = Field(default=1.0, gt=0, le=60)
 
@@ -312,6 +316,9 @@ class Settings(BaseModel):
         if self.record_ttl_s < self.retention_s:
             raise ValueError(f"record_ttl_s ({self.record_ttl_s}) must be at least retention_s ({self.retention_s}), "
                              "or job records expire before prune can delete their outputs")
+        if self.message_ttl_s > self.record_ttl_s:
+            raise ValueError(f"message_ttl_s ({self.message_ttl_s}) must be at most record_ttl_s ({self.record_ttl_s}): "
+                             "a deleted job's tombstone lasts record_ttl_s and must outlive its messages")
         for name in ("public_base_url", "s3_public_endpoint_url"):
             value = getattr(self, name)
             if value is not None and not value.startswith(("http://", "https://")):

@@ -14,6 +14,17 @@ for processes sharing one home (the embedded broker). With ``BATCHRENDER_REDIS_U
 processes may be on several hosts, whose key files would differ: then the key must be set
 (``require_shared_keys``). It is never kept in Redis; jobs/fleet.py publishes a fingerprint of it.
 
+**A signed message is bound to its job's life.** The producer signs an expiry
+(``expires_at``, ``BATCHRENDER_MESSAGE_TTL_S`` after submission) and a nonce that is also kept in
+the job's record. A worker drops a message that verifies but is stale: its job was deleted (the
+tombstone outlives every message of the job: ``JobStore.delete``), its expiry has passed (a job
+still queued or running then fails as ``message_expired``), or its nonce is not the record's.
+Without this, a message captured from the broker and published again after ``DELETE`` would
+rebuild the deleted job's record and render it again. A message signed before these fields
+existed (none of them set) still verifies, but cannot rebuild a record that is gone. Every drop
+is logged, counted (``batchrender_render_messages_dropped{reason}``) and tallied in Redis
+(``br:stats:messages_dropped``).
+
 A message that does not verify is dropped. When the job's own stored message (the copy the
 producer wrote with its record, which the sweep re-sends) does not verify either, this worker's
 key is not the producer's: ``CheckedMessages`` counts it per job, and after
@@ -30,11 +41,13 @@ import os
 import secrets
 import logging
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from jobs.errors import ConfigurationError, PermanentError
-from jobs.names import KEY_PREFIX, job_key
+from jobs.metrics import MESSAGES_DROPPED
+from jobs.names import KEY_PREFIX, deleted_key, job_key
 from jobs.schemas import JobMessage
 from jobs.settings import Settings
 
@@ -44,12 +57,33 @@ KEY_FILE = Path("keys") / "message.key"
 UNVERIFIED_PREFIX = f"{KEY_PREFIX}unverified:"
 #: Shortest message-signing key accepted (bytes).
 MIN_KEY_BYTES = 16
+#: Render messages workers dropped, by reason (a hash: reason -> count).
+DROPPED_KEY = f"{KEY_PREFIX}stats:messages_dropped"
+#: Fields a message signed before they existed lacks: left out of the MAC when unset.
+_LATER_FIELDS = ("expires_at", "nonce")
 
 
 class ForgedMessage(PermanentError):
     """A render message without a valid signature: not made by this deployment, or altered."""
 
     code = "forged_message"
+
+
+class StaleMessage(ForgedMessage):
+    """A genuine render message that no longer belongs to a live job: deleted, expired, or made
+    for another record of the id. Dropped like a forged one; ``reason`` says which."""
+
+    code = "stale_message"
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class MessageExpired(PermanentError):
+    """A job whose render message expired before a worker could finish it (``message_ttl_s``)."""
+
+    code = "message_expired"
 
 
 class MessageUnverifiable(ForgedMessage):
@@ -121,7 +155,9 @@ class Signer:
         return cls(message_key(settings))
 
     def _mac(self, msg: JobMessage) -> str:
-        body = json.dumps(msg.model_dump(mode="json", exclude={"signature"}), sort_keys=True, separators=(",", ":"))
+        unset = {name for name in _LATER_FIELDS if getattr(msg, name) is None}
+        body = json.dumps(msg.model_dump(mode="json", exclude={"signature", *unset}), sort_keys=True,
+                          separators=(",", ":"))
         return hmac.new(self._key, body.encode(), hashlib.sha256).hexdigest()
 
     def sign(self, msg: JobMessage) -> JobMessage:
@@ -158,9 +194,12 @@ class CheckedMessages:
         return self.signer.sign(msg)
 
     def verify(self, msg: JobMessage) -> JobMessage:
+        """``msg`` when it is this deployment's and still belongs to a live job; ``ForgedMessage``
+        (``StaleMessage`` for a replayed one) otherwise, counted."""
         try:
-            return self.signer.verify(msg)
+            self.signer.verify(msg)
         except ForgedMessage as e:
+            self._dropped("forged")
             try:
                 ended = self._count(msg)
             except Exception:  # noqa: BLE001 - Redis away: the message is dropped; its next copy counts
@@ -169,6 +208,44 @@ class CheckedMessages:
             if ended is not None:
                 raise ended from e
             raise
+        try:
+            self._check_life(msg)
+        except StaleMessage as e:
+            self._dropped(e.reason)
+            raise
+        return msg
+
+    def _check_life(self, msg: JobMessage) -> None:
+        """``StaleMessage`` unless the job of ``msg`` is alive and the message is its own (the
+        module doc). A job still queued or running whose message expired is failed first."""
+        r = self.store.r
+        with r.pipeline(transaction=False) as p:
+            p.exists(deleted_key(msg.job_id))
+            p.hmget(job_key(msg.job_id), "status", "nonce", "message")
+            deleted, (status, nonce, raw) = p.execute()
+        if deleted:
+            raise StaleMessage(f"render message for {msg.job_id}: the job was deleted; a replayed message "
+                               "does not bring it back", "deleted")
+        if status is not None and nonce and msg.nonce != nonce:
+            raise StaleMessage(f"render message for {msg.job_id} does not belong to the job's record (its nonce "
+                               "differs): a message of an earlier record of this id, replayed", "nonce")
+        if msg.expires_at is not None and time.time() > msg.expires_at:
+            if status in ("queued", "running") and raw:
+                stored = JobMessage.model_validate_json(raw)
+                self.fail(stored, MessageExpired(
+                    f"the job's render message expired at {msg.expires_at:.0f} (BATCHRENDER_MESSAGE_TTL_S after "
+                    "submission) before a worker finished it; submit it again"))
+            raise StaleMessage(f"render message for {msg.job_id} expired at {msg.expires_at:.0f}", "expired")
+        if status is None and msg.expires_at is None:
+            raise StaleMessage(f"render message for {msg.job_id} has no expiry (signed before messages carried "
+                               "one) and its job's record is gone: it cannot bring the job back", "no_expiry")
+
+    def _dropped(self, reason: str) -> None:
+        MESSAGES_DROPPED.labels(reason).inc()
+        try:
+            self.store.r.hincrby(DROPPED_KEY, reason, 1)
+        except Exception:  # noqa: BLE001 - a tally only: Redis away does not stop the drop
+            log.debug("could not tally a dropped message", exc_info=True)
 
     def _count(self, msg: JobMessage) -> MessageUnverifiable | None:
         """Count a drop when the job's stored message fails too; at the limit, fail the job."""

@@ -245,6 +245,8 @@ class JobStore:
             "model": msg.request.model, "request": msg.request.model_dump_json(),
             "batch_id": msg.batch_id or "", "tenant": msg.tenant or "",
             "custom_id": msg.request.custom_id or "", "attempts": "0",
+            # the signed nonce of its messages: a worker drops a message with another (jobs/signing.py)
+            **({"nonce": msg.nonce} if msg.nonce else {}),
             # the whole queue payload, so a lost message can be published again (worker/sweep.py)
             "message": msg.model_dump_json(),
             **({"lineage": msg.lineage.model_dump_json()} if msg.lineage else {}),
@@ -506,12 +508,16 @@ class JobStore:
 
         With ``tombstone`` a later read of the id says ``deleted`` (for the retention time)
         instead of "not found". Outputs and provenance entries are the caller's (``Client.delete``).
+        The tombstone also makes workers drop the job's messages (jobs/signing.py), so it lasts at
+        least until its signed message expires, and is written then even without ``tombstone``.
         """
         try:
             rec = self.get(job_id)
         except JobNotFound:
             self.r.zrem(ALL_JOBS_KEY, job_id)
             return None
+        expires_at = self._message_expiry(job_id)
+        message_left = int(expires_at - time.time()) + 60 if expires_at is not None else 0
         member = index_member(rec.created_at, job_id)
         with self.r.pipeline(transaction=True) as p:
             p.delete(job_key(job_id), cancel_key(job_id))
@@ -523,10 +529,20 @@ class JobStore:
             p.zrem(UNPUBLISHED_KEY, job_id)
             if rec.tenant and not rec.status.terminal:
                 p.hincrby(tenant_key(rec.tenant), "active", -1)
-            if tombstone:
-                p.set(deleted_key(job_id), rec.tenant or "-", ex=self.ttl_s)
+            if tombstone or message_left > 0:
+                p.set(deleted_key(job_id), rec.tenant or "-",
+                      ex=max(self.ttl_s if tombstone else 0, message_left))
             p.execute()
         return rec
+
+    def _message_expiry(self, job_id: str) -> float | None:
+        """The signed expiry of the job's stored message; None without one (or when unreadable:
+        then the tombstone's own lifetime, ``ttl_s``, is all there is)."""
+        raw = self.r.hget(job_key(job_id), "message")
+        try:
+            return JobMessage.model_validate_json(raw).expires_at if raw else None
+        except ValueError:
+            return None
 
     def url_signing_key(self) -> bytes:
         """The deployment's key for signed output links, made on first use and shared by every

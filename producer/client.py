@@ -4,6 +4,7 @@ It sends tasks by name (``jobs.names``) and never imports worker code or torch.
 """
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 import uuid
@@ -116,7 +117,12 @@ class Client:
         if resolved.priority is None:
             resolved = resolved.model_copy(update={"priority": priority})
         job_id = job_id or new_id("job")
-        msg = self._with_references(JobMessage(job_id=job_id, batch_id=batch_id, tenant=tenant, request=resolved),
+        # Signed expiry and nonce: the message is good for this record of the job only, and only
+        # for message_ttl_s (jobs/signing.py: a replay after DELETE does not bring the job back).
+        now = time.time()
+        msg = self._with_references(JobMessage(job_id=job_id, batch_id=batch_id, tenant=tenant, request=resolved,
+                                               submitted_at=now, expires_at=now + self.settings.message_ttl_s,
+                                               nonce=secrets.token_hex(12)),
                                     spec, tenant)
         resolved = msg.request
         if resolved.image is None:
