@@ -242,6 +242,17 @@ class Settings(BaseModel):
     # -- worker --------------------------------------------------------------------------------
     #: ``cuda``, ``cpu``, or unset for cuda-when-present.
     device: str | None = None
+    #: Connections the API serves at once (uvicorn's ``limit_concurrency``: 503 over it).
+    api_max_connections: int = Field(default=1000, ge=1)
+    #: Connections one client address (an IPv6 /64) may hold open at once; more are answered 429
+    #: and closed (producer/api/connections.py). 0: no cap (behind a proxy that has its own).
+    api_max_connections_per_client: int = Field(default=100, ge=0)
+    #: Seconds a response may wait on a client that does not read (its send buffer full) before
+    #: the connection is dropped.
+    api_write_timeout_s: float = Field(default=30.0, gt=0)
+    #: Seconds ``/readyz`` reuses its last report: at most one check (and one worker inspect) runs
+    #: at a time, in a thread of its own, however many probes ask.
+    api_readiness_ttl_s: float = Field(default=5.0, ge=0, le=300)
     max_batch: int = 0  # 0: chosen from the device's memory
     #: Gathering a call: wait for more jobs while they keep arriving (no arrival for this long, or
     #: 2.5 x the recent gap between a burst's arrivals, ends it), but never longer than batch_max_wait_ms.

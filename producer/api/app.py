@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None, *, client=None) -> FastAPI:
     """The API app. ``client`` (a ``producer.client.Client``) defaults to one built from ``settings``."""
     from jobs.metrics import queue_registry
     from producer.client import Client
+    from producer.health import Readiness, readiness
     from producer.submit import Idempotency
     from producer.tenants import Tenants
 
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None, *, client=None) -> FastAPI:
     app.state.services = services
     app.state.client = client
     app.state.metrics = queue_registry(client.store.r, client.registry)  # /metrics: queue depth
+    app.state.readiness = Readiness(lambda: readiness(client), settings.api_readiness_ttl_s)  # /readyz
     app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes, timeout_s=settings.api_body_timeout_s)
     app.add_middleware(RequestId)
     errors.install(app)

@@ -84,7 +84,7 @@ def test_readyz_names_what_is_missing_until_workers_serve_every_queue(br_env, se
 
     from producer.api import create_app
 
-    api = TestClient(create_app(settings_for(br_env)))
+    api = TestClient(create_app(settings_for(br_env, api_readiness_ttl_s=0)))  # no report reused: cold, then warm
     assert api.get("/healthz").status_code == 200
     cold = api.get("/readyz")
     assert cold.status_code == 503, cold.text

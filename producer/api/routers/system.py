@@ -1,7 +1,8 @@
 """``/healthz``: alive (200 while the API can reach Redis). ``/readyz``: ready to take work:
 Redis, storage (write, read, delete), and a worker on every registered model's queue and on the
-webhook queue; 503 naming what is missing. ``/metrics``: Prometheus text (jobs/metrics.py); with
-``BATCHRENDER_METRICS_TOKEN`` set it wants ``Authorization: Bearer <token>``."""
+webhook queue; 503 naming what is missing (one check at a time, its report reused for a few
+seconds). ``/metrics``: Prometheus text (jobs/metrics.py); with ``BATCHRENDER_METRICS_TOKEN`` set
+it wants ``Authorization: Bearer <token>``."""
 from __future__ import annotations
 
 import hmac
@@ -24,11 +25,11 @@ def healthz(svc: ServicesDep) -> dict[str, Any]:
 
 
 @router.get("/readyz")
-def readyz(svc: ServicesDep) -> JSONResponse:
-    from producer.health import readiness
-
-    report = readiness(svc.client)
-    return JSONResponse(report, status_code=200 if report["ready"] else 503)
+async def readyz(request: Request) -> JSONResponse:
+    # Async and without dependencies: a crowd of probes holds no thread; one check runs at a time
+    # and its report is reused for BATCHRENDER_API_READINESS_TTL_S (producer/health.py).
+    report = await request.app.state.readiness.report()
+    return JSONResponse(report, status_code=200 if report["ready"] else 503, headers={"Cache-Control": "no-store"})
 
 
 @router.get("/metrics")
