@@ -88,6 +88,10 @@ class Settings(BaseModel):
     message_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
     #: CPU seconds an untrusted reference image may take to decode (in a child process).
     image_decode_cpu_s: float = Field(default=1.0, gt=0, le=60)
+    #: What decoding all the images of one request may cost (an OpenAI edit: up to 16 images and a
+    #: mask): CPU seconds, and pixels counted from their headers before anything is decoded.
+    image_decode_request_cpu_s: float = Field(default=4.0, gt=0, le=600)
+    image_decode_request_pixels: int = Field(default=4 * 2048 * 2048, gt=0)
 
     # -- queue ---------------------------------------------------------------------------------
     soft_time_limit_s: int = 600

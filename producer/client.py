@@ -23,6 +23,7 @@ from jobs.status import JobStatus
 from jobs.store import JobRecord, JobStore
 from jobs.names import job_key, mask_key, reference_key
 from producer.inputs import input_key, load_reference
+from safety.decode import request_budget
 
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
 
@@ -112,6 +113,12 @@ class Client:
         """Validate and resolve a request into the message a worker will run (raises InvalidRequest).
         ``priority``: the job's priority when the request does not name one."""
         req = request if isinstance(request, RenderRequest) else RenderRequest.parse(request)
+        # The images of one request (image, mask, references) share one decode budget.
+        with request_budget(self.settings.image_decode_request_pixels, self.settings.image_decode_request_cpu_s):
+            return self._prepare(req, batch_id, tenant, job_id, priority)
+
+    def _prepare(self, req: RenderRequest, batch_id: str | None, tenant: str | None, job_id: str | None,
+                 priority: str) -> JobMessage:
         spec = self.registry.get(req.model)
         resolved = resolve(req, spec, self.settings)
         if resolved.priority is None:

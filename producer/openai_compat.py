@@ -131,11 +131,49 @@ def openai_mask(client, data: bytes) -> bytes:
 
 
 def edit_request(client, body: ImageEdit, images: list[bytes], mask: bytes | None) -> RenderRequest:
-    """An image-to-image (or, with a mask, inpainting) request from an OpenAI edit."""
+    """An image-to-image (or, with a mask, inpainting) request from an OpenAI edit.
+
+    Every image and the mask are decoded under one budget for the whole request
+    (``safety.decode.request_budget``: the caller may have opened it already, so the job's own
+    checks draw on it too); their pixels are added up from the headers first, so a request over
+    it is refused before anything is decoded."""
+    from safety.decode import request_budget
+
     if not images:
         raise _invalid("image", "upload at least one image")
     if len(images) > 16:
         raise _invalid("image", f"{len(images)} images; at most 16")
+    s = client.settings
+    with request_budget(s.image_decode_request_pixels, s.image_decode_request_cpu_s):
+        _check_total_pixels(s, images, mask)
+        return _edit_request(client, body, images, mask)
+
+
+def _check_total_pixels(settings, images: list[bytes], mask: bytes | None) -> None:
+    """Refuse an edit whose images (and mask) hold more pixels than one request may decode,
+    from their headers alone; unreadable headers are left to the stage that decodes them."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    total = 0
+    for data in [*images, *([mask] if mask is not None else [])]:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                width, height = Image.open(io.BytesIO(data)).size
+        except Exception:  # noqa: BLE001 - judged (and named) where it is decoded
+            continue
+        total += width * height
+    limit = settings.image_decode_request_pixels
+    if total > limit:
+        what = f"{len(images)} image{'s' if len(images) > 1 else ''}{' and a mask' if mask is not None else ''}"
+        raise _invalid("image", f"decode_budget: the {what} hold {total} pixels in all; one request may decode at "
+                       f"most {limit} (BATCHRENDER_IMAGE_DECODE_REQUEST_PIXELS): send fewer or smaller images")
+
+
+def _edit_request(client, body: ImageEdit, images: list[bytes], mask: bytes | None) -> RenderRequest:
     base = render_request(client, body)
     fields = base.model_dump(exclude_none=True)
     if body.size in (None, "auto"):
@@ -146,7 +184,9 @@ def edit_request(client, body: ImageEdit, images: list[bytes], mask: bytes | Non
     for n, extra in enumerate(images[1:], 2):
         check = client.moderation.check_input_image(extra, actor="openai-edit")
         if check.decision.blocked:
-            raise _invalid("image", f"image {n} was refused ({check.decision.message})")
+            # The rule says what was wrong with it (too many pixels, the decode budget, ...).
+            rule = next((v.rule for v in check.decision.verdicts if v.action.value == "block"), "")
+            raise _invalid("image", f"image {n} was refused ({rule or check.decision.message})")
     fields.update(image=data_uri(images[0], "image"), strength=body.strength or (0.99 if mask else 0.75))
     if mask is not None:
         fields["mask"] = data_uri(openai_mask(client, mask), "mask")

@@ -1,14 +1,26 @@
 """Decode one untrusted image in a throwaway process (run by ``safety.decode``, never imported).
 
-stdin: the image bytes. argv: max_pixels, then the allowed formats. stdout: ``W H\\n`` then the
-raw RGB bytes. Exit 3 with the reason on stderr when the image is refused. The parent sets the
+stdin: the image bytes. argv: max_pixels, then the allowed formats. stdout: ``W H CPU\\n`` (CPU:
+the seconds this process used) then the raw RGB bytes. Exit 3 with the reason on stderr (then
+``\\n#cpu=`` and the seconds) when the image is refused. The parent sets the
 CPU-time and memory limits before this starts: a decode that exceeds them is killed.
 """
 import io
+import resource
 import sys
 import warnings
 
 from PIL import Image, UnidentifiedImageError
+
+
+def cpu_s() -> float:
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return used.ru_utime + used.ru_stime
+
+
+def refuse(reason: str) -> int:
+    sys.stderr.write(f"{reason}\n#cpu={cpu_s():.4f}")
+    return 3
 
 
 def main() -> int:
@@ -20,21 +32,17 @@ def main() -> int:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=formats)
             if img.size[0] * img.size[1] > max_pixels:
-                sys.stderr.write(f"too_many_pixels:{img.size[0]}x{img.size[1]}>{max_pixels}")
-                return 3
+                return refuse(f"too_many_pixels:{img.size[0]}x{img.size[1]}>{max_pixels}")
             img.load()
             rgb = img.convert(mode)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        sys.stderr.write("decompression_bomb")
-        return 3
+        return refuse("decompression_bomb")
     except UnidentifiedImageError:
-        sys.stderr.write(f"format_not_allowed:expected {'/'.join(formats)}")
-        return 3
+        return refuse(f"format_not_allowed:expected {'/'.join(formats)}")
     except (OSError, ValueError, SyntaxError, EOFError):
-        sys.stderr.write("corrupt_image")
-        return 3
+        return refuse("corrupt_image")
     out = sys.stdout.buffer
-    out.write(f"{rgb.width} {rgb.height}\n".encode())
+    out.write(f"{rgb.width} {rgb.height} {cpu_s():.4f}\n".encode())
     out.write(rgb.tobytes())
     out.flush()
     return 0

@@ -2,9 +2,10 @@
 
 Order matters: byte size, then the format and pixel count from the header alone (PIL opens
 lazily), and only then the full decode, in a child process under a CPU and memory budget
-(``safety.decode``). A decompression bomb (a small file that claims a huge canvas) is refused
-before a single row is decoded; a scan bomb (a small file that takes minutes to decode) when it
-has used its CPU budget. The accepted image is returned already
+(``safety.decode``), within what the request has left of its own budget (the images of one
+request share one: ``safety.decode.request_budget``). A decompression bomb (a small file that
+claims a huge canvas) is refused before a single row is decoded; a scan bomb (a small file that
+takes minutes to decode) when it has used its CPU budget. The accepted image is returned already
 decoded so the worker does not parse the bytes a second time.
 
 A face in the image is a *signal*, not a verdict: it turns on the stricter real-person prompt
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from safety.decode import decode_bounded
+from safety.decode import current_budget, decode_bounded
 from safety.faces import FaceDetector
 from safety.verdict import INVALID_IMAGE, Action, Verdict
 
@@ -70,6 +71,10 @@ class InputImageStage:
                 width, height = img.size  # header only: nothing is decoded yet
                 if width * height > self.max_pixels:
                     return self._refuse(f"too_many_pixels:{width}x{height}>{self.max_pixels}")
+                budget = current_budget()  # the images of one request share a budget (safety/decode.py)
+                over = budget.charge_pixels(data, width * height) if budget is not None else None
+                if over:
+                    return self._refuse(over)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             return self._refuse("decompression_bomb")
         except UnidentifiedImageError:

@@ -13,6 +13,7 @@ from producer.api.deps import Services, ServicesDep, Tenant, request_base, wait_
 from producer.openai_compat import (ImageEdit, ImageGenerate, edit_request, images_response, model_object, models_list,
                                     render_request)
 from producer.submit import submit_job
+from safety.decode import request_budget
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"])
 _EDIT_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -60,8 +61,10 @@ async def images_edit(request: Request, svc: ServicesDep, tenant: Tenant,
         body = ImageEdit.model_validate(fields)
     except ValidationError as e:
         raise invalid_from(e) from None
-    req = await run_in_threadpool(edit_request, svc.client, body, images, mask)
-    return await _render(svc, request, tenant, req, body, idempotency_key)
+    # One decode budget for every image of the request: the edit's checks and the job's share it.
+    with request_budget(svc.settings.image_decode_request_pixels, svc.settings.image_decode_request_cpu_s):
+        req = await run_in_threadpool(edit_request, svc.client, body, images, mask)
+        return await _render(svc, request, tenant, req, body, idempotency_key)
 
 
 @router.get("/models")
