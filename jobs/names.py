@@ -55,6 +55,11 @@ def queued_key(model: str) -> str:
     return f"{KEY_PREFIX}queued:{model}"
 
 
+def running_key(model: str) -> str:
+    """Zset: the model's running jobs (job key -> when it was last claimed, Redis time)."""
+    return f"{KEY_PREFIX}running:{model}"
+
+
 # Listing indexes. Job and batch listings are lexicographic sorted sets (all scores 0) whose
 # members are "<created_at, fixed width>|<id>": one total order, newest last, so a cursor is a
 # member and pages never skip or repeat an entry however many share a timestamp.

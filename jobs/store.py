@@ -22,7 +22,7 @@ from jobs.errors import BrokerUnavailable, JobNotFound
 from jobs.metrics import job_finished, job_submitted
 from jobs.names import (ALL_BATCHES_KEY, ALL_JOBS_KEY, KEY_PREFIX, batch_index_key, batch_jobs_key, batch_key,
                         cancel_key, deleted_key, events_channel, idem_key, index_member, job_key, queued_key,
-                        tenant_batches_key, tenant_jobs_key, tenant_key)
+                        running_key, tenant_batches_key, tenant_jobs_key, tenant_key)
 from jobs.redisconn import REDIS_AWAY
 from jobs.schemas import JobMessage, JobResult, RenderRequest
 from jobs.status import TERMINAL, JobStatus
@@ -57,10 +57,12 @@ def translate_redis_errors(fn: F) -> F:
             raise BrokerUnavailable(redisconn.away_message(e, redisconn.client_of(fn, *args[:1]))) from e
     return wrapper  # type: ignore[return-value]
 
-# KEYS: job, batch (or ""), tenant (or ""), queued zset of the model.
+# KEYS: job, batch (or ""), tenant (or ""), queued zset of the model, running zset of the model.
 # ARGV: new status, allowed-from csv, ttl, then field/value pairs.
 # Returns {1, done_count_or_-1} on success, {0, current_status_or_false} when refused.
-_TRANSITION = """
+# The running zset holds each running job with the time of its last claim, on Redis's clock: the
+# job sweep (worker/sweep.py) reads it to find running jobs whose worker is gone.
+_TRANSITION = NOW_LUA + """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {0, false} end
 local ok = false
@@ -74,6 +76,11 @@ if ARGV[1] ~= 'queued' then
 elseif KEYS[4] ~= '' then
   -- back in the queue (a retry): back in the queued index, at its original place
   redis.call('ZADD', KEYS[4], tonumber(redis.call('HGET', KEYS[1], 'created_at') or '0'), KEYS[1])
+end
+if ARGV[1] == 'running' then
+  redis.call('ZADD', KEYS[5], now, KEYS[1])
+else
+  redis.call('ZREM', KEYS[5], KEYS[1])
 end
 local done = -1
 if terminal then
@@ -355,7 +362,7 @@ class JobStore:
         """Move ``job_id`` to ``to`` if its status is one of ``allowed_from``; atomic."""
         batch_id, tenant, model = self.r.hmget(job_key(job_id), "batch_id", "tenant", "model")
         keys = [job_key(job_id), batch_key(batch_id) if batch_id else "", tenant_key(tenant) if tenant else "",
-                queued_key(model or "")]
+                queued_key(model or ""), running_key(model or "")]
         argv: list[Any] = [to.value, ",".join(s.value for s in allowed_from), self.ttl_s]
         for k, v in fields.items():
             argv += [k, v if isinstance(v, str) else json.dumps(v)]
@@ -526,6 +533,7 @@ class JobStore:
                 p.zrem(batch_index_key(rec.batch_id), member)
             p.zrem(ALL_JOBS_KEY, job_id)
             p.zrem(queued_key(rec.model), job_key(job_id))
+            p.zrem(running_key(rec.model), job_key(job_id))
             p.zrem(UNPUBLISHED_KEY, job_id)
             if rec.tenant and not rec.status.terminal:
                 p.hincrby(tenant_key(rec.tenant), "active", -1)

@@ -4,6 +4,9 @@ point, once. Tests of what a crash at that exact point leaves behind run it with
 
     BR_TEST_CRASH_AT    after_terminal_transition   the job's record says it ended; no event sent
                         after_claim                 a worker took the job (attempts counted), then died
+                        before_unacked              a worker popped a redelivered render message off
+                                                    the queue and died before kombu recorded it as
+                                                    unacknowledged: the message is gone
     BR_TEST_CRASH_MARK  a file path: created when the crash happens, so it happens only once
     BR_TEST_CRASH_TIMES crash this many times (marks MARK, MARK.2, ...), one per worker; default 1
 """
@@ -56,3 +59,21 @@ if POINT == "after_claim":
         return outcome
 
     JobRunner.claim = claim
+
+
+if POINT == "before_unacked":
+    # kombu's Redis transport pops a message (BRPOP, or RPOP for basic_get) and records it in its
+    # unacked hash with a second command; a worker killed in between takes the message with it.
+    from kombu.transport import redis as kombu_redis
+
+    from jobs.names import RENDER_TASK
+
+    _append = kombu_redis.QoS.append
+
+    def append(self, message, delivery_tag):
+        headers = message.headers or {}
+        if headers.get("task") == RENDER_TASK and headers.get("redelivered") and _first_time():
+            os._exit(9)
+        return _append(self, message, delivery_tag)
+
+    kombu_redis.QoS.append = append

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from jobs import callstats
+from jobs import callstats, leases
 from jobs.callstats import worker_id
 from jobs.errors import BatchRenderError, InvalidRequest, PermanentError, TimeLimitExceeded, TransientError
 from jobs.logs import job_context
@@ -162,6 +162,9 @@ class JobRunner:
             store.transition(msg.job_id, JobStatus.CANCELED, [Q, R])
             self.ctx.events.emit("job.canceled", msg)
             return Outcome(msg.job_id, JobStatus.CANCELED, {"reason": "canceled before start"})
+        # The claim names this process; its lease says it is alive (jobs/leases.py): the job sweep
+        # re-sends a running job with no message only once that lease has expired.
+        leases.hold(store.r, worker_id())
         t = store.transition(msg.job_id, R, [Q, R], started_at=repr(time.time()), worker=worker_id())
         if not t.ok:
             # Redelivered after it ended: render nothing, but send its terminal events again (a
