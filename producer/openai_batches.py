@@ -141,11 +141,27 @@ def view(client, info: dict[str, Any], base: str | None = None) -> dict[str, Any
            "output_file_id": None, "error_file_id": None, "errors": None,
            "expires_at": int(info["created_at"]) + 24 * 3600}
     if not done:
-        return {**info, **out, "status": "cancelling" if cancel_requested else "in_progress"}
+        if cancel_requested:
+            return {**info, **out, "status": "cancelling"}
+        return {**info, **out, "status": "in_progress", **expected_completion(client, info["id"])}
     output_id, error_id, finished = finalize(client, info, oa, base)
     ended = "cancelled" if cancel_requested else "completed"
     return {**info, **out, "status": ended, "output_file_id": output_id, "error_file_id": error_id,
             "finalizing_at": int(finished), f"{ended}_at": int(finished)}
+
+
+def expected_completion(client, batch_id: str) -> dict[str, Any]:
+    """Extension fields of an in-progress batch (the SDK keeps fields it does not know):
+    ``expected_completion_at``, Unix seconds, when its last request should have finished (the
+    ETA of its job that renders last, as ``GET /v1/jobs/{id}`` gives it: jobs/batch_eta.py), or
+    null; ``eta_basis``, what that rests on or why there is none."""
+    from jobs.batch_eta import batch_eta, completion_at
+
+    try:
+        eta = batch_eta(client.store.r, client.settings, client.store.batch_job_ids(batch_id))
+    except Exception as e:  # noqa: BLE001 - Redis away: the rest of the batch still answers
+        return {"expected_completion_at": None, "eta_basis": f"unavailable: {type(e).__name__}"}
+    return {"expected_completion_at": completion_at(eta), "eta_basis": eta["eta_basis"]}
 
 
 def finalize(client, info: dict[str, Any], oa: dict[str, Any], base: str | None) -> tuple[str | None, str | None, float]:

@@ -242,3 +242,57 @@ def test_an_openai_batch_sends_a_signed_batch_completed_webhook(server, tenants,
     payload = Webhook(alice.webhook_secret).verify(event.body, event.headers)
     assert payload["type"] == "batch.completed" and payload["data"]["batch_id"] == batch.id
     assert payload["data"]["counts"]["succeeded"] == 2 and json.loads(event.body) == payload
+
+
+def test_an_openai_batch_in_progress_says_when_it_should_complete(br_env, settings_for, tenants, tmp_path):
+    """Issue 24: position and ETA on the OpenAI-compatible batch object too. No worker takes the
+    jobs here (they stay queued); the fleet's measured rate and a live worker are written the way a
+    worker writes them. The real SDK parses the object and keeps the extension fields."""
+    import json
+    import math
+    import time
+
+    import redis as redis_lib
+
+    from jobs import callstats, fairshare
+    from producer.api import create_app
+
+    alice = tenants.create("alice")
+    with ApiServer(create_app(settings_for(br_env, api_rate_per_s=1000, api_burst=1000))) as s:
+        client = openai.OpenAI(base_url=f"{s.url}/v1", api_key=alice.api_key)
+        path = tmp_path / "r.jsonl"
+        path.write_text("\n".join(_line(f"r{i}", {"model": "tiny", "prompt": f"a cup {i}", "size": "64x64"})
+                                  for i in range(6)))
+        batch = client.batches.create(input_file_id=client.files.create(file=path.open("rb"), purpose="batch").id,
+                                      endpoint="/v1/images/generations", completion_window="24h")
+        assert batch.status == "in_progress"
+        # Nothing measured yet: no estimate, and the object says why.
+        assert batch.expected_completion_at is None and "no call of tiny measured yet" in batch.eta_basis, batch
+
+        r = redis_lib.Redis.from_url(br_env["BATCHRENDER_REDIS_URL"], decode_responses=True)
+        try:  # one warm 4-row call of 64x64 measured, by a worker that beat just now
+            assert callstats.record_call(r, model="tiny", width=64, height=64, steps=2, rows=4, seconds=2.0,
+                                         cold=False, worker="gpu-host:1")
+        finally:
+            r.close()
+        time.sleep(fairshare.SNAPSHOT_TTL_S + 0.1)  # the API reads the lanes and rates afresh
+        got = client.batches.retrieve(batch.id)
+        assert got.status == "in_progress" and isinstance(got.expected_completion_at, int), got
+        assert got.expected_completion_at > got.created_at and "6 queued" in got.eta_basis, got
+        assert "1 live worker" in got.eta_basis, got.eta_basis
+        # The batch ends when its last job does: the latest of its jobs' own estimates.
+        headers = {"Authorization": f"Bearer {alice.api_key}"}
+        ids = [json.loads(x)["job_id"] for x in httpx.get(f"{s.url}/v1/batches/{batch.id}/results",
+                                                           headers=headers).text.splitlines()]
+        jobs = [httpx.get(f"{s.url}/v1/jobs/{j}", headers=headers).json() for j in ids]
+        assert all(j["status"] == "queued" for j in jobs)
+        latest = max(j["estimated_completion"] for j in jobs)
+        again = client.batches.retrieve(batch.id).expected_completion_at
+        assert math.ceil(latest) - 2 <= again <= math.ceil(latest) + 2, (latest, again)
+        raw = httpx.get(f"{s.url}/v1/batches/{batch.id}", headers=headers).json()
+        assert type(raw["expected_completion_at"]) is int
+
+        cancelled = client.batches.cancel(batch.id)
+        done = client.batches.retrieve(batch.id)
+        assert done.status == "cancelled" and getattr(done, "expected_completion_at", None) is None, done
+        assert cancelled.status in ("cancelling", "cancelled")
