@@ -645,11 +645,13 @@ def api(host: str, port: int) -> None:
 
     from producer.api import create_app
 
-    # Slow clients: headers must arrive within BATCHRENDER_API_HEADER_TIMEOUT_S (10 s,
-    # producer/api/slow_headers.py), a body within 30 s (producer/api/limits.py); idle keep-alive
-    # connections close after 5 s; at most 1,000 connections at once.
+    # Slow and greedy clients: headers must arrive within BATCHRENDER_API_HEADER_TIMEOUT_S (10 s,
+    # producer/api/slow_headers.py), a body within 30 s (producer/api/limits.py); a response the
+    # client stops reading is dropped after BATCHRENDER_API_WRITE_TIMEOUT_S; idle keep-alive
+    # connections close after 5 s; at most BATCHRENDER_API_MAX_CONNECTIONS at once, and
+    # _MAX_CONNECTIONS_PER_CLIENT from one address (producer/api/connections.py).
     from jobs.logs import configure_logging
-    from producer.api.slow_headers import header_timeout_protocol
+    from producer.api.connections import server_options
     from storage.shared_check import require_shared_storage
 
     settings = _settings()
@@ -665,8 +667,7 @@ def api(host: str, port: int) -> None:
     r, member = app.state.client.store.r, fleet.Member("api")
     fleet.enter(lambda: r, member, fleet.local_fingerprints(settings), refuse=False)
     # log_config=None: uvicorn's loggers propagate to the root logger and its format (text/json).
-    uvicorn.run(app, host=host, port=port, log_level="info", log_config=None,
-                timeout_keep_alive=5, limit_concurrency=1000, http=header_timeout_protocol(settings.api_header_timeout_s))
+    uvicorn.run(app, host=host, port=port, log_level="info", log_config=None, **server_options(settings))
     try:
         fleet.leave(r, member)
     except Exception:  # noqa: BLE001 - the entry ages out
