@@ -141,7 +141,8 @@ class Readiness:
         try:
             report = self._compute()
         except Exception as e:  # noqa: BLE001 - a check that cannot run is a finding, not a crash
-            report = {"ready": False, "checks": {"readiness": {"ok": False, "detail": f"{type(e).__name__}: {e}"[:300]}}}
+            failed = {"ok": False, "detail": f"{type(e).__name__}: {e}"[:300]}
+            report = {"ready": False, "checks": {"readiness": failed}}
         report = {**report, "checked_at": time.time()}
         with self._lock:
             self._report, self._made, self._running = report, time.monotonic(), None

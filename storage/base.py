@@ -4,7 +4,7 @@ from __future__ import annotations
 import abc
 import hashlib
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterator, Mapping
 
 from jobs.errors import UnsafeKey
 from storage.keys import check_key, quarantine_key
@@ -20,6 +20,10 @@ class StoredObject:
     size: int
     content_type: str = "application/octet-stream"
     metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+#: Bytes per chunk when an object is read as a stream (``Storage.stream``).
+CHUNK_BYTES = 64 * 1024
 
 
 def sha256_hex(data: bytes) -> str:
@@ -46,6 +50,13 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def get(self, key: str) -> bytes:
         """Read the object's bytes; KeyError when it does not exist."""
+
+    def stream(self, key: str, chunk_size: int = CHUNK_BYTES) -> tuple[int, Iterator[bytes]]:
+        """The object's size and its bytes in chunks of ``chunk_size``, for an answer that must not
+        hold a whole object per reader. KeyError (raised here, before any byte) when it does not
+        exist. This default reads it whole; backends that can read in parts override it."""
+        data = self.get(key)
+        return len(data), (data[i:i + chunk_size] for i in range(0, len(data), chunk_size))
 
     @abc.abstractmethod
     def head(self, key: str) -> dict[str, str]:

@@ -11,11 +11,11 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 from urllib.parse import unquote, urlparse
 
 from jobs.errors import ConfigurationError, StorageError
-from storage.base import Storage, StoredObject, sha256_hex
+from storage.base import CHUNK_BYTES, Storage, StoredObject, sha256_hex
 from storage.keys import check_key
 
 SIDECAR_SUFFIX = ".json"
@@ -80,6 +80,26 @@ class LocalStorage(Storage):
             raise KeyError(key) from None
         except OSError as e:
             raise StorageError(f"could not read {key!r}: {e}") from e
+
+    def stream(self, key: str, chunk_size: int = CHUNK_BYTES) -> tuple[int, Iterator[bytes]]:
+        path = self._path(key)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise KeyError(key) from None
+        except OSError as e:
+            raise StorageError(f"could not read {key!r}: {e}") from e
+
+        def chunks() -> Iterator[bytes]:
+            # Opened on the first chunk, so an answer that is never sent leaves no file open.
+            try:
+                with path.open("rb") as fh:
+                    while chunk := fh.read(chunk_size):
+                        yield chunk
+            except OSError as e:
+                raise StorageError(f"could not read {key!r}: {e}") from e
+
+        return size, chunks()
 
     def head(self, key: str) -> dict[str, str]:
         path = self._path(key)

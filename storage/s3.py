@@ -16,12 +16,12 @@ import hashlib
 import io
 import os
 import threading
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 from urllib.parse import urlparse
 
 from jobs.errors import ConfigurationError, StorageError
 from jobs.settings import Settings
-from storage.base import Storage, StoredObject
+from storage.base import CHUNK_BYTES, Storage, StoredObject
 from storage.keys import check_key
 
 T = TypeVar("T")
@@ -132,6 +132,23 @@ class S3Storage(Storage):
     def get(self, key: str) -> bytes:
         full = self._full(key)
         return self._call("get", key, lambda: self.client.get_object(Bucket=self.bucket, Key=full)["Body"].read())
+
+    def stream(self, key: str, chunk_size: int = CHUNK_BYTES) -> tuple[int, Iterator[bytes]]:
+        full = self._full(key)
+        answer = self._call("get", key, lambda: self.client.get_object(Bucket=self.bucket, Key=full))
+        body = answer["Body"]
+
+        def chunks() -> Iterator[bytes]:
+            from botocore.exceptions import BotoCoreError
+
+            try:
+                yield from body.iter_chunks(chunk_size)
+            except (BotoCoreError, OSError) as e:
+                raise StorageError(f"S3 get {key!r} failed while reading: {e}") from e
+            finally:
+                body.close()  # a reader dropped half-way gives its HTTP connection back
+
+        return int(answer["ContentLength"]), chunks()
 
     def head(self, key: str) -> dict[str, str]:
         full = self._full(key)

@@ -130,3 +130,15 @@ def test_permanently_failing_endpoint_raises_storage_error_after_max_attempts(s3
         assert proxy.requests == 3
         assert e.value.code == "storage_unavailable" and e.value.details["status"] == 503
         store.close()
+
+
+def test_stream_reads_the_object_in_chunks_and_missing_is_key_error(store):
+    data = os.urandom(300_000)
+    store.put("j/big.png", data, content_type="image/png")
+    size, chunks = store.stream("j/big.png", chunk_size=65536)
+    parts = list(chunks)
+    assert size == len(data) and b"".join(parts) == data and max(map(len, parts)) <= 65536 and len(parts) >= 5
+    _, unread = store.stream("j/big.png")
+    assert next(unread) and unread.close() is None  # dropped half-way: its connection is given back
+    with pytest.raises(KeyError):
+        store.stream("j/missing.png")

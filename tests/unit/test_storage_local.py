@@ -71,3 +71,14 @@ def test_default_storage_is_outputs_under_home(tmp_path):
 def test_unsupported_storage_url_names_the_allowed_forms(tmp_path, url):
     with pytest.raises(ConfigurationError, match="file:///absolute/path"):
         open_storage(Settings(home=tmp_path, storage_url=url))
+
+
+def test_stream_gives_the_size_then_the_bytes_in_chunks_and_key_error_up_front(store):
+    data = bytes(range(256)) * 1000  # 256,000 bytes: 4 chunks of 64 KiB
+    store.put("j/big.png", data, content_type="image/png")
+    size, chunks = store.stream("j/big.png")
+    parts = list(chunks)
+    assert size == len(data) and b"".join(parts) == data
+    assert [len(p) for p in parts] == [65536, 65536, 65536, 59392]
+    with pytest.raises(KeyError):
+        store.stream("j/missing.png")

@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from producer.api.deps import ServicesDep, Tenant
-from producer.files import Files
+from producer.files import FileNotFound, Files
 
 router = APIRouter(prefix="/v1/files", tags=["openai-compatible"])
 
@@ -33,9 +33,12 @@ def get_file(file_id: str, svc: ServicesDep, tenant: Tenant) -> dict:
             responses={200: {"content": {"application/jsonl": {"schema": {"type": "string"}},
                                          "text/csv": {"schema": {"type": "string"}}}}})
 def file_content(file_id: str, svc: ServicesDep, tenant: Tenant) -> Response:
-    files = Files(svc.client)
-    rec = files.get(tenant, file_id)
-    return Response(files.content(rec), media_type=rec.content_type)
+    rec = Files(svc.client).get(tenant, file_id)
+    try:  # in chunks, from local disk or S3: a slow reader holds one chunk, not the file
+        size, chunks = svc.client.storage.stream(rec.storage_key)
+    except KeyError:
+        raise FileNotFound(f"the content of file {rec.id} is gone") from None
+    return StreamingResponse(chunks, media_type=rec.content_type, headers={"Content-Length": str(size)})
 
 
 @router.delete("/{file_id}")

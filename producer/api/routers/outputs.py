@@ -1,11 +1,12 @@
-"""Images, thumbnails and renditions behind stable URLs: bytes from local storage, or a redirect to a
-freshly presigned S3 URL. A tenant's API key or a signed link (``?expires=&signature=``) admits."""
+"""Images, thumbnails and renditions behind stable URLs: bytes from local storage (streamed in
+chunks), or a redirect to a freshly presigned S3 URL. A tenant's API key or a signed link
+(``?expires=&signature=``) admits."""
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
 from jobs.errors import OutputNotFound
 from jobs.schemas import ImageResult
@@ -28,12 +29,15 @@ def _serve(svc: Services, key: str, etag: str, content_type: str, filename: str 
     if url is not None:
         return RedirectResponse(url, status_code=302, headers={"Cache-Control": "no-store"})
     try:
-        data = storage.get(key)
+        size, chunks = storage.stream(key)
     except KeyError:
         raise OutputNotFound(f"the stored file of this output is gone ({key})") from None
     if filename:
         headers["Content-Disposition"] = f'attachment; filename="{filename}"'
-    return Response(data, media_type=content_type, headers=headers)
+    # In chunks: a slow reader holds one chunk of the API's memory, not the file, and is dropped
+    # once it stops reading for BATCHRENDER_API_WRITE_TIMEOUT_S (producer/api/connections.py).
+    headers["Content-Length"] = str(size)
+    return StreamingResponse(chunks, media_type=content_type, headers=headers)
 
 
 def _image(svc: Services, who: str | None, job_id: str, index: int) -> ImageResult:
