@@ -104,7 +104,9 @@ def test_redelivered_finished_job_is_not_rendered_again(client, br_env, start_wo
     start_worker(br_env)
     job = client.submit({"prompt": "once only", "seed": 9})
     first = client.wait(job, timeout=60)
-    msg = client.prepare({"prompt": "once only", "seed": 9}, job_id=job)
+    # A redelivery carries the job's own message (the copy kept with its record): a message
+    # prepared again would carry another nonce and be dropped as not the record's (jobs/signing.py).
+    msg = client.store.message(job)
     res = client.app.send_task(RENDER_TASK, args=[msg.model_dump(mode="json")], queue=render_queue("tiny"))
     assert res.get(timeout=60)["status"] == "succeeded"
     again = client.status(job)
