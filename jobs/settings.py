@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_serializer, field_validator,
+                      model_validator)
 
 from jobs.errors import ConfigurationError
 
@@ -28,8 +29,16 @@ def default_home(environ: Mapping[str, str] | None = None) -> Path:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for logs, reprs and messages)."""
-    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
+    """``url`` with any password replaced by ``***`` (for logs, reprs and messages): the userinfo's
+    password, and query parameters that carry one (``redis://host/0?password=...``, ``?token=...``)."""
+    url = re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
+    return re.sub(r"([?&](?:password|passwd|pass|secret|token|key|access_token|api_key)=)[^&#;]*", r"\1***",
+                  url, flags=re.IGNORECASE)
+
+
+#: Settings that are URLs: they may carry a password, so dumps show them through ``redact_url``.
+URL_FIELDS = ("redis_url", "storage_url", "s3_endpoint_url", "s3_public_endpoint_url", "public_base_url",
+              "c2pa_tsa_url")
 
 
 class Settings(BaseModel):
@@ -300,6 +309,13 @@ class Settings(BaseModel):
         # SecretStr fields are masked by pydantic; URLs may carry a password (redis://:pw@host).
         return [(k, redact_url(v) if isinstance(v, str) and "://" in v else v)
                 for k, v in super().__repr_args__() if v not in (None, [], False)]
+
+    @field_serializer(*URL_FIELDS)
+    def _dump_url_redacted(self, v: str | None) -> str | None:
+        # model_dump()/model_dump_json() are for showing settings (doctor, logs, support bundles):
+        # a URL's password stays out, as SecretStr fields are masked. Code that connects reads the
+        # attribute itself, which keeps the real value.
+        return None if v is None else redact_url(str(v))
 
     @field_validator("home", mode="after")
     @classmethod

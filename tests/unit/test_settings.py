@@ -65,3 +65,29 @@ def test_a_bad_render_option_names_its_variable_and_what_is_allowed(name, value,
     with pytest.raises(ConfigurationError) as e:
         Settings.from_env({f"BATCHRENDER_{name}": value})
     assert f"BATCHRENDER_{name}" in str(e.value) and allowed in str(e.value)
+
+
+def test_secrets_never_appear_in_dumps_or_repr_and_the_real_values_stay_usable():
+    # issue 26: model_dump() carried the Redis password (redis_url is a plain str, a URL with a password).
+    s = Settings.from_env({
+        "BATCHRENDER_REDIS_URL": "redis://:hunter2@127.0.0.1:6379/3",
+        "BATCHRENDER_STORAGE_URL": "s3://bucket/prefix",
+        "BATCHRENDER_S3_ENDPOINT_URL": "http://minio:s3cret-pw@127.0.0.1:9000",
+        "BATCHRENDER_PUBLIC_BASE_URL": "https://render.example.com/?token=tok-abc",
+        "BATCHRENDER_C2PA_TSA_URL": "http://tsa:tsa-pw@tsa.example",
+        "BATCHRENDER_S3_SECRET_ACCESS_KEY": "sk-value", "BATCHRENDER_WEBHOOK_SECRET": "whsec_c2VjcmV0",
+        "BATCHRENDER_METRICS_TOKEN": "metrics-tok", "BATCHRENDER_SECRETS_KEY": "fernet-key",
+    })
+    secrets = ("hunter2", "s3cret-pw", "tok-abc", "tsa-pw", "sk-value", "c2VjcmV0", "metrics-tok", "fernet-key")
+    for shown in (repr(s), str(s), str(s.model_dump()), s.model_dump_json(), str(s.model_dump(mode="json"))):
+        leaked = [x for x in secrets if x in shown]
+        assert not leaked, f"{leaked} in {shown[:200]}..."
+    dumped = s.model_dump()
+    assert dumped["redis_url"] == "redis://:***@127.0.0.1:6379/3"
+    assert dumped["s3_endpoint_url"] == "http://minio:***@127.0.0.1:9000"
+    # the settings themselves keep the real values for what connects with them
+    assert s.redis_url == "redis://:hunter2@127.0.0.1:6379/3"
+    assert s.s3_endpoint_url == "http://minio:s3cret-pw@127.0.0.1:9000"
+    assert s.public_base_url == "https://render.example.com/?token=tok-abc"
+    assert s.webhook_secret.get_secret_value() == "whsec_c2VjcmV0"
+    assert s.model_copy(update={"max_steps": 7}).redis_url == s.redis_url
