@@ -102,6 +102,11 @@ def current_tenant(request: Request, svc: ServicesDep,
     tenant = svc.tenants.authenticate(credentials.credentials if credentials else None)
     if tenant is None:
         _take_token(svc, f"anon:{request.client.host if request.client else '-'}")
+        if credentials is not None and credentials.credentials:
+            # A key was sent: say it is the key, not its absence (unknown and disabled alike).
+            raise ApiError(401, "unauthorized", "this API key is not recognised: it is mistyped, revoked, its "
+                           "tenant is disabled, or it belongs to another deployment; keys come from "
+                           "'batchrender tenants create'", headers={"WWW-Authenticate": "Bearer"})
         raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <API key>'; keys come from "
                        "'batchrender tenants create'", headers={"WWW-Authenticate": "Bearer"})
     _take_token(svc, tenant)

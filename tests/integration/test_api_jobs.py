@@ -61,6 +61,21 @@ def test_request_without_a_valid_key_is_401(api, headers):
     assert r.json()["error"]["code"] == "unauthorized" and r.headers["www-authenticate"] == "Bearer"
 
 
+def test_a_key_that_is_not_recognised_is_told_so_not_asked_for_a_key(api, tenants):
+    """A sent key that matches no tenant (or a disabled one) is named as the problem; only a
+    request without a key is asked to send one."""
+    wrong = api.post("/v1/jobs", json={"prompt": "a cat"}, headers={"Authorization": "Bearer br_not-a-key"})
+    assert wrong.status_code == 401 and "not recognised" in wrong.json()["error"]["message"], wrong.text
+    assert "send 'Authorization" not in wrong.json()["error"]["message"]
+    bob = tenants.create("bob")
+    tenants.set_disabled(bob.tenant_id)
+    disabled = api.get("/v1/jobs", headers=auth(bob))
+    assert disabled.status_code == 401 and "not recognised" in disabled.json()["error"]["message"], disabled.text
+    for headers in ({}, {"Authorization": "Basic eDp5"}):
+        none = api.post("/v1/jobs", json={"prompt": "a cat"}, headers=headers)
+        assert none.status_code == 401 and "send 'Authorization: Bearer" in none.json()["error"]["message"]
+
+
 def test_revoked_key_is_401(api, tenants, alice):
     assert api.get("/v1/deliveries", headers=auth(alice)).status_code == 200
     tenants.revoke_key(alice.api_key)
