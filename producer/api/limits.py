@@ -23,6 +23,18 @@ _DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in _DEPTH_STEP)
 
 
+def media_type(ctype: bytes) -> bytes:
+    """``Content-Type``'s media type, without parameters, lower case (RFC 9110: case-insensitive)."""
+    return ctype.split(b";")[0].strip().lower()
+
+
+def read_as_json(base: bytes) -> bool:
+    """Whether some parser reads a body of media type ``base`` as JSON or JSONL: any ``json``
+    type (``application/json``, ``+json``, ``jsonl``, ``x-ndjson``), ``text/plain`` (JSONL), and
+    none at all (a campaign document without a type is read as JSON)."""
+    return not base or b"json" in base or base in JSONL_TYPES
+
+
 def json_depth(raw: bytes) -> int:
     """How deeply ``raw`` nests arrays and objects (strings skipped), at C speed: parsers recurse,
     so a body of 10,000 brackets must never reach one."""
@@ -86,8 +98,10 @@ class BodyLimit:
             if not message.get("more_body"):
                 break
 
-        ctype = dict(scope.get("headers") or []).get(b"content-type", b"")
-        if b"json" in ctype or ctype.startswith(b"text/plain"):
+        # Every Content-Type header counts: Starlette reads the first, a dict() the last.
+        types = [media_type(v) for k, v in scope.get("headers") or [] if k == b"content-type"] or [b""]
+        base = types[0]
+        if any(read_as_json(t) for t in types):
             body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
             if json_depth(body) > MAX_JSON_DEPTH:
                 response = error_response(422, "invalid_request", f"the JSON body is nested deeper than "
@@ -96,7 +110,6 @@ class BodyLimit:
                 return await response(scope, receive, send)
             # Lone surrogates ("\ud800"): refused here for every JSON route, naming the line
             # (JSONL) and the field, before a route creates anything (jobs/text.py).
-            base = ctype.split(b";")[0].strip().lower()
             problem = surrogate_problem(body, jsonl=base in JSONL_TYPES)
             if problem is not None:
                 where = f"line {problem['line']}: " if "line" in problem else ""

@@ -1,0 +1,48 @@
+"""Issue 26's low findings from the hostile hour, each tried as the probe tried it (real Redis,
+the real app): the JSON depth gate and media types, another tenant's ids in cursors, what errors
+and webhook delivery lists show tenants, unbounded metadata and event filters."""
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _auth(tenant) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tenant.api_key}"}
+
+
+@pytest.fixture
+def api(br_env, settings_for):
+    from starlette.testclient import TestClient
+
+    from producer.api import create_app
+
+    settings = settings_for(br_env, api_rate_per_s=10_000, api_burst=10_000)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+#: Deep enough that a parser recursing on it fails (json.loads: RecursionError, a 500).
+DEEP = '{"prompt": "a", "metadata": ' + "[" * 20_000 + "]" * 20_000 + "}"
+
+
+@pytest.mark.parametrize("ctype", ["application/JSON", "Application/Json; charset=utf-8", "APPLICATION/JSON",
+                                   "application/vnd.api+JSON", "TEXT/PLAIN", None])
+def test_the_json_depth_gate_matches_media_types_in_any_case_and_with_parameters(api, tenants, ctype):
+    """A media type is case-insensitive (RFC 9110): the depth gate (and the lone-surrogate check)
+    must not be skipped for ``application/JSON``, and a body with no content type is read as JSON
+    by the routes, so it is checked too."""
+    alice = tenants.create("alice")
+    headers = {**_auth(alice), **({"content-type": ctype} if ctype else {})}
+    r = api.post("/v1/jobs", content=DEEP, headers=headers)
+    assert r.status_code == 422 and "nested deeper than 32" in r.json()["error"]["message"], (ctype, r.text)
+    r = api.post("/v1/jobs", content='{"prompt": "a\\ud800"}', headers=headers)
+    assert r.status_code == 422 and "surrogate" in r.json()["error"]["message"], (ctype, r.text)
+
+
+def test_a_second_content_type_header_does_not_hide_a_json_body_from_the_depth_gate(api, tenants):
+    alice = tenants.create("alice")
+    headers = [*_auth(alice).items(), ("content-type", "application/json"), ("content-type", "image/png")]
+    r = api.post("/v1/jobs", content=DEEP, headers=headers)
+    assert r.status_code == 422 and "nested deeper than 32" in r.json()["error"]["message"], r.text
