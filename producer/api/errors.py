@@ -102,6 +102,19 @@ def _status_of(e: BatchRenderError) -> tuple[int, dict[str, str]]:
     return 422, {}
 
 
+def _malformed_json(err: dict[str, Any], body: Any) -> dict[str, Any]:
+    """A body the JSON parser refused: FastAPI puts the character offset where a field name goes
+    (``loc == ("body", 18)``); say it is malformed JSON and where, as line and column."""
+    pos = err["loc"][1] if len(err["loc"]) > 1 and isinstance(err["loc"][1], int) else None
+    reason = str((err.get("ctx") or {}).get("error") or "not valid JSON")
+    where = ""
+    if pos is not None:
+        text = body.decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else str(body or "")
+        line, column = text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
+        where = f" at line {line}, column {column}"
+    return {"field": "body", "message": f"malformed JSON: {reason}{where}"}
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into ``ErrorBody``."""
 
@@ -111,7 +124,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError):
-        errors = [{"field": ".".join(str(p) for p in err["loc"][1:]) or "body",
+        errors = [_malformed_json(err, e.body) if err.get("type") == "json_invalid" else
+                  {"field": ".".join(str(p) for p in err["loc"][1:]) or "body",
                    "message": str(err["msg"]).removeprefix("Value error, ")} for err in e.errors()]
         return error_response(422, "invalid_request", "; ".join(f"{x['field']}: {x['message']}" for x in errors),
                               None, request, errors=errors)

@@ -313,6 +313,19 @@ def test_allow_listed_loopback_webhook_is_accepted(make_api, api_env, alice):
     assert r.status_code == 201
 
 
+def test_a_malformed_json_body_is_named_as_such_with_line_and_column(api, alice):
+    """The parser's refusal says 'malformed JSON' and where, not a field named after the
+    character offset ("18") that FastAPI puts where a field name goes."""
+    body = b'{\n  "prompt": "a cat",\n  "steps": 4,,\n}'
+    r = api.post("/v1/jobs", content=body, headers={**auth(alice), "content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["code"] == "invalid_request" and err["errors"][0]["field"] == "body", err
+    message = err["errors"][0]["message"]
+    assert "malformed JSON" in message and "line 3, column 14" in message, message
+    assert not any(e["field"].isdigit() for e in err["errors"])
+
+
 def test_unknown_webhook_event_type_is_422(api, alice):
     r = api.post("/v1/jobs", json={"prompt": "a cat", "webhook": "https://example.com/hook",
                                    "webhook_events_filter": ["job.done"]}, headers=auth(alice))
