@@ -18,14 +18,20 @@ def verify(file_or_url: str, trust: Path | None) -> None:
     """Check the C2PA Content Credentials of FILE_OR_URL (a path or an http(s) URL).
 
     Exit 0 for a valid manifest, and with --trust only for one that chains to that CA (Trusted);
-    1 when it is missing, invalid, or (with --trust) not Trusted.
+    1 when it is missing, invalid, or (with --trust) not Trusted; 2 when FILE_OR_URL cannot be read
+    or is not a PNG, JPEG or WebP image.
     """
+    from jobs.errors import InvalidRequest
     from provenance.verify import verify as run_verify
 
     try:
         report = run_verify(file_or_url, trust.read_text() if trust else None)
+    except InvalidRequest as e:
+        click.echo(f"error: {e.message}", err=True)
+        sys.exit(2)
     except (OSError, ValueError) as e:
-        raise click.ClickException(f"cannot read {file_or_url}: {e}") from e
+        click.echo(f"error: cannot read {file_or_url}: {e}", err=True)
+        sys.exit(2)
     click.echo(report.summary())
     if trust is not None and report.state != "Trusted":
         click.echo(f"not Trusted by {trust}: the manifest does not chain to that CA", err=True)

@@ -101,14 +101,16 @@ def verify(data_or_path: bytes | str | Path, trust_anchors_pem: str | None = Non
     import c2pa
 
     data, source = load(data_or_path)
+    mime = _sniff_mime(data)
+    if mime is None:
+        raise InvalidRequest(f"{source} is not a PNG, JPEG or WebP image (the formats batchrender signs); "
+                             "give the image file itself or its URL")
     settings: dict[str, Any] = {"builder": {"thumbnail": {"enabled": False}}}
     if trust_anchors_pem:
         settings["trust"] = {"trust_anchors": trust_anchors_pem}
     context = c2pa.Context.from_dict(settings)
     try:
-        mime = _sniff_mime(data)
-        reader = c2pa.Reader.try_create(mime, io.BytesIO(data), None, context) if mime else \
-            c2pa.Reader.try_create(io.BytesIO(data), None, context)
+        reader = c2pa.Reader.try_create(mime, io.BytesIO(data), None, context)
         if reader is None:
             return VerifyReport(source, None)
         with reader:

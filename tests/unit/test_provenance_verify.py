@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from jobs.errors import InvalidRequest
 from provenance.c2pa_sign import DIGITAL_SOURCE_TYPE, ImageSigner
 from provenance.cli import verify as verify_cmd
 from provenance.devkeys import init_dev_keys
@@ -68,6 +69,23 @@ def test_verify_command_exit_codes(signed_png, keys, tmp_path):
     assert ok.exit_code == 0 and "Trusted" in ok.output and "job-9" in ok.output
     missing = runner.invoke(verify_cmd, [str(bare)])
     assert missing.exit_code == 1 and "no C2PA manifest" in missing.output
+
+
+def test_verify_on_a_file_that_is_not_an_image_is_a_clear_error_not_a_traceback(tmp_path):
+    """Exit 2 (bad input, README's exit codes) naming the formats, through the real CLI entry."""
+    from producer.cli import cli
+
+    text, gif, missing = tmp_path / "notes.png", tmp_path / "a.gif", tmp_path / "gone.png"
+    text.write_text("hello, not an image")
+    Image.new("RGB", (8, 8)).save(gif)
+    for path in (text, gif):
+        res = CliRunner().invoke(cli, ["verify", str(path)])
+        assert isinstance(res.exception, SystemExit) and res.exit_code == 2, (res.output, res.exception)
+        assert "is not a PNG, JPEG or WebP image" in res.stderr and "Traceback" not in res.output
+    res = CliRunner().invoke(cli, ["verify", str(missing)])
+    assert res.exit_code == 2 and "cannot read" in res.stderr
+    with pytest.raises(InvalidRequest, match="not a PNG, JPEG or WebP"):
+        verify(b"GIF89a" + bytes(32))
 
 
 def test_a_refinement_verifies_naming_its_parent_job(signed_png, keys):
