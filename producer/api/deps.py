@@ -160,7 +160,7 @@ def request_base(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-def decode_cursor(svc: ServicesDep, after: str | None = Query(None, max_length=200, description=(
+def decode_cursor(svc: ServicesDep, tenant: Tenant, after: str | None = Query(None, max_length=200, description=(
         "The next_cursor of the previous page, or the id of its last item (last_id)."))) -> str | None:
     if after is None:
         return None
@@ -169,10 +169,19 @@ def decode_cursor(svc: ServicesDep, after: str | None = Query(None, max_length=2
 
         store = svc.client.store
         try:
-            created = store.get(after).created_at if after.startswith("job_") else store.batch_info(after)["created_at"]
+            if after.startswith("job_"):
+                rec = store.get(after)
+                owner, created = rec.tenant, rec.created_at
+            else:
+                info = store.batch_info(after)
+                owner, created = info.get("tenant") or None, info["created_at"]
         except JobNotFound:
+            owner = created = None
+        if created is None or owner != tenant:
+            # Another tenant's id is answered as an id nobody has: paging must not tell whether it
+            # exists (nor, by the page it starts, when it was made).
             raise InvalidRequest(f"after: no item {after!r} to page from",
-                                 errors=[{"field": "after", "message": "unknown id"}]) from None
+                                 errors=[{"field": "after", "message": "unknown id"}])
         return index_member(created, after)
     try:
         member = base64.urlsafe_b64decode(after + "=" * (-len(after) % 4)).decode("ascii")

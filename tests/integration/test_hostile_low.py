@@ -46,3 +46,20 @@ def test_a_second_content_type_header_does_not_hide_a_json_body_from_the_depth_g
     headers = [*_auth(alice).items(), ("content-type", "application/json"), ("content-type", "image/png")]
     r = api.post("/v1/jobs", content=DEEP, headers=headers)
     assert r.status_code == 422 and "nested deeper than 32" in r.json()["error"]["message"], r.text
+
+
+def test_paging_after_another_tenants_id_answers_as_for_an_id_that_does_not_exist(api, tenants):
+    """``?after=<id>`` positions a page at that item: for another tenant's job or batch it must say
+    what it says for an id nobody has, not page from (and so reveal) the other tenant's item."""
+    alice, bob = tenants.create("alice"), tenants.create("bob")
+    job = api.post("/v1/jobs", json={"prompt": "bob's"}, headers=_auth(bob)).json()["id"]
+    batch = api.post("/v1/batches", content='{"prompt": "bob\'s"}\n',
+                     headers={**_auth(bob), "content-type": "application/jsonl"}).json()["id"]
+    api.post("/v1/jobs", json={"prompt": "alice's"}, headers=_auth(alice))
+    for path, theirs, nobodys in (("/v1/jobs", job, "job_" + "0" * 32), ("/v1/batches", batch, "bat_" + "0" * 32)):
+        assert len(theirs) == len(nobodys), theirs
+        mine_to_them = api.get(path, params={"after": theirs}, headers=_auth(alice))
+        mine_to_nobody = api.get(path, params={"after": nobodys}, headers=_auth(alice))
+        assert mine_to_them.status_code == mine_to_nobody.status_code == 422, (mine_to_them.text, mine_to_nobody.text)
+        assert mine_to_them.text.replace(theirs, "ID") == mine_to_nobody.text.replace(nobodys, "ID")
+        assert api.get(path, params={"after": theirs}, headers=_auth(bob)).status_code == 200, "the owner pages on"
