@@ -156,9 +156,14 @@ class Settings(BaseModel):
     #: output URLs in webhooks and results. Unset: the API answers with the request's own base
     #: URL and webhooks carry paths (``/v1/jobs/.../outputs/0``).
     public_base_url: str | None = None
-    #: Key for signed output and gallery links (``?expires=&signature=``). Unset: a random key is
-    #: made once and kept in Redis, shared by every API and worker process of the deployment.
+    #: Key for signed output and gallery links (``?expires=&signature=``), at least 16 bytes, the
+    #: same in every API and worker process. Unset: derived from the message-signing key
+    #: (jobs/signing.py ``link_key``). Never kept in Redis.
     url_signing_key: SecretStr | None = None
+    #: Longest life a signed link may have: links are never signed for longer (``presign_expiry_s``
+    #: must be within it), and a link whose expiry lies further ahead than this is refused even
+    #: when its signature verifies (a forged or leaked key cannot mint links valid for years).
+    link_max_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
     #: Longest side of the WebP thumbnail the worker writes beside each image (0: none).
     thumbnail_px: int = Field(default=256, ge=0, le=1024)
     #: How long a rendered, signed image waits for storage to come back (uploads retried with
@@ -350,6 +355,9 @@ class Settings(BaseModel):
         if self.message_ttl_s > self.record_ttl_s:
             raise ValueError(f"message_ttl_s ({self.message_ttl_s}) must be at most record_ttl_s ({self.record_ttl_s}): "
                              "a deleted job's tombstone lasts record_ttl_s and must outlive its messages")
+        if self.presign_expiry_s > self.link_max_ttl_s:
+            raise ValueError(f"presign_expiry_s ({self.presign_expiry_s}) must be at most link_max_ttl_s "
+                             f"({self.link_max_ttl_s}): links are never signed for longer than the cap")
         for name in ("public_base_url", "s3_public_endpoint_url"):
             value = getattr(self, name)
             if value is not None and not value.startswith(("http://", "https://")):

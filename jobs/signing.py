@@ -25,6 +25,13 @@ existed (none of them set) still verifies, but cannot rebuild a record that is g
 is logged, counted (``batchrender_render_messages_dropped{reason}``) and tallied in Redis
 (``br:stats:messages_dropped``).
 
+**The link key** (:func:`link_key`) signs keyless output and gallery links (storage/links.py):
+``BATCHRENDER_URL_SIGNING_KEY`` when set, otherwise derived from the message key (HMAC-SHA256 of a
+fixed label under it), so every process that shares the message key makes and accepts the same
+links with nothing more to configure. Like the message key it is never kept in Redis: whoever
+reads Redis cannot forge a link. (Deployments before this kept a random link key in Redis, under
+``br:url-signing-key``; it is ignored now, and links signed with it stop verifying.)
+
 A message that does not verify is dropped. When the job's own stored message (the copy the
 producer wrote with its record, which the sweep re-sends) does not verify either, this worker's
 key is not the producer's: ``CheckedMessages`` counts it per job, and after
@@ -59,6 +66,8 @@ UNVERIFIED_PREFIX = f"{KEY_PREFIX}unverified:"
 MIN_KEY_BYTES = 16
 #: Render messages workers dropped, by reason (a hash: reason -> count).
 DROPPED_KEY = f"{KEY_PREFIX}stats:messages_dropped"
+#: What the link key is derived from the message key with (a label no other use shares).
+LINK_KEY_LABEL = b"batchrender signed links v1"
 #: Fields a message signed before they existed lacks: left out of the MAC when unset.
 _LATER_FIELDS = ("expires_at", "nonce")
 
@@ -142,6 +151,19 @@ def message_key(settings: Settings) -> bytes:
         return key
     require_shared_keys(settings)
     return local_key(settings.home / KEY_FILE, lambda: secrets.token_hex(32))
+
+
+def link_key(settings: Settings) -> bytes:
+    """The deployment's key for signed links (see the module doc): ``BATCHRENDER_URL_SIGNING_KEY``,
+    or one derived from the message key. Never read from or written to Redis."""
+    if settings.url_signing_key is not None:
+        key = settings.url_signing_key.get_secret_value().encode()
+        if len(key) < MIN_KEY_BYTES:
+            raise ConfigurationError(f"BATCHRENDER_URL_SIGNING_KEY is shorter than {MIN_KEY_BYTES} bytes; "
+                                     "make one with `batchrender keys signing-key`, or leave it unset to derive "
+                                     "it from the message-signing key")
+        return key
+    return hmac.new(message_key(settings), LINK_KEY_LABEL, hashlib.sha256).hexdigest().encode()
 
 
 class Signer:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, TypeVar
@@ -29,7 +28,6 @@ from jobs.status import TERMINAL, JobStatus
 
 #: Job records written before their message was published (batches): job key -> creation time.
 UNPUBLISHED_KEY = f"{KEY_PREFIX}unpublished"
-URL_SIGNING_KEY = f"{KEY_PREFIX}url-signing-key"
 #: Errors that mean "Redis is not reachable right now" (down, restarting, loading its data,
 #: a dropped connection, a failover: no master, or a server that is a replica now): retrying
 #: later can succeed, so they become ``BrokerUnavailable`` (jobs/redisconn.py).
@@ -551,15 +549,6 @@ class JobStore:
             return JobMessage.model_validate_json(raw).expires_at if raw else None
         except ValueError:
             return None
-
-    def url_signing_key(self) -> bytes:
-        """The deployment's key for signed output links, made on first use and shared by every
-        process through Redis (``BATCHRENDER_URL_SIGNING_KEY`` overrides it)."""
-        key = self.r.get(URL_SIGNING_KEY)
-        if key is None:
-            self.r.set(URL_SIGNING_KEY, secrets.token_hex(32), nx=True)
-            key = self.r.get(URL_SIGNING_KEY)
-        return key.encode()
 
     # -- idempotency keys ------------------------------------------------------------------------
     def idempotency_claim(self, tenant: str, key: str, body_digest: str, job_id: str) -> bool:

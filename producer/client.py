@@ -520,7 +520,7 @@ class Client:
         if self._links is None:
             from storage.links import open_links
 
-            self._links = open_links(self.settings, self.store)
+            self._links = open_links(self.settings)
         return self._links
 
     def results(self, job_id: str) -> list[ImageResult]:

@@ -9,6 +9,11 @@
 - each rendition (``renditions``) gets its own ``url`` (``.../outputs/{index}/renditions/{name}``)
   and ``download_url``, made the same way as the image's.
 
+Signed API links are made with the deployment's link key (``jobs.signing.link_key``: from the
+settings or derived from the message key, never from Redis) and live at most ``link_max_ttl_s``:
+they are never signed for longer, and one whose expiry lies further ahead is refused even when its
+signature verifies, so a leaked key cannot mint links that work for years.
+
 ``base`` is ``public_base_url`` when configured, else what the caller passes (the API passes the
 request's own base URL), else nothing: webhooks then carry paths.
 """
@@ -20,6 +25,7 @@ import time
 from typing import Any
 from urllib.parse import urlencode
 
+from jobs.errors import InvalidRequest
 from jobs.schemas import ImageResult
 from jobs.settings import Settings
 from storage.base import Storage
@@ -38,6 +44,13 @@ def rendition_key(key: str, name: str, ext: str) -> str:
     head, _, last = key.rpartition("/")
     stem = last.rsplit(".", 1)[0] if "." in last else last
     return f"{head}/{stem}.{name}.{ext}" if head else f"{stem}.{name}.{ext}"
+
+
+class LinkLifetimeTooLong(InvalidRequest):
+    """A signed link asked for longer than ``link_max_ttl_s``: refused rather than shortened, so
+    whoever asked learns the cap instead of handing out a link that dies sooner than they think."""
+
+    code = "link_lifetime_too_long"
 
 
 class Links:
@@ -66,17 +79,23 @@ class Links:
 
     def signed(self, path: str, base: str | None = None, expires_s: int | None = None) -> tuple[str, float]:
         """``base + path?expires=&signature=`` and its expiry time."""
-        expires = int(time.time() + (expires_s or self.settings.presign_expiry_s))
+        life = expires_s or self.settings.presign_expiry_s
+        if life > self.settings.link_max_ttl_s:
+            raise LinkLifetimeTooLong(f"a signed link may live at most {self.settings.link_max_ttl_s} s "
+                                      f"(BATCHRENDER_LINK_MAX_TTL_S); {life} s was asked for")
+        expires = int(time.time() + life)
         query = urlencode({"expires": expires, "signature": self._mac(path, expires)})
         return f"{self.base(base)}{path}?{query}", float(expires)
 
     def verify(self, path: str, expires: str | int | None, signature: str | None) -> bool:
-        """Whether ``signature`` was made here for ``path`` and ``expires`` has not passed."""
+        """Whether ``signature`` was made here for ``path``, ``expires`` has not passed, and it is no
+        further ahead than ``link_max_ttl_s`` (no link this deployment signs lives longer)."""
         try:
             when = int(expires)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             return False
-        if not signature or when < time.time():
+        now = time.time()
+        if not signature or when < now or when - now > self.settings.link_max_ttl_s:
             return False
         return hmac.compare_digest(self._mac(path, when), signature)
 
@@ -121,10 +140,9 @@ class Links:
         return fresh
 
 
-def open_links(settings: Settings, store: Any) -> Links:
-    """Links for this deployment: its storage, and the signing key from settings or (shared by
-    every process) from Redis through ``store`` (a ``jobs.store.JobStore``)."""
+def open_links(settings: Settings) -> Links:
+    """Links for this deployment: its storage and its link key (``jobs.signing.link_key``)."""
+    from jobs.signing import link_key
     from storage import open_storage
 
-    key = settings.url_signing_key
-    return Links(settings, open_storage(settings), key.get_secret_value().encode() if key else store.url_signing_key())
+    return Links(settings, open_storage(settings), link_key(settings))

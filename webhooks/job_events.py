@@ -104,7 +104,7 @@ def webhook_sender(settings, redis_url: str, store, app=None) -> Sender:
         if "links" not in state:
             from storage.links import open_links
 
-            state["links"] = open_links(settings, store)
+            state["links"] = open_links(settings)
         return state["links"]
 
     def send(event_type: str, msg: JobMessage, data: dict[str, Any], batch_done: int | None) -> None:
@@ -153,7 +153,7 @@ def batch_completed_data(store, links, batch_id: str, info: dict[str, Any]) -> d
     return ev.batch_completed(batch_id, counts, items=items)
 
 
-def link_refresher(settings, redis_url: str | None = None) -> Callable[[str], str]:
+def link_refresher(settings) -> Callable[[str], str]:
     """For the webhook deliverer: a stored event body with its output links made anew, so an
     event delivered days after it was recorded (retries, replays) carries links that work."""
     state: dict[str, Any] = {}
@@ -162,12 +162,9 @@ def link_refresher(settings, redis_url: str | None = None) -> Callable[[str], st
         if '"outputs"' not in payload:
             return payload
         if "links" not in state:
-            from jobs.embedded import redis_url_for
-            from jobs.store import JobStore
             from storage.links import open_links
 
-            state["links"] = open_links(settings, JobStore.from_url(redis_url or redis_url_for(settings),
-                                                                    settings=settings))
+            state["links"] = open_links(settings)
         links = state["links"]
         body = json.loads(payload)
         data = body.get("data") or {}

@@ -124,8 +124,9 @@ def signed_or_tenant(request: Request, svc: ServicesDep, expires: str | None = N
     if signature is not None and svc.client.links.verify(request.url.path, expires, signature):
         return None
     if signature is not None and credentials is None:
-        raise ApiError(403, "link_expired", "this link has expired or its signature does not match; ask the "
-                       "API for the job again to get fresh links")
+        raise ApiError(403, "link_expired", "this link has expired, lives longer than this deployment allows "
+                       "(BATCHRENDER_LINK_MAX_TTL_S) or its signature does not match; ask the API for the job "
+                       "again to get fresh links")
     return current_tenant(request, svc, credentials)
 
 

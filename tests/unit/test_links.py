@@ -4,9 +4,12 @@ from __future__ import annotations
 import time
 from urllib.parse import parse_qs, urlparse
 
+import pytest
+
+from jobs.errors import ConfigurationError
 from jobs.schemas import ImageResult, OutputFormat
 from jobs.settings import Settings
-from storage.links import Links
+from storage.links import LinkLifetimeTooLong, Links
 from storage.local import LocalStorage
 
 
@@ -34,6 +37,31 @@ def test_a_signed_link_verifies_only_for_its_path_and_until_it_expires(tmp_path)
     assert not other.verify("/v1/jobs/j/outputs/1", q["expires"][0], q["signature"][0]), "another key"
     past = int(time.time()) - 1
     assert not links.verify("/p", past, links._mac("/p", past)), "expired"
+
+
+def test_a_link_expiring_further_ahead_than_the_cap_is_refused_though_its_mac_verifies(tmp_path):
+    """A key that leaked (or a bug) must not mint links that work for years: 2100 is refused."""
+    links = _links(tmp_path, link_max_ttl_s=3600, presign_expiry_s=600)
+    y2100 = 4102444800
+    assert not links.verify("/p", y2100, links._mac("/p", y2100)), "MAC good, expiry beyond the cap"
+    beyond = int(time.time()) + 3600 + 120
+    assert not links.verify("/p", beyond, links._mac("/p", beyond))
+    within = int(time.time()) + 3500
+    assert links.verify("/p", within, links._mac("/p", within))
+    url, expires = links.signed("/p")
+    q = parse_qs(urlparse(url).query)
+    assert links.verify("/p", q["expires"][0], q["signature"][0]) and expires <= time.time() + 600
+
+
+def test_signing_longer_than_the_cap_is_refused_naming_the_setting(tmp_path):
+    """Refused, not shortened: whoever asks learns the cap instead of a link that dies early."""
+    links = _links(tmp_path, link_max_ttl_s=3600, presign_expiry_s=600)
+    with pytest.raises(LinkLifetimeTooLong, match=r"at most 3600 s \(BATCHRENDER_LINK_MAX_TTL_S\); 7200 s was asked"):
+        links.signed("/p", expires_s=7200)
+    assert links.signed("/p", expires_s=3600)[1] <= time.time() + 3600
+    with pytest.raises(ConfigurationError, match=r"presign_expiry_s \(7200\) must be at most link_max_ttl_s \(3600\)"):
+        Settings.from_env({"BATCHRENDER_PRESIGN_EXPIRY_S": "7200", "BATCHRENDER_LINK_MAX_TTL_S": "3600"})
+    assert Settings().link_max_ttl_s == 7 * 24 * 3600
 
 
 def test_view_replaces_stored_urls_with_links_made_now(tmp_path):

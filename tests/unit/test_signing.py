@@ -36,3 +36,24 @@ def test_signatures_cover_every_field():
     with pytest.raises(ForgedMessage):
         Signer(b"x" * 32).verify(msg)
 
+
+
+def test_the_link_key_comes_from_settings_or_the_message_key_never_from_redis(tmp_path):
+    """``link_key`` needs no Redis: set, it is used as given; unset, it is derived from the message
+    key (so every process sharing that key agrees) and is not the message key itself."""
+    from jobs.errors import ConfigurationError
+    from jobs.settings import Settings
+    from jobs.signing import link_key, message_key
+
+    given = Settings(home=tmp_path, url_signing_key="a-url-signing-key-of-32-bytes-long")
+    assert link_key(given) == b"a-url-signing-key-of-32-bytes-long"
+    with pytest.raises(ConfigurationError, match="BATCHRENDER_URL_SIGNING_KEY is shorter than 16 bytes"):
+        link_key(Settings(home=tmp_path, url_signing_key="short"))
+    derived = Settings(home=tmp_path, message_signing_key="m" * 32)
+    assert link_key(derived) == link_key(Settings(home=tmp_path / "elsewhere", message_signing_key="m" * 32))
+    assert link_key(derived) != message_key(derived) and len(link_key(derived)) == 64
+    assert link_key(derived) != link_key(Settings(home=tmp_path, message_signing_key="n" * 32))
+    dev = Settings(home=tmp_path / "dev")  # embedded broker: from home/keys/message.key, made on first use
+    assert link_key(dev) == link_key(Settings(home=tmp_path / "dev")) and (tmp_path / "dev/keys/message.key").exists()
+    with pytest.raises(ConfigurationError, match="BATCHRENDER_MESSAGE_SIGNING_KEY"):
+        link_key(Settings(home=tmp_path / "shared", redis_url="redis://127.0.0.1:1/0"))  # shared Redis: no key files
