@@ -80,6 +80,12 @@ class Settings(BaseModel):
     #: may expand to.
     campaign_max_rows: int = Field(default=10_000, ge=1, le=1_000_000)
     campaign_max_cells: int = Field(default=50_000, ge=1, le=5_000_000)
+    #: Files (``/v1/files``) one tenant may hold at once, and their bytes (0: no limit): an upload
+    #: over either is refused with 429 naming the quota and the usage (storage/files.py). A
+    #: finished batch's output and error files count but are never refused. Files are deleted
+    #: ``retention_s`` after their creation, like jobs.
+    files_max_per_tenant: int = Field(default=1000, ge=0)
+    files_max_bytes_per_tenant: int = Field(default=1024 ** 3, ge=0)
     #: Price of one GPU-second, for a campaign plan's cost and ``budget.max_cost`` (unset: plans
     #: report GPU-seconds only, and a budget in money is refused). ``currency`` names its unit.
     gpu_second_price: float | None = Field(default=None, ge=0)
@@ -256,10 +262,6 @@ class Settings(BaseModel):
     #: Seconds a client has to send a request's headers, from connecting or from the first byte of
     #: the next request on a kept-alive connection (408 and closed after that).
     api_header_timeout_s: float = Field(default=10.0, gt=0)
-
-    # -- worker --------------------------------------------------------------------------------
-    #: ``cuda``, ``cpu``, or unset for cuda-when-present.
-    device: str | None = None
     #: Connections the API serves at once (uvicorn's ``limit_concurrency``: 503 over it).
     api_max_connections: int = Field(default=1000, ge=1)
     #: Connections one client address (an IPv6 /64) may hold open at once; more are answered 429
@@ -271,6 +273,10 @@ class Settings(BaseModel):
     #: Seconds ``/readyz`` reuses its last report: at most one check (and one worker inspect) runs
     #: at a time, in a thread of its own, however many probes ask.
     api_readiness_ttl_s: float = Field(default=5.0, ge=0, le=300)
+
+    # -- worker --------------------------------------------------------------------------------
+    #: ``cuda``, ``cpu``, or unset for cuda-when-present.
+    device: str | None = None
     max_batch: int = 0  # 0: chosen from the device's memory
     #: Gathering a call: wait for more jobs while they keep arriving (no arrival for this long, or
     #: 2.5 x the recent gap between a burst's arrivals, ends it), but never longer than batch_max_wait_ms.

@@ -17,8 +17,9 @@ from jobs.names import input_key  # noqa: F401 - re-exported: where references a
 from jobs.settings import Settings
 
 MAX_INPUT_BYTES = 20 * 1024 * 1024
-#: The whole fetch (connect, headers, every byte) must finish within this; each read within
-#: ``FETCH_READ_TIMEOUT_S``, so a server dripping bytes cannot hold a request for longer.
+#: The whole fetch (connect, headers, every byte) must finish within this, enforced by a watchdog
+#: that shuts the socket then (webhooks/ssrf.py): a server dripping header bytes cannot hold a
+#: request for longer. Each read must also come within ``FETCH_READ_TIMEOUT_S``.
 FETCH_TIMEOUT_S = 15.0
 FETCH_READ_TIMEOUT_S = 5.0
 _DATA_URI = re.compile(r"^data:image/(png|jpeg|jpg|webp);base64,", re.IGNORECASE)
@@ -69,8 +70,11 @@ def _fetch(url: str, settings: Settings, max_bytes: int) -> bytes:
     except (WebhookTargetRefused, DeliveryFailed) as e:
         raise _refuse(f"cannot fetch {url!r}: {tenant_safe(e.message)}") from None
     deadline = time.monotonic() + FETCH_TIMEOUT_S
+    late = _refuse(f"fetching {url!r} took longer than {FETCH_TIMEOUT_S:g} s (the whole exchange: connecting, "
+                   "the response headers and the image)")
+    client = pinned_client(target, FETCH_READ_TIMEOUT_S, deadline=deadline)
     try:
-        with pinned_client(target, FETCH_READ_TIMEOUT_S) as client, client.stream("GET", url) as resp:
+        with client, client.stream("GET", url) as resp:
             if resp.status_code != 200:
                 raise _refuse(f"fetching {url!r} answered HTTP {resp.status_code} (redirects are not followed)")
             declared = resp.headers.get("content-length")
@@ -79,13 +83,17 @@ def _fetch(url: str, settings: Settings, max_bytes: int) -> bytes:
             chunks, size = [], 0
             for chunk in resp.iter_bytes():
                 if time.monotonic() > deadline:
-                    raise _refuse(f"fetching {url!r} took longer than {FETCH_TIMEOUT_S:g} s")
+                    raise late
                 size += len(chunk)
                 if size > max_bytes:
                     raise _refuse(f"the image is larger than {max_bytes} bytes")
                 chunks.append(chunk)
+            if client.expired:  # the deadline shut the socket: a body read to its close is cut short
+                raise late
             return b"".join(chunks)
     except InvalidRequest:
         raise
     except Exception as e:  # noqa: BLE001 - network errors become a clear input error
+        if client.expired:  # the deadline shut the socket, in whatever phase the exchange was
+            raise late from None
         raise _refuse(f"cannot fetch {url!r}: {type(e).__name__}: {e}") from None

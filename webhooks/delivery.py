@@ -113,19 +113,27 @@ def post_event(url: str, event_id: str, body: bytes, secrets: Sequence[str], *, 
         "content-type": "application/json",
         "user-agent": USER_AGENT,
     }
+    # timeout_s bounds the whole attempt (DNS above included): a watchdog shuts the socket at
+    # the deadline in whatever phase it is, so a receiver dripping header bytes cannot hold it.
+    client = pinned_client(target, timeout_s, verify=verify_tls, deadline=started + timeout_s)
+    late = f"timeout: the attempt took longer than {timeout_s:g} s (connecting, the response headers and body)"
     try:
-        with pinned_client(target, timeout_s, verify=verify_tls) as client, \
-                client.stream("POST", url, content=body, headers=headers) as resp:
+        with client, client.stream("POST", url, content=body, headers=headers) as resp:
             # Only the status counts: read at most MAX_RESPONSE_BYTES of the answer and hang up,
             # so a receiver answering with gigabytes costs nothing.
             read = 0
-            for chunk in resp.iter_raw():
-                read += len(chunk)
-                if read >= MAX_RESPONSE_BYTES or time.monotonic() - started > timeout_s:
-                    break
+            try:
+                for chunk in resp.iter_raw():
+                    read += len(chunk)
+                    if read >= MAX_RESPONSE_BYTES or time.monotonic() - started > timeout_s:
+                        break
+            except httpx.HTTPError:
+                pass  # the status is in: a body cut off (by the deadline, say) does not change it
     except httpx.TimeoutException as e:
-        return HttpResult(0, ms(), f"timeout: {type(e).__name__}")
+        return HttpResult(0, ms(), late if client.expired else f"timeout: {type(e).__name__}")
     except httpx.HTTPError as e:
+        if client.expired:
+            return HttpResult(0, ms(), late)
         return HttpResult(0, ms(), f"{type(e).__name__}: {e}"[:MAX_ERROR_CHARS])
     error = "" if resp.is_success else f"HTTP {resp.status_code}"
     if resp.is_redirect:

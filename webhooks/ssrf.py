@@ -12,10 +12,14 @@ and TLS SNI/certificate hostname stay the original name, so https verification i
 """
 from __future__ import annotations
 
+import heapq
 import ipaddress
+import itertools
 import logging
 import re
 import socket
+import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 from urllib.parse import urlsplit
@@ -201,11 +205,120 @@ def check_url(url: str, allow_hosts: Iterable[str] = (), resolver: Resolver | No
     return Target(url, scheme, host, port, tuple(checked))
 
 
-class PinnedBackend(httpcore.SyncBackend):
-    """A network backend that connects only to a Target's validated addresses."""
+class _Watchdog:
+    """One daemon thread for every exchange's deadline: at its time, call what was registered
+    (``PinnedBackend.expire``). Timeouts per read cannot bound an exchange: a server that sends
+    one header byte every few seconds never lets a read time out."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, list]] = []
+        self._cv = threading.Condition()
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, when: float, fn: Callable[[], None]) -> list:
+        """Call ``fn`` at monotonic time ``when``; the handle cancels it (``cancel``)."""
+        handle = [fn]
+        with self._cv:
+            heapq.heappush(self._heap, (when, next(self._ids), handle))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="http-deadlines", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+        return handle
+
+    @staticmethod
+    def cancel(handle: list) -> None:
+        handle[0] = None
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    self._cv.wait(min(60.0, self._heap[0][0] - time.monotonic()) if self._heap else 60.0)
+                _, _, handle = heapq.heappop(self._heap)
+            fn = handle[0]
+            if fn is not None:
+                try:
+                    fn()
+                except Exception:  # noqa: BLE001 - a watchdog must outlive what it watches
+                    log.warning("closing an exchange at its deadline failed", exc_info=True)
+
+
+_WATCHDOG = _Watchdog()
+
+
+class _TrackedStream(httpcore.NetworkStream):
+    """A connection's stream, known to its backend so the deadline can shut its socket."""
+
+    def __init__(self, stream: httpcore.NetworkStream, backend: "PinnedBackend") -> None:
+        self._stream, self._backend = stream, backend
+        backend._track(self)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context, server_hostname: str | None = None, timeout: float | None = None):
+        return _TrackedStream(self._stream.start_tls(ssl_context, server_hostname, self._backend.cap(timeout)),
+                              self._backend)
+
+    def get_extra_info(self, info: str):
+        return self._stream.get_extra_info(info)
+
+    def shutdown(self) -> None:
+        sock = self._stream.get_extra_info("socket")
+        if sock is not None:
+            try:
+                # The plain socket's shutdown (an SSLSocket's own would drop its TLS state under a
+                # reader): a thread blocked reading wakes at once with end of stream.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class PinnedBackend(httpcore.SyncBackend):
+    """A network backend that connects only to a Target's validated addresses, and, with a
+    ``deadline`` (``time.monotonic()`` time), ends the whole exchange then: connecting gets what
+    is left of it, and the watchdog shuts every socket of the exchange down at that moment,
+    whatever phase it is in (connect, TLS, headers, body)."""
+
+    def __init__(self, target: Target, deadline: float | None = None) -> None:
         self._target = target
+        self.deadline = deadline
+        self.expired = False
+        self._streams: list[_TrackedStream] = []
+        self._lock = threading.Lock()
+
+    def cap(self, timeout: float | None) -> float | None:
+        """``timeout`` no longer than what is left of the deadline; ConnectTimeout when none is."""
+        if self.deadline is None:
+            return timeout
+        left = self.deadline - time.monotonic()
+        if left <= 0 or self.expired:
+            self.expired = True
+            raise httpcore.ConnectTimeout("the exchange's total deadline has passed")
+        return left if timeout is None else min(timeout, left)
+
+    def _track(self, stream: _TrackedStream) -> None:
+        with self._lock:
+            self._streams.append(stream)
+            late = self.expired
+        if late:
+            stream.shutdown()
+
+    def expire(self) -> None:
+        """The deadline: every socket of the exchange is shut down (run by the watchdog)."""
+        with self._lock:
+            self.expired = True
+            streams = list(self._streams)
+        for stream in streams:
+            stream.shutdown()
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                     local_address: str | None = None, socket_options: Iterable[object] | None = None,
@@ -217,24 +330,50 @@ class PinnedBackend(httpcore.SyncBackend):
         for address in self._target.addresses:
             log.debug("webhook connect %s:%d -> %s", host, port, address)
             try:
-                return super().connect_tcp(address, port, timeout, local_address, socket_options)  # type: ignore[arg-type]
+                stream = super().connect_tcp(address, port, self.cap(timeout), local_address,  # type: ignore[arg-type]
+                                             socket_options)
+                return _TrackedStream(stream, self) if self.deadline is not None else stream
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as e:
                 last = e
+                if self.expired:
+                    break
         raise last or httpcore.ConnectError("no validated address to connect to")
 
 
 class PinnedTransport(httpx.HTTPTransport):
     """``httpx.HTTPTransport`` whose connection pool uses ``PinnedBackend`` and no proxies."""
 
-    def __init__(self, target: Target, verify: bool | str = True) -> None:
+    def __init__(self, target: Target, verify: bool | str = True, deadline: float | None = None) -> None:
         # trust_env=False: an environment proxy would make the proxy, not us, resolve the host.
         super().__init__(verify=verify, trust_env=False)
         ssl_context = httpx.create_ssl_context(verify=verify, trust_env=False)
+        self.backend = PinnedBackend(target, deadline)
         self._pool = httpcore.ConnectionPool(ssl_context=ssl_context, max_connections=1,
-                                             network_backend=PinnedBackend(target))
+                                             network_backend=self.backend)
 
 
-def pinned_client(target: Target, timeout: float, verify: bool | str = True) -> httpx.Client:
-    """An ``httpx.Client`` bound to ``target``: pinned addresses, no redirects, no env proxies."""
-    return httpx.Client(transport=PinnedTransport(target, verify=verify), timeout=timeout,
-                        follow_redirects=False, trust_env=False)
+class PinnedClient(httpx.Client):
+    """What ``pinned_client`` gives: ``expired`` says the total deadline ended the exchange."""
+
+    def __init__(self, transport: PinnedTransport, timeout: float) -> None:
+        super().__init__(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False)
+        self._backend = transport.backend
+        deadline = self._backend.deadline
+        self._watch = _WATCHDOG.add(deadline, self._backend.expire) if deadline is not None else None
+
+    @property
+    def expired(self) -> bool:
+        return self._backend.expired
+
+    def close(self) -> None:
+        if self._watch is not None:
+            _WATCHDOG.cancel(self._watch)
+        super().close()
+
+
+def pinned_client(target: Target, timeout: float, verify: bool | str = True,
+                  deadline: float | None = None) -> PinnedClient:
+    """An ``httpx.Client`` bound to ``target``: pinned addresses, no redirects, no env proxies.
+    ``timeout``: each connect, read and write; ``deadline`` (a ``time.monotonic()`` time): the
+    whole exchange, connect, TLS and header phase included, ends then (``client.expired``)."""
+    return PinnedClient(PinnedTransport(target, verify=verify, deadline=deadline), timeout)
