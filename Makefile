@@ -11,9 +11,8 @@ TORCH ?= cpu
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
-TEST_REDIS_PORT ?= 6391
 
-.PHONY: demo test install clean bench lint lock chaos
+.PHONY: demo test install clean bench lint lock chaos fleet
 
 # constraints.txt pins every package to the versions the suite last passed with, from PyPI.
 # torch first, alone, so that only torch can come from TORCH_INDEX / TORCH_CPU_INDEX (--no-deps:
@@ -61,13 +60,9 @@ demo: $(STAMP)
 	echo "  batchrender submit \"a ceramic mug on a walnut table\" --wait"; \
 	echo "  kill %1; batchrender embedded stop # when done"
 
-# Real Redis: 6379 when reachable, else a private redis-server on $(TEST_REDIS_PORT).
+# Real Redis: the suite starts a private in-memory redis-server on a free port and stops it at the
+# end (tests/conftest.py); BR_TEST_REDIS_URL=redis://host:port/db uses that database instead (flushed).
 test: $(STAMP)
-	@if [ -z "$$BR_TEST_REDIS_URL" ] && ! $(BIN)/python -c "import redis; redis.Redis(port=6379, socket_connect_timeout=1).ping()" 2>/dev/null; then \
-	  echo "no Redis on 6379: starting a private redis-server on $(TEST_REDIS_PORT)"; \
-	  redis-server --port $(TEST_REDIS_PORT) --save '' --daemonize yes --pidfile /tmp/batchrender-test-redis.pid >/dev/null; \
-	  export BR_TEST_REDIS_URL=redis://127.0.0.1:$(TEST_REDIS_PORT)/15; \
-	fi; \
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
@@ -77,6 +72,11 @@ bench: $(STAMP)
 # (about 25 minutes: the main scenario, then a 10-minute S3 outage). Not part of `make test`.
 chaos: $(STAMP)
 	$(BIN)/python benchmarks/chaos.py --scenario all --out benchmarks/results/chaos.json
+
+# Hosts that share only Redis (behind Sentinel) and S3, in network/UTS/PID namespaces of their own:
+# a host SIGKILLed mid-call, a link down 60 s, the Redis primary SIGKILLed (about 6 minutes; root).
+fleet: $(STAMP)
+	$(BIN)/python benchmarks/fleet.py --out benchmarks/results/fleet.json
 
 clean:
 	rm -rf $(VENV) .batchrender output .pytest_cache

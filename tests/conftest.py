@@ -7,8 +7,11 @@ import socket
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-#: The suite's Redis (make test points this at a private instance when 6379 is not reachable).
-TEST_REDIS_URL = os.environ.get("BR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+#: The suite's Redis: ``BR_TEST_REDIS_URL`` when given (its database is flushed by the tests),
+#: else a private redis-server that the session starts on a free port and stops at its end
+#: (``pytest_configure``): the suite never touches a Redis it did not start unless told to.
+TEST_REDIS_URL = os.environ.get("BR_TEST_REDIS_URL", "")
+_PRIVATE_REDIS: dict = {}
 #: With BATCHRENDER_REDIS_URL set every process must be given the same message-signing and secrets
 #: keys, and development C2PA keys must be asked for (jobs/signing.py, provenance/c2pa_sign.py):
 #: fixed test keys for every environment of the suite that sets a Redis URL.
@@ -19,6 +22,72 @@ TEST_KEYS = {
 }
 #: The same as ``Settings(...)`` keyword arguments.
 TEST_KEY_SETTINGS = {k.removeprefix("BATCHRENDER_").lower(): v for k, v in TEST_KEYS.items()}
+
+
+def pytest_configure(config) -> None:
+    """Start the session's private redis-server unless ``BR_TEST_REDIS_URL`` names one to use.
+
+    In memory only (no RDB/AOF), bound to loopback, its files in a temporary directory. The URL
+    is exported so every process the tests start (workers, the API, benchmarks) uses it too."""
+    global TEST_REDIS_URL
+    if TEST_REDIS_URL or _PRIVATE_REDIS:
+        return
+    import atexit
+    import shutil
+    import subprocess
+    import tempfile
+    import time
+
+    exe = shutil.which("redis-server")
+    if exe is None:  # every Redis test then skips (fails under CI) naming what is missing
+        TEST_REDIS_URL = "redis://127.0.0.1:1/15"
+        _PRIVATE_REDIS["missing"] = "redis-server binary (for the suite's private Redis; or set BR_TEST_REDIS_URL)"
+        return
+    workdir = tempfile.mkdtemp(prefix="br-test-redis-")
+    for _ in range(5):  # a free port may be taken between choosing and binding: try another
+        port = free_port()
+        proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                 "--dir", workdir, "--databases", "16"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+
+        client = redis.Redis(port=port, socket_connect_timeout=1)
+        for _ in range(200):
+            if proc.poll() is not None:
+                break
+            try:
+                client.ping()
+                break
+            except redis.RedisError:
+                time.sleep(0.05)
+        client.close()
+        if proc.poll() is None:
+            break
+    else:
+        raise pytest.UsageError(f"the suite's private redis-server did not start (files in {workdir})")
+    _PRIVATE_REDIS.update(proc=proc, dir=workdir)
+    TEST_REDIS_URL = f"redis://127.0.0.1:{port}/15"
+    os.environ["BR_TEST_REDIS_URL"] = TEST_REDIS_URL
+    atexit.register(_stop_private_redis)
+
+
+def _stop_private_redis() -> None:
+    proc = _PRIVATE_REDIS.pop("proc", None)
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except Exception:  # noqa: BLE001
+            proc.kill()
+    workdir = _PRIVATE_REDIS.pop("dir", None)
+    if workdir:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def pytest_unconfigure(config) -> None:
+    _stop_private_redis()
 
 
 def require(ok: bool, what: str) -> None:
@@ -41,6 +110,7 @@ def redis_url() -> str:
     """A dedicated Redis database, flushed before and after each test."""
     import redis
 
+    require("missing" not in _PRIVATE_REDIS, _PRIVATE_REDIS.get("missing", ""))
     client = redis.Redis.from_url(TEST_REDIS_URL)
     try:
         client.ping()
