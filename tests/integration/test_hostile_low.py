@@ -63,3 +63,50 @@ def test_paging_after_another_tenants_id_answers_as_for_an_id_that_does_not_exis
         assert mine_to_them.status_code == mine_to_nobody.status_code == 422, (mine_to_them.text, mine_to_nobody.text)
         assert mine_to_them.text.replace(theirs, "ID") == mine_to_nobody.text.replace(nobodys, "ID")
         assert api.get(path, params={"after": theirs}, headers=_auth(bob)).status_code == 200, "the owner pages on"
+
+
+def test_the_deliveries_list_never_shows_what_a_webhook_host_resolves_to(api, tenants, redis_url, caplog):
+    """A webhook host that resolves to an internal address at delivery time (DNS changed since
+    submit, or a rebinding name): the attempt is refused, and the worker's log names the address
+    for the operator; the tenant's GET /v1/deliveries shows only the URL it gave and why."""
+    import json
+    import logging
+    import random
+
+    import redis as redis_lib
+
+    from webhooks.delivery import Deliverer
+    from webhooks.store import DeliveryStore, EventRecord
+
+    alice = tenants.create("alice")
+    r = redis_lib.Redis.from_url(redis_url)
+    store = DeliveryStore(r, 3600)
+    url = "http://hooks.alice.example:8080/in"
+    assert store.create(EventRecord(id="evt_rebound", type="job.succeeded", url=url, tenant=alice.tenant_id,
+                                    payload=json.dumps({"type": "job.succeeded"}), secrets=("whsec_" + "A" * 32,)))
+    deliverer = Deliverer(store, timeout_s=5, schedule=[0], rng=random.Random(1),
+                          resolver=lambda host, port: ["10.61.7.23"])
+    with caplog.at_level(logging.INFO, logger="webhooks"):
+        deliverer.attempt(store.get("evt_rebound"))
+    assert "10.61.7.23" in caplog.text, "the operator's log keeps the resolution detail"
+    r.close()
+
+    page = api.get("/v1/deliveries", headers=_auth(alice))
+    assert page.status_code == 200, page.text
+    [shown] = page.json()["data"]
+    assert shown["url"] == url and shown["state"] == "dead", shown
+    assert "10.61.7.23" not in page.text, shown
+    assert "refused" in shown["last_error"] and "hooks.alice.example" in shown["last_error"], shown
+    assert shown["attempt_log"][0]["error"] == shown["last_error"], shown
+
+
+@pytest.mark.parametrize("error, url, shown", [
+    ("refused: [fd00::1]:80 is not the validated webhook target", "http://h.example/", "refused: an address:80 is"),
+    ("ConnectError: could not reach 10.0.0.3:8080", "http://h.example:8080/", "could not reach an address"),
+    ("ConnectError: 10.0.0.5:80 refused", "http://10.0.0.5/x", "ConnectError: 10.0.0.5:80 refused"),
+    ("HTTP 503", "http://h.example/", "HTTP 503"),
+])
+def test_a_delivery_error_keeps_only_addresses_the_tenant_gave(error, url, shown):
+    from producer.api.routers.deliveries import tenant_error
+
+    assert shown in tenant_error(error, url)
