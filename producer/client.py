@@ -15,17 +15,21 @@ from kombu.exceptions import OperationalError
 
 from jobs.celery_app import make_app, publish_render
 from jobs.embedded import redis_url_for
-from jobs.errors import BatchIncomplete, BrokerUnavailable, InvalidRequest, JobNotFound, OutputNotFound
+from jobs.errors import (BatchIncomplete, BrokerUnavailable, ConfigurationError, InvalidRequest, JobNotFound,
+                         OutputNotFound)
 from jobs.registry import Registry
 from jobs.schemas import ImageResult, JobMessage, JobResult, RenderRequest, resolve
 from jobs.settings import Settings
 from jobs.status import JobStatus
 from jobs.store import JobRecord, JobStore
-from jobs.names import job_key, mask_key, reference_key
+from jobs.names import job_key, mask_key, reference_key, tenant_key
 from producer.inputs import input_key, load_reference
 from safety.decode import request_budget
 
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
+#: Seconds a webhook URL that passed the SSRF guard is not looked up again by this client (each
+#: delivery attempt checks it again anyway).
+WEBHOOK_CHECK_REUSE_S = 60.0
 
 
 def new_id(prefix: str) -> str:
@@ -59,6 +63,8 @@ class Client:
         #: Lazy parts are built once: 40 API threads meeting a cold client built the moderation
         #: chain (~0.5 s of CPU each) 40 times over, holding every thread meanwhile.
         self._build_lock = threading.RLock()
+        #: Webhook URLs the SSRF guard passed lately (monotonic time): a batch asks DNS once per URL.
+        self._webhooks_checked: dict[str, float] = {}
 
     @property
     def dispatcher(self):
@@ -119,6 +125,8 @@ class Client:
 
     def _prepare(self, req: RenderRequest, batch_id: str | None, tenant: str | None, job_id: str | None,
                  priority: str) -> JobMessage:
+        if req.webhook:
+            self._check_webhook(req, tenant)
         spec = self.registry.get(req.model)
         resolved = resolve(req, spec, self.settings)
         if resolved.priority is None:
@@ -145,6 +153,35 @@ class Client:
             "real_person_context": check.real_person_context or msg.real_person_context})
         msg._input_bytes, msg._mask_bytes = data, mask
         return self.signer.sign(msg)
+
+    def _check_webhook(self, req: RenderRequest, tenant: str | None) -> None:
+        """A webhook is refused here, before anything is queued, when its events could never be
+        sent: a target the SSRF guard refuses (``producer.submit.check_webhook``, which names
+        BATCHRENDER_WEBHOOK_ALLOW_HOSTS), or no secret to sign them with (the tenant's, else
+        BATCHRENDER_WEBHOOK_SECRET): the worker would refuse every event of the job, and only its
+        log would say so."""
+        from producer.submit import check_webhook
+
+        now = time.monotonic()
+        if now - self._webhooks_checked.get(req.webhook, -WEBHOOK_CHECK_REUSE_S) >= WEBHOOK_CHECK_REUSE_S:
+            check_webhook(req, self.settings)
+            if len(self._webhooks_checked) > 1024:
+                self._webhooks_checked.clear()
+            self._webhooks_checked[req.webhook] = now
+        else:  # the filter is the request's own: checked every time (no DNS)
+            from webhooks.events import parse_event_filter
+
+            parse_event_filter(req.webhook_events_filter)
+        if self.settings.webhook_secret:
+            return
+        if tenant and self.store.r.hexists(tenant_key(tenant), "webhook_secrets"):
+            return
+        raise ConfigurationError(
+            "webhook: no webhook secret to sign this job's events, so none would ever be sent: a job "
+            "submitted without a tenant (the CLI, the Python client) is signed with BATCHRENDER_WEBHOOK_SECRET, "
+            "which is not set here. Set BATCHRENDER_WEBHOOK_SECRET=whsec_... (the receiver verifies with it) "
+            "here and for the workers, or submit through the HTTP API with a tenant's key (each tenant has a "
+            "webhook secret of its own)")
 
     def _with_references(self, msg: JobMessage, spec, tenant: str | None) -> JobMessage:
         """``references`` out of the message: for an IP-Adapter model each is fetched, checked by the

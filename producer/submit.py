@@ -24,6 +24,11 @@ MAX_BATCH_ITEMS = 10_000
 #: How long a request that replays an Idempotency-Key waits for the first one to record its job.
 IDEMPOTENCY_RACE_S = 2.0
 JSONL_TYPES = ("application/jsonl", "application/x-ndjson", "application/x-jsonlines", "text/plain")
+#: How a refused loopback or private receiver (a development one) is allowed: the API checks the
+#: URL at submission and each worker at every delivery attempt, so both need the setting.
+ALLOW_HOSTS_HINT = ("; to deliver to such a receiver (a local one in development, say), list its host name, "
+                    "address or network in BATCHRENDER_WEBHOOK_ALLOW_HOSTS (comma-separated) for the API and "
+                    "for every worker: both check it, at submission and at each delivery")
 # Characters no host name holds; refused at submission rather than failing every delivery attempt.
 _BAD_HOST_CHARS = re.compile(r"[\x00-\x20\x7f<>\"{}|\\^`%]")
 
@@ -67,7 +72,10 @@ def check_webhook(req: RenderRequest, settings) -> None:
     except DeliveryFailed:
         check_url(req.webhook, settings.webhook_allow_hosts, resolve=False)
     except WebhookTargetRefused as e:
-        raise WebhookTargetRefused(f"webhook URL refused: {tenant_safe(e.message)}") from None
+        message = tenant_safe(e.message)
+        if "BATCHRENDER_WEBHOOK_ALLOW_HOSTS" in e.message:  # an address class an operator may allow
+            message += ALLOW_HOSTS_HINT
+        raise WebhookTargetRefused(f"webhook URL refused: {message}") from None
     except (ValueError, UnicodeError) as e:  # a host name getaddrinfo cannot even encode
         raise WebhookTargetRefused(f"webhook URL host is not a valid name: {e}") from None
 

@@ -307,6 +307,16 @@ def test_webhook_to_a_refused_target_is_422(make_api, api_env, alice, url):
     assert batch["accepted"] == 1 and batch["errors"][0]["code"] == "webhook_target_refused"
 
 
+def test_a_refused_loopback_webhook_names_the_setting_api_and_workers_need(make_api, api_env, alice):
+    api = make_api({**api_env, "BATCHRENDER_WEBHOOK_ALLOW_HOSTS": ""})
+    for url in ("http://127.0.0.1:8000/hook", "http://localhost:8000/hook"):
+        r = api.post("/v1/jobs", json={"prompt": "a cat", "webhook": url}, headers=auth(alice))
+        assert r.status_code == 422 and r.json()["error"]["code"] == "webhook_target_refused", r.text
+        message = r.json()["error"]["message"]
+        assert "BATCHRENDER_WEBHOOK_ALLOW_HOSTS" in message and "for the API and for every worker" in message, message
+        assert "127.0.0.1" not in message.replace(url, ""), "what a name resolves to stays inside"
+
+
 def test_allow_listed_loopback_webhook_is_accepted(make_api, api_env, alice):
     api = make_api({**api_env, "BATCHRENDER_WEBHOOK_ALLOW_HOSTS": "127.0.0.1"})
     r = api.post("/v1/jobs", json={"prompt": "a cat", "webhook": "http://127.0.0.1:9/hook"}, headers=auth(alice))

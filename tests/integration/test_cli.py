@@ -83,6 +83,36 @@ def test_bad_single_submit_exits_nonzero_with_the_field_named(br_env):
     assert "width: 100 is not a multiple of 8; use 96 or 104" in out.stderr
 
 
+def test_submit_with_a_webhook_no_event_could_reach_is_refused_up_front(br_env, redis_url, tmp_path):
+    """``submit --webhook`` is refused before anything is queued (exit 2, README's exit codes) when
+    no event could ever be sent: no BATCHRENDER_WEBHOOK_SECRET to sign a tenant-less job's events
+    (the worker refused each one and only its log said so), or a loopback receiver that
+    BATCHRENDER_WEBHOOK_ALLOW_HOSTS does not list (the refusal names it, for API and workers)."""
+    import redis
+
+    url = "http://127.0.0.1:9/hook"
+    lines = tmp_path / "hooks.jsonl"
+    lines.write_text(json.dumps({"prompt": "a teapot", "webhook": url}) + "\n" + json.dumps({"prompt": "a lamp"}) + "\n")
+    r = redis.Redis.from_url(redis_url)
+    no_secret = CliRunner().invoke(cli, ["submit", "a kettle", "--webhook", url], env=br_env)
+    assert no_secret.exit_code == 2, no_secret.output
+    assert "BATCHRENDER_WEBHOOK_SECRET" in no_secret.stderr and "none would ever be sent" in no_secret.stderr
+    whole_file = CliRunner().invoke(cli, ["submit", "--file", str(lines)], env=br_env)
+    assert whole_file.exit_code == 2 and "BATCHRENDER_WEBHOOK_SECRET" in whole_file.stderr, whole_file.output
+    assert not list(r.scan_iter("br:job:*")), "nothing was queued"
+
+    with_secret = {**br_env, "BATCHRENDER_WEBHOOK_SECRET": "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}
+    loopback = CliRunner().invoke(cli, ["submit", "a kettle", "--webhook", url],
+                                  env={**with_secret, "BATCHRENDER_WEBHOOK_ALLOW_HOSTS": ""})
+    assert loopback.exit_code == 2, loopback.output
+    assert "BATCHRENDER_WEBHOOK_ALLOW_HOSTS" in loopback.stderr and "every worker" in loopback.stderr
+    assert not list(r.scan_iter("br:job:*"))
+
+    ok = CliRunner().invoke(cli, ["submit", "a kettle", "--webhook", url], env=with_secret)
+    assert ok.exit_code == 0 and ok.stdout.strip().startswith("job_"), ok.output
+    r.close()
+
+
 def test_batchrender_worker_command_serves_its_models_queue(br_env, settings_for, tmp_path):
     import os
     import signal
