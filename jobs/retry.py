@@ -14,11 +14,14 @@ Two budgets, kept apart because they mean different things:
 """
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from jobs.errors import BrokerUnavailable, PermanentError, TransientError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from jobs.settings import Settings
@@ -82,5 +85,9 @@ def transient(exc: BaseException) -> TransientError | None:
 
     # REDIS_AWAY: also a server that is a replica now (READONLY, MASTERDOWN: a failover).
     if isinstance(exc, (*REDIS_AWAY, OperationalError, ConnectionError, TimeoutError)):
-        return BrokerUnavailable(f"Redis or the network is unavailable ({type(exc).__name__}: {exc})")
+        # The client library's text names hosts and ports of the deployment: the log keeps it, the
+        # job (a tenant reads its error while it waits for a retry) gets the project's words.
+        log.info("Redis or the network is unavailable: %s: %s", type(exc).__name__, exc)
+        return BrokerUnavailable(f"Redis or the network is unavailable ({type(exc).__name__}); "
+                                 "retrying later can succeed")
     return None

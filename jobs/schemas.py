@@ -636,6 +636,8 @@ def resolve(request: RenderRequest, spec: Any, settings: Any) -> RenderRequest:
     steps = request.steps or spec.default_steps
     errors += limit_errors(width, height, steps, request.num_images, request.prompt, settings,
                            tries=request.renders_per_image)
+    if image is not None and fam.name in WHOLE_DENOISING_STEPS:
+        errors += denoising_errors(steps, request.strength or DEFAULT_STRENGTH)
     if errors:
         summary = "; ".join(f"{x['field']}: {x['message']}" for x in errors)
         raise InvalidRequest(f"invalid request: {summary}", errors=errors)
@@ -647,6 +649,24 @@ def resolve(request: RenderRequest, spec: Any, settings: Any) -> RenderRequest:
         "strength": (request.strength or DEFAULT_STRENGTH) if image else None,
         "background": Background.TRANSPARENT if request.transparent else Background.OPAQUE,
     })
+
+
+#: Families whose image-to-image and inpainting pipelines run ``int(steps * strength)`` steps
+#: from the reference (diffusers' SD 1.5/SDXL ``get_timesteps``): 0 of them fails in the pipeline.
+#: SD3 and FLUX count the fraction and always run at least one.
+WHOLE_DENOISING_STEPS = frozenset({"sd15", "sdxl"})
+
+
+def denoising_errors(steps: int, strength: float) -> list[dict[str, str]]:
+    """An image-to-image request that would leave no denoising step, named with what to pass."""
+    if int(steps * strength) >= 1:
+        return []
+    least = max(1, math.ceil(1 / strength))
+    while int(least * strength) < 1:  # float rounding: 3 x (1/3) may fall just short of 1
+        least += 1
+    return [{"field": "steps", "message": f"image-to-image runs int(steps x strength) = int({steps} x {strength:g}) "
+             f"= {int(steps * strength)} denoising steps: give at least {least} steps at strength {strength:g}, "
+             "or a higher strength"}]
 
 
 def family_errors(request: RenderRequest, spec: Any) -> list[dict[str, str]]:

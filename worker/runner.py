@@ -642,7 +642,12 @@ class JobRunner:
         if isinstance(exc, BatchRenderError):
             error = exc.to_dict()
         else:
-            error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+            # A bug or a library's own error: its text (tensor shapes, paths, hosts) is for the
+            # operator's log (every caller has logged its traceback); the job says so in the
+            # project's words, with the id to look it up by.
+            log.error("job %s failed with an internal error: %s: %s", msg.job_id, type(exc).__name__, exc)
+            error = {"code": "internal_error", "message": f"the worker hit an internal error rendering this job; "
+                     f"the operator can find it in the worker's log under {msg.job_id}"}
         error["retryable"] = retryable
         status = JobStatus.CANCELED if error.get("code") == "canceled" else JobStatus.FAILED
         self._end(msg, status, error=error)

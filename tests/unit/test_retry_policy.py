@@ -55,3 +55,19 @@ def test_connection_errors_of_client_libraries_are_transient():
     assert transient(InvalidRequest("bad")) is None
     mine = BrokerUnavailable("down")
     assert transient(mine) is mine
+
+
+def test_a_connection_errors_text_stays_in_the_log_not_in_the_jobs_error(caplog):
+    # issue 26: the job's error (a tenant reads it while the job waits for its retry) carried
+    # redis-py's text, naming the deployment's Redis host and port.
+    import logging
+
+    import redis
+
+    from jobs.retry import transient
+
+    exc = redis.exceptions.ConnectionError("Error 111 connecting to redis-0.internal:6379. Connection refused.")
+    with caplog.at_level(logging.INFO, logger="jobs.retry"):
+        t = transient(exc)
+    assert "redis-0.internal" not in t.message and "6379" not in str(t.to_dict()), t.to_dict()
+    assert "redis-0.internal:6379" in caplog.text
