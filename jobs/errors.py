@@ -93,6 +93,13 @@ class QuotaExceeded(PermanentError):
     code = "too_many_queued_jobs"
 
 
+class StorageQuotaExceeded(PermanentError):
+    """A tenant's stored files would exceed its quota (storage/files.py): retrying does not help
+    until files are deleted (or expire)."""
+
+    code = "file_quota_exceeded"
+
+
 class IdempotencyConflict(PermanentError):
     """An Idempotency-Key was used before with a different request body."""
 

@@ -308,7 +308,7 @@ def delete(job_id: str) -> None:
 @click.option("--older-than", "older_than", default=None,
               help="Age like 30d, 12h, 90m (default: BATCHRENDER_RETENTION_S, 30 days).")
 def prune(older_than: str | None) -> None:
-    """Delete ended jobs (outputs, provenance, records) and batches older than the retention time."""
+    """Delete ended jobs (outputs, provenance, records), batches and files older than the retention time."""
     client = _client()
     counts = client.prune(_age_s(older_than) if older_than else None)
     _echo_json(counts)

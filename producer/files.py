@@ -1,93 +1,57 @@
 """Files: OpenAI-style batch inputs (``purpose=batch``) and the output and error files a finished
 batch produces, and campaign catalogs (``purpose=campaign``: CSV or JSONL, read when a campaign
-is planned or applied). Bytes live in storage under ``_files/`` (never presigned or
-listed); a small record per file in Redis; every file belongs to one tenant.
+is planned or applied). Every file belongs to one tenant. What a file is, where its bytes and
+record live, the tenant's quota and retention belong to storage/files.py; this is what the API and
+the batch code ask of it, with the checks on what a tenant uploads.
 """
 from __future__ import annotations
 
 import secrets
-import time
-from dataclasses import asdict, dataclass
 from typing import Any
 
-from jobs.errors import InvalidRequest, JobNotFound
-from jobs.names import KEY_PREFIX
+from jobs.errors import InvalidRequest
 from jobs.text import refuse_surrogates
+from storage.files import FileNotFound, FileRecord, FileStore, file_key, new_record
+
+__all__ = ["PURPOSES", "FileNotFound", "FileRecord", "Files", "file_key"]
 
 PURPOSES = ("batch", "batch_output", "campaign")
-
-
-class FileNotFound(JobNotFound):
-    code = "file_not_found"
-
-
-def file_key(file_id: str) -> str:
-    return f"{KEY_PREFIX}file:{file_id}"
-
-
-@dataclass(frozen=True)
-class FileRecord:
-    id: str
-    tenant: str
-    filename: str
-    purpose: str
-    bytes: int
-    created_at: float
-
-    @property
-    def storage_key(self) -> str:
-        return f"_files/{self.id}"
-
-    @property
-    def content_type(self) -> str:
-        """By file name: a campaign's CSV catalog is text/csv; everything else here is JSONL."""
-        return "text/csv" if self.filename.lower().endswith((".csv", ".tsv")) else "application/jsonl"
-
-    def to_openai(self) -> dict[str, Any]:
-        return {"id": self.id, "object": "file", "bytes": self.bytes, "created_at": int(self.created_at),
-                "filename": self.filename, "purpose": self.purpose, "status": "processed", "expires_at": None}
 
 
 class Files:
     def __init__(self, client) -> None:
         self.client = client
         self.r = client.store.r
+        self.store = FileStore(self.r, client.storage, client.settings)
 
     def create(self, tenant: str, filename: str, purpose: str, data: bytes, file_id: str | None = None) -> FileRecord:
+        """Store a file for ``tenant``: an upload within the tenant's quota (``StorageQuotaExceeded``
+        otherwise); a batch's output file (``batch_output``) is counted but never refused."""
         if purpose not in PURPOSES:
             raise InvalidRequest(f"purpose: {purpose!r} is not supported; use 'batch' or 'campaign'",
                                  errors=[{"field": "purpose", "message": "use 'batch' or 'campaign'"}])
-        rec = FileRecord(file_id or "file-" + secrets.token_hex(12), tenant, filename[:255] or "upload.jsonl", purpose,
-                         len(data), time.time())
+        rec = new_record(file_id or "file-" + secrets.token_hex(12), tenant, filename, purpose, len(data))
         if purpose != "batch_output" and rec.content_type == "application/jsonl":
             # Refused at upload, naming line and field, rather than when a batch reads it.
             refuse_surrogates(data, jsonl=True, what="file")
-        self.client.storage.put(rec.storage_key, data, content_type=rec.content_type,
-                                metadata={"tenant": tenant, "kind": "file"})
-        with self.r.pipeline() as p:
-            p.hset(file_key(rec.id), mapping={k: str(v) for k, v in asdict(rec).items()})
-            p.expire(file_key(rec.id), self.client.settings.record_ttl_s)
-            p.execute()
-        return rec
+        return self.store.create(rec, data, enforce_quota=purpose != "batch_output")
 
     def get(self, tenant: str, file_id: str) -> FileRecord:
         """The tenant's file; another tenant's id is "not found", exactly like an unknown one."""
-        h = self.r.hgetall(file_key(file_id))
-        if not h or h.get("tenant") != tenant:
-            raise FileNotFound(f"no file {file_id!r}")
-        return FileRecord(h["id"], h["tenant"], h["filename"], h["purpose"], int(h["bytes"]), float(h["created_at"]))
+        return self.store.get(tenant, file_id)
 
     def exists(self, file_id: str) -> bool:
-        return bool(self.r.exists(file_key(file_id)))
+        return self.store.exists(file_id)
 
     def content(self, rec: FileRecord) -> bytes:
-        try:
-            return self.client.storage.get(rec.storage_key)
-        except KeyError:
-            raise FileNotFound(f"the content of file {rec.id} is gone") from None
+        return self.store.content(rec)
 
     def delete(self, tenant: str, file_id: str) -> dict[str, Any]:
-        rec = self.get(tenant, file_id)
-        self.client.storage.delete(rec.storage_key)
-        self.r.delete(file_key(rec.id))
+        rec = self.store.delete(tenant, file_id)
         return {"id": rec.id, "object": "file", "deleted": True}
+
+    def to_openai(self, rec: FileRecord) -> dict[str, Any]:
+        """OpenAI's file object; ``expires_at``: when retention deletes it."""
+        return {"id": rec.id, "object": "file", "bytes": rec.bytes, "created_at": int(rec.created_at),
+                "filename": rec.filename, "purpose": rec.purpose, "status": "processed",
+                "expires_at": self.store.expires_at(rec)}

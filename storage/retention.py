@@ -3,6 +3,7 @@
 
 A job's images, their thumbnails and renditions, its reference image, its provenance entries and its record go
 together. Every step is idempotent, so a delete interrupted half-way is finished by the next one.
+The same sweep deletes files (``/v1/files``) older than the retention time (storage/files.py).
 """
 from __future__ import annotations
 
@@ -41,9 +42,11 @@ def delete_job(store: JobStore, storage: Storage, provenance: Any, job_id: str, 
 
 def prune(store: JobStore, storage: Storage, provenance: Any, older_than_s: float, *,
           limit: int = 100_000) -> dict[str, int]:
-    """Delete ended jobs and batches created more than ``older_than_s`` ago; jobs in flight stay."""
+    """Delete ended jobs, batches and files created more than ``older_than_s`` ago; jobs in flight stay."""
+    from storage import files
+
     cutoff = time.time() - older_than_s
-    counts = {"jobs": 0, "kept_in_flight": 0, "batches": 0}
+    counts = {"jobs": 0, "kept_in_flight": 0, "batches": 0, "files": 0}
     for job_id in store.created_before(cutoff, limit):
         try:
             delete_job(store, storage, provenance, job_id, tombstone=False)
@@ -55,6 +58,7 @@ def prune(store: JobStore, storage: Storage, provenance: Any, older_than_s: floa
     for batch_id in store.batches_created_before(cutoff, limit):
         store.delete_batch(batch_id)
         counts["batches"] += 1
+    counts["files"] = files.prune(store.r, storage, cutoff, limit)
     return counts
 
 
@@ -64,7 +68,7 @@ def maybe_prune(store: JobStore, storage: Storage, provenance: Any, retention_s:
     if not take_turn(store.r, PRUNE_LOCK, every_s):
         return None
     counts = prune(store, storage, provenance, retention_s)
-    if counts["jobs"] or counts["batches"]:
-        log.info("retention: pruned %d jobs and %d batches older than %ds", counts["jobs"], counts["batches"],
-                 retention_s)
+    if counts["jobs"] or counts["batches"] or counts["files"]:
+        log.info("retention: pruned %d jobs, %d batches and %d files older than %ds", counts["jobs"],
+                 counts["batches"], counts["files"], retention_s)
     return counts

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs.errors import (BatchRenderError, IdempotencyConflict, IdempotencyInProgress, JobNotEnded, JobNotFound,
-                         ParentNotSucceeded, QuotaExceeded, TransientError, UnsupportedMediaType)
+                         ParentNotSucceeded, QuotaExceeded, StorageQuotaExceeded, TransientError,
+                         UnsupportedMediaType)
 
 
 class ApiError(Exception):
@@ -51,7 +52,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: _described("Bad request"), 401: _described("No or unknown API key"),
     403: _described("Expired or bad signed link"), 404: _described("Not found or deleted"), 409: _described("Conflict"),
     413: _described("Body too large"), 415: _described("Unsupported media type"),
-    422: _described("Invalid or blocked"), 429: _described("Rate limited or too many queued jobs"),
+    422: _described("Invalid or blocked"), 429: _described("Rate limited, too many queued jobs, or files over quota"),
     503: _described("Redis or the broker is unavailable; retry after Retry-After seconds"),
 }
 
@@ -94,6 +95,10 @@ def _status_of(e: BatchRenderError) -> tuple[int, dict[str, str]]:
         return 409, {}
     if isinstance(e, QuotaExceeded):
         return 429, {"Retry-After": "5"}
+    if isinstance(e, StorageQuotaExceeded):
+        # A quota, as OpenAI answers one (429), but retrying cannot help until files are deleted:
+        # no Retry-After, and the OpenAI SDKs' automatic retries are told not to.
+        return 429, {"x-should-retry": "false"}
     if isinstance(e, UnsupportedMediaType):
         return 415, {}
     if isinstance(e, TransientError):

@@ -176,9 +176,9 @@ def test_results_download_gallery_delete_and_prune(br_env, start_worker, tmp_pat
     assert not Path(first["path"]).exists()
 
     kept = runner.invoke(cli, ["prune", "--older-than", "1d"], env=br_env)
-    assert json.loads(kept.stdout) == {"jobs": 0, "kept_in_flight": 0, "batches": 0}
+    assert json.loads(kept.stdout) == {"jobs": 0, "kept_in_flight": 0, "batches": 0, "files": 0}
     pruned = runner.invoke(cli, ["prune", "--older-than", "0s"], env=br_env)
-    assert json.loads(pruned.stdout) == {"jobs": 2, "kept_in_flight": 0, "batches": 1}, pruned.output
+    assert json.loads(pruned.stdout) == {"jobs": 2, "kept_in_flight": 0, "batches": 1, "files": 0}, pruned.output
     assert client.list_jobs(None)[0] == [] and client.list_batches(None)[0] == []
     leftovers = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and "_health" not in p.parts]  # workers' markers
     assert leftovers == [], leftovers

@@ -1,5 +1,6 @@
 """``/v1/files`` (OpenAI-compatible): upload a batch's JSONL or a campaign's catalog, read a
-finished batch's output and error files. Files belong to one tenant; errors come in OpenAI's shape."""
+finished batch's output and error files. Files belong to one tenant, within its quota, and are
+deleted ``BATCHRENDER_RETENTION_S`` after their creation (storage/files.py); errors come in OpenAI's shape."""
 from __future__ import annotations
 
 from typing import Annotated
@@ -18,15 +19,18 @@ router = APIRouter(prefix="/v1/files", tags=["openai-compatible"])
 async def create_file(svc: ServicesDep, tenant: Tenant, file: Annotated[UploadFile, File()],
                       purpose: Annotated[str, Form(max_length=40)]) -> dict:
     """Upload a JSONL file of requests (``purpose=batch``) or a campaign's CSV or JSONL catalog
-    (``purpose=campaign``), within the API's body limit."""
+    (``purpose=campaign``), within the API's body limit and the tenant's file quota (429
+    ``file_quota_exceeded`` naming it and the usage)."""
     data = await file.read()
-    rec = await run_in_threadpool(Files(svc.client).create, tenant, file.filename or "upload.jsonl", purpose, data)
-    return rec.to_openai()
+    files = Files(svc.client)
+    rec = await run_in_threadpool(files.create, tenant, file.filename or "upload.jsonl", purpose, data)
+    return files.to_openai(rec)
 
 
 @router.get("/{file_id}")
 def get_file(file_id: str, svc: ServicesDep, tenant: Tenant) -> dict:
-    return Files(svc.client).get(tenant, file_id).to_openai()
+    files = Files(svc.client)
+    return files.to_openai(files.get(tenant, file_id))
 
 
 @router.get("/{file_id}/content", response_class=Response,
