@@ -633,7 +633,7 @@ class Campaigns:
                            "error": (rec.error or {}).get("message") if rec.error else None}
                     continue
                 for image in images:
-                    view = links.view(rec.job_id, image, base)
+                    view = links.view(rec.job_id, image, base, stable=rec.tenant is not None)
                     yield {**common, "status": status, "image": image.index, "rendition": "master",
                            "width": image.width, "height": image.height, "format": image.format.value,
                            "url": view.get("url"), "download_url": view.get("download_url"),

@@ -278,7 +278,7 @@ def manifest_lines(client, rec) -> list[dict[str, Any]]:
     timings = rec.result.timings.model_dump()
     lines = []
     for img in rec.result.images:
-        line = {**base, **client.links.view(rec.job_id, img), "timings": timings}
+        line = {**base, **client.links.view(rec.job_id, img, stable=rec.tenant is not None), "timings": timings}
         local = client.storage.url_for(img.key)
         if "://" not in local:
             line["path"] = local  # local storage: the file itself

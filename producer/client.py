@@ -127,6 +127,10 @@ class Client:
                  priority: str) -> JobMessage:
         if req.webhook:
             self._check_webhook(req, tenant)
+        elif req.webhook_events_filter is not None:  # bounded and known, with or without a webhook
+            from webhooks.events import parse_event_filter
+
+            parse_event_filter(req.webhook_events_filter)
         spec = self.registry.get(req.model)
         resolved = resolve(req, spec, self.settings)
         if resolved.priority is None:
@@ -583,7 +587,8 @@ class Client:
         """A job as the API, webhooks and the CLI show it: outputs with links made now."""
         view = rec.to_dict()
         if rec.result is not None:
-            view["outputs"] = [self.links.view(rec.job_id, i, base) for i in rec.result.images]
+            view["outputs"] = [self.links.view(rec.job_id, i, base, stable=rec.tenant is not None)
+                               for i in rec.result.images]
         if rec.status is JobStatus.QUEUED:
             from jobs.fairshare import queued_place
 

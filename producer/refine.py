@@ -223,5 +223,6 @@ def _turn(client, job_id: str, rec: JobRecord | None, turn: int, carried: int | 
     images = {i.index: i for i in (rec.result.images if rec.result else [])}
     index = carried if carried is not None else (min(images) if images else None)
     if index is not None and index in images:
-        out.update(image_index=index, output_url=client.links.view(job_id, images[index], base)["url"])
+        out.update(image_index=index,
+                   output_url=client.links.view(job_id, images[index], base, stable=rec.tenant is not None)["url"])
     return out

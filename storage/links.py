@@ -109,12 +109,17 @@ class Links:
             return url, time.time() + expires_s
         return self.signed(self.output_path(job_id, image.index), base, expires_s)
 
-    def view(self, job_id: str, image: ImageResult, base: str | None = None) -> dict[str, Any]:
-        """The image as the API, webhooks and ``results`` show it, with links made now."""
+    def view(self, job_id: str, image: ImageResult, base: str | None = None, *, stable: bool = True) -> dict[str, Any]:
+        """The image as the API, webhooks and ``results`` show it, with links made now.
+
+        ``stable``: whether the job has a stable ``url``. The stable URL admits the job's tenant's
+        API key; a job without a tenant (the CLI, the Python client) has none that could open it,
+        so its ``url`` (and its renditions') is null and its signed links are the way to the bytes
+        (``batchrender results`` makes fresh ones)."""
         view = image.model_dump(mode="json", exclude={"url", "thumbnail_key"})
         download, expires_at = self.download(job_id, image, base)
-        view.update(url=self.base(base) + self.output_path(job_id, image.index), download_url=download,
-                    download_expires_at=round(expires_at, 3), thumbnail_url=None)
+        view.update(url=self.base(base) + self.output_path(job_id, image.index) if stable else None,
+                    download_url=download, download_expires_at=round(expires_at, 3), thumbnail_url=None)
         if image.thumbnail_key:
             view["thumbnail_url"] = self.signed(self.output_path(job_id, image.index, True), base)[0]
         for shown, rendition in zip(view.get("renditions") or [], image.renditions):
@@ -123,11 +128,13 @@ class Links:
             expires = time.time() + self.settings.presign_expiry_s
             if url is None:
                 url, expires = self.signed(path, base)
-            shown.update(url=self.base(base) + path, download_url=url, download_expires_at=round(expires, 3))
+            shown.update(url=self.base(base) + path if stable else None, download_url=url,
+                         download_expires_at=round(expires, 3))
         return view
 
-    def refresh(self, outputs: list[dict[str, Any]], job_id: str) -> list[dict[str, Any]]:
-        """Outputs of a stored payload (a webhook recorded days ago) with their links made anew."""
+    def refresh(self, outputs: list[dict[str, Any]], job_id: str, *, stable: bool | None = None) -> list[dict[str, Any]]:
+        """Outputs of a stored payload (a webhook recorded days ago) with their links made anew.
+        ``stable`` as for ``view``; None: as the stored view had it (a null ``url``: none)."""
         fresh = []
         for out in outputs:
             try:
@@ -135,8 +142,13 @@ class Links:
             except ValueError:
                 fresh.append(out)
                 continue
+            if image.thumbnail_key is None and out.get("thumbnail_url"):
+                # A stored view keeps no thumbnail_key, only the link made from it; the worker puts
+                # every thumbnail beside its image (``thumbnail_key``), so the link is made anew too.
+                image = image.model_copy(update={"thumbnail_key": thumbnail_key(image.key)})
             kept = {k: v for k, v in out.items() if k != "thumbnail_key"}
-            fresh.append({**kept, **self.view(job_id, image)})
+            keep_url = stable if stable is not None else out.get("url") is not None
+            fresh.append({**kept, **self.view(job_id, image, stable=keep_url)})
         return fresh
 
 

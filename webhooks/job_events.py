@@ -117,7 +117,7 @@ def webhook_sender(settings, redis_url: str, store, app=None) -> Sender:
         elif event_type == ev.JOB_PROGRESS:
             body = ev.job_progress(msg.job_id, data["step"], data["total"], msg.batch_id, **common)
         else:
-            outputs = links().refresh(data.get("images", []), msg.job_id)
+            outputs = links().refresh(data.get("images", []), msg.job_id, stable=msg.tenant is not None)
             body = ev.job_finished(msg.job_id, data.get("status", event_type.split(".")[1]), msg.batch_id,
                                    outputs=outputs or None, error=data.get("error"),
                                    moderation=data.get("moderation"), timings=data.get("timings"), **common)
@@ -148,7 +148,8 @@ def batch_completed_data(store, links, batch_id: str, info: dict[str, Any]) -> d
     items = []
     for rec in store.get_many(store.batch_job_ids(batch_id)):
         items.append({"job_id": rec.job_id, "custom_id": rec.custom_id, "status": rec.status.value,
-                      "outputs": [links.view(rec.job_id, i) for i in rec.result.images] if rec.result else [],
+                      "outputs": [links.view(rec.job_id, i, stable=rec.tenant is not None) for i in rec.result.images]
+                      if rec.result else [],
                       "error": rec.error})
     return ev.batch_completed(batch_id, counts, items=items)
 

@@ -93,6 +93,7 @@ def test_local_output_outlives_its_link_and_the_webhook_url_works_after_expiry(b
         assert [b["type"] for b in bodies] == ["job.succeeded", "job.succeeded"]
         first, last = bodies[0]["data"]["outputs"][0], bodies[-1]["data"]["outputs"][0]
         assert last["download_expires_at"] > first["download_expires_at"], "links refreshed at delivery"
+        assert first["thumbnail_url"] and last["thumbnail_url"], "the thumbnail link survives the refresh"
         wait_for(lambda: time.time() > last["download_expires_at"] + 0.5)
         via_webhook = api.get(last["url"], headers=_auth(alice))
         assert via_webhook.status_code == 200 and via_webhook.content == got.content

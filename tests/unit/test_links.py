@@ -76,3 +76,28 @@ def test_view_replaces_stored_urls_with_links_made_now(tmp_path):
     assert links.refresh([{"url": "x"}], "j") == [{"url": "x"}], "not an image: left as it was"
     plain = _links(tmp_path).view("j", _image())
     assert plain["url"] == "/v1/jobs/j/outputs/1", "no base: a path"
+
+
+def test_a_stored_view_refreshed_at_delivery_keeps_its_thumbnail_link(tmp_path):
+    """A webhook payload stores views (no thumbnail_key); the link refresh before each delivery
+    attempt made thumbnail_url null. It is made anew; an image without a thumbnail stays null."""
+    links = _links(tmp_path)
+    stored = links.refresh([_image().model_dump(mode="json")], "j")[0]  # what the event records
+    assert stored["thumbnail_url"] and "thumbnail_key" not in stored
+    delivered = links.refresh([stored], "j")[0]
+    assert delivered["thumbnail_url"], delivered
+    assert delivered["thumbnail_url"].split("?")[0] == stored["url"] + "/thumbnail"
+    bare = _links(tmp_path).view("j", _image().model_copy(update={"thumbnail_key": None}))
+    assert links.refresh([bare], "j")[0]["thumbnail_url"] is None
+
+
+def test_a_job_without_a_tenant_has_no_stable_url_since_no_key_opens_it(tmp_path):
+    """The stable URL admits the job's tenant's key; a CLI job has no tenant, so none could open
+    it (404 for every key): its url is null, its signed links remain, and a refresh keeps it so."""
+    links = _links(tmp_path)
+    view = links.view("j", _image(), stable=False)
+    assert view["url"] is None and "signature=" in view["download_url"] and view["thumbnail_url"]
+    assert links.refresh([view], "j")[0]["url"] is None
+    assert links.refresh([_image().model_dump(mode="json")], "j", stable=False)[0]["url"] is None
+    assert links.refresh([links.view("j", _image())], "j")[0]["url"] == "/v1/jobs/j/outputs/1"
+
