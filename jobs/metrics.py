@@ -11,6 +11,7 @@ sum. The HTTP API serves ``/metrics`` from its own process. Gauges that describe
 |---|---|---|
 | ``batchrender_jobs_submitted_total`` | model, tenant | producer (API, CLI, client) |
 | ``batchrender_jobs_finished_total`` | status, model | whichever process ends the job |
+| ``batchrender_fleet_jobs_finished_total`` | status, model | read from Redis at scrape (API): every process's |
 | ``batchrender_job_duration_seconds`` | phase: queue_wait, render, postprocess | render worker |
 | ``batchrender_queue_depth`` | queue | read from Redis at scrape (API and worker targets) |
 | ``batchrender_render_busy_seconds_total`` | | render worker: seconds inside pipeline calls |
@@ -27,12 +28,12 @@ import time
 from typing import Callable, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE_LATEST", "JOBS_SUBMITTED", "JOBS_FINISHED", "JOB_DURATION", "RENDER_BUSY", "RENDER_GAP", "PIPELINE_CALLS", "PIPELINE_ROWS",
-           "WEBHOOK_DELIVERIES", "MODERATION_DECISIONS", "QueueDepth", "BusyRatio", "exposition",
-           "multiprocess_registry", "combined", "queue_registry", "job_submitted", "job_finished", "job_timed", "moderation_decided"]
+           "WEBHOOK_DELIVERIES", "MODERATION_DECISIONS", "QueueDepth", "FinishedJobs", "BusyRatio", "exposition",
+           "multiprocess_registry", "combined", "queue_registry", "fleet_registry", "job_submitted", "job_finished", "job_timed", "moderation_decided"]
 
 #: Renders take seconds to minutes; queue waits up to hours.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
@@ -104,6 +105,40 @@ class QueueDepth(Collector):
         for q, n in zip(names, depths):
             g.add_metric([q], int(n))
         return [g]
+
+
+class FinishedJobs(Collector):
+    """``batchrender_fleet_jobs_finished_total{status,model}``: the jobs every process of the fleet
+    ended (workers, APIs, CLIs), from the counts the terminal transition keeps in Redis
+    (``jobs.names.FINISHED_STATS_KEY``), read at scrape. ``batchrender_jobs_finished_total`` counts
+    only the scraped process's own: on the API that is blocked prompts and cancels, not renders.
+    Never reset by a restart; the same on every target that serves it."""
+
+    def __init__(self, redis_client) -> None:
+        self.redis = redis_client
+
+    def collect(self):
+        from jobs.names import FINISHED_STATS_KEY
+
+        c = CounterMetricFamily("batchrender_fleet_jobs_finished",
+                                "Jobs that reached a terminal status in any process of the fleet (from Redis).",
+                                labels=["status", "model"])
+        try:
+            counts = self.redis.hgetall(FINISHED_STATS_KEY)
+        except Exception:  # noqa: BLE001 - Redis down: no sample, rather than a failed scrape
+            return [c]
+        for field, n in sorted(counts.items()):
+            field = field.decode() if isinstance(field, bytes) else field
+            status, _, model = field.partition("|")
+            c.add_metric([status, model or "-"], int(n))
+        return [c]
+
+
+def fleet_registry(redis_client) -> CollectorRegistry:
+    """A registry holding ``FinishedJobs`` (the API's /metrics)."""
+    out = CollectorRegistry(auto_describe=True)
+    out.register(FinishedJobs(redis_client))
+    return out
 
 
 class BusyRatio(Collector):

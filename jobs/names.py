@@ -27,6 +27,11 @@ def is_valid_model_name(name: str) -> bool:
 KEY_PREFIX = "br:"
 
 
+#: Jobs ended, fleet-wide: "status|model" -> count, kept by the one terminal transition in whichever
+#: process ends the job (jobs/store.py); never reset. The API's /metrics reads it (jobs/metrics.py).
+FINISHED_STATS_KEY = f"{KEY_PREFIX}stats:jobs_finished"
+
+
 def job_key(job_id: str) -> str:
     return f"{KEY_PREFIX}job:{job_id}"
 

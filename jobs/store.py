@@ -19,9 +19,9 @@ from jobs.clock import NOW_LUA, lua_time
 from jobs import redisconn
 from jobs.errors import BrokerUnavailable, JobNotFound
 from jobs.metrics import job_finished, job_submitted
-from jobs.names import (ALL_BATCHES_KEY, ALL_JOBS_KEY, KEY_PREFIX, batch_index_key, batch_jobs_key, batch_key,
-                        cancel_key, deleted_key, events_channel, idem_key, index_member, job_key, queued_key,
-                        running_key, tenant_batches_key, tenant_jobs_key, tenant_key)
+from jobs.names import (ALL_BATCHES_KEY, ALL_JOBS_KEY, FINISHED_STATS_KEY, KEY_PREFIX, batch_index_key,
+                        batch_jobs_key, batch_key, cancel_key, deleted_key, events_channel, idem_key, index_member,
+                        job_key, queued_key, running_key, tenant_batches_key, tenant_jobs_key, tenant_key)
 from jobs.redisconn import REDIS_AWAY
 from jobs.schemas import JobMessage, JobResult, RenderRequest
 from jobs.status import TERMINAL, JobStatus
@@ -55,7 +55,8 @@ def translate_redis_errors(fn: F) -> F:
             raise BrokerUnavailable(redisconn.away_message(e, redisconn.client_of(fn, *args[:1]))) from e
     return wrapper  # type: ignore[return-value]
 
-# KEYS: job, batch (or ""), tenant (or ""), queued zset of the model, running zset of the model.
+# KEYS: job, batch (or ""), tenant (or ""), queued zset of the model, running zset of the model,
+# the fleet's finished-job counts (a hash "status|model" -> jobs ended so; the API's /metrics).
 # ARGV: new status, allowed-from csv, ttl, then field/value pairs.
 # Returns {1, done_count_or_-1} on success, {0, current_status_or_false} when refused.
 # The running zset holds each running job with the time of its last claim, on Redis's clock: the
@@ -87,6 +88,7 @@ if terminal then
     redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
   end
   if KEYS[3] ~= '' then redis.call('HINCRBY', KEYS[3], 'active', -1) end
+  redis.call('HINCRBY', KEYS[6], ARGV[1] .. '|' .. (redis.call('HGET', KEYS[1], 'model') or '-'), 1)
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 end
 return {1, done}
@@ -360,7 +362,7 @@ class JobStore:
         """Move ``job_id`` to ``to`` if its status is one of ``allowed_from``; atomic."""
         batch_id, tenant, model = self.r.hmget(job_key(job_id), "batch_id", "tenant", "model")
         keys = [job_key(job_id), batch_key(batch_id) if batch_id else "", tenant_key(tenant) if tenant else "",
-                queued_key(model or ""), running_key(model or "")]
+                queued_key(model or ""), running_key(model or ""), FINISHED_STATS_KEY]
         argv: list[Any] = [to.value, ",".join(s.value for s in allowed_from), self.ttl_s]
         for k, v in fields.items():
             argv += [k, v if isinstance(v, str) else json.dumps(v)]

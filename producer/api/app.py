@@ -24,7 +24,7 @@ its own jobs, batches and deliveries: anything else is a 404, exactly like a mis
 
 def create_app(settings: Settings | None = None, *, client=None) -> FastAPI:
     """The API app. ``client`` (a ``producer.client.Client``) defaults to one built from ``settings``."""
-    from jobs.metrics import queue_registry
+    from jobs.metrics import combined, fleet_registry, queue_registry
     from producer.client import Client
     from producer.health import Readiness, readiness
     from producer.submit import Idempotency
@@ -45,7 +45,8 @@ def create_app(settings: Settings | None = None, *, client=None) -> FastAPI:
                   docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.services = services
     app.state.client = client
-    app.state.metrics = queue_registry(client.store.r, client.registry)  # /metrics: queue depth
+    # /metrics: queue depth and the fleet's finished jobs, read from Redis at scrape
+    app.state.metrics = combined(queue_registry(client.store.r, client.registry), fleet_registry(client.store.r))
     app.state.readiness = Readiness(lambda: readiness(client), settings.api_readiness_ttl_s)  # /readyz
     app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes, timeout_s=settings.api_body_timeout_s)
     app.add_middleware(RequestId)

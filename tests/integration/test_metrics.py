@@ -96,3 +96,35 @@ def test_metrics_move_with_a_batch(br_env, settings_for, tenants, tmp_path):
     ratio = value(wafter, "batchrender_gpu_busy_ratio")
     assert 0 < ratio <= 1, ratio
     assert ("batchrender_queue_depth", frozenset({("queue", "webhooks")})) in wafter
+
+
+def test_the_apis_metrics_count_the_jobs_every_process_finished(br_env, settings_for, start_worker, client):
+    """The API's /metrics has the fleet's finished jobs, by status and model: the one terminal
+    transition counts them in Redis in whichever process ends a job (here a real worker renders
+    one and this process blocks one), and the API reads the counts at scrape. Its own
+    ``batchrender_jobs_finished_total`` counts only what its process ended."""
+    from fastapi.testclient import TestClient
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from jobs.status import JobStatus
+    from producer.api import create_app
+
+    def scrape_api() -> dict[tuple[str, frozenset], float]:
+        with TestClient(create_app(settings_for(br_env))) as api:
+            text = api.get("/metrics").text
+            api.app.state.client.close()
+        return {(s.name, frozenset(s.labels.items())): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    before = scrape_api()
+    assert value(before, "batchrender_fleet_jobs_finished_total", status="succeeded", model="tiny") == 0
+    start_worker(br_env, queues="render.tiny")
+    rendered = client.submit({"prompt": "a lamp", "seed": 1, "width": 64, "height": 64, "steps": 2})
+    assert client.wait(rendered, timeout=None).status is JobStatus.SUCCEEDED
+    assert client.status(client.submit({"prompt": BLOCKED, "width": 64, "height": 64})).status is JobStatus.BLOCKED
+    after = scrape_api()
+    assert value(after, "batchrender_fleet_jobs_finished_total", status="succeeded", model="tiny") == 1, after
+    assert value(after, "batchrender_fleet_jobs_finished_total", status="blocked", model="tiny") == 1
+    local = "batchrender_jobs_finished_total"
+    assert value(after, local, status="succeeded", model="tiny") == value(before, local, status="succeeded", model="tiny"), \
+        "the render ended in the worker's process, not this one"
