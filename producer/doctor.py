@@ -54,7 +54,9 @@ def diagnose(settings, *, inspect_timeout_s: float = 1.0, role: str = "all",
     add(Finding("home", OK, f"{home} (BATCHRENDER_HOME)"))
     if not settings.redis_url:
         def embedded() -> tuple[str, str]:
-            url = redis_url_for(settings, start=False)
+            # Started now when it is down (the checks below need it, and start it anyway): the port
+            # shown is the one it listens on, never a guess of where it might be.
+            url = redis_url_for(settings, start=True)
             return WARN, f"no BATCHRENDER_REDIS_URL: the embedded redis-server of {home} ({url})"
         add(_run("broker", "set BATCHRENDER_REDIS_URL for anything but a single host; `make demo` starts the "
                  "embedded one", embedded))

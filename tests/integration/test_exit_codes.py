@@ -186,3 +186,22 @@ def test_the_default_home_is_the_users_data_dir_wherever_a_command_runs(tmp_path
                          cwd=tmp_path / "a", env={**env, "BATCHRENDER_HOME": "rel", "PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, timeout=60)
     assert rel.stdout.strip() == str(tmp_path / "a" / "rel")
+
+
+def test_the_first_doctor_of_a_new_home_shows_the_embedded_brokers_real_port(tmp_path):
+    """A fresh home, no BATCHRENDER_REDIS_URL: the broker row named port 6399 (a placeholder) while
+    the redis check started the broker on a free port; it names the port it listens on."""
+    import shutil
+
+    from tests.conftest import require
+
+    require(shutil.which("redis-server") is not None, "redis-server")
+    env = {"BATCHRENDER_HOME": str(tmp_path / "home"), "BATCHRENDER_REDIS_URL": None}
+    try:
+        first = CliRunner().invoke(cli, ["doctor", "--json"], env=env)
+        rows = {r["check"]: r for r in map(json.loads, first.stdout.splitlines())}
+        port = (tmp_path / "home" / "redis" / "port").read_text().strip()
+        assert f"redis://127.0.0.1:{port}/0" in rows["broker"]["detail"], (port, rows["broker"])
+        assert rows["redis"]["state"] == "ok" and port in rows["redis"]["detail"], rows["redis"]
+    finally:
+        CliRunner().invoke(cli, ["embedded", "stop"], env=env)
