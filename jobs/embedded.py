@@ -37,6 +37,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def running_url(settings: Settings) -> str | None:
+    """The embedded broker's URL when it is running now (None when it is not, or a Redis URL is set)."""
+    if settings.redis_url:
+        return None
+    port_file = _dir(settings) / "port"
+    port = int(port_file.read_text().strip() or 0) if port_file.exists() else 0
+    return f"redis://127.0.0.1:{port}/0" if port and _alive(port) else None
+
+
 def redis_url_for(settings: Settings, start: bool = True) -> str:
     """The Redis URL to use: the configured one, else the embedded one (started when ``start``)."""
     if settings.redis_url:
@@ -82,7 +91,7 @@ def _start(d: Path) -> str:
 
 
 def stop(settings: Settings) -> None:
-    """Shut the embedded redis down (used by ``make demo`` to leave nothing running)."""
+    """Shut the embedded redis down (``batchrender embedded stop``; the demo stops the one it started)."""
     d = _dir(settings)
     port_file = d / "port"
     if settings.redis_url or not port_file.exists():

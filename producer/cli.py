@@ -717,7 +717,8 @@ def embedded_status() -> None:
 
 @embedded.command("stop")
 def embedded_stop() -> None:
-    """Stop this home's embedded redis-server (it keeps running after demo or worker otherwise)."""
+    """Stop this home's embedded redis-server (it outlives the worker and the commands that start it;
+    the demo stops the one it started)."""
     from jobs.embedded import stop
 
     settings = _settings()

@@ -33,7 +33,7 @@ PROMPTS = [
 @click.option("--timeout", default=600.0, show_default=True)
 def demo(count: int, out: str, timeout: float) -> None:
     """Render a demo batch end to end and write images + manifest under --out."""
-    from jobs.embedded import redis_url_for, stop
+    from jobs.embedded import redis_url_for, running_url, stop
     from jobs.settings import redact_url
     from jobs.settings import Settings
     from producer.cli import _wait_batch, manifest_lines
@@ -46,9 +46,12 @@ def demo(count: int, out: str, timeout: float) -> None:
     overrides = {} if os.environ.get("BATCHRENDER_STORAGE_URL") else {"storage_url": out_dir.as_uri(),
                                                                       "storage_shared": True}
     settings = Settings.from_env(**overrides)
-    embedded = not settings.redis_url
+    # The demo stops the embedded broker it started, and only that one: a broker that was already
+    # running (a `batchrender worker` of this home uses it) keeps running.
+    started_here = not settings.redis_url and running_url(settings) is None
     url = redis_url_for(settings, start=True)
-    click.echo(f"broker: {'embedded private redis-server at ' + url if embedded else redact_url(url)}", err=True)
+    click.echo(f"broker: {redact_url(url) if settings.redis_url else 'embedded private redis-server at ' + url}"
+               + (" (started for the demo; stopped at its end)" if started_here else ""), err=True)
     click.echo(f"storage: {settings.resolved_storage_url}", err=True)
 
     env = {**os.environ, **({"BATCHRENDER_STORAGE_URL": settings.resolved_storage_url,
@@ -84,5 +87,5 @@ def demo(count: int, out: str, timeout: float) -> None:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
-        if embedded:
+        if started_here:
             stop(settings)

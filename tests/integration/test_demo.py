@@ -47,3 +47,33 @@ def test_demo_renders_signed_images_and_a_manifest(redis_url, tiny_model_dir, tm
         assert report.state == "Valid" and report.job_id == line["job_id"], report
         assert verify(image, ca).state == "Trusted"
     assert len([p for p in out.rglob("*.png")]) == 2
+
+
+def test_demo_leaves_running_an_embedded_broker_it_did_not_start(tiny_model_dir, tmp_path):
+    """No BATCHRENDER_REDIS_URL: a broker that was already up (a user's `batchrender worker` uses
+    it) is still up after the demo, which used it; the demo stops only a broker it started."""
+    import shutil
+
+    from jobs.embedded import redis_url_for, stop
+    from jobs.settings import Settings
+    from tests.conftest import require
+
+    require(shutil.which("redis-server") is not None, "redis-server")
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / "tiny").symlink_to(tiny_model_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHRENDER_")}
+    env.update(BATCHRENDER_HOME=str(home))
+    settings = Settings.from_env({"BATCHRENDER_HOME": str(home)})
+    url = redis_url_for(settings, start=True)
+    try:
+        proc = subprocess.run([str(Path(sys.executable).with_name("batchrender")), "demo", "--n", "1", "--out",
+                               str(tmp_path / "demo"), "--timeout", "60"], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=100)
+        assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+        assert url in proc.stderr and "stopped at its end" not in proc.stderr, proc.stderr
+        status = subprocess.run([str(Path(sys.executable).with_name("batchrender")), "embedded", "status"], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0 and url.split("/")[2] in status.stdout, "the broker the demo found still runs"
+    finally:
+        stop(settings)
