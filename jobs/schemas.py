@@ -29,6 +29,11 @@ MAX_METADATA_BYTES = 16 * 1024
 MAX_METADATA_DEPTH = 8
 MAX_METADATA_KEYS = 256
 MAX_METADATA_KEY_CHARS = 128
+#: A batch's metadata, as OpenAI caps it: keys, characters in a key, characters in a value
+#: (a value that is not a string counts as its JSON).
+MAX_BATCH_METADATA_KEYS = 16
+MAX_BATCH_METADATA_KEY_CHARS = 64
+MAX_BATCH_METADATA_VALUE_CHARS = 512
 #: A data URI of a 20 MiB image; the HTTP API's body limit is usually the tighter bound.
 MAX_IMAGE_CHARS = 28 * 1024 * 1024
 DEFAULT_STRENGTH = 0.75
@@ -492,6 +497,25 @@ def check_metadata(v: dict[str, Any]) -> None:
                 stack.append((child, depth + 1))
         elif isinstance(node, list):
             stack.extend((child, depth + 1) for child in node)
+
+
+def check_batch_metadata(v: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A batch's ``metadata`` within OpenAI's limits (16 keys, keys of 64 characters, values of
+    512); ValueError naming the limit and the key, without echoing the value."""
+    if not v:
+        return v
+    if len(v) > MAX_BATCH_METADATA_KEYS:
+        raise ValueError(f"metadata holds {len(v)} keys; a batch's metadata holds at most "
+                         f"{MAX_BATCH_METADATA_KEYS} keys")
+    for key, value in v.items():
+        if len(key) > MAX_BATCH_METADATA_KEY_CHARS:
+            raise ValueError(f"metadata key {key[:20]!r}... is {len(key)} characters; keys are at most "
+                             f"{MAX_BATCH_METADATA_KEY_CHARS} characters")
+        size = len(value) if isinstance(value, str) else len(json.dumps(value))
+        if size > MAX_BATCH_METADATA_VALUE_CHARS:
+            raise ValueError(f"metadata value of {key[:64]!r} is {size} characters; values are at most "
+                             f"{MAX_BATCH_METADATA_VALUE_CHARS} characters")
+    return v
 
 
 def surrogate_error(where: str, bad: re.Match) -> ValueError:

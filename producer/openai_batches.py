@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from jobs.errors import InvalidRequest, PermanentError
 from jobs.names import batch_key
-from jobs.schemas import invalid_from
+from jobs.schemas import check_batch_metadata, invalid_from
 from jobs.text import refuse_surrogates
 from producer.files import Files
 from producer.openai_compat import ImageGenerate, images_response, render_request
@@ -30,7 +30,7 @@ class OpenAIBatchCreate(BaseModel):
     input_file_id: str = Field(..., max_length=100)
     endpoint: str
     completion_window: str = "24h"
-    metadata: dict[str, str] | None = None
+    metadata: Annotated[dict[str, str] | None, AfterValidator(check_batch_metadata)] = None
 
 
 def _line_error(line: int, custom_id: Any, code: str, message: str) -> dict[str, Any]:

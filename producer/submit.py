@@ -9,13 +9,13 @@ import hashlib
 import json
 import re
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from jobs.errors import (BrokerUnavailable, DeliveryFailed, IdempotencyConflict, IdempotencyInProgress, InvalidRequest, JobNotFound,
                          QuotaExceeded, UnsupportedMediaType, WebhookTargetRefused)
-from jobs.schemas import RenderRequest, invalid_from
+from jobs.schemas import RenderRequest, check_batch_metadata, invalid_from
 from jobs.store import JobRecord
 from producer.inputs import tenant_safe
 
@@ -43,7 +43,7 @@ class BatchCreate(BaseModel):
     requests: list[dict[str, Any]] = Field(..., max_length=MAX_BATCH_ITEMS)
     webhook: str | None = Field(None, max_length=2048)
     webhook_events_filter: list[str] | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Annotated[dict[str, Any], AfterValidator(check_batch_metadata)] = Field(default_factory=dict)
 
 
 def reserve_capacity(client, tenant: str, adding: int) -> None:
@@ -59,12 +59,13 @@ def reserve_capacity(client, tenant: str, adding: int) -> None:
 def check_webhook(req: RenderRequest, settings) -> None:
     """Refuse webhook targets the SSRF guard refuses now; DNS trouble is left to delivery time,
     which checks every attempt again."""
+    from webhooks.events import parse_event_filter
+
+    parse_event_filter(req.webhook_events_filter)  # bounded and known, with or without a webhook
     if not req.webhook:
         return
-    from webhooks.events import parse_event_filter
     from webhooks.ssrf import check_url, parse_url
 
-    parse_event_filter(req.webhook_events_filter)
     if _BAD_HOST_CHARS.search(parse_url(req.webhook)[1]):
         raise WebhookTargetRefused("webhook URL host holds characters no host name can have")
     try:
@@ -147,6 +148,10 @@ def parse_batch(raw: bytes, ctype: str) -> tuple[list[tuple[int, Any]], list[dic
             bad = invalid_from(e)
             raise InvalidRequest(f"batch body: {bad.message.removeprefix('invalid request: ')}",
                                  errors=bad.errors) from None
+        if body.webhook_events_filter is not None:  # once for the batch, not once per line
+            from webhooks.events import parse_event_filter
+
+            parse_event_filter(body.webhook_events_filter)
         return list(enumerate(body.requests, 1)), errors, {
             "webhook": body.webhook, "webhook_events_filter": body.webhook_events_filter, "meta": body.metadata}
     raise UnsupportedMediaType("send a batch as application/json ({\"requests\": [...]}) or "

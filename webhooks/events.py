@@ -53,9 +53,15 @@ def parse_event_filter(values: Iterable[str] | None, field: str = "webhook_event
         raise InvalidRequest(f"{field} must be a list of event types, not a string",
                              [{"field": field, "message": f"allowed values: {', '.join(EVENT_TYPES)}"}])
     wanted = [str(v) for v in values]
+    if len(wanted) > len(EVENT_TYPES):
+        msg = (f"{len(wanted)} entries; list at most {len(EVENT_TYPES)} event types, each once, of: "
+               f"{', '.join(EVENT_TYPES)}")
+        raise InvalidRequest(f"{field}: {msg}", [{"field": field, "message": msg}])
     unknown = [v for v in wanted if v not in EVENT_TYPES]
     if unknown:
-        msg = f"unknown event type(s) {', '.join(map(repr, unknown))}; allowed values: {', '.join(EVENT_TYPES)}"
+        # Named, but never echoed whole: a refusal stays small whatever was sent.
+        named = ", ".join(repr(v[:40]) + ("..." if len(v) > 40 else "") for v in unknown[:3])
+        msg = f"unknown event type(s) {named}; allowed values: {', '.join(EVENT_TYPES)}"
         raise InvalidRequest(f"{field}: {msg}", [{"field": field, "message": msg}])
     if not wanted:
         raise InvalidRequest(f"{field} is empty; omit it for the default or list at least one of: "

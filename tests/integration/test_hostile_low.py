@@ -110,3 +110,58 @@ def test_a_delivery_error_keeps_only_addresses_the_tenant_gave(error, url, shown
     from producer.api.routers.deliveries import tenant_error
 
     assert shown in tenant_error(error, url)
+
+
+def _upload_batch_file(api, auth) -> str:
+    line = '{"custom_id": "a", "method": "POST", "url": "/v1/images/generations", "body": {"prompt": "a", "model": "tiny"}}\n'
+    r = api.post("/v1/files", files={"file": ("in.jsonl", line.encode(), "application/jsonl")},
+                 data={"purpose": "batch"}, headers=auth)
+    assert r.status_code in (200, 201), r.text
+    return r.json()["id"]
+
+
+@pytest.mark.parametrize("metadata, words", [
+    ({f"k{i}": "v" for i in range(17)}, "at most 16 keys"),
+    ({"k" * 65: "v"}, "64 characters"),
+    ({"k": "v" * 513}, "512 characters"),
+])
+def test_batch_metadata_is_capped_as_openai_caps_it(api, tenants, metadata, words):
+    """OpenAI's batch metadata: at most 16 keys, keys up to 64 characters, values up to 512.
+    Both batch shapes refuse more, naming the limit, and create nothing."""
+    alice = tenants.create("alice")
+    auth = _auth(alice)
+    r = api.post("/v1/batches", json={"requests": [{"prompt": "a"}], "metadata": metadata}, headers=auth)
+    assert r.status_code == 422 and words in r.json()["error"]["message"], r.text
+    assert r.json()["error"]["errors"][0]["field"].startswith("metadata"), r.text
+    r = api.post("/v1/batches", json={"input_file_id": _upload_batch_file(api, auth),
+                                      "endpoint": "/v1/images/generations", "completion_window": "24h",
+                                      "metadata": metadata}, headers=auth)
+    assert r.status_code == 400 and words in r.json()["error"]["message"], r.text
+    assert api.get("/v1/batches", headers=auth).json()["data"] == [], "no batch was created"
+    fine = {f"k{i}": "v" * 512 for i in range(16)}
+    r = api.post("/v1/batches", json={"requests": [{"prompt": "a"}], "metadata": fine}, headers=auth)
+    assert r.status_code == 201 and r.json()["meta"] == fine, r.text
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/batches"])
+@pytest.mark.parametrize("events, words", [
+    (["job.failed"] * 100_000, "at most 8 event types"),
+    (["x" * 100_000], "unknown event type"),
+])
+def test_webhook_events_filter_is_bounded(api, tenants, path, events, words):
+    alice = tenants.create("alice")
+    hook = {"webhook": "http://127.0.0.1:9/hook"}
+    body = ({"prompt": "a", **hook, "webhook_events_filter": events} if path == "/v1/jobs"
+            else {"requests": [{"prompt": "a"}], **hook, "webhook_events_filter": events})
+    r = api.post(path, json=body, headers=_auth(alice))
+    assert r.status_code == 422 and words in r.json()["error"]["message"], r.text[:500]
+    assert len(r.text) < 2000, "the refusal does not echo what it refuses"
+    r = api.post("/v1/jobs", json={"prompt": "a", "webhook_events_filter": events}, headers=_auth(alice))
+    assert r.status_code == 422, "checked without a webhook too"
+
+
+def test_the_python_client_bounds_the_events_filter_without_a_webhook_too(client):
+    from jobs.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="at most 8 event types"):
+        client.submit({"prompt": "a", "webhook_events_filter": ["job.failed"] * 1000})
