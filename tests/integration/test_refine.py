@@ -142,6 +142,20 @@ def test_three_turn_chain_verifies_with_c2pa_ingredients_back_to_the_first_image
     assert [t["status"] for t in turns[1:]] == ["succeeded", "succeeded"]
 
 
+def test_refine_honours_prefer_wait_like_a_submit(api, br_env, start_worker, tenants):
+    """``Prefer: wait=N`` on POST /v1/jobs/{id}/refine answers with the new job once it ended (it
+    was ignored: 201 with the job queued). The parent's render warms the worker first, so the wait
+    covers one tiny warm render."""
+    acme = auth(tenants.create("acme"))
+    start_worker(br_env)
+    parent = ended(api, api.post("/v1/jobs", json={"prompt": "a red kite", **TINY}, headers=acme).json()["id"], acme)
+    assert parent["status"] == "succeeded", parent
+    r = api.post(f"/v1/jobs/{parent['id']}/refine", json={"prompt": "make it blue"},
+                 headers={**acme, "Prefer": "wait=60"})
+    assert r.status_code == 201 and r.headers.get("preference-applied") == "wait=60", (r.status_code, r.headers)
+    assert r.json()["status"] == "succeeded" and r.json()["outputs"], r.json()
+
+
 def test_refine_refusals_name_the_field_and_tenants_stay_isolated(api, client, br_env, start_worker, tenants):
     acme, other = auth(tenants.create("acme")), auth(tenants.create("other"))
     queued = api.post("/v1/jobs", json={"prompt": "a red kite", **TINY}, headers=acme).json()

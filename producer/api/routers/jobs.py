@@ -67,12 +67,18 @@ async def create_job(body: Annotated[RenderRequest, Body(openapi_examples=_EXAMP
     if reused:
         response.status_code = 200
         response.headers["Batchrender-Reused"] = rec.job_id
+    rec = await _prefer_wait(svc, rec, prefer, response)
+    return await run_in_threadpool(_answer, svc, rec, request, {})
+
+
+async def _prefer_wait(svc: Services, rec: JobRecord, prefer: str | None, response: Response) -> JobRecord:
+    """``Prefer: wait=N``: the job once it ended, or as it is after N s (at most MAX_WAIT_S)."""
     wait = _PREFER_WAIT.search(prefer or "")
     if wait and not rec.status.terminal:
         seconds = min(MAX_WAIT_S, int(wait.group(1)[:4]))
         response.headers["Preference-Applied"] = f"wait={seconds}"
         rec = await wait_for_end(svc, rec.job_id, seconds)
-    return await run_in_threadpool(_answer, svc, rec, request, {})
+    return rec
 
 
 @router.get("")
@@ -110,14 +116,15 @@ def cancel_job(job_id: str, request: Request, svc: ServicesDep, tenant: Tenant) 
 @router.post("/{job_id}/refine", status_code=201, responses={200: {"model": Job, "description": (
     "An earlier request with the same Idempotency-Key created this job (header Idempotent-Replayed).")}})
 async def refine_job(job_id: str, body: RefineRequest, request: Request, response: Response, svc: ServicesDep,
-                     tenant: Tenant, idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> Job:
+                     tenant: Tenant, idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+                     prefer: Annotated[str | None, Header(max_length=1024)] = None) -> Job:
     """Refine one image of a succeeded job with a new prompt: a new job, image-to-image from that
     image with its seed and the parent's model and size (``steps``, ``strength`` may change).
 
     409 ``parent_not_succeeded`` unless the job succeeded; 422 naming ``image_index`` when it is
     out of range; a prompt the content policy refuses is answered 422 ``moderation_blocked``. The
     new job's C2PA manifest lists the parent image as its ``parentOf`` ingredient.
-    ``Idempotency-Key`` makes retries safe, as for ``POST /v1/jobs``.
+    ``Idempotency-Key`` makes retries safe and ``Prefer: wait=N`` waits up to N s, as for ``POST /v1/jobs``.
     """
     own_job(svc, tenant, job_id)
     rec, replayed = await run_in_threadpool(refine_once, svc.client, svc.idempotency, job_id, body, tenant=tenant,
@@ -126,6 +133,8 @@ async def refine_job(job_id: str, body: RefineRequest, request: Request, respons
     if replayed:
         response.status_code = 200
         response.headers.update(headers)
+    else:
+        rec = await _prefer_wait(svc, rec, prefer, response)
     return await run_in_threadpool(_answer, svc, rec, request, headers)
 
 
