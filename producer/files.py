@@ -6,8 +6,9 @@ the batch code ask of it, with the checks on what a tenant uploads.
 """
 from __future__ import annotations
 
+import os
 import secrets
-from typing import Any
+from typing import Any, BinaryIO
 
 from jobs.errors import InvalidRequest
 from jobs.text import refuse_surrogates
@@ -24,13 +25,18 @@ class Files:
         self.r = client.store.r
         self.store = FileStore(self.r, client.storage, client.settings)
 
-    def create(self, tenant: str, filename: str, purpose: str, data: bytes, file_id: str | None = None) -> FileRecord:
+    def create(self, tenant: str, filename: str, purpose: str, data: bytes | BinaryIO,
+               file_id: str | None = None) -> FileRecord:
         """Store a file for ``tenant``: an upload within the tenant's quota (``StorageQuotaExceeded``
-        otherwise); a batch's output file (``batch_output``) is counted but never refused."""
+        otherwise); a batch's output file (``batch_output``) is counted but never refused, and may
+        come as a file object (written a line at a time, stored from disk)."""
         if purpose not in PURPOSES:
             raise InvalidRequest(f"purpose: {purpose!r} is not supported; use 'batch' or 'campaign'",
                                  errors=[{"field": "purpose", "message": "use 'batch' or 'campaign'"}])
-        rec = new_record(file_id or "file-" + secrets.token_hex(12), tenant, filename, purpose, len(data))
+        if not isinstance(data, (bytes, bytearray)) and purpose != "batch_output":
+            data = data.read()  # an upload is checked whole below
+        size = len(data) if isinstance(data, (bytes, bytearray)) else data.seek(0, os.SEEK_END)
+        rec = new_record(file_id or "file-" + secrets.token_hex(12), tenant, filename, purpose, size)
         if purpose != "batch_output" and rec.content_type == "application/jsonl":
             # Refused at upload, naming line and field, rather than when a batch reads it.
             refuse_surrogates(data, jsonl=True, what="file")

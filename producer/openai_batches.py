@@ -9,6 +9,7 @@ so concurrent readers write the same files once.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from typing import Annotated, Any
 
@@ -170,27 +171,34 @@ def finalize(client, info: dict[str, Any], oa: dict[str, Any], base: str | None)
     output_id, error_id = f"file-{batch_id}-output", f"file-{batch_id}-errors"
     finished = float(client.store.r.hget(batch_key(batch_id), "finished_at") or 0)
     if not finished:
-        out_lines, err_lines = [], []
-        for e in oa["errors"]:
-            err_lines.append({"id": f"batch_req_line{e['line']}", "custom_id": e["custom_id"], "response": None,
-                              "error": {"code": e["code"], "message": e["message"], "line": e["line"]}})
-        for rec in client.batch_results(batch_id):
-            body = ImageGenerate.model_validate(oa["bodies"].get(rec.custom_id) or {"prompt": "-"})
-            try:
-                answer = {"status_code": 200, "request_id": rec.job_id,
-                          "body": images_response(client, rec, body, base)}
-                out_lines.append({"id": f"batch_req_{rec.job_id}", "custom_id": rec.custom_id, "response": answer,
-                                  "error": None})
-            except PermanentError as e:
-                answer = {"status_code": 400, "request_id": rec.job_id,
-                          "body": {"error": {"message": e.message, "type": "invalid_request_error", "param": None,
-                                             "code": e.code}}}
-                err_lines.append({"id": f"batch_req_{rec.job_id}", "custom_id": rec.custom_id, "response": answer,
-                                  "error": None})
-        for file_id, rows, name in ((output_id, out_lines, "output"), (error_id, err_lines, "errors")):
-            if rows:
-                files.create(tenant, f"{batch_id}_{name}.jsonl", "batch_output",
-                             "".join(json.dumps(r) + "\n" for r in rows).encode(), file_id=file_id)
+        # Each line is written to a temporary file as it is made and the files are stored from
+        # disk: with b64_json every image is in the output file, which must never be whole in
+        # memory (one job's images at a time are).
+        with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
+            def write(fh, row: dict[str, Any]) -> None:
+                fh.write(json.dumps(row).encode())
+                fh.write(b"\n")
+
+            for e in oa["errors"]:
+                write(err_file, {"id": f"batch_req_line{e['line']}", "custom_id": e["custom_id"], "response": None,
+                                 "error": {"code": e["code"], "message": e["message"], "line": e["line"]}})
+            for rec in client.batch_results(batch_id):  # records only: small
+                body = ImageGenerate.model_validate(oa["bodies"].get(rec.custom_id) or {"prompt": "-"})
+                try:
+                    answer = {"status_code": 200, "request_id": rec.job_id,
+                              "body": images_response(client, rec, body, base)}
+                    write(out_file, {"id": f"batch_req_{rec.job_id}", "custom_id": rec.custom_id,
+                                     "response": answer, "error": None})
+                except PermanentError as e:
+                    answer = {"status_code": 400, "request_id": rec.job_id,
+                              "body": {"error": {"message": e.message, "type": "invalid_request_error",
+                                                 "param": None, "code": e.code}}}
+                    write(err_file, {"id": f"batch_req_{rec.job_id}", "custom_id": rec.custom_id,
+                                     "response": answer, "error": None})
+                del answer  # this job's images go before the next job's are read
+            for file_id, fh, name in ((output_id, out_file, "output"), (error_id, err_file, "errors")):
+                if fh.tell():
+                    files.create(tenant, f"{batch_id}_{name}.jsonl", "batch_output", fh, file_id=file_id)
         finished = time.time()
         client.store.r.hsetnx(batch_key(batch_id), "finished_at", repr(finished))
         finished = float(client.store.r.hget(batch_key(batch_id), "finished_at"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import abc
 import hashlib
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import BinaryIO, Iterator, Mapping
 
 from jobs.errors import UnsafeKey
 from storage.keys import check_key, quarantine_key
@@ -46,6 +46,15 @@ class Storage(abc.ABC):
         self, key: str, data: bytes, *, content_type: str, metadata: Mapping[str, str] | None = None
     ) -> StoredObject:
         """Write ``data`` under ``key`` (overwriting), with its content type and string metadata."""
+
+    def put_file(
+        self, key: str, fileobj: BinaryIO, *, content_type: str, metadata: Mapping[str, str] | None = None
+    ) -> StoredObject:
+        """Write what ``fileobj`` holds, from its start, under ``key``: for objects too large to
+        hold in memory at once (a batch's output file). This default reads it whole; backends
+        that can write in parts override it."""
+        fileobj.seek(0)
+        return self.put(key, fileobj.read(), content_type=content_type, metadata=metadata)
 
     @abc.abstractmethod
     def get(self, key: str) -> bytes:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from jobs.errors import JobNotFound, StorageQuotaExceeded
 from jobs.names import KEY_PREFIX
@@ -147,9 +147,10 @@ class FileStore:
         h = self.r.hgetall(usage_key(tenant))
         return int(h.get("count") or 0), int(h.get("bytes") or 0)
 
-    def create(self, rec: FileRecord, data: bytes, *, enforce_quota: bool = True) -> FileRecord:
+    def create(self, rec: FileRecord, data: bytes | BinaryIO, *, enforce_quota: bool = True) -> FileRecord:
         """Count ``rec`` against its tenant's quota (``StorageQuotaExceeded`` when it does not fit and
-        ``enforce_quota``), then store its bytes and record."""
+        ``enforce_quota``), then store its bytes and record. ``data``: the bytes, or a file holding
+        ``rec.bytes`` of them (a batch's output file, written to disk a line at a time)."""
         s = self.settings
         admitted, count, used = self._admit(
             keys=[tenant_files_key(rec.tenant), usage_key(rec.tenant), FILES_CREATED_KEY],
@@ -158,8 +159,8 @@ class FileStore:
         if not admitted:
             raise self._refusal(rec, int(count), int(used))
         try:
-            self.storage.put(rec.storage_key, data, content_type=rec.content_type,
-                             metadata={"tenant": rec.tenant, "kind": "file"})
+            write = self.storage.put if isinstance(data, (bytes, bytearray)) else self.storage.put_file
+            write(rec.storage_key, data, content_type=rec.content_type, metadata={"tenant": rec.tenant, "kind": "file"})
         except BaseException:
             _forget(self.r, rec.tenant, rec.id)  # stored nothing: its share of the quota goes back
             raise

@@ -7,11 +7,12 @@ the same way (before the object, so an object never exists without its metadata)
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import BinaryIO, Iterator, Mapping
 from urllib.parse import unquote, urlparse
 
 from jobs.errors import ConfigurationError, StorageError
@@ -71,6 +72,37 @@ class LocalStorage(Storage):
             # A full or read-only disk may recover (operator frees space); the job retries.
             raise StorageError(f"could not write {key!r} under {self.root}: {e}") from e
         return StoredObject(key, path.as_uri(), digest, len(data), content_type, meta)
+
+    def put_file(
+        self, key: str, fileobj: BinaryIO, *, content_type: str, metadata: Mapping[str, str] | None = None
+    ) -> StoredObject:
+        """Copied in chunks of ``CHUNK_BYTES`` (hashed as they go) to a temporary file beside the
+        object, its sidecar written, then moved into place: never whole in memory."""
+        path = self._path(key)
+        meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+            digest, size = hashlib.sha256(), 0
+            fileobj.seek(0)
+            with os.fdopen(fd, "wb") as fh:
+                while chunk := fileobj.read(CHUNK_BYTES):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+            sidecar = {"content_type": content_type, "sha256": digest.hexdigest(), "size": size, "metadata": meta}
+            _atomic_write(path.with_name(path.name + SIDECAR_SUFFIX), json.dumps(sidecar, sort_keys=True).encode())
+            os.replace(tmp, path)
+            tmp = None
+        except OSError as e:
+            raise StorageError(f"could not write {key!r} under {self.root}: {e}") from e
+        finally:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+        return StoredObject(key, path.as_uri(), digest.hexdigest(), size, content_type, meta)
 
     def get(self, key: str) -> bytes:
         path = self._path(key)

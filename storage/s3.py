@@ -16,7 +16,7 @@ import hashlib
 import io
 import os
 import threading
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, BinaryIO, Callable, Iterator, Mapping, TypeVar
 from urllib.parse import urlparse
 
 from jobs.errors import ConfigurationError, StorageError
@@ -128,6 +128,35 @@ class S3Storage(Storage):
                 Bucket=self.bucket, Key=full, Body=data, ContentType=content_type, Metadata=meta,
                 ChecksumAlgorithm="SHA256", ChecksumSHA256=base64.b64encode(digest.digest()).decode()))
         return StoredObject(key, f"s3://{self.bucket}/{full}", digest.hexdigest(), len(data), content_type, meta)
+
+    def put_file(
+        self, key: str, fileobj: BinaryIO, *, content_type: str, metadata: Mapping[str, str] | None = None
+    ) -> StoredObject:
+        """Hashed in one pass over ``fileobj``, then uploaded from it: a multipart upload past
+        ``s3_multipart_threshold`` (boto3 holds a few parts at a time), never the whole object."""
+        full = self._full(key)
+        digest, size = hashlib.sha256(), 0
+        fileobj.seek(0)
+        while chunk := fileobj.read(CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+        fileobj.seek(0)
+        meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+        meta.setdefault("sha256", digest.hexdigest())
+        threshold = self.settings.s3_multipart_threshold
+        if size > threshold:
+            from boto3.s3.transfer import TransferConfig
+
+            chunk_size = max(threshold, MIN_PART_SIZE)
+            transfer = TransferConfig(multipart_threshold=threshold, multipart_chunksize=chunk_size, max_concurrency=2)
+            extra = {"ContentType": content_type, "Metadata": meta, "ChecksumAlgorithm": "SHA256"}
+            self._call("multipart upload", key, lambda: self.client.upload_fileobj(
+                fileobj, self.bucket, full, ExtraArgs=extra, Config=transfer))
+        else:
+            self._call("put", key, lambda: self.client.put_object(
+                Bucket=self.bucket, Key=full, Body=fileobj.read(), ContentType=content_type, Metadata=meta,
+                ChecksumAlgorithm="SHA256", ChecksumSHA256=base64.b64encode(digest.digest()).decode()))
+        return StoredObject(key, f"s3://{self.bucket}/{full}", digest.hexdigest(), size, content_type, meta)
 
     def get(self, key: str) -> bytes:
         full = self._full(key)

@@ -142,3 +142,20 @@ def test_stream_reads_the_object_in_chunks_and_missing_is_key_error(store):
     assert next(unread) and unread.close() is None  # dropped half-way: its connection is given back
     with pytest.raises(KeyError):
         store.stream("j/missing.png")
+
+
+@pytest.mark.parametrize("size", [1000, 12 * MiB])
+def test_put_file_uploads_from_the_file_whole_or_multipart(s3_endpoint, bucket, size):
+    import io
+
+    store = S3Storage(make_settings(s3_endpoint, bucket, s3_multipart_threshold=5 * MiB))
+    data = os.urandom(size)
+    fh = io.BytesIO(data)
+    fh.seek(size // 2)
+    obj = store.put_file("b/j/out.jsonl", fh, content_type="application/jsonl", metadata=META)
+    assert obj.size == size and obj.sha256 == hashlib.sha256(data).hexdigest()
+    head = store.client.head_object(Bucket=bucket, Key="renders/b/j/out.jsonl")
+    assert head["ContentType"] == "application/jsonl" and head["Metadata"]["sha256"] == obj.sha256
+    assert head["ETag"].strip('"').endswith("-3") == (size > 5 * MiB)
+    assert store.get("b/j/out.jsonl") == data
+    store.close()

@@ -82,3 +82,20 @@ def test_stream_gives_the_size_then_the_bytes_in_chunks_and_key_error_up_front(s
     assert [len(p) for p in parts] == [65536, 65536, 65536, 59392]
     with pytest.raises(KeyError):
         store.stream("j/missing.png")
+
+
+def test_put_file_copies_in_chunks_with_the_same_sidecar_as_put(store, tmp_path):
+    import io
+    import os
+
+    data = os.urandom(300_000)
+    fh = io.BytesIO(data)
+    fh.seek(123)  # written from its start wherever it stands
+    obj = store.put_file("b/j/out.jsonl", fh, content_type="application/jsonl", metadata={"tenant": "t"})
+    assert store.get("b/j/out.jsonl") == data and obj.size == len(data)
+    assert obj.sha256 == store.put("b/j/same", data, content_type="application/jsonl").sha256
+    sidecar = json.loads((store.root / "b/j/out.jsonl.json").read_text())
+    assert sidecar == {"content_type": "application/jsonl", "sha256": obj.sha256, "size": len(data),
+                       "metadata": {"tenant": "t"}}
+    assert sorted(p.name for p in (store.root / "b/j").iterdir()) == ["out.jsonl", "out.jsonl.json", "same",
+                                                                     "same.json"]
