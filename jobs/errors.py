@@ -14,6 +14,10 @@ class BatchRenderError(Exception):
 
     #: Stable machine-readable code, used in job records and HTTP error bodies.
     code: str = "internal_error"
+    #: What a tenant is told instead of ``message`` when the message names the deployment's
+    #: insides (a storage path or bucket, a Redis host, a client library's text); the message
+    #: then goes to the log only. None: the message is the project's own, for anyone.
+    public_message: str | None = None
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -22,6 +26,12 @@ class BatchRenderError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, **({"details": self.details} if self.details else {})}
+
+    def to_public_dict(self) -> dict[str, Any]:
+        """``to_dict`` as a tenant may read it (job records, API answers, webhooks)."""
+        if self.public_message is None:
+            return self.to_dict()
+        return {"code": self.code, "message": self.public_message}
 
 
 class TransientError(BatchRenderError):
@@ -156,22 +166,25 @@ class WebhookTargetRefused(InvalidRequest):
 # -- transient ---------------------------------------------------------------------------------
 class StorageError(TransientError):
     code = "storage_unavailable"
+    public_message = "the storage that holds outputs and uploads is unavailable; retrying later can succeed"
 
 
 class BrokerUnavailable(TransientError):
     code = "broker_unavailable"
+    public_message = "Redis or the network is unavailable; retrying later can succeed"
 
 
 class BatchIncomplete(BrokerUnavailable):
     """The broker failed half-way through a batch: ``queued`` job ids were queued, ``not_queued`` were not."""
 
     code = "batch_incomplete"
+    public_message = None  # which jobs were queued is for the tenant; the cause is named by its class only
 
     def __init__(self, batch_id: str, queued: list[str], not_queued: list[str], cause: BaseException) -> None:
         super().__init__(
             f"batch {batch_id}: {len(queued)} of {len(queued) + len(not_queued)} jobs were queued before the "
-            f"broker became unavailable ({cause}); the other {len(not_queued)} were not queued and end as failed "
-            "(code not_queued). Submit those again when the broker is back.",
+            f"broker became unavailable ({type(cause).__name__}); the other {len(not_queued)} were not queued and "
+            "end as failed (code not_queued). Submit those again when the broker is back.",
             batch_id=batch_id, queued=queued, not_queued=not_queued)
         self.batch_id, self.queued, self.not_queued = batch_id, queued, not_queued
 

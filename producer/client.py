@@ -455,7 +455,7 @@ class Client:
         """
         error = {"code": "not_queued", "retryable": True,
                  "message": "the job was recorded but never queued: the broker became unavailable while its "
-                            f"batch was being submitted ({cause}); submit it again"}
+                            f"batch was being submitted ({type(cause).__name__}); submit it again"}
         ended = 0
         try:
             for job_id in job_ids:

@@ -640,7 +640,7 @@ class JobRunner:
     def fail(self, msg: JobMessage, exc: BaseException, *, retryable: bool) -> Outcome:
         """Record a final failure (permanent error, exhausted retries, or an unexpected bug)."""
         if isinstance(exc, BatchRenderError):
-            error = exc.to_dict()
+            error = self._public(msg, exc)
         else:
             # A bug or a library's own error: its text (tensor shapes, paths, hosts) is for the
             # operator's log (every caller has logged its traceback); the job says so in the
@@ -655,8 +655,17 @@ class JobRunner:
 
     def requeue(self, msg: JobMessage, exc: TransientError) -> None:
         """A transient failure: back to queued (a retry is scheduled), keeping the reason visible."""
-        if self.ctx.store.transition(msg.job_id, Q, [R], error=exc.to_dict()).ok:
+        if self.ctx.store.transition(msg.job_id, Q, [R], error=self._public(msg, exc)).ok:
             self.ctx.store.bump_retries(msg.job_id)
+
+    @staticmethod
+    def _public(msg: JobMessage, exc: BatchRenderError) -> dict[str, Any]:
+        """The error as the job's record keeps it (a tenant reads it): an error whose message names
+        the deployment's insides (storage paths, Redis hosts) shows its public message, and the
+        log keeps the message under the job's id."""
+        if exc.public_message is not None:
+            log.warning("job %s: %s: %s", msg.job_id, exc.code, exc.message)
+        return exc.to_public_dict()
 
     def _end(self, msg: JobMessage, status: JobStatus, *, images: list[ImageResult] | None = None,
              timings: Timings | None = None, moderation=None, error=None, prompt_tokens: int | None = None) -> None:

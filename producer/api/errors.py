@@ -5,6 +5,7 @@ rise; ``ApiError`` is for the few errors only HTTP has (authentication, rate lim
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
@@ -17,6 +18,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from jobs.errors import (BatchRenderError, IdempotencyConflict, IdempotencyInProgress, JobNotEnded, JobNotFound,
                          ParentNotSucceeded, QuotaExceeded, StorageQuotaExceeded, TransientError,
                          UnsupportedMediaType)
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -144,6 +147,9 @@ def install(app: FastAPI) -> None:
     async def _domain(request: Request, e: BatchRenderError):
         status, headers = _status_of(e)
         extra = {"errors": e.details["errors"]} if e.details.get("errors") else {}
+        if e.public_message is not None:  # its message names the deployment's insides: the log has it
+            log.warning("%s %s answered %s %s: %s", request.method, request.url.path, status, e.code, e.message)
+            return error_response(status, e.code, e.public_message, headers or None, request)
         return error_response(status, e.code, e.message, headers or None, request, **extra)
 
     @app.exception_handler(redis.RedisError)

@@ -58,3 +58,24 @@ def test_an_unexpected_worker_error_shows_the_tenant_the_projects_message_and_lo
     assert one_step.job_id in error["message"] and "log" in error["message"], error
     log = worker.log()
     assert "The size of tensor a (0)" in log and one_step.job_id in log, log[-3000:]
+
+
+def test_a_storage_failure_at_submit_shows_the_tenant_no_path_and_logs_it(br_env, settings_for, tenants, tmp_path,
+                                                                          caplog):
+    import logging
+
+    from starlette.testclient import TestClient
+
+    from producer.api import create_app
+
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")  # the storage root is a file: every write fails with the path in the error
+    settings = settings_for({**br_env, "BATCHRENDER_STORAGE_URL": blocked.as_uri()})
+    alice = tenants.create("alice")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as api, \
+            caplog.at_level(logging.WARNING, logger="producer.api"):
+        r = api.post("/v1/jobs", json={"prompt": "a red box", "image": RED, "width": 64, "height": 64},
+                     headers={"Authorization": f"Bearer {alice.api_key}"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "storage_unavailable", r.text
+    assert str(tmp_path) not in r.text and "Errno" not in r.text, r.text
+    assert str(blocked) in caplog.text, "the operator's log has the detail"
