@@ -139,6 +139,8 @@ class SigningFailed(PermanentError):
     """C2PA signing could not produce a valid manifest (bad key, expired certificate...)."""
 
     code = "signing_failed"
+    public_message = ("the images could not be signed with Content Credentials (C2PA), so none were delivered: "
+                      "a problem of the deployment's signing setup, in the operator's worker log")
 
 
 class ConfigurationError(PermanentError):

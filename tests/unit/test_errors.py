@@ -34,3 +34,10 @@ def test_the_worker_records_the_public_error_and_logs_the_message(caplog):
         error = JobRunner._public(SimpleNamespace(job_id="job_x"), StorageError(PATH_ERROR))
     assert "/srv/batchrender" not in str(error) and error["code"] == "storage_unavailable"
     assert "job_x" in caplog.text and "/srv/batchrender" in caplog.text
+
+
+def test_a_signing_failure_names_no_key_or_library_text():
+    from jobs.errors import SigningFailed
+
+    e = SigningFailed("C2PA private key is not an unencrypted PEM key: Could not deserialize key data /keys/c2pa.pem")
+    assert "/keys" not in str(e.to_public_dict()) and "Content Credentials" in e.to_public_dict()["message"]
