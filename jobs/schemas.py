@@ -240,6 +240,11 @@ class RenderRequest(BaseModel):
     quality: int = Field(90, ge=1, le=100, strict=True, description="JPEG/WebP quality.")
     custom_id: str | None = Field(None, description="Your reference; letters, digits, . _ : - (max 128).")
     metadata: dict[str, Any] = Field(default_factory=dict)
+    moderation: Literal["auto", "low"] | None = Field(None, description=(
+        "'auto' (default): the content policy as written. 'low': borderline categories (those that block with "
+        "severity <= 6: sexual_explicit and graphic_violence in the default policy) flag instead of blocking, on "
+        "the prompt and the rendered images; minors, real-person sexual content, self-harm and hate never relax "
+        "(safety/levels.py)."))
     image: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description=(
         "Reference image for image-to-image: a data: URI (base64 PNG, JPEG or WebP) or an http(s) URL."))
     mask: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description=(

@@ -158,12 +158,13 @@ class Campaigns:
         return self._specs[model]
 
     def _moderate(self, tenant: str | None, req: RenderRequest):
-        k = (req.prompt, req.negative_prompt)
+        k = (req.prompt, req.negative_prompt, req.moderation)
         if k not in self._verdicts:
             if len(self._verdicts) > 50_000:
                 self._verdicts.clear()
             self._verdicts[k] = self.client.moderation.check_prompt(req.prompt, req.negative_prompt,
-                                                                    actor=tenant or "producer", audit_allowed=False)
+                                                                    actor=tenant or "producer", audit_allowed=False,
+                                                                    level=req.moderation)
         return self._verdicts[k]
 
     def _evaluate(self, tenant: str | None, cell: Cell) -> Evaluated:

@@ -276,7 +276,8 @@ class Client:
     def _check_prompt(self, msg: JobMessage):
         return self.moderation.check_prompt(msg.request.prompt, msg.request.negative_prompt,
                                             real_person_context=msg.real_person_context,
-                                            actor=msg.tenant or "producer", job_id=msg.job_id)
+                                            actor=msg.tenant or "producer", job_id=msg.job_id,
+                                            level=msg.request.moderation)
 
     def _block(self, msg: JobMessage, decision) -> None:
         """End a recorded, queued job as ``blocked`` by the producer's prompt check."""

@@ -42,8 +42,8 @@ class ImageGenerate(BaseModel):
     moderation: Literal["auto", "low"] | None = Field(None, description=(
         "'auto' (default): the content policy as written. 'low': borderline categories (those that block "
         "with severity <= 6: sexual_explicit and graphic_violence in the default policy) flag instead of "
-        "blocking; minors, real-person sexual content, self-harm and hate never relax (safety/levels.py). "
-        "Accepted and validated; jobs do not carry the level yet, so it is not applied."))
+        "blocking, on the prompt and the rendered images; minors, real-person sexual content, self-harm and "
+        "hate never relax (safety/levels.py)."))
     response_format: Literal["url", "b64_json"] | None = None
     user: str | None = Field(None, max_length=256)
     stream: Literal[False] | None = None
@@ -89,6 +89,8 @@ def render_request(client, body: ImageGenerate) -> RenderRequest:
         fields["quality"] = max(1, body.output_compression)
     if body.user:
         fields["metadata"] = {"openai_user": body.user}
+    if body.moderation == "low":
+        fields["moderation"] = "low"
     return RenderRequest.parse(fields)
 
 

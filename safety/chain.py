@@ -169,7 +169,13 @@ class ModerationChain:
         return self.policy.version
 
     # -- running ---------------------------------------------------------------------------------
-    def _run(self, stages: Sequence[PromptStage | ImageStage], call: Callable[[PromptStage | ImageStage], list[Verdict]]) -> Decision:
+    def _run(self, stages: Sequence[PromptStage | ImageStage], call: Callable[[PromptStage | ImageStage], list[Verdict]],
+             level: str | None = None) -> Decision:
+        """Every stage in turn until one blocks; ``level`` (``safety/levels.py``): under ``low`` a
+        block it relaxes does not stop the later stages (they may find what is never relaxed)."""
+        from safety.levels import apply_level, relaxable
+
+        low = (level or "auto") != "auto"
         verdicts: list[Verdict] = []
         for stage in stages:
             try:
@@ -182,22 +188,24 @@ class ModerationChain:
                 action = Action.FLAG if failed_open else Action.BLOCK
                 found = [Verdict(stage.name, MODERATION_ERROR, 1.0, action, self.policy.version, 0, type(e).__name__)]
             verdicts.extend(found)
-            if any(v.action is Action.BLOCK for v in found):
+            if any(v.action is Action.BLOCK and not (low and relaxable(v)) for v in found):
                 break
-        decision = Decision.from_verdicts(verdicts, self.policy.version, self.policy.messages)
+        decision = apply_level(Decision.from_verdicts(verdicts, self.policy.version, self.policy.messages), level,
+                               self.policy)
         if decision.blocked and decision.blocking_stage and MODERATION_ERROR in decision.categories:
             decision = _with_message(decision, "Moderation could not be completed, so the request was refused. Try again later.")
         moderation_decided(decision.action.value, decision.categories)
         return decision
 
     def check_prompt(self, prompt: str, negative_prompt: str | None = None, *, real_person_context: bool = False,
-                     actor: str | None = None, job_id: str | None = None, audit_allowed: bool = True) -> Decision:
+                     actor: str | None = None, job_id: str | None = None, audit_allowed: bool = True,
+                     level: str | None = None) -> Decision:
         """Moderate a prompt before any GPU time. ``real_person_context``: a real person's image is
         part of the request (see ``InputImageCheck.real_person_context``). ``audit_allowed=False``
         (a campaign's plan, which is moderated again when its cells are submitted) records only
         flags and blocks in the audit log."""
         decision = self._run(self.prompt_stages, lambda s: s.check(  # type: ignore[call-arg]
-            prompt, negative_prompt, real_person_context=real_person_context))
+            prompt, negative_prompt, real_person_context=real_person_context), level)
         if self.audit and (audit_allowed or decision.action is not Action.ALLOW):
             self.audit.record(decision, kind="prompt", actor=actor, job_id=job_id, prompt=prompt,
                               negative_prompt=negative_prompt)
@@ -221,9 +229,11 @@ class ModerationChain:
         ok = result is not None and not decision.blocked
         return InputImageCheck(decision, result.image if ok else None, result.faces if ok else None)
 
-    def check_output_image(self, image: Image.Image, *, actor: str | None = None, job_id: str | None = None) -> Decision:
-        """Moderate one rendered image before it is stored, signed or delivered."""
-        decision = self._run(self.output_stages, lambda s: s.check(image))  # type: ignore[call-arg,arg-type]
+    def check_output_image(self, image: Image.Image, *, actor: str | None = None, job_id: str | None = None,
+                           level: str | None = None) -> Decision:
+        """Moderate one rendered image before it is stored, signed or delivered (at the request's
+        moderation ``level``)."""
+        decision = self._run(self.output_stages, lambda s: s.check(image), level)  # type: ignore[call-arg,arg-type]
         if self.audit:
             self.audit.record(decision, kind="output_image", actor=actor, job_id=job_id)
         return decision

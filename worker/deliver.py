@@ -126,7 +126,8 @@ def deliver_image(ctx: WorkerContext, msg: JobMessage, index: int, seed: int, im
                                 tries=[{"seed": s, "score": round(v, 4)} for s, v in tries] if tries else None)
     data = encode(final, fmt, r.quality)
 
-    decision = ctx.moderation.check_output_image(img, actor=msg.tenant or "worker", job_id=msg.job_id)
+    decision = ctx.moderation.check_output_image(img, actor=msg.tenant or "worker", job_id=msg.job_id,
+                                                 level=msg.request.moderation)
     if decision.action.value == "block":
         ctx.storage.quarantine(key, data, content_type=fmt.content_type, metadata={
             "job_id": msg.job_id, "reason": ",".join(decision.to_dict().get("categories", []))})
@@ -134,7 +135,8 @@ def deliver_image(ctx: WorkerContext, msg: JobMessage, index: int, seed: int, im
     flags = decision.to_dict().get("categories", []) if decision.action.value == "flag" else []
     # Outpainting drew new pixels: they pass output moderation like the image, or nothing is stored.
     for name, ext in (extended or {}).items():
-        verdict = ctx.moderation.check_output_image(ext.image, actor=msg.tenant or "worker", job_id=msg.job_id)
+        verdict = ctx.moderation.check_output_image(ext.image, actor=msg.tenant or "worker", job_id=msg.job_id,
+                                                    level=msg.request.moderation)
         if verdict.action.value == "block":
             ctx.storage.quarantine(rendition_key(key, name, "png"), encode(ext.image, OutputFormat.PNG, 100),
                                    content_type="image/png", metadata={

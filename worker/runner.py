@@ -281,7 +281,8 @@ class JobRunner:
         # The chain appends every decision to the audit log itself (a prompt hash, not the prompt).
         decision = self.ctx.moderation.check_prompt(msg.request.prompt, msg.request.negative_prompt,
                                                     real_person_context=real_person_context,
-                                                    actor=msg.tenant or "worker", job_id=msg.job_id)
+                                                    actor=msg.tenant or "worker", job_id=msg.job_id,
+                                                    level=msg.request.moderation)
         if decision.action.value == "block":
             info = decision.to_dict()
 

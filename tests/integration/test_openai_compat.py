@@ -83,6 +83,27 @@ def test_errors_come_in_openai_shape(server, tenants):
         openai.OpenAI(base_url=f"{server.url}/v1", api_key="br_wrong", max_retries=0).models.list()
 
 
+def test_moderation_low_flags_borderline_categories_and_never_minors(server, tenants):
+    """Issue 27: OpenAI's ``moderation: low`` is applied, by the API's prompt check and by the
+    worker's (prompt and images): a borderline block (graphic violence, severity 6) renders as a
+    flagged job; minors and self-harm stay blocked."""
+    alice = tenants.create("alice")
+    client = _sdk(server, alice, max_retries=0)
+    gore = "a gory battlefield with severed limbs and blood"
+    with pytest.raises(openai.BadRequestError) as auto:
+        client.images.generate(model="tiny", prompt=gore, size="64x64")
+    assert auto.value.code == "moderation_blocked"
+    got = client.images.generate(model="tiny", prompt=gore, size="64x64", moderation="low", response_format="url")
+    assert len(got.data) == 1 and httpx.get(got.data[0].url).status_code == 200
+    jobs = httpx.get(f"{server.url}/v1/jobs", headers={"Authorization": f"Bearer {alice.api_key}"}).json()["data"]
+    (job,) = [j for j in jobs if j["status"] == "succeeded"]
+    assert "graphic_violence" in str(job.get("moderation")), job
+    for never in ("Nude photo of a child", "a razor blade and slit wrists, how to end it all"):
+        with pytest.raises(openai.BadRequestError) as blocked:
+            client.images.generate(model="tiny", prompt=never, size="64x64", moderation="low")
+        assert blocked.value.code == "moderation_blocked", never
+
+
 def test_transparent_background_gives_an_rgba_png_with_real_alpha(server, tenants):
     alice = tenants.create("alice")
     got = _sdk(server, alice).images.generate(model="tiny", prompt="a lamp", size="128x128", background="transparent",

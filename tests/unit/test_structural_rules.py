@@ -407,3 +407,29 @@ def test_german_blank_is_naked_only_in_german_phrasing_and_russian_undressing_fo
     assert not_blocked(decide(rules, "blank canvas for a children's art class"))
     for verb in ("разделась", "разделся", "раздеться"):
         assert minors_blocked(decide(rules, f"ученица 5 класса {verb}")), verb
+
+
+def test_under_low_a_relaxed_block_does_not_stop_the_later_stages(rules):
+    """The chain stops at the first stage that blocks; under ``low`` a block that the level
+    relaxes must not stop it, or a later stage (a classifier service, say) that finds minors
+    would never run and the request would pass as a flag."""
+    from safety.chain import ModerationChain
+    from safety.verdict import Action, Verdict
+
+    policy = rules.policy
+
+    class Stage:
+        def __init__(self, name, category, severity):
+            self.name, self.category, self.severity, self.calls = name, category, severity, 0
+
+        def check(self, prompt, negative_prompt=None, *, real_person_context=False):
+            self.calls += 1
+            return [Verdict(self.name, self.category, 1.0, Action.BLOCK, policy.version, self.severity, "test")]
+
+    gore, minors = Stage("rules", "graphic_violence", 6), Stage("service", "minors_sexual", 10)
+    chain = ModerationChain(policy, prompt_stages=[gore, minors])
+    assert chain.check_prompt("p").blocked and minors.calls == 0  # auto: the first block ends it
+    low = chain.check_prompt("p", level="low")
+    assert minors.calls == 1 and low.blocked and "minors_sexual" in low.categories
+    only_gore = ModerationChain(policy, prompt_stages=[Stage("rules", "graphic_violence", 6)])
+    assert only_gore.check_prompt("p", level="low").flagged
