@@ -130,7 +130,11 @@ def test_no_input_on_real_ids_yields_a_server_error(br_env, settings_for, tenant
 
     key = tenants.create("fuzz").api_key
     auth = {"Authorization": f"Bearer {key}"}
-    app = create_app(settings_for(br_env, api_rate_per_s=10_000, api_burst=10_000, api_max_body_bytes=64 * 1024))
+    # The OpenAI routes wait for their render at most 2 s (then a time-limit refusal, not a 5xx):
+    # with the default (540 s) each fuzzed images.generations waited for a queue of the fuzzer's
+    # own renders, past its 10 s read timeout on a loaded machine.
+    app = create_app(settings_for(br_env, api_rate_per_s=10_000, api_burst=10_000, api_max_body_bytes=64 * 1024,
+                                  openai_sync_timeout_s=2.0))
     client = TestClient(app)
     start_worker(br_env)
     small = {"width": 64, "height": 64, "steps": 2, "renditions": [{"name": "sq", "aspect_ratio": "1:1"}]}
@@ -144,8 +148,7 @@ def test_no_input_on_real_ids_yields_a_server_error(br_env, settings_for, tenant
     assert client.get(f"/v1/jobs/{job_id}/outputs/0/renditions/sq", headers=auth).status_code == 200
 
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-    # Refinements of the real job queue renders of their own: after the routes that wait for a render
-    # (images.generations answers within the fuzzer's 10 s read timeout only with a short queue).
+    # Refinements of the real job queue renders of their own: after the routes that wait for a render.
     operations = sorted((r.ok() for r in schema.get_all_operations()),
                         key=lambda op: (op.method.upper() == "DELETE", op.path.endswith("/refine")))
     assert {op.label for op in operations} == EVERY_OPERATION
