@@ -1,7 +1,13 @@
 """Render-worker memory over many jobs: RSS after warm-up, at 1,000 and at 5,000 jobs.
 
     .venv/bin/python benchmarks/memory.py [--jobs 5000] [--warmup 200] [--s3] [--webhooks]
+                                          [--realistic] [--size N] [--steps N] [--unique-prompts]
+                                          [--log-level INFO] [--thumbnail-px N] [--trace FILE]
                                           [--out benchmarks/results/memory.json]
+
+``--realistic`` is what a real run looks like: 64x64, 4 steps, a unique prompt per job, INFO logging,
+thumbnails (256), S3 and webhooks. Without it the settings of the first figures (8x8, 1 step, one
+prompt, WARNING logging, local storage).
 
 A real ``celery worker`` (solo pool, the tiny model at 8x8, 1 step) on a private redis-server, local
 storage (or, with ``--s3``, a moto S3 server on loopback), signing and moderation on (the full
@@ -54,6 +60,69 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+_WORDS = ("quiet", "bright", "misty", "golden", "pale", "stormy", "late", "early", "warm", "cold", "soft",
+          "hazy", "clear", "dim", "vivid", "faded", "silver",
+          "lighthouse", "harbour", "fishing boat", "gull", "pier", "cliff", "dune", "village", "ferry",
+          "heron", "breakwater", "beach hut", "sailboat", "tide pool", "rowing boat", "fisherman")
+
+# The render worker under tracemalloc: a thread answers each ``<name>.req`` in the trace folder with
+# ``<name>.snap`` (a tracemalloc snapshot) and ``<name>.types.json`` (live objects per type). Tracing
+# starts at the first request (after warm-up), so the last snapshot holds what was allocated since
+# and is still alive.
+_TRACED_CELERY = """
+import collections, gc, json, pathlib, sys, threading, time, tracemalloc
+d = pathlib.Path(sys.argv.pop(1))
+def watch():
+    while True:
+        for req in d.glob('*.req'):
+            if not tracemalloc.is_tracing():  # from the first request on: imports untraced, fast
+                tracemalloc.start(16)
+            gc.collect()
+            types = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+            (d / (req.stem + '.types.json')).write_text(json.dumps(types))
+            tracemalloc.take_snapshot().dump(str(d / (req.stem + '.tmp')))
+            (d / (req.stem + '.tmp')).rename(d / (req.stem + '.snap'))
+            req.unlink()
+        time.sleep(0.2)
+threading.Thread(target=watch, daemon=True).start()
+sys.argv = ['celery', *sys.argv[1:]]
+from celery.__main__ import main
+main()
+"""
+
+
+def snap(trace_dir: Path | None, name: str) -> None:
+    """Asks the traced worker for a snapshot (between waves: the worker is idle) and waits for it."""
+    if trace_dir is None:
+        return
+    (trace_dir / f"{name}.req").touch()
+    deadline = time.monotonic() + 600
+    while not (trace_dir / f"{name}.snap").exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no tracemalloc snapshot {name} from the worker")
+        time.sleep(0.2)
+
+
+def trace_report(trace_dir: Path, out: Path) -> None:
+    """The top growth between the two snapshots, by line and by traceback, and by object type."""
+    import tracemalloc
+
+    a = tracemalloc.Snapshot.load(str(trace_dir / "base.snap"))
+    b = tracemalloc.Snapshot.load(str(trace_dir / "end.snap"))
+    lines = ["# by line"]
+    lines += [str(st) for st in b.compare_to(a, "lineno")[:30]]
+    lines.append("\n# by traceback (top 8)")
+    for st in b.compare_to(a, "traceback")[:8]:
+        lines.append(f"{st.size_diff / 1024:+.1f} KiB, {st.count_diff:+d} blocks")
+        lines += ["    " + ln for ln in st.traceback.format()]
+    ta = json.loads((trace_dir / "base.types.json").read_text())
+    tb = json.loads((trace_dir / "end.types.json").read_text())
+    grown = sorted(((tb.get(k, 0) - ta.get(k, 0), k) for k in set(ta) | set(tb)), reverse=True)[:30]
+    lines.append("\n# live objects by type (growth)")
+    lines += [f"{d:+8d}  {k}" for d, k in grown]
+    out.write_text("\n".join(lines) + "\n")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -65,10 +134,31 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=5000)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--wave", type=int, default=250)
+    ap.add_argument("--mark", type=int, default=1000, help="read the RSS every this many jobs (and at the end)")
     ap.add_argument("--s3", action="store_true", help="store in a moto S3 server instead of local files")
     ap.add_argument("--webhooks", action="store_true", help="a webhook per job, delivered by a webhook worker")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--realistic", action="store_true",
+                    help="the settings of a real run: 64x64, 4 steps, a unique prompt per job, INFO logging, "
+                         "thumbnails, S3 and webhooks (each can still be set below)")
+    ap.add_argument("--size", type=int, default=None, help="width and height (8; 64 with --realistic)")
+    ap.add_argument("--steps", type=int, default=None, help="denoising steps (1; 4 with --realistic)")
+    ap.add_argument("--unique-prompts", action="store_true", default=None,
+                    help="a different prompt per job (one prompt for every job unless --realistic)")
+    ap.add_argument("--log-level", default=None, help="the workers' -l (WARNING; INFO with --realistic)")
+    ap.add_argument("--thumbnail-px", type=int, default=None,
+                    help="BATCHRENDER_THUMBNAIL_PX (the settings' default, 256, unless given; 0: none)")
+    ap.add_argument("--trace", type=Path, default=None,
+                    help="trace the render worker's allocations from the warm-up mark on (tracemalloc) and write "
+                         "what is still alive at the last mark to this file (slower; for finding a leak)")
     args = ap.parse_args()
+    if args.realistic:
+        args.s3 = args.webhooks = True
+    args.size = args.size or (64 if args.realistic else 8)
+    args.steps = args.steps or (4 if args.realistic else 1)
+    if args.unique_prompts is None:
+        args.unique_prompts = bool(args.realistic)
+    args.log_level = (args.log_level or ("INFO" if args.realistic else "WARNING")).upper()
 
     from jobs.fleet import fresh_keys_env
     from jobs.settings import Settings
@@ -81,8 +171,15 @@ def main() -> None:
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {"BATCHRENDER_HOME": str(work / "home"), "BATCHRENDER_REDIS_URL": f"redis://127.0.0.1:{port}/0",
            "BATCHRENDER_STORAGE_URL": (work / "out").as_uri(), "BATCHRENDER_RECORD_TTL_S": "3600",
-           "BATCHRENDER_RETENTION_S": "3600", "BATCHRENDER_STORAGE_SHARED": "1",  # one host
+           "BATCHRENDER_RETENTION_S": "3600", "BATCHRENDER_MESSAGE_TTL_S": "3600",
+           "BATCHRENDER_STORAGE_SHARED": "1",  # one host
            **fresh_keys_env(allow_dev_c2pa=True)}  # keys every process of a shared Redis must share
+    if args.thumbnail_px is not None:
+        env["BATCHRENDER_THUMBNAIL_PX"] = str(args.thumbnail_px)
+    trace_dir = None
+    if args.trace:
+        trace_dir = work / "trace"
+        trace_dir.mkdir()
     (work / "home" / "models").mkdir(parents=True)
     build_tiny_pipeline(work / "home" / "models" / "tiny")
     moto = receiver = None
@@ -110,18 +207,30 @@ def main() -> None:
     if args.webhooks:
         hooks = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "webhooks.app", "worker", "-P", "solo", "-Q", "webhooks",
-             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING"],
+             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", args.log_level],
             cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+    runner = [sys.executable, "-m", "celery"]
+    if trace_dir is not None:
+        runner = [sys.executable, "-c", _TRACED_CELERY, str(trace_dir)]
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "solo", "-Q", queues,
-         "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING"],
+        [*runner, "-A", "worker.app", "worker", "-P", "solo", "-Q", queues,
+         "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", args.log_level],
         cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
     client = None
     try:
         time.sleep(2)
         client = Client(Settings.from_env(env))
-        request = {"prompt": "a small test render", "width": 8, "height": 8, "steps": 1,
+        request = {"prompt": "a small test render", "width": args.size, "height": args.size, "steps": args.steps,
                    **({"webhook": receiver.url} if receiver else {})}
+        submitted = [0]
+
+        def prompt() -> str:
+            submitted[0] += 1
+            if not args.unique_prompts:
+                return request["prompt"]
+            n = submitted[0]
+            return (f"a {_WORDS[n % 17]} watercolour of a {_WORDS[17 + (n // 17) % 16]} by the sea, "
+                    f"study {n}, {_WORDS[(n // 272) % 17]} light")
 
         def events_settled() -> None:
             if hooks is None:
@@ -137,7 +246,7 @@ def main() -> None:
             done = 0
             while done < n:
                 k = min(args.wave, n - done)
-                ids = [client.submit({**request, "seed": done + i}) for i in range(k)]
+                ids = [client.submit({**request, "prompt": prompt(), "seed": done + i}) for i in range(k)]
                 for j in ids:
                     client.wait(j, timeout=600, poll_s=0.02)
                 events_settled()
@@ -145,19 +254,19 @@ def main() -> None:
             return time.perf_counter() - t
 
         run(args.warmup)
+        snap(trace_dir, "base")
         base = rss_kib(worker.pid)
         marks = {0: base}
         hook_marks = {0: rss_kib(hooks.pid)} if hooks else {}
         t_total = 0.0
         done = 0
-        for target in (1000, args.jobs):
-            if target <= done:
-                continue
+        for target in sorted({*range(args.mark, args.jobs, args.mark), args.jobs}):
             t_total += run(target - done)
             done = target
             marks[done] = rss_kib(worker.pid)
             if hooks:
                 hook_marks[done] = rss_kib(hooks.pid)
+        snap(trace_dir, "end")
         idle_before = rss_kib(worker.pid)
         time.sleep(min(60.0, t_total / 4))
         idle_after = rss_kib(worker.pid)
@@ -167,7 +276,11 @@ def main() -> None:
         for proc in (worker, hooks):
             if proc is not None:
                 proc.terminate()
-                proc.wait(30)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(30)
         redis_proc.terminate()
         if receiver is not None:
             received = len(receiver.received)
@@ -175,11 +288,18 @@ def main() -> None:
         if moto is not None:
             moto.stop()
         log.close()
+        if trace_dir is not None and (trace_dir / "end.snap").exists():
+            trace_report(trace_dir, args.trace)
         shutil.rmtree(work, ignore_errors=True)
 
     per_k = (marks[done] - base) / 1024 / (done / 1000)
     path = ("S3 (moto)" if args.s3 else "local storage") + (", a webhook per job (own worker)" if args.webhooks else "")
-    print(f"render worker RSS, tiny model 8x8/1 step, {path}, after {args.warmup} warm-up jobs")
+    settings = {"size": args.size, "steps": args.steps, "unique_prompts": args.unique_prompts,
+                "log_level": args.log_level, "thumbnail_px": int(env.get("BATCHRENDER_THUMBNAIL_PX", 256)),
+                "traced": args.trace is not None}
+    print(f"render worker RSS, tiny model {args.size}x{args.size}/{args.steps} step(s), "
+          f"{'unique prompts' if args.unique_prompts else 'one prompt'}, {args.log_level} logging, "
+          f"thumbnails {settings['thumbnail_px'] or 'off'}, {path}, after {args.warmup} warm-up jobs")
     if receiver is not None:
         print(f"webhook requests received: {received}")
     print(f"python {platform.python_version()}  {platform.platform()}")
@@ -197,7 +317,7 @@ def main() -> None:
         print(f"webhook worker growth per 1,000 jobs: {hook_per_k:.2f} MiB")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"warmup": args.warmup, "s3": args.s3, "webhooks": args.webhooks,
+        args.out.write_text(json.dumps({"warmup": args.warmup, "s3": args.s3, "webhooks": args.webhooks, **settings,
                                         "rss_kib": marks, "webhook_worker_rss_kib": hook_marks,
                                         "webhook_worker_growth_mib_per_1000": hook_per_k,
                                         "webhook_requests_received": received if receiver is not None else None, "growth_mib_per_1000": per_k,
