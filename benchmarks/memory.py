@@ -143,6 +143,8 @@ def main() -> None:
                          "thumbnails, S3 and webhooks (each can still be set below)")
     ap.add_argument("--size", type=int, default=None, help="width and height (8; 64 with --realistic)")
     ap.add_argument("--steps", type=int, default=None, help="denoising steps (1; 4 with --realistic)")
+    ap.add_argument("--fixed-seed", action="store_true",
+                    help="every job the same seed (with one prompt: the same image every time)")
     ap.add_argument("--unique-prompts", action="store_true", default=None,
                     help="a different prompt per job (one prompt for every job unless --realistic)")
     ap.add_argument("--log-level", default=None, help="the workers' -l (WARNING; INFO with --realistic)")
@@ -246,7 +248,8 @@ def main() -> None:
             done = 0
             while done < n:
                 k = min(args.wave, n - done)
-                ids = [client.submit({**request, "prompt": prompt(), "seed": done + i}) for i in range(k)]
+                ids = [client.submit({**request, "prompt": prompt(), "seed": 7 if args.fixed_seed else done + i})
+                       for i in range(k)]
                 for j in ids:
                     client.wait(j, timeout=600, poll_s=0.02)
                 events_settled()
