@@ -58,14 +58,17 @@ class HostProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def kill_init(self) -> None:
-        """SIGKILL PID 1 of the host's PID namespace: the kernel kills every process in it."""
+    def _signal_init(self, sig: int) -> None:
         pid = self.init_pid
         if pid is not None:
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, sig)
             except ProcessLookupError:
                 pass
+
+    def kill_init(self) -> None:
+        """SIGKILL PID 1 of the host's PID namespace: the kernel kills every process in it."""
+        self._signal_init(signal.SIGKILL)
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -76,12 +79,7 @@ class HostProcess:
         """SIGTERM to PID 1 (the process's own shutdown), then SIGKILL after ``timeout``."""
         if not self.alive():
             return
-        pid = self.init_pid
-        if pid is not None:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        self._signal_init(signal.SIGTERM)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -1,6 +1,7 @@
 """Real ``celery worker`` processes for integration tests."""
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -64,6 +65,24 @@ def wait_for(pred, timeout: float = 60.0, what: str = "condition", every: float 
             return value
         time.sleep(every)
     raise TimeoutError(f"timed out waiting for {what}")
+
+
+def finish_with(client, job_id: str, data: bytes) -> None:
+    """End a queued job as succeeded with ``data`` stored as its one output, as a worker does."""
+    from jobs.schemas import ImageResult, JobResult
+    from jobs.status import JobStatus
+
+    key = f"{job_id}/0.png"
+    client.storage.put(key, data, content_type="image/png")
+    digest = hashlib.sha256(data).hexdigest()
+    image = ImageResult(index=0, seed=1, width=64, height=64, format="png", key=key, sha256=digest,
+                        bytes=len(data), pixel_sha256=digest)
+    rec = client.store.get(job_id)
+    result = JobResult(job_id=job_id, batch_id=rec.batch_id, custom_id=rec.custom_id, status=JobStatus.SUCCEEDED,
+                       model="tiny", images=[image])
+    assert client.store.transition(job_id, JobStatus.RUNNING, [JobStatus.QUEUED]).ok
+    assert client.store.transition(job_id, JobStatus.SUCCEEDED, [JobStatus.RUNNING],
+                                   result=result.model_dump_json()).ok
 
 
 def stored_files(env: dict[str, str]) -> list[Path]:

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.workers import wait_for
+from tests.workers import finish_with, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -203,24 +203,6 @@ def test_a_thousand_silent_sockets_from_one_client_leave_other_clients_served(br
     assert again
 
 
-def _finish_with(client, job_id: str, data: bytes) -> None:
-    """End a queued job as succeeded with ``data`` stored as its one output, as a worker does."""
-    from jobs.schemas import ImageResult, JobResult
-    from jobs.status import JobStatus
-
-    key = f"{job_id}/0.png"
-    client.storage.put(key, data, content_type="image/png")
-    digest = hashlib.sha256(data).hexdigest()
-    image = ImageResult(index=0, seed=1, width=64, height=64, format="png", key=key, sha256=digest,
-                        bytes=len(data), pixel_sha256=digest)
-    rec = client.store.get(job_id)
-    result = JobResult(job_id=job_id, batch_id=rec.batch_id, custom_id=rec.custom_id, status=JobStatus.SUCCEEDED,
-                       model="tiny", images=[image])
-    assert client.store.transition(job_id, JobStatus.RUNNING, [JobStatus.QUEUED]).ok
-    assert client.store.transition(job_id, JobStatus.SUCCEEDED, [JobStatus.RUNNING],
-                                   result=result.model_dump_json()).ok
-
-
 READERS = 100
 
 
@@ -261,7 +243,7 @@ def test_slow_readers_of_a_large_output_cost_little_memory_and_are_dropped(br_en
                          headers=_auth(alice))
             assert r.status_code == 201, r.text
             job_id = r.json()["id"]
-            _finish_with(client, job_id, data)
+            finish_with(client, job_id, data)
             job = api.get(f"/v1/jobs/{job_id}", headers=_auth(alice)).json()
             link = job["outputs"][0]["download_url"]
             assert "signature=" in link

@@ -4,32 +4,15 @@ the file's size in memory at once."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import tracemalloc
 
 import pytest
 
+from tests.workers import finish_with
+
 pytestmark = pytest.mark.timeout(240)
-
-
-def _finish_with(client, job_id: str, data: bytes) -> None:
-    """End a queued job as succeeded with ``data`` stored as its one output, as a worker does."""
-    from jobs.schemas import ImageResult, JobResult
-    from jobs.status import JobStatus
-
-    key = f"{job_id}/0.png"
-    client.storage.put(key, data, content_type="image/png")
-    digest = hashlib.sha256(data).hexdigest()
-    image = ImageResult(index=0, seed=1, width=64, height=64, format="png", key=key, sha256=digest,
-                        bytes=len(data), pixel_sha256=digest)
-    rec = client.store.get(job_id)
-    result = JobResult(job_id=job_id, batch_id=rec.batch_id, custom_id=rec.custom_id, status=JobStatus.SUCCEEDED,
-                       model="tiny", images=[image])
-    assert client.store.transition(job_id, JobStatus.RUNNING, [JobStatus.QUEUED]).ok
-    assert client.store.transition(job_id, JobStatus.SUCCEEDED, [JobStatus.RUNNING],
-                                   result=result.model_dump_json()).ok
 
 
 def test_a_b64_json_batch_output_file_is_written_in_bounded_memory(client, tenants, capsys):
@@ -48,7 +31,7 @@ def test_a_b64_json_batch_output_file_is_written_in_bounded_memory(client, tenan
     outputs = {}
     for rec in client.batch_results(info["id"]):
         outputs[rec.custom_id] = os.urandom(size)
-        _finish_with(client, rec.job_id, outputs[rec.custom_id])
+        finish_with(client, rec.job_id, outputs[rec.custom_id])
     info = client.store.batch_info(info["id"])
     oa = info["meta"]["openai"]
 
