@@ -29,6 +29,7 @@ from jobs.metrics import moderation_decided
 from jobs.settings import Settings
 from safety.audit import AuditLog
 from safety.input_images import DEFAULT_MAX_BYTES, InputImageStage
+from safety.levels import apply_level, relaxable
 from safety.policy import Policy, load_policy
 from safety.prompt_rules import PromptRules
 from safety.verdict import MODERATION_ERROR, Action, Decision, Verdict
@@ -173,8 +174,6 @@ class ModerationChain:
              level: str | None = None) -> Decision:
         """Every stage in turn until one blocks; ``level`` (``safety/levels.py``): under ``low`` a
         block it relaxes does not stop the later stages (they may find what is never relaxed)."""
-        from safety.levels import apply_level, relaxable
-
         low = (level or "auto") != "auto"
         verdicts: list[Verdict] = []
         for stage in stages:
