@@ -17,7 +17,7 @@ from safety.normalize import (NormalizedText, has_unspaced_script, normalize, no
                               normalize_term)
 from safety.policy import Category, Policy
 from safety.structural import ROMANIZED_SUFFIX, StructuralRules
-from safety.term_regex import ANY, PREFIX, WORD, compile_terms
+from safety.term_regex import ANY, PREFIX, WORD, TrieGroup, compile_terms, required_literals, trie_pattern
 from safety.verdict import Action, Verdict
 
 STAGE = "prompt_rules"
@@ -61,9 +61,13 @@ class TermMatcher:
         # Only words of 3+ letters are searched inside spelled-out runs; shorter ones would
         # match by accident far too often.
         self._run_words = tuple(sorted(w for w in words if len(w) >= 3))
+        self.phrase_list = tuple((tuple(words), end) for words, end in phrases)
         self.phrases = compile_terms(phrases, plural=True)
         pats = [f"(?:{normalize_pattern(p)})" for p in patterns]
         self.patterns = re.compile("|".join(pats)) if pats else None
+        # Each pattern with the strings one of which a view must hold for it to match (None: any
+        # view may): most views hold none, and the search is skipped for an ``in`` test.
+        self.pattern_parts = tuple((re.compile(p), required_literals(p)) for p in pats)
 
     def __bool__(self) -> bool:
         return bool(self.words) or any(r is not None for r in (self.phrases, self.patterns, self.substrings))
@@ -79,6 +83,61 @@ class TermMatcher:
         if self.phrases is not None and any(self.phrases.search(v) for v in text.views):
             return True
         return self.patterns is not None and any(self.patterns.search(v) for v in text.views)
+
+
+class MatcherGroup:
+    """Which of many ``TermMatcher``s match one text, with one trie scan of each view for all of
+    their phrases (a plan moderates thousands of prompts: campaigns, issue 23).
+
+    The answer is the one ``TermMatcher.matches`` gives each matcher: words are looked up in one
+    index, the phrases of all matchers are found with one scan of each view (``TrieGroup``), and a
+    policy pattern is searched only in a view that holds one of the strings every match of it
+    contains (``required_literals``), which one more scan finds for all patterns at once."""
+
+    def __init__(self, matchers: Iterable[tuple[str, TermMatcher]]) -> None:
+        self._all = [(key, m) for key, m in matchers if m]
+        self._by_word: dict[str, list[str]] = {}
+        for key, m in self._all:
+            for w in m.words:
+                self._by_word.setdefault(w, []).append(key)
+        self._runs = [(key, m) for key, m in self._all if m._run_words]
+        self._compact = [(key, m) for key, m in self._all if m.substrings is not None]
+        self._phrases = TrieGroup(((key, m.phrase_list) for key, m in self._all), plural=True)
+        self._patterned = [(key, m.pattern_parts) for key, m in self._all if m.patterns is not None]
+        # Every pattern's required strings in one trie: a view's scan says which occur in it, and a
+        # pattern none of whose strings occurs is not searched. At one position the trie reports
+        # the longest string found; the shorter ones it starts with are there too (``_within``).
+        lits = sorted({lit for _, parts in self._patterned for _, ls in parts for lit in ls or ()})
+        source = trie_pattern([([lit], ANY) for lit in lits], start="")
+        self._literals = re.compile(f"(?=({source}))") if source else None
+        self._within = {lit: frozenset(x for x in lits if lit.startswith(x)) for lit in lits}
+
+    def matching(self, text: NormalizedText, tokens: frozenset[str]) -> set[str]:
+        """The keys of the matchers whose ``matches(text, tokens)`` is true."""
+        hit: set[str] = set()
+        for tok in tokens:
+            keys = self._by_word.get(tok)
+            if keys:
+                hit.update(keys)
+        if text.runs:
+            hit.update(key for key, m in self._runs if key not in hit
+                       and any(w in run for run in text.runs for w in m._run_words))
+        if text.compact:
+            hit.update(key for key, m in self._compact if key not in hit
+                       and any(m.substrings.search(c) for c in text.compact))
+        hit |= self._phrases.matching(text.views, skip=hit)
+        todo = [(key, parts) for key, parts in self._patterned if key not in hit]
+        for view in text.views if todo else ():
+            present: set[str] = set()
+            if self._literals is not None:
+                for at in self._literals.finditer(view):
+                    present |= self._within[at.group(1)]
+            found = {key for key, parts in todo
+                     if any(rx.search(view) for rx, ls in parts if ls is None or not ls.isdisjoint(present))}
+            if found:
+                hit |= found
+                todo = [(key, parts) for key, parts in todo if key not in found]
+        return hit
 
 
 def _with_stems(tokens: frozenset[str]) -> frozenset[str]:
@@ -111,6 +170,8 @@ class PromptRules:
         self._cats: list[tuple[Category, TermMatcher]] = [
             (c, TermMatcher(c.terms, c.patterns)) for c in policy.categories
         ]
+        self._set_group = MatcherGroup(self._sets.items())
+        self._cat_group = MatcherGroup((c.id, m) for c, m in self._cats)
         # Names (and their aliases in other scripts) are one more term list; a name matches as a
         # phrase with optional spaces, an alias in an unspaced script as a substring.
         self._names = TermMatcher(policy.protected_names)
@@ -130,7 +191,7 @@ class PromptRules:
 
     def _signals(self, text: NormalizedText, tokens: frozenset[str], negative_prompt: str | None,
                  real_person_context: bool) -> set[str]:
-        found = {name for name, m in self._sets.items() if m.matches(text, tokens)}
+        found = self._set_group.matching(text, tokens)
         found |= self._structural.signals(text, found)
         if self._names and self._names.matches(text, tokens):
             found.add("$protected_name")
@@ -157,9 +218,10 @@ class PromptRules:
         text, tokens = self._prepare(prompt)
         signals = self._signals(text, tokens, negative_prompt, real_person_context)
         out: list[Verdict] = []
-        for cat, matcher in self._cats:
+        by_term = self._cat_group.matching(text, tokens)
+        for cat, _ in self._cats:
             rule = ""
-            if matcher and matcher.matches(text, tokens):
+            if cat.id in by_term:
                 rule = "term"
             else:
                 combo = next((c for c in cat.combinations if all(s in signals for s in c)), None)

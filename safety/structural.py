@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from safety.normalize import NormalizedText, has_unspaced_script, normalize_compact, normalize_pattern, normalize_term
 from safety.romanize import fold, kana_to_romaji, romanizations, syllable_regex, syllables
-from safety.term_regex import ANY, PREFIX, WORD, compile_terms
+from safety.term_regex import ANY, PREFIX, WORD, TrieGroup, compile_terms
 from safety.verdict import Action, Verdict
 
 ROMANIZED_SUFFIX = "_romanized"
@@ -370,8 +370,7 @@ class StructuralRules:
                         forms.setdefault(name, set()).add((words, PREFIX if t.endswith("*") else WORD))
         # one trie per signal; spaces are optional between the letters of a romanised kana, Hangul
         # or pinyin term (``chodeung haksaeng``, ``luo ti``)
-        self._romanized = {sig: compile_terms((list(w), end) for w, end in sorted(fs))
-                           for sig, fs in forms.items() if fs}
+        self._romanized = TrieGroup((sig, [(list(w), end) for w, end in sorted(fs)]) for sig, fs in forms.items() if fs)
         needed = {n for r in NEAR_RULES for n in (r.a, r.b, r.link) if n}
         needed |= {"real_attack", "attack_event", "victim_body", "victims_word", "photoreal", "memorial_context"}
         self._pos = {n: _Positions(getattr(term_sets[n], "terms", ()), getattr(term_sets[n], "patterns", ()))
@@ -384,11 +383,8 @@ class StructuralRules:
         out: set[str] = set()
         if "minor" not in found and self._is_minor_age(text):
             out.add("minor")
-        roman = text.romanized
-        if roman:
-            for sig, rx in self._romanized.items():
-                if sig not in found and any(rx.search(v) for v in roman):
-                    out.add(sig)
+        if text.romanized:
+            out |= self._romanized.matching(text.romanized, skip=found)
         for rule in self._near:
             if rule.signal not in found and rule.signal not in out and self._near_match(rule, text):
                 out.add(rule.signal)
