@@ -60,10 +60,14 @@ demo: $(STAMP)
 	echo "  batchrender submit \"a ceramic mug on a walnut table\" --wait"; \
 	echo "  kill %1; batchrender embedded stop # when done"
 
-# Real Redis: the suite starts a private in-memory redis-server on a free port and stops it at the
-# end (tests/conftest.py); BR_TEST_REDIS_URL=redis://host:port/db uses that database instead (flushed).
+# Real Redis: each pytest process starts a private in-memory redis-server on a free port and stops
+# it at the end (tests/conftest.py); BR_TEST_REDIS_URL=redis://host:port/db uses that database
+# instead (flushed; then TEST_JOBS=0, since parallel workers would flush it under each other).
+# TEST_JOBS pytest-xdist workers (4; 0 runs in this process): most tests wait on worker
+# processes, queues and timeouts, so four at once overlap their waits on a 2-core machine.
+TEST_JOBS ?= 4
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist worksteal) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py

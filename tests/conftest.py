@@ -30,6 +30,18 @@ def pytest_configure(config) -> None:
     In memory only (no RDB/AOF), bound to loopback, its files in a temporary directory. The URL
     is exported so every process the tests start (workers, the API, benchmarks) uses it too."""
     global TEST_REDIS_URL
+    if hasattr(config, "workerinput"):
+        # Parallel workers share the machine's cores: one torch/OpenMP thread per process (this
+        # one and every worker it starts) instead of a pool per core in each, which oversubscribes
+        # them. Pixels are compared only between processes of the same setting.
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+    workers = 0 if hasattr(config, "workerinput") else (config.getoption("numprocesses", None) or 0)
+    if workers:  # pytest-xdist's controller runs no test: each of its workers starts a Redis of its own
+        if TEST_REDIS_URL:
+            raise pytest.UsageError("BR_TEST_REDIS_URL names one database, which parallel workers (-n) would "
+                                    "flush under each other: unset it (each worker then starts a private "
+                                    "redis-server) or run without -n")
+        return
     if TEST_REDIS_URL or _PRIVATE_REDIS:
         return
     import atexit
@@ -48,7 +60,7 @@ def pytest_configure(config) -> None:
         port = free_port()
         proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                                  "--dir", workdir, "--databases", "16"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         import redis
 
         client = redis.Redis(port=port, socket_connect_timeout=1)
@@ -69,6 +81,18 @@ def pytest_configure(config) -> None:
     TEST_REDIS_URL = f"redis://127.0.0.1:{port}/15"
     os.environ["BR_TEST_REDIS_URL"] = TEST_REDIS_URL
     atexit.register(_stop_private_redis)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the pytest process that started it dies, even by
+    SIGKILL or a SIGTERM that skips atexit (Linux PR_SET_PDEATHSIG; elsewhere nothing)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def _stop_private_redis() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import TEST_KEYS
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)  # a demo's own limit is 150 s: a loaded machine
 
 
 def test_demo_renders_signed_images_and_a_manifest(redis_url, tiny_model_dir, tmp_path):
@@ -27,8 +27,8 @@ def test_demo_renders_signed_images_and_a_manifest(redis_url, tiny_model_dir, tm
                BATCHRENDER_STORAGE_SHARED="1")  # a real Redis URL and the demo's local --out: one host, declared
     exe = Path(sys.executable).with_name("batchrender")
     # Run from an unrelated directory: the demo must not depend on the caller's working directory.
-    proc = subprocess.run([str(exe), "demo", "--n", "2", "--out", str(out), "--timeout", "60"], env=env,
-                          cwd=tmp_path, capture_output=True, text=True, timeout=100)
+    proc = subprocess.run([str(exe), "demo", "--n", "2", "--out", str(out), "--timeout", "150"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=200)
     worker_log = (out / "worker.log").read_text(errors="replace") if (out / "worker.log").exists() else ""
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n--- worker.log ---\n{worker_log[-3000:]}"
 
@@ -68,8 +68,8 @@ def test_demo_leaves_running_an_embedded_broker_it_did_not_start(tiny_model_dir,
     url = redis_url_for(settings, start=True)
     try:
         proc = subprocess.run([str(Path(sys.executable).with_name("batchrender")), "demo", "--n", "1", "--out",
-                               str(tmp_path / "demo"), "--timeout", "60"], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=100)
+                               str(tmp_path / "demo"), "--timeout", "150"], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=200)
         assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
         assert url in proc.stderr and "stopped at its end" not in proc.stderr, proc.stderr
         status = subprocess.run([str(Path(sys.executable).with_name("batchrender")), "embedded", "status"], env=env,

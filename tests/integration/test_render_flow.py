@@ -72,11 +72,13 @@ def test_bad_requests_are_refused_before_queueing(client):
     assert len(sub.job_ids) == 1 and [i for i, _ in sub.errors] == [1, 2]
 
 
+@pytest.mark.timeout(420)
 def test_worker_killed_mid_render_loses_no_job_and_writes_outputs_once(client, br_env, start_worker):
-    # Short limits so the abandoned message becomes visible again within seconds, not an hour.
+    # Short limits so the abandoned message becomes visible again within a minute, not an hour,
+    # yet above what the render takes on a machine other tests load (30 s was seen exceeded).
     # (The visibility timeout must also exceed a webhook attempt's claim: timeout 2 s + 30 s.)
-    env = {**br_env, "BATCHRENDER_SOFT_TIME_LIMIT_S": "30", "BATCHRENDER_HARD_TIME_LIMIT_S": "31",
-           "BATCHRENDER_VISIBILITY_TIMEOUT_S": "34", "BATCHRENDER_MAX_BATCH": "2",
+    env = {**br_env, "BATCHRENDER_SOFT_TIME_LIMIT_S": "60", "BATCHRENDER_HARD_TIME_LIMIT_S": "61",
+           "BATCHRENDER_VISIBILITY_TIMEOUT_S": "64", "BATCHRENDER_MAX_BATCH": "2",
            "BATCHRENDER_WEBHOOK_TIMEOUT_S": "2"}
     from producer.client import Client
     from jobs.settings import Settings
@@ -89,7 +91,7 @@ def test_worker_killed_mid_render_loses_no_job_and_writes_outputs_once(client, b
     first.kill()
     assert client.status(job).status is JobStatus.RUNNING
     start_worker(env)
-    rec = client.wait(job, timeout=120)
+    rec = client.wait(job, timeout=240)
     assert rec.status is JobStatus.SUCCEEDED, rec.to_dict()
     assert rec.attempts == 2
     files = [p for p in stored_files(br_env) if job in str(p)]

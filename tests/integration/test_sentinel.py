@@ -158,7 +158,7 @@ def test_a_worker_holding_an_unacked_message_rides_out_a_failover(br_env, sentin
     wait_for(lambda: "Connected to sentinel" in w.log().split("Connection to broker lost")[-1]
              or w.proc.poll() is not None, timeout=90, what="the worker to reconnect or exit")
     assert w.proc.poll() is None, f"the worker exited during the failover:\n{w.log()[-3000:]}"
-    assert client.wait(msg.job_id, timeout=120).status is JobStatus.SUCCEEDED
+    assert client.wait(msg.job_id, timeout=240).status is JobStatus.SUCCEEDED
     later = _submit_until_accepted(client, {"prompt": "after the failover", "width": 64, "height": 64, "steps": 2})
     assert client.wait(later, timeout=120).status is JobStatus.SUCCEEDED
     assert w.proc.poll() is None and "AttributeError" not in w.log(), w.log()[-3000:]
