@@ -172,6 +172,12 @@ class Settings(BaseModel):
     link_max_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
     #: Longest side of the WebP thumbnail the worker writes beside each image (0: none).
     thumbnail_px: int = Field(default=256, ge=0, le=1024)
+    #: glibc malloc in worker processes (worker/malloc.py): at most this many arenas (threads
+    #: share them), and optionally buffers of at least this many bytes mapped on their own, so
+    #: image buffers freed by many threads do not leave a growing heap behind. 0: glibc's default;
+    #: MALLOC_ARENA_MAX / MALLOC_MMAP_THRESHOLD_ in the environment win.
+    malloc_arena_max: int = Field(default=2, ge=0, le=64)
+    malloc_mmap_threshold: int = Field(default=0, ge=0, le=32 * 2**20)
     #: How long a rendered, signed image waits for storage to come back (uploads retried with
     #: backoff, the bytes kept in memory) before the job is retried instead. Capped at run time
     #: so the job's message is never redelivered while it waits (see ``storage_wait_budget_s``).

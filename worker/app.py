@@ -18,12 +18,16 @@ from jobs.retry import transient
 from jobs.settings import Settings
 from webhooks.job_events import link_refresher
 from webhooks.tasks import register as register_webhooks
+from worker.malloc import tune as tune_malloc
 from worker.tasks import register
 
 log = logging.getLogger("worker.app")
 #: How often one worker of the fleet applies retention (``storage.retention.maybe_prune``).
 PRUNE_EVERY_S = 3600.0
 settings = Settings.from_env()
+# Before any thread of this process exists (Celery's, torch's, post-processing): arenas are
+# handed to threads as they first allocate.
+_malloc = tune_malloc(settings.malloc_arena_max, settings.malloc_mmap_threshold)
 configure_logging(settings.log_format)
 after_setup_logger.connect(celery_json_hook(settings.log_format), weak=False)
 app = make_app(settings)
@@ -34,6 +38,8 @@ register_webhooks(app, settings, refresh=link_refresher(settings))
 @worker_init.connect
 def _check_configuration(sender=None, **_kwargs) -> None:
     from worker.context import get_context, join_fleet
+
+    log.info("malloc tuned: %s", _malloc or "as glibc sets it (not glibc, or left by settings/environment)")
 
     try:
         # Keys that must match the fleet's are checked here too (jobs/fleet.py).
