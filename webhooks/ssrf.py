@@ -200,7 +200,8 @@ def check_url(url: str, allow_hosts: Iterable[str] = (), resolver: Resolver | No
             # One bad address refuses the URL: an attacker controls which one a client would pick.
             raise WebhookTargetRefused(
                 f"webhook host {host!r} resolves to {addr}, {reason}; an operator can allow it "
-                "with BATCHRENDER_WEBHOOK_ALLOW_HOSTS")
+                "with BATCHRENDER_WEBHOOK_ALLOW_HOSTS, set for the API and for every worker (each "
+                "checks it: at submission and at each delivery)")
         checked.append(str(addr))
     return Target(url, scheme, host, port, tuple(checked))
 

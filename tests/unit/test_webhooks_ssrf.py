@@ -58,8 +58,14 @@ def test_public_name_is_allowed_and_all_addresses_must_be_public() -> None:
 
 
 def test_name_resolving_to_loopback_is_refused() -> None:
-    with pytest.raises(WebhookTargetRefused, match="loopback"):
+    with pytest.raises(WebhookTargetRefused, match="loopback") as refused:
         check_url("http://evil.example/", resolver=resolving_to("127.0.0.1"))
+    # the worker's refusal (an event's last error, its log) says where the setting must be set
+    assert "BATCHRENDER_WEBHOOK_ALLOW_HOSTS" in str(refused.value) and "every worker" in str(refused.value)
+    from producer.api.routers.deliveries import tenant_error
+
+    shown = tenant_error(str(refused.value), "http://evil.example/")  # what a tenant reads of it
+    assert "127.0.0.1" not in shown and "BATCHRENDER_" not in shown, shown
 
 
 @pytest.mark.parametrize("entry", ["127.0.0.1", "127.0.0.0/8", "localhost"])
