@@ -27,6 +27,12 @@ class BatchRenderError(Exception):
     def to_dict(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, **({"details": self.details} if self.details else {})}
 
+    def for_tenants(self, public_message: str):
+        """This error with what a tenant is told instead of its message (which names the
+        deployment's insides) for this one raise: ``raise PermanentError(detail).for_tenants(...)``."""
+        self.public_message = public_message
+        return self
+
     def to_public_dict(self) -> dict[str, Any]:
         """``to_dict`` as a tenant may read it (job records, API answers, webhooks)."""
         if self.public_message is None:

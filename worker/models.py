@@ -284,6 +284,12 @@ def compile_pipeline(pipe, *, denoiser: bool, vae: bool, mode: str, backend: str
     return done
 
 
+def _not_loaded(spec: ModelSpec) -> str:
+    """What a tenant reads when a model does not load: not the directory or the library's text."""
+    return (f"model {spec.name!r} could not be loaded by the worker, so no job of it can render until "
+            "the operator fixes it (the cause is in the worker's log)")
+
+
 class ModelCache:
     def __init__(self, capacity: int = 2, device: str | None = None, *, channels_last: bool = False,
                  compile_unet: bool = False, compile_vae: bool = False, compile_mode: str = "default",
@@ -387,13 +393,14 @@ class ModelCache:
             pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, local_files_only=Path(source).exists(),
                                                      **_LOAD_KWARGS.get(spec.family, {}))
         except (OSError, ValueError) as e:
-            raise PermanentError(f"model {spec.name!r} could not be loaded from {source!r}: {e}") from e
+            raise PermanentError(f"model {spec.name!r} could not be loaded from {source!r}: {e}").for_tenants(
+                _not_loaded(spec)) from e
         loaded_family = family_of_pipeline(type(pipe).__name__)
         if loaded_family != spec.family:
             raise ConfigurationError(
                 f"model {spec.name!r} is registered as family {spec.family!r} but {source!r} holds a "
                 f"{type(pipe).__name__} ({loaded_family or 'unsupported family'}); register it again with "
-                f"--family {loaded_family or 'sd15|sdxl|sd3|flux'}")
+                f"--family {loaded_family or 'sd15|sdxl|sd3|flux'}").for_tenants(_not_loaded(spec))
         if spec.scheduler:
             import diffusers
 
@@ -451,10 +458,12 @@ def load_ip_adapter(pipe, spec: ModelSpec) -> None:
 
     if not has_ip_adapter(spec.source):
         raise ConfigurationError(f"model {spec.name!r} is registered with an IP-Adapter but {spec.source!r} has no "
-                                 f"{IP_ADAPTER_DIR}/{IP_ADAPTER_WEIGHTS} with {IP_ADAPTER_DIR}/{IP_ADAPTER_ENCODER}")
+                                 f"{IP_ADAPTER_DIR}/{IP_ADAPTER_WEIGHTS} with {IP_ADAPTER_DIR}/{IP_ADAPTER_ENCODER}"
+                                 ).for_tenants(_not_loaded(spec))
     try:
         pipe.load_ip_adapter(spec.source, subfolder=IP_ADAPTER_DIR, weight_name=IP_ADAPTER_WEIGHTS,
                              image_encoder_folder=IP_ADAPTER_ENCODER, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
-        raise PermanentError(f"model {spec.name!r}: its IP-Adapter could not be loaded: {e}") from e
+        raise PermanentError(f"model {spec.name!r}: its IP-Adapter could not be loaded: {e}").for_tenants(
+            _not_loaded(spec)) from e
     pipe._batchrender_ip_adapter = True

@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 from types import SimpleNamespace
 
+import pytest
+
 from jobs.errors import BatchIncomplete, BrokerUnavailable, InvalidRequest, StorageError
 
 PATH_ERROR = "could not write 'b/j/0.png' under /srv/batchrender/outputs: [Errno 28] No space left on device"
@@ -41,3 +43,22 @@ def test_a_signing_failure_names_no_key_or_library_text():
 
     e = SigningFailed("C2PA private key is not an unencrypted PEM key: Could not deserialize key data /keys/c2pa.pem")
     assert "/keys" not in str(e.to_public_dict()) and "Content Credentials" in e.to_public_dict()["message"]
+
+
+def test_a_model_that_does_not_load_tells_tenants_its_name_not_its_directory(tmp_path):
+    """Issue 26 (internal text to tenants): the loader's error named the model's directory and
+    diffusers' own text; the job record (to_public_dict) now names only the model."""
+    from jobs.errors import PermanentError
+    from jobs.registry import ModelSpec
+    from worker.models import ModelCache
+
+    source = tmp_path / "models" / "broken"
+    source.mkdir(parents=True)
+    (source / "model_index.json").write_text("{not json")
+    with pytest.raises(PermanentError) as raised:
+        ModelCache(device="cpu").get(ModelSpec(name="broken", source=str(source)))
+    err = raised.value
+    assert str(source) in err.to_dict()["message"]  # the operator's log keeps the detail
+    public = err.to_public_dict()
+    assert str(tmp_path) not in public["message"] and "'broken'" in public["message"], public
+    assert public["code"] == err.code
