@@ -13,20 +13,19 @@ from typing import Any
 
 import redis
 
+from jobs.clock import NOW_LUA
 from jobs.names import KEY_PREFIX, tenant_key
 from jobs.secretbox import SecretBox
 from jobs.settings import Settings
 
 KEY_PREFIX_LIVE = "br_"
 
-# Token bucket: KEYS[1] bucket; ARGV rate/s, burst, now. Returns {allowed, retry_after_ms}.
+# Token bucket: KEYS[1] bucket; ARGV rate/s, burst. Returns {allowed, retry_after_ms}.
 #: A token bucket on Redis's own clock: the callers' clocks (API hosts apart, a thread that read the
 #: time and reached Redis after a later one) never refill it backwards (needs Redis >= 5, where a
 #: script may write after TIME: its effects are replicated, not the script).
-_BUCKET = """
+_BUCKET = NOW_LUA + """
 local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(b[1]) or burst
 local ts = tonumber(b[2]) or now
