@@ -49,6 +49,15 @@ def rss_kib(pid: int) -> int:
     return total
 
 
+def malloc_settings(env: dict[str, str]) -> dict[str, object]:
+    """How the render worker's malloc was tuned (worker/malloc.py), as the worker reads it."""
+    from jobs.settings import Settings
+
+    s = Settings.from_env({**os.environ, **env})
+    return {"arena_max": s.malloc_arena_max or "glibc default", "mmap_threshold": s.malloc_mmap_threshold or "glibc default",
+            **{k: v for k, v in os.environ.items() if k in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_")}}
+
+
 def _children(pid: int) -> list[int]:
     try:
         kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
@@ -326,6 +335,7 @@ def main() -> None:
                                         "webhook_requests_received": received if receiver is not None else None, "growth_mib_per_1000": per_k,
                                         "idle_growth_mib": (idle_after - idle_before) / 1024,
                                         "jobs_per_s": done / t_total, "python": platform.python_version(),
+                                        "malloc": malloc_settings(env),
                                         "platform": platform.platform()}, indent=2) + "\n")
 
 
