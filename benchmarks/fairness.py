@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.campaign_plan import (  # noqa: E402 - shared process helpers
     RUNNING, Bench, Deadline, Proc, batchrender_cmd, free_port, machine, stats, versions, wait_for)
 from benchmarks.recorded import checkout  # noqa: E402
+from jobs.names import job_key  # noqa: E402
 
 
 def p95(xs: list[float]) -> float | None:
@@ -225,7 +226,22 @@ def run_scheduler(bench: Bench, scheduler: str) -> dict[str, Any]:
             etas = [(x["eta_s"], by_id[x["id"]]["finished_at"] - by_id[x["id"]]["created_at"]) for x in singles[t]
                     if x["eta_s"] is not None and by_id[x["id"]]["finished_at"]]
             bound = 2 * out["idle_wait_s"][t]["median"] + (call_s or 0.0)
+            # Where the wait goes: until the job's call started (its claim), and from there to stored.
+            queued = [by_id[j]["started_at"] - by_id[j]["created_at"] for j in single_ids[t]
+                      if by_id[j]["finished_at"] and by_id[j].get("started_at")]
+            running = [by_id[j]["finished_at"] - by_id[j]["started_at"] for j in single_ids[t]
+                       if by_id[j]["finished_at"] and by_id[j].get("started_at")]
+            # ... of which in the tenant's lane, until the fair dispatch moved it to the queue.
+            laned = []
+            for j in single_ids[t]:
+                at = bench.r.hget(job_key(j), "dispatched")
+                if at and by_id[j]["finished_at"]:
+                    laned.append(float(at) - by_id[j]["created_at"])
             out.setdefault("singles", {})[t] = {
+                "in_lane_s": {"median": round(statistics.median(laned), 3), "p95": round(p95(laned), 3)} if laned else None,
+                "queued_s": {"median": round(statistics.median(queued), 3), "p95": round(p95(queued), 3)} if queued else None,
+                "call_to_stored_s": ({"median": round(statistics.median(running), 3), "p95": round(p95(running), 3)}
+                                     if running else None),
                 "p95_wait_s": round(p95(w), 3), "median_wait_s": round(statistics.median(w), 3),
                 "max_wait_s": round(max(w), 3), "bound_s": round(bound, 3), "within_bound": p95(w) <= bound,
                 "eta_given_vs_wait_s": [[round(e, 2), round(a, 2)] for e, a in etas]}

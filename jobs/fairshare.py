@@ -73,6 +73,18 @@ def urgent_key(model: str) -> str:
     return f"{KEY_PREFIX}urgent:{model}"
 
 
+def urgent_ready_key(model: str) -> str:
+    """Set: interactive jobs of ``model`` that the ordinary dispatch moved into the queue since a
+    busy worker last looked (``Dispatcher.fill(urgent=True)`` counts and clears it). Such a job is
+    no longer in a lane, yet a busy session that gathered its next call before it arrived would
+    otherwise leave it in the queue for a call later. Short-lived: nobody looks on an idle fleet."""
+    return f"{KEY_PREFIX}urgent-ready:{model}"
+
+
+#: Seconds an entry of ``urgent_ready_key`` is kept when no busy worker looks.
+URGENT_READY_TTL_S = 10
+
+
 # -- what a job costs and where it stands in its tenant's lane ----------------------------------
 def _req(request: Any) -> dict[str, Any]:
     if isinstance(request, dict):
@@ -161,16 +173,21 @@ def enqueue(r: Any, msg: Any, settings: Any, *, score: float | None = None, plan
         p.execute()
 
 
-#: KEYS: lanes set, fair state hash, the model's ready queue (a kombu Redis list).
-#: ARGV: want (queue length to reach), limit (most to move), lane prefix, job prefix, tenant
-#: prefix. Returns {id, score, message, ...} of the jobs moved out of their lanes, in order.
+#: KEYS: lanes set, fair state hash, the model's ready queue (a kombu Redis list), the urgent
+#: zset, the urgent-ready set. ARGV: want (queue length to reach), limit (most to move), lane
+#: prefix, job prefix, tenant prefix, urgent ('1'/'0'), the urgent-ready TTL. Returns {ready, id,
+#: score, message, ...}: ``ready`` (urgent mode only, else 0) counts the interactive jobs the
+#: ordinary dispatch put in the queue since the last urgent look; then the jobs moved out of their
+#: lanes, in order.
 #: ``dispatched`` is Redis's time (jobs/clock.py): the job sweep that compares it may run on
 #: another host.
 _DISPATCH = NOW_LUA + """
 local urgent_only = ARGV[6] == '1'
-local out = {}
+local out = {0}
 local n
 if urgent_only then
+  out[1] = redis.call('SCARD', KEYS[5])
+  if out[1] > 0 then redis.call('DEL', KEYS[5]) end
   -- Only while the fair pick is an interactive job (cheap when there is none: one ZCARD).
   if redis.call('ZCARD', KEYS[4]) == 0 then return out end
   n = tonumber(ARGV[2])
@@ -200,7 +217,10 @@ while moved < n do
   if best == nil then break end
   if urgent_only and not redis.call('ZSCORE', KEYS[4], best_id) then break end
   redis.call('ZREM', ARGV[3] .. best, best_id)
-  redis.call('ZREM', KEYS[4], best_id)
+  if redis.call('ZREM', KEYS[4], best_id) == 1 and not urgent_only then
+    redis.call('SADD', KEYS[5], best_id)
+    redis.call('EXPIRE', KEYS[5], tonumber(ARGV[7]))
+  end
   local jk = ARGV[4] .. best_id
   local rec = redis.call('HMGET', jk, 'status', 'cost', 'message')
   if rec[1] == 'queued' and rec[3] then
@@ -241,23 +261,32 @@ class Dispatcher:
         """Take up to ``limit`` jobs (default ``want``) out of the lanes, as long as the queue holds
         fewer than ``want`` messages: [(job id, order score, stored message)]. Marked dispatched.
         ``urgent``: regardless of the queue, only while the fair pick is an interactive job."""
+        return self._pop(model, want, limit, urgent=urgent)[1]
+
+    def _pop(self, model: str, want: int, limit: int | None = None, *,
+             urgent: bool = False) -> tuple[int, list[tuple[str, float, str]]]:
+        """``pop``, and (urgent) how many interactive jobs the ordinary dispatch had put in the queue
+        since the last urgent look."""
         limit = want if limit is None else limit
         if limit <= 0 or (want <= 0 and not urgent):
-            return []
-        got = self._script(keys=[lanes_key(model), state_key(model), render_queue(model), urgent_key(model)],
+            return 0, []
+        got = self._script(keys=[lanes_key(model), state_key(model), render_queue(model), urgent_key(model),
+                                 urgent_ready_key(model)],
                            args=[want, limit, f"{KEY_PREFIX}lane:{model}:", job_key(""), tenant_key(""),
-                                 "1" if urgent else "0"])
-        return [(got[i], float(got[i + 1]), got[i + 2]) for i in range(0, len(got), 3)]
+                                 "1" if urgent else "0", URGENT_READY_TTL_S])
+        return int(got[0]), [(got[i], float(got[i + 1]), got[i + 2]) for i in range(1, len(got), 3)]
 
     def fill(self, model: str, want: int, limit: int | None = None, *, urgent: bool = False) -> int:
         """Top the model's queue up to ``want`` messages (at most ``limit`` moved); returns how many
         were published. A job whose message could not be published goes back to its lane.
         ``urgent``: move up to ``limit`` interactive jobs the fair order would take next, however
-        full the queue is (a busy worker takes them into its next call: worker/batching.py)."""
+        full the queue is (a busy worker takes them into its next call: worker/batching.py); the
+        count returned then also includes the interactive jobs already waiting in the queue (moved
+        there by the ordinary dispatch since the last such look), for the caller to take too."""
         from jobs.celery_app import publish_render
         from jobs.schemas import JobMessage
 
-        moved = self.pop(model, want, limit, urgent=urgent)
+        ready, moved = self._pop(model, want, limit, urgent=urgent)
         sent = 0
         for i, (job_id, score, raw) in enumerate(moved):
             try:
@@ -266,7 +295,7 @@ class Dispatcher:
             except Exception:
                 self._back(model, moved[i:])
                 raise
-        return sent
+        return sent + ready
 
     def _back(self, model: str, items: Iterable[tuple[str, float, str]]) -> None:
         """Return jobs whose message was not published to their lanes (best effort: if Redis is

@@ -106,6 +106,10 @@ _render_thread: tuple[int, RenderThread] | None = None
 _render_thread_lock = threading.Lock()
 
 
+def _interactive(x: Live) -> bool:
+    return x.msg.request.priority == "interactive"
+
+
 def render_thread() -> RenderThread:
     """This process's render thread (a forked child starts its own)."""
     global _render_thread
@@ -409,6 +413,19 @@ class BatchSession:
                 last_end[:] = [time.perf_counter()]
                 self._call_s = 0.7 * self._call_s + 0.3 * (last_end[0] - began) if self._call_s else last_end[0] - began
 
+        held: list[Rendered] = []  # rendered, delivery held back for interactive work
+        hot: list[Future] = []  # deliveries of interactive jobs
+        hot_next = [False]  # the call rendering now (or the next) holds an interactive job
+
+        def release(force: bool = False) -> None:
+            """Deliver the held jobs once no interactive job is rendering or being delivered (or
+            when they are as many as the deliveries allowed in flight: interactive work all along)."""
+            hot[:] = [f for f in hot if not f.done()]
+            if held and (force or len(held) >= self.max_pending or (not hot and not hot_next[0])):
+                for item in held:
+                    pending.append((pool.submit(self._deliver, item), by_id[item.live.msg.job_id]))
+                held.clear()
+
         try:
             with ThreadPoolExecutor(self.threads, thread_name_prefix="postprocess") as pool:
                 first = [by_id[leader.job_id]]
@@ -422,6 +439,7 @@ class BatchSession:
                     while len(pending) >= self.max_pending:
                         self._reap(pending, outcomes, block=True)
                     call = in_flight[0] = renderer.submit(render_call, group)
+                    call_t0 = time.monotonic()
                     # Prepare the next call while this one renders. Keep draining while work is
                     # queued or still arriving (then the session ends and Celery hands this worker
                     # its next message as a new leader). Not while another worker waits idle:
@@ -439,15 +457,17 @@ class BatchSession:
                         if not more or call.done():
                             break
                     # One look for interactive work per call, just before the call should end
-                    # (by the recent calls' length): late enough to see what arrived meanwhile, and
-                    # no polling thread competing with the render thread for the GIL.
-                    look_at = (time.monotonic() + max(0.0, self._call_s - URGENT_LEAD_S)
+                    # (by the recent calls' length, counted from the call's start: gathering the
+                    # next call may itself take most of this one): late enough to see what arrived
+                    # meanwhile, and no polling thread competing with the render thread for the GIL.
+                    look_at = (call_t0 + max(0.0, self._call_s - URGENT_LEAD_S)
                                if self.urgent is not None else None)
                     while not call.done():
                         # Settle finished deliveries (acks, events) while the call runs.
                         timeout = 0.5 if look_at is None else min(0.5, max(0.0, look_at - time.monotonic()))
                         wait([call] + ([pending[0][0]] if pending else []), timeout=timeout, return_when=FIRST_COMPLETED)
                         self._reap(pending, outcomes, block=False)
+                        release()
                         if look_at is not None and time.monotonic() >= look_at and not call.done():
                             look_at = None
                             self._take_urgent(gatherer, by_id, outcomes, waiting, give_way)
@@ -458,9 +478,23 @@ class BatchSession:
                             self._hand_back([by_id[x.msg.job_id] for x in back], by_id, outcomes, gatherer,
                                             admitted=True)
                     in_flight[0] = None
+                    # Someone waits on an interactive job: its delivery goes first, and other jobs'
+                    # deliveries are held (not dropped: ``release``) while it, or a call holding
+                    # one, runs, so neither shares the CPU with them.
                     for item in self._rendered(group, call, outcomes, by_id):
-                        pending.append((pool.submit(self._deliver, item), by_id[item.live.msg.job_id]))
+                        if _interactive(item.live):
+                            hot.append(pool.submit(self._deliver, item))
+                            pending.append((hot[-1], by_id[item.live.msg.job_id]))
+                        else:
+                            held.append(item)
+                    if look_at is not None and waiting:
+                        # The call ended before its look (shorter than usual, or the gathering ran
+                        # past it): look now, before the next call is formed from ``waiting``.
+                        self._take_urgent(gatherer, by_id, outcomes, waiting, give_way)
+                    hot_next[0] = any(map(_interactive, waiting))
+                    release()
                     self._reap(pending, outcomes, block=False)
+                release(force=True)
                 while pending:
                     self._reap(pending, outcomes, block=True)
         except Exception:

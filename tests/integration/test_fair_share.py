@@ -42,6 +42,37 @@ def test_a_tenants_single_job_overtakes_another_tenants_flood(br_env, client_for
     assert order.index(lone) < 30, "FIFO would have run it 61st"
 
 
+def test_an_interactive_job_renders_in_the_next_call_and_is_delivered_before_its_call_mates(
+        br_env, client_for, start_worker, tenants):
+    """A busy worker takes an interactive job into the call after the one rendering when it arrived
+    (wherever the dispatch has put it by then: its lane or the queue), and delivers it before the
+    bulk jobs that share its call; those are held, never lost."""
+    client = client_for(br_env)
+    ten_a, ten_b = tenants.create("bulk flooder").tenant_id, tenants.create("someone waiting").tenant_id
+    start_worker(br_env, queues="render.tiny")
+    warm = client.submit({"prompt": "warm up", "seed": 1, **SMALL}, tenant=ten_a)
+    assert client.wait(warm, timeout=120).status is JobStatus.SUCCEEDED
+    flood = client.submit_batch([{"prompt": f"catalog item {i}", "seed": i, "priority": "bulk", **SMALL}
+                                 for i in range(48)], tenant=ten_a)
+    while sum(1 for r in client.store.get_many(flood.job_ids) if r.status is not JobStatus.QUEUED) < 8:
+        time.sleep(0.05)
+    lone = client.submit({"prompt": "a single for someone waiting", "seed": 7, "priority": "interactive", **SMALL},
+                         tenant=ten_b)
+    assert client.wait(lone, timeout=120).status is JobStatus.SUCCEEDED
+    client.wait_batch(flood.batch_id, timeout=240)
+    recs = client.store.get_many(flood.job_ids)
+    assert all(r.status is JobStatus.SUCCEEDED for r in recs)
+    mine = client.status(lone)
+    rows = 4  # default_max_batch on CPU
+    # Claimed after it was submitted and before it: the jobs of one call at most (the call
+    # gathered before it arrived), never two.
+    between = [r for r in recs if mine.created_at < r.started_at < mine.started_at - 0.1]
+    assert len(between) <= rows, [(r.started_at - mine.created_at) for r in between]
+    # Its call mates (claimed with it, at the call's start) were stored after it.
+    mates = [r for r in recs if abs(r.started_at - mine.started_at) < 0.1]
+    assert mates and all(mine.finished_at <= r.finished_at for r in mates), [r.finished_at - mine.finished_at for r in mates]
+
+
 def test_weights_two_to_one_get_two_to_one_of_the_rows(br_env, client_for, start_worker, tenants):
     client = client_for(br_env)
     a, b = tenants.create("heavy"), tenants.create("light")

@@ -197,6 +197,28 @@ def test_urgent_dispatch_takes_interactive_work_only_while_the_fair_pick_is_inte
     assert all(a != b for a, b in zip(tenants, tenants[1:]))
 
 
+def test_an_interactive_job_the_ordinary_dispatch_queued_is_counted_by_the_next_urgent_look(r, settings):
+    """The ordinary top-up can move an interactive job into the queue just after a busy session
+    gathered its next call: it is out of its lane, so the urgent pick no longer sees it. The next
+    urgent look counts it (once), so the session takes it from the queue into its next call."""
+    d = fairshare.Dispatcher(None, r)
+    queue(r, settings, "A", 3, priority="bulk", at=1000.0)
+    single = queue(r, settings, "B", 1, priority="interactive", at=1001.0)
+    got = [d.pop("tiny", want=10, limit=1)[0][0] for _ in range(2)]  # A's, then B's (B's turn)
+    assert single[0] in got
+    assert r.smembers(fairshare.urgent_ready_key("tiny")) == set(single)
+    assert 0 < r.ttl(fairshare.urgent_ready_key("tiny")) <= fairshare.URGENT_READY_TTL_S
+    assert d._pop("tiny", want=0, limit=4, urgent=True) == (1, [])  # counted; nothing left to move
+    assert d._pop("tiny", want=0, limit=4, urgent=True) == (0, [])  # and only once
+    # Bulk work the ordinary dispatch moves is not counted; jobs moved by the urgent pick itself
+    # are returned as moved, not counted again.
+    d.pop("tiny", want=10, limit=1)
+    hot = queue(r, settings, "C", 1, priority="interactive", at=1002.0)
+    ready, moved = d._pop("tiny", want=0, limit=4, urgent=True)
+    assert (ready, [x[0] for x in moved]) == (0, hot)
+    assert d._pop("tiny", want=0, limit=4, urgent=True) == (0, [])
+
+
 def test_interactive_jobs_go_into_the_first_call():
     from worker.runner import Live, group_by_shape
 
