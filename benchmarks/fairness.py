@@ -256,6 +256,12 @@ def run_scheduler(bench: Bench, scheduler: str, weights: bool = True) -> dict[st
                 "eta_given_vs_wait_s": [[round(e, 2), round(a, 2)] for e, a in etas]}
         flood_recs = [by_id[j] for j in flood_ids]
         out["flood"]["flood_last_finished_after_s"] = round(max(x["finished_at"] for x in flood_recs) - t0, 2)
+        # Per job, from its record: post-processing (encode, thumbnails, signing, storage), which
+        # shares the CPU with the next call on this box.
+        post = [x["timings"]["postprocess_s"] for x in flood_recs if (x.get("timings") or {}).get("postprocess_s")]
+        if post:
+            out["flood"]["postprocess_s"] = {"median": round(statistics.median(post), 4), "p95": round(p95(post), 4),
+                                             "total": round(sum(post), 2)}
         if scheduler == "fair" and args.weights_jobs and weights:
             de = {t: [x["id"] for x in bench_batch_jobs(bench, fleet.batch(t, args.weights_jobs, f"w{t}")["id"])]
                   for t in ("D", "E")}
