@@ -25,3 +25,14 @@ def test_checks_compare_fair_with_fifo():
     assert ok["throughput_at_least_95pct"] and ok["rows_per_image_unchanged"] and ok["singles_p95_within_bound"]
     bad = checks({"fifo": _result(90, 5, 10.0, 1.0), "fair": _result(6, 5, 9.4, 1.1)})
     assert not (bad["throughput_at_least_95pct"] or bad["rows_per_image_unchanged"] or bad["singles_p95_within_bound"])
+
+
+def test_checks_over_rounds_take_the_median_ratio_and_need_the_bound_in_every_round():
+    rounds = [{"fifo": _result(90, 5, 10.0, 1.0), "fair": _result(3, 5, f, 1.0)} for f in (9.0, 9.8, 9.6)]
+    got = checks(rounds[0], rounds)
+    assert got["throughput_fair_over_fifo_per_round"] == [0.9, 0.98, 0.96]
+    assert got["throughput_fair_over_fifo"] == 0.96 and got["throughput_at_least_95pct"]  # not round 1's 0.90
+    assert got["singles_p95_within_bound"]
+    rounds[2]["fair"] = _result(6, 5, 9.6, 1.0)  # one round over its bound
+    assert not checks(rounds[0], rounds)["singles_p95_within_bound"]
+    assert checks(rounds[0], rounds[:1]) == checks(rounds[0])  # one round: as before
