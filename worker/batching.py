@@ -54,7 +54,7 @@ from jobs.retry import RetryPolicy, transient
 from jobs.schemas import JobMessage
 from jobs.signing import ForgedMessage
 from jobs.status import JobStatus
-from worker.runner import JobRunner, Live, Outcome, Rendered, group_by_shape
+from worker.runner import JobRunner, Live, Outcome, Rendered, group_by_shape, is_interactive
 from worker.task_events import TaskEvents
 
 log = logging.getLogger(__name__)
@@ -104,10 +104,6 @@ class RenderThread:
 
 _render_thread: tuple[int, RenderThread] | None = None
 _render_thread_lock = threading.Lock()
-
-
-def _interactive(x: Live) -> bool:
-    return x.msg.request.priority == "interactive"
 
 
 def render_thread() -> RenderThread:
@@ -482,7 +478,7 @@ class BatchSession:
                     # deliveries are held (not dropped: ``release``) while it, or a call holding
                     # one, runs, so neither shares the CPU with them.
                     for item in self._rendered(group, call, outcomes, by_id):
-                        if _interactive(item.live):
+                        if is_interactive(item.live):
                             hot.append(pool.submit(self._deliver, item))
                             pending.append((hot[-1], by_id[item.live.msg.job_id]))
                         else:
@@ -491,7 +487,7 @@ class BatchSession:
                         # The call ended before its look (shorter than usual, or the gathering ran
                         # past it): look now, before the next call is formed from ``waiting``.
                         self._take_urgent(gatherer, by_id, outcomes, waiting, give_way)
-                    hot_next[0] = any(map(_interactive, waiting))
+                    hot_next[0] = any(map(is_interactive, waiting))
                     release()
                     self._reap(pending, outcomes, block=False)
                 release(force=True)
@@ -534,8 +530,7 @@ class BatchSession:
                      waiting: list[Live], give_way: Callable[[], bool]) -> None:
         """Take interactive jobs the fair order picks next into this session while its call
         renders (they render first: ``group_by_shape``), up to one call of interactive rows."""
-        room = self.max_batch - sum(x.msg.request.num_images for x in waiting
-                                    if x.msg.request.priority == "interactive")
+        room = self.max_batch - sum(x.msg.request.num_images for x in waiting if is_interactive(x))
         if room <= 0 or give_way():
             return  # a call of them is ready; or an idle worker takes them
         try:

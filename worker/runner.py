@@ -97,6 +97,11 @@ def tried_step(k: int, step: int, steps: int, tries: int) -> int:
     return (k * steps + step) // tries
 
 
+def is_interactive(x: Live) -> bool:
+    """Someone waits on this job (``priority: interactive``): it renders and is delivered first."""
+    return x.msg.request.priority == "interactive"
+
+
 def group_by_shape(live: list[Live], max_rows: int = 0) -> list[list[Live]]:
     """Jobs that can share one pipeline call, in arrival order, packed to at most ``max_rows``
     images per group (a job with more images than that gets a group of its own).
@@ -104,9 +109,9 @@ def group_by_shape(live: list[Live], max_rows: int = 0) -> list[list[Live]]:
     Interactive jobs (``priority: interactive``) go first: into the first call of their shape, and
     a shape holding one goes before the others. They are not rendered alone: a call is padded to
     its full row count (worker/render.py), so a call of one job takes as long as a full one."""
-    hot = [x for x in live if x.msg.request.priority == "interactive"]
+    hot = [x for x in live if is_interactive(x)]
     by_shape: dict[CallShape, list[Live]] = {}
-    for x in hot + [x for x in live if x.msg.request.priority != "interactive"]:
+    for x in hot + [x for x in live if not is_interactive(x)]:
         by_shape.setdefault(shape_of(x.msg), []).append(x)
     out: list[list[Live]] = []
     for jobs in by_shape.values():
