@@ -362,64 +362,84 @@ def _convert(name: str, raw: Any, row: int, column: str | None) -> Any:
 
 def expand_row(spec: CampaignSpec, row: int, values: Mapping[str, Any], key_column: str | None) -> Iterator[Cell]:
     """The cells of one catalog row: one per sweep combination, each a request dict (unvalidated)."""
-    row_key = str(values.get(key_column, "")).strip() if key_column else f"row-{row}"
-    variables = spec.variables()
-    for where, names in template_slots(spec).items():
-        if not where.startswith(("template.prompt", "template.negative_prompt")):
-            continue  # a field whose column is missing or empty keeps its default, as in CSV
-        for name in names:
-            if name not in values and name not in variables:
+    return Expansion(spec).cells(row, values, key_column)
+
+
+class Expansion:
+    """What expanding every row of one campaign shares, worked out once (a plan expands
+    thousands of rows): the slots the prompts need, the sweep combinations, the renditions."""
+
+    def __init__(self, spec: CampaignSpec) -> None:
+        self.spec = spec
+        variables = spec.variables()
+        #: (where, slot) of the prompt and negative prompt slots a row must have a column for; a
+        #: field whose column is missing or empty keeps its default, as in CSV
+        self.needed = [(where, name) for where, names in template_slots(spec).items()
+                       if where.startswith(("template.prompt", "template.negative_prompt"))
+                       for name in names if name not in variables]
+        self.combos = list(spec.sweeps.combinations()) if spec.sweeps else [{}]
+        self.renditions = [r.model_dump(exclude_none=True, mode="json") for r in spec.renditions or ()]
+
+    def cells(self, row: int, values: Mapping[str, Any], key_column: str | None) -> Iterator[Cell]:
+        """The cells of one catalog row (``expand_row``)."""
+        spec = self.spec
+        row_key = str(values.get(key_column, "")).strip() if key_column else f"row-{row}"
+        for where, name in self.needed:
+            if name not in values:
                 raise CellError(f"invalid catalog: row {row} has no column {name!r} ({where} uses it)",
                                 errors=[{"row": row, "column": name, "field": where,
                                          "message": f"no column {name!r}"}])
-    combos = list(spec.sweeps.combinations()) if spec.sweeps else [{}]
-    for i, combo in enumerate(combos):
-        scope = {**values, **combo}
-        req: dict[str, Any] = {"prompt": fill(spec.template.prompt, scope)}
-        if spec.template.negative_prompt:
-            req["negative_prompt"] = fill(spec.template.negative_prompt, scope)
-        for name, value in spec.template.fields.items():
-            whole = _SLOT.fullmatch(value) if isinstance(value, str) else None
-            if whole and whole.group(1):
-                column = whole.group(1).strip()
-                raw = scope.get(column)
-                if raw is None or (isinstance(raw, str) and not raw.strip()):
-                    continue  # an empty cell: the field keeps its default
-                req[name] = _convert(name, raw, row, column)
-            elif isinstance(value, str):
-                req[name] = fill(value, scope) if FIELD_TYPES.get(name) == "str" else \
-                    _convert(name, fill(value, scope), row, None)
-            elif isinstance(value, list):
-                req[name] = [fill(v, scope) if isinstance(v, str) else v for v in value]
-            else:
-                req[name] = value
-        for axis, value in combo.items():
-            if axis in RenderRequest.model_fields:
-                req[axis] = _convert(axis, value, row, None) if isinstance(value, str) and \
-                    FIELD_TYPES.get(axis) != "str" else value
-        if spec.renditions:
-            req["renditions"] = [r.model_dump(exclude_none=True, mode="json") for r in spec.renditions]
-        if "seed" not in req:
-            # Explicit and stable: the same row and sweep values give the same seed on every apply.
-            # Without a key column a row is known by its values (row numbers shift when a row is
-            # removed, and every row after it would render again).
-            basis = json.dumps([spec.name, row_key if key_column else sorted(values.items()), combo],
-                               sort_keys=True, default=str)
-            req["seed"] = int.from_bytes(hashlib.sha256(basis.encode()).digest()[:4], "big")
-        if isinstance(req.get("custom_id"), str):
-            # A pattern ({sku}-{style}) filled with any text: spaces and other characters a
-            # custom_id cannot hold become "_" rather than refusing the cell.
-            req["custom_id"] = _CUSTOM_ID_BAD.sub("_", req["custom_id"]).strip(".")[:128] or None
-            if req["custom_id"] is None:
-                del req["custom_id"]
-        if "custom_id" not in req:
-            base = _CUSTOM_ID_BAD.sub("_", row_key)[:100] or f"row-{row}"
-            req["custom_id"] = f"{base}.{i}" if spec.sweeps else base
-        meta = dict(req.get("metadata") or {})
-        meta.update({"campaign": spec.name, "row": row, "row_key": row_key,
-                     **({"sweep": combo} if combo else {})})
-        req["metadata"] = meta
-        yield Cell(row, row_key, combo, i, req)
+        yield from self._cells(row, row_key, values, key_column)
+
+    def _cells(self, row: int, row_key: str, values: Mapping[str, Any], key_column: str | None) -> Iterator[Cell]:
+        spec = self.spec
+        for i, combo in enumerate(self.combos):
+            scope = {**values, **combo}
+            req: dict[str, Any] = {"prompt": fill(spec.template.prompt, scope)}
+            if spec.template.negative_prompt:
+                req["negative_prompt"] = fill(spec.template.negative_prompt, scope)
+            for name, value in spec.template.fields.items():
+                whole = _SLOT.fullmatch(value) if isinstance(value, str) else None
+                if whole and whole.group(1):
+                    column = whole.group(1).strip()
+                    raw = scope.get(column)
+                    if raw is None or (isinstance(raw, str) and not raw.strip()):
+                        continue  # an empty cell: the field keeps its default
+                    req[name] = _convert(name, raw, row, column)
+                elif isinstance(value, str):
+                    req[name] = fill(value, scope) if FIELD_TYPES.get(name) == "str" else \
+                        _convert(name, fill(value, scope), row, None)
+                elif isinstance(value, list):
+                    req[name] = [fill(v, scope) if isinstance(v, str) else v for v in value]
+                else:
+                    req[name] = value
+            for axis, value in combo.items():
+                if axis in RenderRequest.model_fields:
+                    req[axis] = _convert(axis, value, row, None) if isinstance(value, str) and \
+                        FIELD_TYPES.get(axis) != "str" else value
+            if self.renditions:
+                req["renditions"] = [dict(r) for r in self.renditions]
+            if "seed" not in req:
+                # Explicit and stable: the same row and sweep values give the same seed on every apply.
+                # Without a key column a row is known by its values (row numbers shift when a row is
+                # removed, and every row after it would render again).
+                basis = json.dumps([spec.name, row_key if key_column else sorted(values.items()), combo],
+                                   sort_keys=True, default=str)
+                req["seed"] = int.from_bytes(hashlib.sha256(basis.encode()).digest()[:4], "big")
+            if isinstance(req.get("custom_id"), str):
+                # A pattern ({sku}-{style}) filled with any text: spaces and other characters a
+                # custom_id cannot hold become "_" rather than refusing the cell.
+                req["custom_id"] = _CUSTOM_ID_BAD.sub("_", req["custom_id"]).strip(".")[:128] or None
+                if req["custom_id"] is None:
+                    del req["custom_id"]
+            if "custom_id" not in req:
+                base = _CUSTOM_ID_BAD.sub("_", row_key)[:100] or f"row-{row}"
+                req["custom_id"] = f"{base}.{i}" if spec.sweeps else base
+            meta = dict(req.get("metadata") or {})
+            meta.update({"campaign": spec.name, "row": row, "row_key": row_key,
+                         **({"sweep": combo} if combo else {})})
+            req["metadata"] = meta
+            yield Cell(row, row_key, combo, i, req)
 
 
 # -- content keys ---------------------------------------------------------------------------------
@@ -430,7 +450,8 @@ _NOT_PIXELS = {"custom_id", "metadata", "webhook", "webhook_events_filter", "cac
 def content_key(resolved: RenderRequest, model_spec: Any) -> str:
     """A hash of everything that changes a resolved request's pixels: the model (its registry entry,
     weights' source and revision included), prompt, every pixel parameter, seed, shape and
-    renditions. Two requests that differ only in seed never share a key."""
+    renditions. Two requests that differ only in seed never share a key. ``model_spec``: the
+    registry entry, or its ``model_dump(mode="json")`` (a plan dumps each model's once)."""
     body = resolved.model_dump(mode="json", exclude=_NOT_PIXELS)
     for name in ("image", "mask"):
         if body.get(name) and str(body[name]).startswith("data:"):
@@ -438,6 +459,6 @@ def content_key(resolved: RenderRequest, model_spec: Any) -> str:
     if body.get("references"):
         body["references"] = [("sha256:" + hashlib.sha256(x.encode()).hexdigest()) if x.startswith("data:") else x
                               for x in body["references"]]
-    spec = model_spec.model_dump(mode="json") if hasattr(model_spec, "model_dump") else dict(model_spec)
+    spec = model_spec if isinstance(model_spec, dict) else model_spec.model_dump(mode="json")
     canonical = json.dumps({"v": 1, "model": spec, "request": body}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -207,6 +207,7 @@ class Background(str, Enum):
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_SURROGATE = re.compile(r"\\ud[89a-f]", re.IGNORECASE)
 
 
 def prompt_text(v: str) -> str:
@@ -532,6 +533,13 @@ def surrogate_error(where: str, bad: re.Match) -> ValueError:
 def find_surrogate(data: Any, limit: int = 100_000) -> tuple[str, re.Match] | None:
     """Where the first lone surrogate is (the string's path, the match), or None; walked
     without recursion."""
+    try:
+        # repr escapes every lone surrogate as \udXXX (they are not printable), so when it holds
+        # none there is none; a hit (or a text that spells one out) is walked to find where.
+        if not _ESCAPED_SURROGATE.search(repr(data)):
+            return None
+    except RecursionError:
+        pass  # nested too deep for repr: the walk below needs no recursion
     stack: list[tuple[Any, str]] = [(data, "")]
     while stack and limit > 0:
         limit -= 1

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from jobs import callstats
-from jobs.campaign import CampaignSpec, Cell, check_slots, content_key, expand_row
+from jobs.campaign import CampaignSpec, Cell, Expansion, check_slots, content_key
 from jobs.campaign_records import campaign_id, campaign_key, iter_cells, progress, tenant_campaigns_key
 from jobs.errors import IdempotencyInProgress, InvalidRequest, JobNotFound, QuotaExceeded
 from jobs.families import family, size_for
@@ -88,7 +88,8 @@ class Campaigns:
         self.r = client.store.r
         #: The CLI reads ``catalog.path`` from its own disk; the HTTP API never does.
         self.allow_paths = allow_paths
-        self._verdicts: dict[tuple[str, str | None], Any] = {}
+        #: (prompt, negative prompt, level) → this plan's decision (submission audits it, not again)
+        self._verdicts: dict[tuple[str, str | None, str | None], Any] = {}
         self._specs: dict[str, Any] = {}
 
     # -- documents and catalogs ----------------------------------------------------------------------
@@ -131,6 +132,7 @@ class Campaigns:
             raise InvalidRequest(f"invalid campaign: sweeps: the sweeps make {per_row} cells per row; a campaign "
                                  f"holds at most {limit} cells (BATCHRENDER_CAMPAIGN_MAX_CELLS)",
                                  errors=[{"field": "sweeps", "message": f"{per_row} cells per row > {limit}"}])
+        expansion = Expansion(spec)
         seen: dict[str, int] = {}
         n = 0
         for row, values in catalog.rows():
@@ -149,12 +151,14 @@ class Campaigns:
                 raise InvalidRequest(f"invalid campaign: sweeps: {row} rows × {per_row} cells per row pass the limit "
                                      f"of {limit} cells (BATCHRENDER_CAMPAIGN_MAX_CELLS)",
                                      errors=[{"field": "sweeps", "row": row, "message": f"more than {limit} cells"}])
-            yield from expand_row(spec, row, values, key)
+            yield from expansion.cells(row, values, key)
 
     # -- evaluating cells ----------------------------------------------------------------------------
     def _spec(self, model: str):
+        """A model's registry entry and its JSON form (content keys), read once per plan."""
         if model not in self._specs:
-            self._specs[model] = self.client.registry.get(model)
+            spec = self.client.registry.get(model)
+            self._specs[model] = (spec, spec.model_dump(mode="json"))
         return self._specs[model]
 
     def _moderate(self, tenant: str | None, req: RenderRequest):
@@ -172,7 +176,7 @@ class Campaigns:
         where = {"row": cell.row, "row_key": cell.row_key, "cell": cell.cell_id, **({"sweep": cell.sweep} if cell.sweep else {})}
         try:
             req = RenderRequest.parse(cell.request)
-            spec = self._spec(req.model)
+            spec, spec_json = self._spec(req.model)
             ev.parsed, ev.request = req, resolve(req, spec, self.settings)
             if req.image or req.mask or req.references:
                 # Fetched through the SSRF guard and checked now, as submission will (Client.prepare):
@@ -190,11 +194,11 @@ class Campaigns:
                           "message": info.get("message") or "blocked by the content policy",
                           "categories": info.get("categories", [])}
             return ev
-        ev.key = content_key(ev.request, spec)
+        ev.key = content_key(ev.request, spec_json)
         return ev
 
     def _evaluated(self, tenant: str | None, spec: CampaignSpec, catalog: Catalog) -> Iterator[Evaluated]:
-        """Cells evaluated, with cache hits looked up a chunk at a time (two round trips per chunk)."""
+        """Cells evaluated, with cache hits looked up a chunk at a time (at most two round trips per chunk)."""
         chunk: list[Evaluated] = []
         custom_ids: dict[str, int] = {}
         for cell in self.cells(spec, catalog):
@@ -220,10 +224,7 @@ class Campaigns:
         keyed = [e for e in chunk if e.key]
         if not keyed:
             return chunk
-        with self.r.pipeline(transaction=False) as p:
-            for e in keyed:
-                p.get(cache_key(tenant, e.key or ""))
-            hits = p.execute()
+        hits = self.r.mget([cache_key(tenant, e.key or "") for e in keyed])
         found = [(e, j) for e, j in zip(keyed, hits) if j]
         if found:
             with self.r.pipeline(transaction=False) as p:
@@ -485,7 +486,8 @@ class Campaigns:
             reserved = min(len(reqs), held[0])
             held[0] -= reserved  # submit_batch now owns these slots: records keep them, it gives back the rest
             sub = self.client.submit_batch(reqs, tenant=tenant, batch_id=batch_id, meta=meta,
-                                           reserved=reserved, total=planned, append=not first)
+                                           reserved=reserved, total=planned, append=not first,
+                                           decided=self._verdicts)
             if sub.errors:
                 # Refused at submission though the plan passed it (an image gone since): the others of
                 # this part are queued and recorded; this cell is not.

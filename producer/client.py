@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from kombu.exceptions import OperationalError
 
@@ -273,11 +273,13 @@ class Client:
 
             logging.getLogger(__name__).warning("dispatch after submit failed (a worker will do it): %s", e)
 
-    def _check_prompt(self, msg: JobMessage):
-        return self.moderation.check_prompt(msg.request.prompt, msg.request.negative_prompt,
-                                            real_person_context=msg.real_person_context,
-                                            actor=msg.tenant or "producer", job_id=msg.job_id,
-                                            level=msg.request.moderation)
+    def _check_prompt(self, msg: JobMessage, decided: Mapping[tuple[str, str | None, str | None], Any] | None = None):
+        r = msg.request
+        known = None if decided is None or msg.real_person_context else \
+            decided.get((r.prompt, r.negative_prompt, r.moderation))
+        return self.moderation.check_prompt(r.prompt, r.negative_prompt, real_person_context=msg.real_person_context,
+                                            actor=msg.tenant or "producer", job_id=msg.job_id, level=r.moderation,
+                                            decided=known)
 
     def _block(self, msg: JobMessage, decision) -> None:
         """End a recorded, queued job as ``blocked`` by the producer's prompt check."""
@@ -386,7 +388,8 @@ class Client:
     def submit_batch(self, requests: Iterable[RenderRequest | dict[str, Any]], *,
                      tenant: str | None = None, batch_id: str | None = None,
                      meta: dict[str, Any] | None = None, reserved: int = 0, total: int | None = None,
-                     append: bool = False, priority: str = "bulk") -> BatchSubmission:
+                     append: bool = False, priority: str = "bulk",
+                     decided: Mapping[tuple[str, str | None, str | None], Any] | None = None) -> BatchSubmission:
         """Queue many jobs as one batch. Invalid items are reported by index; the valid ones run.
 
         The batch and all its job records are written in one Redis transaction, then the
@@ -398,6 +401,9 @@ class Client:
         (``JobStore.reserve``); those that do not become jobs are given back. ``total``: the
         batch's size when it is sent in parts (a campaign's cells); ``append``: this part joins
         ``batch_id``, made by an earlier part. ``priority``: of the items that name none (bulk).
+        ``decided``: prompt decisions this process has just made, by (prompt, negative prompt,
+        level) (a campaign's plan): an item found there without a real person's image is not
+        moderated again (its decision is still audited).
         """
         batch_id = batch_id or new_id("bat")
         msgs: list[JobMessage] = []
@@ -412,7 +418,7 @@ class Client:
                     msgs.append(m)
                 except InvalidRequest as e:
                     errors.append((i, e))
-            decisions = {m.job_id: self._check_prompt(m) for m in msgs}
+            decisions = {m.job_id: self._check_prompt(m, decided) for m in msgs}
             try:
                 if append:
                     self.store.append_batch_records(batch_id, msgs, tenant=tenant, reserved=bool(held))

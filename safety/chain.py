@@ -198,12 +198,14 @@ class ModerationChain:
 
     def check_prompt(self, prompt: str, negative_prompt: str | None = None, *, real_person_context: bool = False,
                      actor: str | None = None, job_id: str | None = None, audit_allowed: bool = True,
-                     level: str | None = None) -> Decision:
+                     level: str | None = None, decided: Decision | None = None) -> Decision:
         """Moderate a prompt before any GPU time. ``real_person_context``: a real person's image is
         part of the request (see ``InputImageCheck.real_person_context``). ``audit_allowed=False``
-        (a campaign's plan, which is moderated again when its cells are submitted) records only
-        flags and blocks in the audit log."""
-        decision = self._run(self.prompt_stages, lambda s: s.check(  # type: ignore[call-arg]
+        (a campaign's plan, whose cells are audited when they are submitted) records only flags
+        and blocks in the audit log. ``decided``: this chain's decision on the same prompt,
+        negative prompt and level, made moments ago without a real person's image (the plan's,
+        when a campaign's cells are submitted): recorded, not worked out again."""
+        decision = decided if decided is not None else self._run(self.prompt_stages, lambda s: s.check(  # type: ignore[call-arg]
             prompt, negative_prompt, real_person_context=real_person_context), level)
         if self.audit and (audit_allowed or decision.action is not Action.ALLOW):
             self.audit.record(decision, kind="prompt", actor=actor, job_id=job_id, prompt=prompt,

@@ -526,3 +526,35 @@ def test_an_apply_that_fails_half_way_keeps_what_it_queued_and_its_batch_complet
     monkeypatch.setattr(JobStore, "append_batch_records", real)
     again = api.post("/v1/campaigns", json=d, headers=auth)
     assert again.status_code == 201 and again.json()["applied"] == {"submitted": 3, "reused": 2, "refused": 0}
+
+
+def test_apply_moderates_each_prompt_once_and_audits_every_submitted_cell(api, keys, api_env):
+    """The plan's decisions are the ones submission records: each cell's prompt is checked by the
+    rules once per apply (not again at submission), and every queued job still has its audit line."""
+    from pathlib import Path
+
+    auth = keys("alice")
+    client = api.app.state.client
+    stage = client.moderation.prompt_stages[0]
+    checked: list[str] = []
+    real = stage.check
+
+    def counting(prompt, *a, **kw):
+        checked.append(prompt)
+        return real(prompt, *a, **kw)
+
+    stage.check = counting
+    try:
+        body = doc(name="audited-mugs", sweeps={"axes": {"style": ["studio", "watercolour"]}})
+        body["template"]["prompt"] = "a {colour} mug, {style}"
+        r = api.post("/v1/campaigns", headers=auth, json=body)
+    finally:
+        del stage.check
+    assert r.status_code == 201, r.text
+    assert r.json()["applied"]["submitted"] == 4
+    assert sorted(checked) == sorted({f"a {c} mug, {s}" for c in ("red", "blue") for s in ("studio", "watercolour")})
+    jobs = {j["id"] for j in api.get("/v1/jobs", headers=auth).json()["data"]}
+    lines = [json.loads(x) for x in (Path(api_env["BATCHRENDER_HOME"]) / "moderation" / "audit.jsonl").read_text().splitlines()]
+    audited = [x for x in lines if x["kind"] == "prompt" and x["job_id"] in jobs]
+    assert len(jobs) == 4 and {x["job_id"] for x in audited} == jobs and len(audited) == 4
+    assert all(x["action"] == "allow" and x["actor"] for x in audited)
