@@ -6,7 +6,7 @@
 
 Splits (tests/data/moderation/):
   dev   multilingual_dev.jsonl + multilingual_test_v1.jsonl + prompts.jsonl + holdout.jsonl
-        (everything the rules were tuned on; test_v1..v4 joined dev after their one reported run)
+        (everything the rules were tuned on; test_v1..v4, v6 and v7 joined dev after their reported runs)
   test  multilingual_test.jsonl (written after the rules were frozen; never tuned on)
 
 Prints figures; asserts nothing (see HOUSE_STYLE: benchmarks print, tests assert).
@@ -36,7 +36,8 @@ from safety.verdict import Action, Decision  # noqa: E402
 DATA_DIR = ROOT / "tests" / "data" / "moderation"
 SPLITS = {
     "dev": ("multilingual_dev.jsonl", "multilingual_test_v1.jsonl", "multilingual_test_v2.jsonl",
-            "multilingual_test_v3.jsonl", "multilingual_test_v4.jsonl", "prompts.jsonl", "holdout.jsonl"),
+            "multilingual_test_v3.jsonl", "multilingual_test_v4.jsonl", "multilingual_test_v6.jsonl",
+            "multilingual_test_v7.jsonl", "prompts.jsonl", "holdout.jsonl"),
     "test": ("multilingual_test.jsonl",),
 }
 MINORS = "minors_sexual"

@@ -85,7 +85,7 @@ _PERSON = {
     "en": ["girl", "boy", "daughter", "son", "sister", "brother", "niece", "nephew", "kid", "child", "stepdaughter",
            "stepsister", "stepson", "stepbrother", "cousin", "pupil", "student"],
     "es": ["niña", "niño", "nena", "nene", "chica", "chico", "chamaca", "chamaco", "chava", "chavo", "morra",
-           "morro", "piba", "pibe", "hija", "hijo", "hermana", "hermano", "hermanita", "hermanito", "sobrina",
+           "morro", "piba", "pibe", "chamaquita", "chamaquito", "chamakita", "chamakito", "hija", "hijo", "hermana", "hermano", "hermanita", "hermanito", "sobrina",
            "sobrino", "alumna", "alumno", "prima", "primo"],
     "pt": ["menina", "menino", "garota", "garoto", "guria", "guri", "filha", "filho", "irmã", "irmãzinha",
            "irmão", "sobrinha", "sobrinho", "aluna", "aluno", "novinha", "novinho", "mina", "moleca", "moleque"],
@@ -121,7 +121,7 @@ def _view_age_patterns() -> list[str]:
         rf"\b{en}\s*(?:years?|yrs?|yr)\s*old\b",
         rf"\b{_DIG}\s*(?:yo|y o|yrs?)\b",
         rf"\b(?:aged?|age of|turned|turning)\s*{en}\b{_NOT_UNIT}",
-        rf"\b{person}\s*(?:of|de|di|da|von|aged|age|mit|com|con)?\s*{_alt([en, es, pt, it, fr, de])}\b{_NOT_UNIT}",
+        rf"\b{person}\s*(?:of|de|d|di|da|von|aged|age|mit|com|con)?\s*{_alt([en, es, pt, it, fr, de])}\b{_NOT_UNIT}",
         rf"\b(?:she|he)\s*(?:s|is|was)\s*(?:only|just|barely)?\s*{en}\b{_NOT_UNIT}",
         # school grades
         rf"\b{ordinal_en}\s*(?:grade|grader|graders)\b",
@@ -149,7 +149,12 @@ def _view_age_patterns() -> list[str]:
         r"\b(?:ce1|ce2|cm1|cm2)\b",
         rf"\b(?:élève|élèves|eleve|eleves|classe|collégien\w*|fille\w*|garçon\w*|gamin\w*|gosse\w*|ado\w*|écoli\w*)\s*(?:de|du|en)\s*{fr_grade}\b",
         rf"\ben\s*(?:sixième|cinquième|quatrième|cm1|cm2|ce1|ce2)\b",
+        # "élève de primaire", "fillette de maternelle", "école primaire"
+        r"\b(?:élève|élèves|eleve|eleves|écoli\w*|ecoli\w*|enfant\w*|fille\w*|garçon\w*|gamin\w*|gosse\w*)\s*(?:de|du|en|à la|à l)\s*(?:primaire|maternelle)\b",
+        r"\b(?:école|ecole|classe)\s*(?:primaire|maternelle)\b",
         r"\b(?:[1-9]|1[0-2])\s*klasse\b",
+        # "aus der sechsten Klasse", "ein Zweitklässler": ordinals inflected
+        r"\b(?:erst|zweit|dritt|viert|fünft|sechst|siebt|acht|neunt)(?:e|en|er|es|em)?\s*klasse\b",
         r"\b(?:erst|zweit|dritt|viert|fünft|sechst|siebt|acht|neunt|zehnt)kl(?:ä|a|ae)ssler\w*",
         r"\b(?:[1-9]|1[01])\s*(?:го\s*|ого\s*)?класс\w*",
         r"\b(?:перв|втор|трет|четвёрт|четверт|пят|шест|седьм|восьм|девят)\w*\s*класс\w*",
@@ -166,7 +171,7 @@ _AGE_HINT_WORDS = [*(w for k in _NUM for w in _NUM[k]), *_RU_STEMS, "grade", "gr
                    "quinto", "sexto", "primer", "tercer", "prima", "seconda", "terza", "quarta", "quinta",
                    "primeiro", "terceiro", "quarto", "sétimo", "oitavo", "nono", "primeira", "segunda",
                    "terceira", "sexta", "sétima", "oitava", "perv", "класс", "класса", "классе", "классов",
-                   "cm1", "cm2", "ce1", "ce2", "cp"]
+                   "cm1", "cm2", "ce1", "ce2", "cp", "primaire", "maternelle"]
 _AGE_HINT_FRAGMENTS = r"\b(?:1[0-7]|[1-9])(?![0-9]|(?:k|p|x|px|mp|fps|mm|d)\b)|j(?:ä|a|ae)hrig|kl(?:ä|a|ae)ssler|klass|класс|летн|летк|enne\b|grade"
 
 
@@ -195,6 +200,8 @@ def _compact_age_patterns() -> list[str]:
 #: In spaced views: Korean grade abbreviations ("초6", "중 2": script edges put a space before the digit).
 _VIEW_CJK_PATTERNS = [r"(?:^|\s)(?:초|중|고)\s*[1-6](?=\s|$)", r"(?:^|\s)(?:js|jc|jk)(?=\s|$)"]
 _CJK_GRADE_TOKEN = re.compile(r"(?:초|중|고)[1-6]|js|jc|jk")
+#: The same abbreviations typed in Latin letters (``StructuralRules.signals``).
+_ROMAJI_SCHOOLGIRL = frozenset({"jc", "js", "jk"})
 
 
 def _romanized_age_patterns() -> list[str]:
@@ -309,7 +316,8 @@ NEAR_RULES = (
         "le les des ses sa son aucun aucune die der den ihre seine jegliche jeglicher jegliches irgendwelche "
         "o os as uma um nenhuma nenhum il lo i gli alcun alcuna alcuno nessun nessuna niente di "
         "всякой всякого никакой никакого какой либо своей своего su sus mi tu seu sua seus suas suo suoi sue "
-        "sein seine seinen ihr ihren mon ma mes".split())),
+        "sein seine seinen ihr ihren mon ma mes toda todas todo todos tout toute toutes tous all tutti tutte tutto "
+        "alle allen всю все всё".split())),
 )
 #: Derived signals of boolean rules (``_attack_depiction``).
 ATTACK_DEPICTION = "attack_depiction"
@@ -385,6 +393,11 @@ class StructuralRules:
             out.add("minor")
         if text.romanized:
             out |= self._romanized.matching(text.romanized, skip=found)
+            # "jc", "js", "jk" (Japanese slang for middle/primary/high-school girls) in romanised
+            # Japanese: only beside another romanised term ("jc zenra"), never alone (JavaScript, JC)
+            if "minor" not in found and not text.tokens.isdisjoint(_ROMAJI_SCHOOLGIRL) \
+                    and self._romanized.matching(text.romanized, skip=frozenset()):
+                out.add("minor")
         for rule in self._near:
             if rule.signal not in found and rule.signal not in out and self._near_match(rule, text):
                 out.add(rule.signal)
