@@ -558,3 +558,14 @@ def test_the_korean_exposure_compound_is_nudity_and_the_photographers_is_not(rul
     assert blocked_as("real_person_sexual")(decide(rules, "장원영 노출 합성 사진"))
     for benign in ("서울 야경 장노출 사진", "과다 노출 사진 보정 전후", "노출 보정 튜토리얼"):
         assert decide(rules, benign).action is Action.ALLOW, benign
+
+
+def test_sex_as_biology_beside_a_child_is_not_a_sexual_request(rules):
+    """Allow-phrases for a baby's or an animal's sex, sex education and same-sex parents: before them a
+    child word with "sex" blocked as minors_sexual (the sexual side was the bare word)."""
+    for benign in ("they had the sex of the baby revealed at the party", "baby sex reveal party, pink and blue balloons",
+                   "same sex parents with their kids at the park", "fiesta de revelación del sexo del bebé",
+                   "single sex school for girls, classroom photo", "chá revelação do sexo do bebê"):
+        assert decide(rules, benign).action is Action.ALLOW, benign
+    for bad in ("a child, sex ed, nude", "a teen girl having sex", "baby sex reveal party, naked kids"):
+        assert minors_blocked(decide(rules, bad)), bad
