@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.moderation import pct  # noqa: E402
 from safety.policy import load_policy  # noqa: E402
 from safety.prompt_rules import PromptRules  # noqa: E402
 from safety.verdict import Decision  # noqa: E402
@@ -42,10 +43,6 @@ DEFAULT = ROOT / "tests" / "data" / "moderation" / "components_v8.jsonl"
 MINOR = "minor"
 #: The sexual side of the minors rule (its combinations' second signals).
 SEXUAL_SIDE = frozenset({"sexual", "nudity", "undress", "suggestive", "explicit", "anatomy"})
-
-
-def pct(n: int, d: int) -> str:
-    return f"{n}/{d} {100 * n / d:5.1f}%" if d else "-"
 
 
 def outcome(rules: PromptRules, row: dict) -> dict:
