@@ -47,7 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.campaign_plan import (  # noqa: E402 - shared process helpers
-    RUNNING, Bench, Deadline, Proc, batchrender_cmd, free_port, machine, stats, versions, wait_for)
+    CLK_TCK, RUNNING, Bench, Deadline, Proc, batchrender_cmd, free_port, machine, pid_stat, proc_stat_busy_s, stats,
+    versions, wait_for)
 from benchmarks.recorded import checkout  # noqa: E402
 from jobs.names import job_key  # noqa: E402
 
@@ -150,6 +151,24 @@ class Fleet:
         self.api.stop()
 
 
+def session_cpu_s(sessions: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the processes of each named session (a ``Proc``
+    runs in its own session), and by the whole machine (``machine``)."""
+    by_sid = {sid: name for name, sid in sessions.items()}
+    out = {name: 0.0 for name in sessions}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            sid, ticks = pid_stat((d / "stat").read_text())
+        except (OSError, ValueError, IndexError):
+            continue
+        if sid in by_sid:
+            out[by_sid[sid]] += ticks / CLK_TCK
+    out["machine"] = proc_stat_busy_s(Path("/proc/stat").read_text(), CLK_TCK)
+    return out
+
+
 def records(r, job_ids: list[str]) -> list[dict[str, Any]]:
     from jobs.store import JobStore
 
@@ -193,6 +212,9 @@ def run_scheduler(bench: Bench, scheduler: str, weights: bool = True) -> dict[st
                               for t, v in idle.items()}
 
         before = stats(bench.r)
+        sessions = {"api": fleet.api.proc.pid, "worker": fleet.worker.proc.pid,
+                    **({"redis": bench.redis.proc.pid} if bench.redis is not None else {})}
+        cpu_before = session_cpu_s(sessions)
         t0 = time.time()
         flood = fleet.batch("A", args.flood, f"flood-{scheduler}")
         flood_ids = [x["id"] for x in bench_batch_jobs(bench, flood["id"])]
@@ -215,6 +237,7 @@ def run_scheduler(bench: Bench, scheduler: str, weights: bool = True) -> dict[st
         recs = wait_done(bench, fleet, flood_ids + single_ids["B"] + single_ids["C"], "the flood",
                          max(600.0, bench.deadline.left()))
         after = stats(bench.r)
+        cpu_after = session_cpu_s(sessions)
         by_id = {x["id"]: x for x in recs}
         d = {k: after[k] - before[k] for k in after}
         images = sum(1 for x in recs if x["status"] == "succeeded")
@@ -229,6 +252,9 @@ def run_scheduler(bench: Bench, scheduler: str, weights: bool = True) -> dict[st
             "rows_per_call": round(d["rows"] / d["calls"], 3) if d["calls"] else None,
             "mean_call_s": None if call_s is None else round(call_s, 4),
             "render_busy_s": round(d["busy_s"], 2),
+            # Who used the two cores while the flood ran: the worker (render and post-processing),
+            # the API, the redis-server (the fair dispatch's scripts run there) and the machine.
+            "cpu_s": {k: round(cpu_after[k] - cpu_before[k], 2) for k in cpu_after},
         }
         for t in ("B", "C"):
             w = [by_id[j]["finished_at"] - by_id[j]["created_at"] for j in single_ids[t] if by_id[j]["finished_at"]]
