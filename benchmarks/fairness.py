@@ -152,15 +152,20 @@ class Fleet:
 
 
 def session_cpu_s(sessions: dict[str, int]) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by the processes of each named session (a ``Proc``
-    runs in its own session), and by the whole machine (``machine``)."""
+    """CPU seconds (user + system, and those of reaped children) used so far by the live processes
+    of each named session (a ``Proc`` runs in its own session), and by the whole machine
+    (``machine``). A process that starts and exits between two readings without being reaped by
+    one that is still alive is missed: the API, worker and redis-server are long-lived."""
     by_sid = {sid: name for name, sid in sessions.items()}
     out = {name: 0.0 for name in sessions}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
-            sid, ticks = pid_stat((d / "stat").read_text())
+            text = (d / "stat").read_text()
+            sid, ticks = pid_stat(text)
+            rest = text[text.rindex(")") + 2:].split()
+            ticks += int(rest[13]) + int(rest[14])  # cutime + cstime: children it waited for
         except (OSError, ValueError, IndexError):
             continue
         if sid in by_sid:

@@ -15,8 +15,10 @@ two halves that are each harmless to write (``tests/data/moderation/components_v
 
 That the two halves together block is the combination rule, tested by class in
 ``tests/unit/test_structural_rules.py`` (ages x nudity words x 11 languages). A prompt whose
-halves are both detected is blocked, so the product of the two recalls estimates the minors
-block rate on such phrasings (assuming the halves' misses are independent).
+halves are both detected is blocked by it, so the product of the two recalls estimates the minors
+block rate on such phrasings, assuming the halves' misses are independent. It cannot see how the
+halves interact in one prompt (an allow-phrase or a window that hides one half beside the other):
+that is what the combination tests are for.
 
     .venv/bin/python benchmarks/moderation_components.py --out benchmarks/results/moderation-components-v8.json
 
@@ -40,6 +42,8 @@ from safety.prompt_rules import PromptRules  # noqa: E402
 from safety.verdict import Decision  # noqa: E402
 
 DEFAULT = ROOT / "tests" / "data" / "moderation" / "components_v8.jsonl"
+#: Sets whose misses must not be read before they join dev (their figures are the honest ones).
+BLIND = frozenset({DEFAULT.resolve()})
 MINOR = "minor"
 #: The sexual side of the minors rule (its combinations' second signals).
 SEXUAL_SIDE = frozenset({"sexual", "nudity", "undress", "suggestive", "explicit", "anatomy"})
@@ -107,7 +111,9 @@ def main() -> None:
     print()
     for k, (n, d) in sorted(by_variant.items()):
         print(f"  detected {k:<28}{pct(n, d):>16}")
-    if args.show_misses:
+    if args.show_misses and args.data.resolve() in BLIND:
+        print("\n(misses of a blind set are not printed: it must join dev first; see docs/moderation.md)")
+    elif args.show_misses:
         for r in res:
             if not r["detected"]:
                 print(f"  missed [{r['lang']}/{r['label']}/{r['variant']}] {r['prompt']!r}")

@@ -459,6 +459,6 @@ def content_key(resolved: RenderRequest, model_spec: Any) -> str:
     if body.get("references"):
         body["references"] = [("sha256:" + hashlib.sha256(x.encode()).hexdigest()) if x.startswith("data:") else x
                               for x in body["references"]]
-    spec = model_spec if isinstance(model_spec, dict) else model_spec.model_dump(mode="json")
+    spec = dict(model_spec) if isinstance(model_spec, Mapping) else model_spec.model_dump(mode="json")
     canonical = json.dumps({"v": 1, "model": spec, "request": body}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()

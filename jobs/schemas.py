@@ -538,8 +538,8 @@ def find_surrogate(data: Any, limit: int = 100_000) -> tuple[str, re.Match] | No
         # none there is none; a hit (or a text that spells one out) is walked to find where.
         if not _ESCAPED_SURROGATE.search(repr(data)):
             return None
-    except RecursionError:
-        pass  # nested too deep for repr: the walk below needs no recursion
+    except Exception:  # noqa: BLE001 - too deep for repr, an int too long to print...: the walk decides
+        pass
     stack: list[tuple[Any, str]] = [(data, "")]
     while stack and limit > 0:
         limit -= 1

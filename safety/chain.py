@@ -205,8 +205,14 @@ class ModerationChain:
         and blocks in the audit log. ``decided``: this chain's decision on the same prompt,
         negative prompt and level, made moments ago without a real person's image (the plan's,
         when a campaign's cells are submitted): recorded, not worked out again."""
-        decision = decided if decided is not None else self._run(self.prompt_stages, lambda s: s.check(  # type: ignore[call-arg]
-            prompt, negative_prompt, real_person_context=real_person_context), level)
+        if decided is not None and (decided.policy_version != self.policy.version or MODERATION_ERROR in decided.categories):
+            decided = None  # another policy's, or a stage that failed (open): worked out again
+        if decided is not None:
+            decision = decided
+            moderation_decided(decision.action.value, decision.categories)  # counted per check, as before
+        else:
+            decision = self._run(self.prompt_stages, lambda s: s.check(  # type: ignore[call-arg]
+                prompt, negative_prompt, real_person_context=real_person_context), level)
         if self.audit and (audit_allowed or decision.action is not Action.ALLOW):
             self.audit.record(decision, kind="prompt", actor=actor, job_id=job_id, prompt=prompt,
                               negative_prompt=negative_prompt)

@@ -180,6 +180,21 @@ class PromptRules:
         # Exceptions, and allow-phrases written in unspaced scripts, are cut out of compact views.
         self._exceptions = _substring_regex([*policy.exceptions,
                                              *(p for p in policy.allow_phrases if has_unspaced_script(p))])
+        self._check_allow_phrases()
+
+    def _check_allow_phrases(self) -> None:
+        """An allow-phrase is cut out of a prompt before anything is matched, so one that holds a
+        sign of a minor ("sex of the baby") would hide the child from the minors rule: refused."""
+        from jobs.errors import ConfigurationError
+
+        for phrase in self.policy.allow_phrases:
+            text = normalize(phrase, None, self._exceptions)
+            tokens = _with_stems(text.tokens)
+            found = self._set_group.matching(text, tokens)
+            if "minor" in found or "minor" in self._structural.signals(text, found):
+                raise ConfigurationError(
+                    f"policy {self.policy.version}: allow-phrase {phrase!r} names a minor; an allow-phrase is cut "
+                    "out before matching, so it would hide the child from the minors rule: remove it")
 
     def signals(self, prompt: str, negative_prompt: str | None = None, *, real_person_context: bool = False) -> set[str]:
         """The term sets and special signals present in a prompt (exposed for tests and tooling)."""

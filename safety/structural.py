@@ -118,7 +118,7 @@ def _view_age_patterns() -> list[str]:
                      "4e", "3e", "6ème", "5ème", "4ème", "3ème"])
     pats = [
         # en: "12 years old", "twelve-year-old", "12yo", "aged 12", "a girl of eleven", "she's nine"
-        rf"\b{en}\s*(?:years?|yrs?|yr)\s*old\b",
+        rf"\b{en}\s*(?:years?|yrs?|yr)\s*olds?\b",  # "12 year olds" too
         rf"\b{_DIG}\s*(?:yo|y o|yrs?)\b",
         rf"\b(?:aged?|age of|turned|turning)\s*{en}\b{_NOT_UNIT}",
         rf"\b{person}\s*(?:of|de|d|di|da|von|aged|age|mit|com|con)?\s*{_alt([en, es, pt, it, fr, de])}\b{_NOT_UNIT}",
@@ -149,12 +149,13 @@ def _view_age_patterns() -> list[str]:
         r"\b(?:ce1|ce2|cm1|cm2)\b",
         rf"\b(?:élève|élèves|eleve|eleves|classe|collégien\w*|fille\w*|garçon\w*|gamin\w*|gosse\w*|ado\w*|écoli\w*)\s*(?:de|du|en)\s*{fr_grade}\b",
         rf"\ben\s*(?:sixième|cinquième|quatrième|cm1|cm2|ce1|ce2)\b",
-        # "élève de primaire", "fillette de maternelle", "école primaire"
+        # "élève de primaire", "fillette de maternelle" (not "école primaire" alone: its teachers are adults)
         r"\b(?:élève|élèves|eleve|eleves|écoli\w*|ecoli\w*|enfant\w*|fille\w*|garçon\w*|gamin\w*|gosse\w*)\s*(?:de|du|en|à la|à l)\s*(?:primaire|maternelle)\b",
-        r"\b(?:école|ecole|classe)\s*(?:primaire|maternelle)\b",
         r"\b(?:[1-9]|1[0-2])\s*klasse\b",
-        # "aus der sechsten Klasse", "ein Zweitklässler": ordinals inflected
-        r"\b(?:erst|zweit|dritt|viert|fünft|sechst|siebt|acht|neunt)(?:e|en|er|es|em)?\s*klasse\b",
+        # "Junge aus der sechsten Klasse", "geht in die achte Klasse": an inflected ordinal with a pupil or
+        # a school verb (alone "zweiter Klasse" is a train or a flight)
+        r"\b(?:schüler\w*|schulkind\w*|mädchen|junge|jungen|kind|kinder|tochter|sohn|klassenkamerad\w*)\s*(?:aus\s*)?(?:der|die)\s*(?:erst|zweit|dritt|viert|fünft|sechst|siebt|acht|neunt)(?:e|en|er)\s*klasse\b",
+        r"\b(?:geht|gehen|ging|gingen|kommt|kam)\s*in\s*die\s*(?:erst|zweit|dritt|viert|fünft|sechst|siebt|acht|neunt)e\s*klasse\b",
         r"\b(?:erst|zweit|dritt|viert|fünft|sechst|siebt|acht|neunt|zehnt)kl(?:ä|a|ae)ssler\w*",
         r"\b(?:[1-9]|1[01])\s*(?:го\s*|ого\s*)?класс\w*",
         r"\b(?:перв|втор|трет|четвёрт|четверт|пят|шест|седьм|восьм|девят)\w*\s*класс\w*",
@@ -316,8 +317,7 @@ NEAR_RULES = (
         "le les des ses sa son aucun aucune die der den ihre seine jegliche jeglicher jegliches irgendwelche "
         "o os as uma um nenhuma nenhum il lo i gli alcun alcuna alcuno nessun nessuna niente di "
         "всякой всякого никакой никакого какой либо своей своего su sus mi tu seu sua seus suas suo suoi sue "
-        "sein seine seinen ihr ihren mon ma mes toda todas todo todos tout toute toutes tous all tutti tutte tutto "
-        "alle allen всю все всё".split())),
+        "sein seine seinen ihr ihren mon ma mes".split())),
 )
 #: Derived signals of boolean rules (``_attack_depiction``).
 ATTACK_DEPICTION = "attack_depiction"
@@ -359,6 +359,11 @@ class StructuralRules:
         self._roman_age = re.compile("|".join(f"(?:{p})" for p in _romanized_age_patterns()))
         # romanised terms: generated from kana/Hangul terms, plus <signal>_romanized sets
         forms: dict[str, set[tuple[tuple[str, ...], str]]] = {}
+        #: one-word terms of the sexual-side <signal>_romanized sets (folded): what may stand beside
+        #: "jc"/"js"/"jk" (``_romaji_beside``)
+        self._romaji_words = frozenset(
+            f for name, ts in term_sets.items() if name.endswith(ROMANIZED_SUFFIX) and name != "minor" + ROMANIZED_SUFFIX
+            for t in getattr(ts, "terms", ()) if (f := fold(t.rstrip("*"))) and " " not in f)
         for name, ts in term_sets.items():
             terms = getattr(ts, "terms", ())
             if name.endswith(ROMANIZED_SUFFIX):
@@ -393,10 +398,10 @@ class StructuralRules:
             out.add("minor")
         if text.romanized:
             out |= self._romanized.matching(text.romanized, skip=found)
-            # "jc", "js", "jk" (Japanese slang for middle/primary/high-school girls) in romanised
-            # Japanese: only beside another romanised term ("jc zenra"), never alone (JavaScript, JC)
-            if "minor" not in found and not text.tokens.isdisjoint(_ROMAJI_SCHOOLGIRL) \
-                    and self._romanized.matching(text.romanized, skip=frozenset()):
+            # "jc", "js", "jk" (Japanese slang for middle/primary/high-school girls): only with a
+            # word of a <signal>_romanized set within two words ("jc zenra"), never alone
+            # (JavaScript, JC Penney, JK Rowling) nor beside an English word ("topless")
+            if "minor" not in found and not text.tokens.isdisjoint(_ROMAJI_SCHOOLGIRL) and self._romaji_beside(text):
                 out.add("minor")
         for rule in self._near:
             if rule.signal not in found and rule.signal not in out and self._near_match(rule, text):
@@ -404,6 +409,16 @@ class StructuralRules:
         if self._attack_depiction(text, found):
             out.add(ATTACK_DEPICTION)
         return out
+
+    def _romaji_beside(self, text: NormalizedText) -> bool:
+        """A romanised-set word (folded) within two words of ``jc``/``js``/``jk`` in a spaced view."""
+        for view in text.views:
+            toks = view.split()
+            for i, t in enumerate(toks):
+                if t in _ROMAJI_SCHOOLGIRL and any(fold(w) in self._romaji_words
+                                                   for w in toks[max(0, i - 2):i] + toks[i + 1:i + 3]):
+                    return True
+        return False
 
     def _is_minor_age(self, text: NormalizedText) -> bool:
         for v in text.views:
