@@ -95,3 +95,33 @@ def test_prompt_only_chain_and_package_import_stay_torch_free():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "[]"
+
+
+def test_a_decision_made_moments_ago_is_recorded_not_worked_out_again_unless_it_cannot_be_trusted():
+    """``check_prompt(decided=)`` (a campaign's submission reusing its plan's decision): the given
+    decision is returned without running a stage, except one from another policy version or one in
+    which a stage failed open, which is worked out again."""
+    from dataclasses import replace
+
+    policy = load_policy()
+    calls = []
+
+    class Counting:
+        name = "prompt_rules"
+
+        def __init__(self):
+            self.rules = PromptRules(policy)
+
+        def check(self, *a, **kw):
+            calls.append(a[0])
+            return self.rules.check(*a, **kw)
+
+    chain = ModerationChain(policy, prompt_stages=[Counting()])
+    plan = chain.check_prompt("a red car", audit_allowed=False)
+    assert chain.check_prompt("a red car", decided=plan) is plan and calls == ["a red car"]
+    chain.check_prompt("a red car", decided=replace(plan, policy_version="older-policy"))
+    assert calls == ["a red car"] * 2
+    failed_open = chain_with_failing_stage(["text_classifier"]).check_prompt("a red car")
+    assert "moderation_error" in failed_open.categories
+    chain.check_prompt("a red car", decided=failed_open)
+    assert calls == ["a red car"] * 3
