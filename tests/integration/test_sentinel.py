@@ -151,7 +151,11 @@ def test_a_worker_holding_an_unacked_message_rides_out_a_failover(br_env, sentin
                          queue=render_queue("tiny"), countdown=15)
     wait_for(lambda: "received" in w.log() and msg.job_id in w.log(), timeout=60, what="the worker to hold it")
     primary = cluster.primary.client()
-    primary.execute_command("WAIT", 1, 5000)
+    # The replica must hold the unacknowledged message before the primary dies (replication is
+    # asynchronous: one killed before its replica caught up loses it, and only the job sweep would
+    # bring the job back). On a loaded machine one WAIT of 5 s was not always enough.
+    wait_for(lambda: primary.execute_command("WAIT", 1, 5000) >= 1, timeout=120,
+             what="the replica to acknowledge the primary's writes", every=0)
     primary.close()
     cluster.primary.kill()
     wait_for(lambda: cluster.master_port() == cluster.replica.port, timeout=60, what="the promotion", every=0.2)
