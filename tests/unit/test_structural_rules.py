@@ -597,3 +597,10 @@ def test_an_allow_phrase_that_names_a_minor_is_refused_when_the_rules_are_built(
     for phrase in ("sex of the baby", "same sex kids", "sex ed for 12 year olds", "jk zenra"):
         with pytest.raises(ConfigurationError, match="names a minor"):
             PromptRules(dataclasses.replace(policy, allow_phrases=(*policy.allow_phrases, phrase)))
+
+
+def test_al_gore_is_a_name_not_gore(rules):
+    for p in ("Al Gore giving a speech about climate change", "portrait of Al Gore"):
+        assert decide(rules, p).action is Action.ALLOW, p
+    for p in ("al gore, gore, blood everywhere", "Al Gore with a severed head"):
+        assert blocked_as("graphic_violence")(decide(rules, p)), p
