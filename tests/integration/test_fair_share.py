@@ -145,11 +145,14 @@ def test_a_deliver_by_is_planned_and_met_or_refused_with_the_earliest_time(http,
     assert client.wait(client.submit({"prompt": "warm up", "seed": 1, **SMALL}), timeout=120).status is JobStatus.SUCCEEDED
     # Measured (the warm-up): planned against the live queue, and met.
     deadline = time.time() + 120
+    sent = time.time()
     r = http.post("/v1/jobs", json={"prompt": "a cat", "seed": 2, "deliver_by": deadline, **SMALL},
                   headers=_auth(alice))
     assert r.status_code == 201, r.text
     job = r.json()
-    assert job["deliver_by"] == pytest.approx(deadline) and time.time() < job["planned_completion"] <= deadline, job
+    # Planned after it was sent (not after the answer came back: a tiny model's plan is a few
+    # milliseconds ahead, and a loaded machine can take longer than that to answer).
+    assert job["deliver_by"] == pytest.approx(deadline) and sent < job["planned_completion"] <= deadline, job
     done = client.wait(job["id"], timeout=120)
     assert done.status is JobStatus.SUCCEEDED and done.finished_at <= deadline
 
