@@ -389,10 +389,6 @@ class Expansion:
                 raise CellError(f"invalid catalog: row {row} has no column {name!r} ({where} uses it)",
                                 errors=[{"row": row, "column": name, "field": where,
                                          "message": f"no column {name!r}"}])
-        yield from self._cells(row, row_key, values, key_column)
-
-    def _cells(self, row: int, row_key: str, values: Mapping[str, Any], key_column: str | None) -> Iterator[Cell]:
-        spec = self.spec
         for i, combo in enumerate(self.combos):
             scope = {**values, **combo}
             req: dict[str, Any] = {"prompt": fill(spec.template.prompt, scope)}
