@@ -570,8 +570,7 @@ def plan_delivery(r: Any, settings: Any, msg: Any) -> tuple[float | None, float]
         return InvalidRequest(f"invalid request: deliver_by: {message}",
                               errors=[{"field": "deliver_by", "message": message}])
 
-    if deliver_by is not None and deliver_by <= now:
-        raise refuse(f"{iso(deliver_by)} is in the past (now {iso(now)}); give a later time")
+    past = deliver_by is not None and deliver_by <= now
     snap = snapshot(r, req.model, settings.scheduler, fresh=True)
     est = snap.estimate(req)
     own_s = est.seconds_per_row * rows_of(req) if est is not None else 0.0
@@ -584,6 +583,10 @@ def plan_delivery(r: Any, settings: Any, msg: Any) -> tuple[float | None, float]
         queued = int(r.zcard(queued_key(req.model)))
         place = Place(queued, queued * cost, snap.ready)
     eta = snap.eta(req, place)
+    if past:  # name the earliest feasible time where the fleet can plan one
+        then = (f"the earliest feasible time is {iso(math.ceil(now + eta['eta_s']))} "
+                f"({math.ceil(now + eta['eta_s'])})" if eta["eta_s"] is not None else "give a later time")
+        raise refuse(f"{iso(deliver_by)} is in the past (now {iso(now)}); {then}")
     if eta["eta_s"] is None:
         if deliver_by is not None:
             raise refuse(f"cannot be planned: {eta['eta_basis']}; submit without deliver_by")
