@@ -29,6 +29,14 @@ median wait + one pipeline call (the mean call of the flood); ``fair`` throughpu
 phases run one after the other, and a machine whose speed drifts over minutes (measured on the
 2-core box: one run's FIFO calls 0.285 s, its fair calls 0.372 s) would otherwise decide the
 throughput ratio. The checks then take the median ratio and need the singles' bound in every round.
+
+``--paired`` runs FIFO and fair *at the same time*, each with its own API, worker (one torch thread)
+and database of the private redis-server, their floods started together, and compares the images
+each delivered while both were running: whatever the machine's speed does during the run, it does
+to both. The throughput check then takes the rounds' median of that ratio; the singles' waits are
+recorded but checked only by the sequential rounds (here both are measured beside the other fleet).
+
+    .venv/bin/python benchmarks/fairness.py --paired --rounds 3 --weights-jobs 0 --out ...
 """
 from __future__ import annotations
 
@@ -91,11 +99,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=1,
                    help="run the schedulers this many times, in ABBA order (fifo, fair, fair, fifo, ...), so a "
                         "machine whose speed drifts over minutes weighs on both alike; checks use the median ratio")
+    p.add_argument("--paired", action="store_true",
+                   help="run FIFO and fair at the same time (each its own API, worker and Redis database, the "
+                        "floods started together) and compare the images each delivered while both ran; "
+                        "rounds alternate which one starts first")
     p.add_argument("--redis-url", default=None, help="use this Redis (its db is flushed!) instead of a private one")
     p.add_argument("--time-limit", type=float, default=3600)
     p.add_argument("--keep-temp", action="store_true")
     p.add_argument("--out", default=None)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.paired and args.redis_url:
+        p.error("--paired uses databases 1 and 2 of a private redis-server; leave out --redis-url")
+    return args
 
 
 class Fleet:
@@ -194,7 +209,8 @@ def waits(recs: list[dict[str, Any]]) -> list[float]:
     return [x["finished_at"] - x["created_at"] for x in recs if x["status"] == "succeeded"]
 
 
-def run_scheduler(bench: Bench, scheduler: str, weights: bool = True) -> dict[str, Any]:
+def run_scheduler(bench: Bench, scheduler: str, weights: bool = True,
+                  barrier: threading.Barrier | None = None) -> dict[str, Any]:
     from producer.tenants import Tenants
 
     args = bench.args
@@ -219,6 +235,8 @@ def run_scheduler(bench: Bench, scheduler: str, weights: bool = True) -> dict[st
         before = stats(bench.r)
         sessions = {"api": fleet.api.proc.pid, "worker": fleet.worker.proc.pid,
                     **({"redis": bench.redis.proc.pid} if bench.redis is not None else {})}
+        if barrier is not None:  # --paired: both schedulers' floods start together
+            barrier.wait(timeout=max(1.0, bench.deadline.left()))
         cpu_before = session_cpu_s(sessions)
         t0 = time.time()
         flood = fleet.batch("A", args.flood, f"flood-{scheduler}")
@@ -285,6 +303,8 @@ def run_scheduler(bench: Bench, scheduler: str, weights: bool = True) -> dict[st
                 "p95_wait_s": round(p95(w), 3), "median_wait_s": round(statistics.median(w), 3),
                 "max_wait_s": round(max(w), 3), "bound_s": round(bound, 3), "within_bound": p95(w) <= bound,
                 "eta_given_vs_wait_s": [[round(e, 2), round(a, 2)] for e, a in etas]}
+        # For --paired: when each job finished, from the flood's submit (dropped before writing).
+        out["_finished_after_s"] = sorted(x["finished_at"] - t0 for x in recs if x["status"] == "succeeded")
         flood_recs = [by_id[j] for j in flood_ids]
         out["flood"]["flood_last_finished_after_s"] = round(max(x["finished_at"] for x in flood_recs) - t0, 2)
         # Per job, from its record: post-processing (encode, thumbnails, signing, storage), which
@@ -304,6 +324,86 @@ def run_scheduler(bench: Bench, scheduler: str, weights: bool = True) -> dict[st
     finally:
         fleet.close()
     return out
+
+
+class Side:
+    """One scheduler's share of the bench in a ``--paired`` round: its own database of the bench's
+    redis-server (its own Celery broker, lanes and records) and its own storage folder; the tiny
+    model, the keys and the temp dir are the bench's."""
+
+    def __init__(self, bench: Bench, db: int, tag: str) -> None:
+        import redis
+
+        self._bench = bench
+        self.url = bench.url.rsplit("/", 1)[0] + f"/{db}"
+        self.r = redis.Redis.from_url(self.url, decode_responses=True)
+        # One torch thread each: two workers with a thread per core each on two cores spin against
+        # each other (measured: a 4-row call 1.2-1.7 s instead of 0.3 s), and the ratio would then
+        # weigh that contention rather than what the scheduler costs.
+        self.env = {**bench.env, "BATCHRENDER_REDIS_URL": self.url,
+                    "BATCHRENDER_STORAGE_URL": (bench.tmp / f"out-{tag}").as_uri(),
+                    "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bench, name)
+
+    def child_env(self, **extra: str) -> dict[str, str]:
+        return Bench.child_env(self, **extra)  # type: ignore[arg-type]
+
+    def settings(self, **extra: str):
+        return Bench.settings(self, **extra)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.r.close()
+
+
+def paired_throughput(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Images each scheduler delivered while both were running (from the floods' common start to
+    the first of the two to finish its last job), per second, and fair's over FIFO's: the two ran
+    at once on the same cores, so a machine whose speed drifts weighs on both alike, and neither
+    gets the cores to itself for its tail."""
+    done = {k: v.pop("_finished_after_s") for k, v in results.items()}
+    common = min(max(v) for v in done.values())
+    out: dict[str, Any] = {"common_window_s": round(common, 2)}
+    for k, v in done.items():
+        n = sum(1 for t in v if t <= common)
+        out[k] = {"images": n, "images_per_s": round(n / common, 3)}
+    if "fifo" in out and "fair" in out:
+        out["fair_over_fifo"] = round(out["fair"]["images_per_s"] / out["fifo"]["images_per_s"], 4)
+    return out
+
+
+def run_paired(bench: Bench, names: list[str], round_no: int) -> dict[str, Any]:
+    """Both schedulers at once, each with its own API and worker on its own database; which one
+    gets database 1 and is started first alternates between rounds."""
+    order = names if round_no % 2 == 0 else names[::-1]
+    barrier = threading.Barrier(len(order))
+    results: dict[str, dict[str, Any]] = {}
+    errors: list[BaseException] = []
+    sides = {name: Side(bench, 1 + i, f"{name}-{round_no}") for i, name in enumerate(order)}
+
+    def one(name: str) -> None:
+        try:
+            results[name] = run_scheduler(sides[name], name, weights=False, barrier=barrier)  # type: ignore[arg-type]
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            errors.append(e)
+            barrier.abort()
+
+    threads = [threading.Thread(target=one, args=(name,)) for name in order]
+    for t in threads:
+        t.start()
+        time.sleep(1.0)  # the first one's processes are starting: keep the start order
+    for t in threads:
+        t.join()
+    for side in sides.values():
+        side.close()
+    if errors:
+        raise errors[0]
+    paired = paired_throughput(results)
+    for name in order:
+        results[name]["paired"] = {"redis_db": 1 + order.index(name), **paired[name],
+                                   "common_window_s": paired["common_window_s"]}
+    return {name: results[name] for name in names} | {"_paired": paired}
 
 
 def bench_batch_jobs(bench: Bench, batch_id: str) -> list[dict[str, str]]:
@@ -328,6 +428,24 @@ def checks(results: dict[str, dict[str, Any]], rounds: list[dict[str, dict[str, 
                 out[key] = all(c.get(key, True) for c in each)
         return out
     return _checks(results)
+
+
+def paired_checks(results: dict[str, dict[str, Any]], rounds: list[dict[str, dict[str, Any]]],
+                  paired: list[dict[str, Any]]) -> dict[str, Any]:
+    """``--paired``: the throughput check on the rounds' median of fair's over FIFO's rate while
+    both ran at once; rows per image as in ``checks``. The singles' waits are kept in the results
+    but not checked: with two fleets on two cores, the idle-fleet waits and the flood's calls are
+    both measured beside the other fleet's work (the sequential rounds check the singles)."""
+    ratios = [p["fair_over_fifo"] for p in paired if "fair_over_fifo" in p]
+    out: dict[str, Any] = {}
+    if ratios:
+        out["throughput_fair_over_fifo_paired_per_round"] = ratios
+        out["throughput_fair_over_fifo"] = round(statistics.median(ratios), 4)
+        out["throughput_at_least_95pct"] = statistics.median(ratios) >= 0.95
+    each = [_checks(r) for r in rounds]
+    if any("rows_per_image_unchanged" in c for c in each):
+        out["rows_per_image_unchanged"] = all(c.get("rows_per_image_unchanged", True) for c in each)
+    return out
 
 
 def _checks(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -377,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(), "versions": versions(), "checkout": checkout(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "params": {k: getattr(args, k) for k in ("flood", "singles", "spread", "idle_samples", "weights_jobs", "size",
-                                                 "steps", "max_batch", "schedulers", "rounds")},
+                                                 "steps", "max_batch", "schedulers", "rounds", "paired")},
         "results": {}}
 
     def write() -> None:
@@ -394,18 +512,30 @@ def main(argv: list[str] | None = None) -> int:
         names = args.schedulers.split(",")
         rounds: list[dict[str, Any]] = []
         for i in range(max(1, args.rounds)):
+            if args.paired:
+                print(f"-- {' and '.join(names)} at once (round {i + 1})", file=sys.stderr, flush=True)
+                rounds.append(run_paired(bench, names, i))
+                out.setdefault("paired", []).append(rounds[-1].pop("_paired"))
+                for scheduler in names:
+                    out["results"].setdefault(scheduler, rounds[-1][scheduler])
+                out["rounds"] = rounds
+                write()
+                continue
             rounds.append({})
             for scheduler in names if i % 2 == 0 else names[::-1]:
                 print(f"-- {scheduler} (round {i + 1})", file=sys.stderr, flush=True)
                 rounds[-1][scheduler] = run_scheduler(bench, scheduler, weights=(i == 0))
+                rounds[-1][scheduler].pop("_finished_after_s", None)
                 out["results"].setdefault(scheduler, rounds[-1][scheduler])
                 if args.rounds > 1:
                     out["rounds"] = rounds
                 write()
-        out["checks"] = checks(out["results"], rounds)
+        out["checks"] = paired_checks(out["results"], rounds, out["paired"]) if args.paired else checks(out["results"], rounds)
         for i, r in enumerate(rounds if len(rounds) > 1 else []):
             print(f"round {i + 1}:")
             print(table(r))
+            if args.paired:
+                print("  at once, while both ran:", json.dumps(out["paired"][i]))
         print(table(out["results"]))
         print(json.dumps(out["checks"], indent=2))
         if "weights_2_to_1" in out["results"].get("fair", {}):

@@ -1,7 +1,9 @@
 """The pure parts of benchmarks/fairness.py: percentiles, the weighted share, the checks."""
 from __future__ import annotations
 
-from benchmarks.fairness import checks, p95, share_while_both_busy
+import pytest
+
+from benchmarks.fairness import checks, p95, paired_checks, paired_throughput, parse_args, share_while_both_busy
 
 
 def test_p95_is_nearest_rank():
@@ -36,3 +38,29 @@ def test_checks_over_rounds_take_the_median_ratio_and_need_the_bound_in_every_ro
     rounds[2]["fair"] = _result(6, 5, 9.6, 1.0)  # one round over its bound
     assert not checks(rounds[0], rounds)["singles_p95_within_bound"]
     assert checks(rounds[0], rounds[:1]) == checks(rounds[0])  # one round: as before
+
+
+def test_paired_throughput_counts_only_while_both_ran():
+    # FIFO finishes its last job at 10 s; fair's tail after that (alone on the cores) is not counted.
+    results = {"fifo": {"_finished_after_s": [1.0 * i for i in range(1, 11)]},
+               "fair": {"_finished_after_s": [0.5 * i for i in range(1, 19)] + [30.0, 31.0]}}
+    got = paired_throughput(results)
+    assert got["common_window_s"] == 10.0
+    assert got["fifo"] == {"images": 10, "images_per_s": 1.0} and got["fair"] == {"images": 18, "images_per_s": 1.8}
+    assert got["fair_over_fifo"] == 1.8
+    assert all("_finished_after_s" not in v for v in results.values())  # not written to the JSON
+
+
+def test_paired_checks_take_the_median_of_the_rounds_paired_ratios():
+    rounds = [{"fifo": _result(90, 5, 10.0, 1.0), "fair": _result(30, 5, 5.0, 1.0)} for _ in range(3)]
+    got = paired_checks(rounds[0], rounds, [{"fair_over_fifo": r} for r in (0.93, 0.97, 0.99)])
+    assert got["throughput_fair_over_fifo_paired_per_round"] == [0.93, 0.97, 0.99]
+    assert got["throughput_fair_over_fifo"] == 0.97 and got["throughput_at_least_95pct"]
+    assert got["rows_per_image_unchanged"] and "singles_p95_within_bound" not in got
+    assert not paired_checks(rounds[0], rounds, [{"fair_over_fifo": r} for r in (0.9, 0.94, 0.99)])[
+        "throughput_at_least_95pct"]
+
+
+def test_paired_refuses_a_shared_redis():
+    with pytest.raises(SystemExit):
+        parse_args(["--paired", "--redis-url", "redis://127.0.0.1:6379/0"])
