@@ -46,8 +46,9 @@ REDIS_RETRIES = 20
 
 
 def _send(app: Celery, rec: EventRecord, countdown: float, max_wait_s: float) -> None:
+    # Not a child of the render task that sends it (jobs.celery_app.publish_render says why).
     app.send_task(WEBHOOK_TASK, args=[rec.id, rec.generation, rec.next_attempt], queue=WEBHOOK_QUEUE,
-                  countdown=max(0.0, min(countdown, max_wait_s)) or None)
+                  countdown=max(0.0, min(countdown, max_wait_s)) or None, add_to_parent=False)
 
 
 def _max_wait(settings: Settings) -> float:
