@@ -9,6 +9,8 @@ from jobs.names import RENDER_TASK, WEBHOOK_QUEUE, render_queue
 from jobs.settings import Settings
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from jobs.schemas import JobMessage
 
 
@@ -253,3 +255,13 @@ def publish_render(app: Celery, msg: "JobMessage", *, queue: str | None = None, 
     app.send_task(RENDER_TASK, args=[msg.model_dump(mode="json")], task_id=msg.job_id,
                   queue=queue or render_queue(msg.request.model), argsrepr=render_argsrepr(msg), kwargsrepr="{}",
                   add_to_parent=False, **options)
+
+
+def publish_renders(app: Celery, msgs: "Iterable[JobMessage]", **options: Any) -> None:
+    """``publish_render`` for several messages in one Redis round trip (kombu's publish batch: the
+    messages' LPUSHes are pipelined and sent when the block ends). On an error none of them may
+    be taken as published (some may have been: the caller's recovery must tolerate a job that is
+    both queued and returned, as it does a lost reply)."""
+    with app.producer_or_acquire() as producer, producer.batch():
+        for msg in msgs:
+            publish_render(app, msg, producer=producer, **options)

@@ -278,24 +278,24 @@ class Dispatcher:
 
     def fill(self, model: str, want: int, limit: int | None = None, *, urgent: bool = False) -> int:
         """Top the model's queue up to ``want`` messages (at most ``limit`` moved); returns how many
-        were published. A job whose message could not be published goes back to its lane.
+        were published, in one Redis round trip. Jobs whose messages could not be published go
+        back to their lanes (all of the round trip's: a job whose message did reach the queue is
+        then also in its lane, which a duplicate delivery tolerates, as it does a lost reply).
         ``urgent``: move up to ``limit`` interactive jobs the fair order would take next, however
         full the queue is (a busy worker takes them into its next call: worker/batching.py); the
         count returned then also includes the interactive jobs already waiting in the queue (moved
         there by the ordinary dispatch since the last such look), for the caller to take too."""
-        from jobs.celery_app import publish_render
+        from jobs.celery_app import publish_renders
         from jobs.schemas import JobMessage
 
         ready, moved = self._pop(model, want, limit, urgent=urgent)
-        sent = 0
-        for i, (job_id, score, raw) in enumerate(moved):
+        if moved:
             try:
-                publish_render(self.app, JobMessage.model_validate_json(raw))
-                sent += 1
+                publish_renders(self.app, [JobMessage.model_validate_json(raw) for _id, _score, raw in moved])
             except Exception:
-                self._back(model, moved[i:])
+                self._back(model, moved)
                 raise
-        return sent + ready
+        return len(moved) + ready
 
     def _back(self, model: str, items: Iterable[tuple[str, float, str]]) -> None:
         """Return jobs whose message was not published to their lanes (best effort: if Redis is

@@ -136,17 +136,25 @@ def test_fill_publishes_the_stored_signed_message_to_the_models_queue(r, setting
     assert len(bodies) == 2 and all(any(i in b for i in ids) for b in bodies)
 
 
-def test_a_failed_publish_puts_the_job_back_in_its_lane(r, settings):
-    ids = queue(r, settings, "ten_a", 1)
+def test_a_failed_publish_puts_the_jobs_back_in_their_lanes(r, settings, redis_url):
+    """The dispatch's messages go in one round trip to a broker that does not answer (a real app
+    whose broker is a port nobody listens on): every job moved goes back to its lane, none is lost."""
+    import socket
 
-    class Broken:
-        def send_task(self, *a, **k):
-            raise ConnectionError("broker away")
+    from jobs.celery_app import make_app
 
-    with pytest.raises(ConnectionError):
-        fairshare.Dispatcher(Broken(), r).fill("tiny", want=1)
-    assert r.zscore(fairshare.lane_key("tiny", "ten_a"), ids[0]) is not None
-    assert r.hget(job_key(ids[0]), "lane") == "1" and not r.hget(job_key(ids[0]), "dispatched")
+    ids = queue(r, settings, "ten_a", 3)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{s.getsockname()[1]}/0"
+    app = make_app(settings, redis_url)
+    app.conf.broker_url = dead  # the result backend stays reachable: only the publish fails
+    with pytest.raises(Exception) as caught:
+        fairshare.Dispatcher(app, r).fill("tiny", want=3)
+    assert "Connection" in type(caught.value).__name__ or "refused" in str(caught.value), repr(caught.value)
+    for j in ids:
+        assert r.zscore(fairshare.lane_key("tiny", "ten_a"), j) is not None
+        assert r.hget(job_key(j), "lane") == "1" and not r.hget(job_key(j), "dispatched")
 
 
 def test_position_counts_other_tenants_by_share(r, settings):
