@@ -351,6 +351,7 @@ def account(rig: Rig, ledger: Ledger, receiver: FlakyReceiver | None, drain_s: f
         objects += [o["Key"] for o in page.get("Contents", [])]
     succeeded_ids = {r.job_id for r in succeeded}
     duplicates = orphans = 0
+    orphan_examples: list[dict] = []
     for key in objects:
         rel = key.split("/", 1)[1] if key.startswith("renders/") else key
         if rel in expected_keys or key in expected_keys or rel in companions or key in companions \
@@ -362,6 +363,11 @@ def account(rig: Rig, ledger: Ledger, receiver: FlakyReceiver | None, drain_s: f
             duplicates += 1
         else:
             orphans += 1
+            if len(orphan_examples) < 10:  # whose, and how that job ended
+                o = record(rig, owner) if owner else None
+                orphan_examples.append({"key": key, "job": owner, "status": o.status.value if o else None,
+                                        "error": (o.error or {}).get("code") if o else None,
+                                        "attempts": o.attempts if o else None})
     found = sum(1 for k in expected_keys if ("renders/" + k) in set(objects) or k in set(objects))
 
     # C2PA: a sample of stored images, fetched from S3 directly, must verify as Trusted.
@@ -393,6 +399,7 @@ def account(rig: Rig, ledger: Ledger, receiver: FlakyReceiver | None, drain_s: f
         "outputs_recorded": len(expected_keys),
         "duplicate_objects": duplicates,
         "orphan_objects": orphans,
+        "orphan_examples": orphan_examples,
         "c2pa_sampled": len(sample),
         "c2pa_not_trusted": untrusted,
         "drain_s": round(drain_s, 1),

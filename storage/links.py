@@ -22,12 +22,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from jobs.errors import InvalidRequest
 from jobs.schemas import ImageResult
 from jobs.settings import Settings
+
+if TYPE_CHECKING:
+    from jobs.schemas import JobMessage
 from storage.base import Storage
 
 THUMBNAIL_SUFFIX = ".thumb.webp"
@@ -44,6 +47,39 @@ def rendition_key(key: str, name: str, ext: str) -> str:
     head, _, last = key.rpartition("/")
     stem = last.rsplit(".", 1)[0] if "." in last else last
     return f"{head}/{stem}.{name}.{ext}" if head else f"{stem}.{name}.{ext}"
+
+
+#: The batch segment of keys for jobs submitted on their own.
+SINGLE = "single"
+
+
+def output_key(settings: Settings, msg: "JobMessage", index: int) -> str:
+    """Where the worker stores image ``index`` of a job (``key_template``; deterministic, so a
+    redelivery overwrites what an earlier attempt stored)."""
+    from storage.keys import build_key
+
+    r = msg.request
+    return build_key(settings.key_template, batch_id=msg.batch_id or SINGLE, job_id=msg.job_id,
+                     index=index, ext=r.output_format.value, model=r.model,
+                     custom_id=r.custom_id or msg.job_id, tenant=msg.tenant or "default")
+
+
+def job_output_keys(settings: Settings, msg: "JobMessage") -> list[str]:
+    """Every key the worker may store a job's outputs under: its images, their thumbnails and
+    renditions. What an attempt that died (or failed half-way) may have left for a job that then
+    ended without outputs. Empty when ``key_template`` does not name the job: keys such as
+    ``{custom_id}.{ext}`` may then be another job's."""
+    from storage.keys import template_fields
+
+    if "job_id" not in template_fields(settings.key_template):
+        return []
+    r = msg.request
+    keys: list[str] = []
+    for index in range(r.num_images):
+        key = output_key(settings, msg, index)
+        keys += [key, thumbnail_key(key)]
+        keys += [rendition_key(key, x.name, (x.format or r.output_format).value) for x in r.renditions or []]
+    return keys
 
 
 class LinkLifetimeTooLong(InvalidRequest):

@@ -7,6 +7,8 @@ point, once. Tests of what a crash at that exact point leaves behind run it with
                         before_unacked              a worker popped a redelivered render message off
                                                     the queue and died before kombu recorded it as
                                                     unacknowledged: the message is gone
+                        after_store                 a worker stored a job's image (and its thumbnail),
+                                                    then died before recording it
     BR_TEST_CRASH_MARK  a file path: created when the crash happens, so it happens only once
     BR_TEST_CRASH_TIMES crash this many times (marks MARK, MARK.2, ...), one per worker; default 1
 """
@@ -59,6 +61,20 @@ if POINT == "after_claim":
         return outcome
 
     JobRunner.claim = claim
+
+
+if POINT == "after_store":
+    import worker.runner
+
+    _deliver_image = worker.runner.deliver_image
+
+    def deliver_image(*args, **kwargs):
+        delivered = _deliver_image(*args, **kwargs)
+        if _first_time():
+            os._exit(9)
+        return delivered
+
+    worker.runner.deliver_image = deliver_image
 
 
 if POINT == "before_unacked":

@@ -33,8 +33,7 @@ from PIL import Image
 from jobs.errors import PermanentError, StorageError
 from jobs.schemas import AlphaReport, Fit, OutputFormat, ImageResult, JobMessage, PaletteReport, Rendition, RenditionResult
 from provenance.c2pa_sign import ParentImage
-from storage.keys import build_key
-from storage.links import rendition_key, thumbnail_key
+from storage.links import output_key, rendition_key, thumbnail_key
 from worker.colour import palette_report
 from worker.context import WorkerContext
 from worker.cutout import cut_out
@@ -44,7 +43,6 @@ from worker.renditions import Cut, Extended, derive, fill_colour, for_format, fr
 
 #: IPTC digital source type of an image that composites a capture or render with AI-made pixels.
 COMPOSITE_WITH_AI = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
-SINGLE = "single"  # the batch segment of keys for jobs submitted on their own
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -102,10 +100,7 @@ def as_delivered(ctx: WorkerContext, msg: JobMessage, img: Image.Image) -> tuple
 
 
 def object_key(ctx: WorkerContext, msg: JobMessage, index: int) -> str:
-    r = msg.request
-    return build_key(ctx.settings.key_template, batch_id=msg.batch_id or SINGLE, job_id=msg.job_id,
-                     index=index, ext=r.output_format.value, model=r.model,
-                     custom_id=r.custom_id or msg.job_id, tenant=msg.tenant or "default")
+    return output_key(ctx.settings, msg, index)
 
 
 def deliver_image(ctx: WorkerContext, msg: JobMessage, index: int, seed: int, img: Image.Image,

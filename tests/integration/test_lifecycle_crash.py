@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -52,18 +53,22 @@ def test_events_lost_to_a_crash_after_the_terminal_transition_are_sent_on_redeli
 def test_a_job_that_keeps_losing_its_worker_ends_as_worker_lost(br_env, client_for, start_worker, tmp_path):
     """Worker losses have their own budget (jobs/retry.py): past it the job ends, visibly, instead
     of being handed to the next worker forever (a job that runs workers out of memory would take
-    the whole fleet down one worker at a time)."""
+    the whole fleet down one worker at a time). The workers die after storing the job's image, so
+    the job that fails has left objects that no record names: failing deletes them."""
     env = {**br_env, "BATCHRENDER_MAX_WORKER_LOSSES": "1", "BATCHRENDER_WEBHOOK_TIMEOUT_S": "1",
            "BATCHRENDER_SOFT_TIME_LIMIT_S": "20", "BATCHRENDER_HARD_TIME_LIMIT_S": "21",
            "BATCHRENDER_VISIBILITY_TIMEOUT_S": "32"}
     client = client_for(env)
     job = client.submit({"prompt": "a lighthouse", "seed": 2, **SMALL})
-    crashing = {**env, "BR_TEST_CRASH_AT": "after_claim", "BR_TEST_CRASH_MARK": str(tmp_path / "crashed"),
+    crashing = {**env, "BR_TEST_CRASH_AT": "after_store", "BR_TEST_CRASH_MARK": str(tmp_path / "crashed"),
                 "BR_TEST_CRASH_TIMES": "5"}
+    out = Path(env["BATCHRENDER_STORAGE_URL"].removeprefix("file://"))
+    left = lambda: sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and job in str(p))  # noqa: E731
     for n in (1, 2):  # two workers die holding the job; each time its message comes back
         w = start_worker(crashing, queues="render.tiny", app="tests.crash_points")
-        wait_for(lambda: w.proc.poll() is not None, timeout=120, what=f"worker {n} to die after claiming")
+        wait_for(lambda: w.proc.poll() is not None, timeout=120, what=f"worker {n} to die after storing")
         assert client.status(job).attempts == n
+        assert left(), "the dead worker stored the job's image before dying"
     start_worker(crashing, queues="render.tiny", app="tests.crash_points")  # would die again
     rec = client.wait(job, timeout=150)
     assert rec.status is JobStatus.FAILED, rec.to_dict()
@@ -71,3 +76,4 @@ def test_a_job_that_keeps_losing_its_worker_ends_as_worker_lost(br_env, client_f
     assert "BATCHRENDER_MAX_WORKER_LOSSES=1" in rec.error["message"]
     assert (rec.attempts, rec.retries) == (3, 0)
     assert not (tmp_path / "crashed.3").exists(), "the third worker ended the job instead of dying"
+    assert left() == [], "a failed job keeps none of what its dead attempts stored"

@@ -101,3 +101,18 @@ def test_a_job_without_a_tenant_has_no_stable_url_since_no_key_opens_it(tmp_path
     assert links.refresh([_image().model_dump(mode="json")], "j", stable=False)[0]["url"] is None
     assert links.refresh([links.view("j", _image())], "j")[0]["url"] == "/v1/jobs/j/outputs/1"
 
+
+
+def test_a_jobs_possible_output_keys_cover_images_thumbnails_and_renditions():
+    from jobs.schemas import JobMessage, RenderRequest
+    from storage.links import job_output_keys
+
+    req = RenderRequest(prompt="p", width=64, height=64, steps=2, num_images=2, output_format="png",
+                        renditions=[{"name": "square", "width": 64, "height": 64},
+                                    {"name": "web", "width": 64, "height": 64, "format": "webp"}])
+    msg = JobMessage(job_id="job_1", batch_id="b1", request=req)
+    assert job_output_keys(Settings(), msg) == [
+        "b1/job_1/0.png", "b1/job_1/0.png.thumb.webp", "b1/job_1/0.square.png", "b1/job_1/0.web.webp",
+        "b1/job_1/1.png", "b1/job_1/1.png.thumb.webp", "b1/job_1/1.square.png", "b1/job_1/1.web.webp"]
+    # Keys that do not name the job may be another job's: none are offered for deletion.
+    assert job_output_keys(Settings(key_template="{custom_id}.{ext}"), msg) == []
