@@ -22,15 +22,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode
 
 from jobs.errors import InvalidRequest
-from jobs.schemas import ImageResult
+from jobs.schemas import ImageResult, JobMessage
 from jobs.settings import Settings
-
-if TYPE_CHECKING:
-    from jobs.schemas import JobMessage
 from storage.base import Storage
 
 THUMBNAIL_SUFFIX = ".thumb.webp"
@@ -53,7 +50,7 @@ def rendition_key(key: str, name: str, ext: str) -> str:
 SINGLE = "single"
 
 
-def output_key(settings: Settings, msg: "JobMessage", index: int) -> str:
+def output_key(settings: Settings, msg: JobMessage, index: int) -> str:
     """Where the worker stores image ``index`` of a job (``key_template``; deterministic, so a
     redelivery overwrites what an earlier attempt stored)."""
     from storage.keys import build_key
@@ -64,7 +61,7 @@ def output_key(settings: Settings, msg: "JobMessage", index: int) -> str:
                      custom_id=r.custom_id or msg.job_id, tenant=msg.tenant or "default")
 
 
-def job_output_keys(settings: Settings, msg: "JobMessage") -> list[str]:
+def job_output_keys(settings: Settings, msg: JobMessage) -> list[str]:
     """Every key the worker may store a job's outputs under: its images, their thumbnails and
     renditions. What an attempt that died (or failed half-way) may have left for a job that then
     ended without outputs. Empty when ``key_template`` does not name the job: keys such as

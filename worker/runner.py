@@ -690,9 +690,9 @@ class JobRunner:
             return
         if status is JobStatus.SUCCEEDED and timings is not None:
             job_timed(queue_wait_s=timings.queue_wait_s, render_s=timings.render_s, postprocess_s=timings.postprocess_s)
-        if status in (JobStatus.FAILED, JobStatus.CANCELED):
-            self._remove_leftovers(msg)
         self.ctx.events.finished(msg, result, batch_done=t.batch_done)
+        if status in (JobStatus.FAILED, JobStatus.CANCELED):
+            self._remove_leftovers(msg)  # after the events: storage that is slow delays nothing
 
     def _remove_leftovers(self, msg: JobMessage) -> None:
         """A job that failed (or was canceled) keeps no outputs: delete what an attempt that died
