@@ -198,11 +198,13 @@ def _compact_age_patterns() -> list[str]:
     return [normalize_pattern(p) for p in pats]
 
 
-#: In spaced views: Korean grade abbreviations ("초6", "중 2": script edges put a space before the digit).
-_VIEW_CJK_PATTERNS = [r"(?:^|\s)(?:초|중|고)\s*[1-6](?=\s|$)", r"(?:^|\s)(?:js|jc|jk)(?=\s|$)"]
-_CJK_GRADE_TOKEN = re.compile(r"(?:초|중|고)[1-6]|js|jc|jk")
-#: The same abbreviations typed in Latin letters (``StructuralRules.signals``).
+#: Japanese slang for primary/middle/high-school girls, typed in Latin letters (one list for the
+#: patterns below and ``StructuralRules.signals``).
 _ROMAJI_SCHOOLGIRL = frozenset({"jc", "js", "jk"})
+_SCHOOLGIRL_ALT = "|".join(sorted(_ROMAJI_SCHOOLGIRL))
+#: In spaced views: Korean grade abbreviations ("초6", "중 2": script edges put a space before the digit).
+_VIEW_CJK_PATTERNS = [r"(?:^|\s)(?:초|중|고)\s*[1-6](?=\s|$)", rf"(?:^|\s)(?:{_SCHOOLGIRL_ALT})(?=\s|$)"]
+_CJK_GRADE_TOKEN = re.compile(rf"(?:초|중|고)[1-6]|{_SCHOOLGIRL_ALT}")
 
 
 def _romanized_age_patterns() -> list[str]:
