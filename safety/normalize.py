@@ -157,26 +157,92 @@ class NormalizedText:
     romanized: tuple[str, ...] = ()
 
 
+#: How many entries a memo below holds before it starts again.
+_MEMO_MAX = 16_384
+
+
+class _Memo(dict):
+    """``fn(key)``, remembered: a catalog's prompts share most of their words, so the per-chunk and
+    per-token steps below are worked out once per distinct chunk or token. Looked up with
+    ``map(memo.__getitem__, ...)``. A value depends only on its key, so the memo is cleared when
+    full and concurrent use at worst works a value out twice."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def __missing__(self, key: str):
+        if len(self) >= _MEMO_MAX:
+            self.clear()
+        value = self[key] = self.fn(key)
+        return value
+
+
+def _chunk_parts(chunk: str) -> tuple[tuple[str, ...], str | None, int]:
+    """A chunk's words; the joined form, added as an extra token, when it is several words
+    (``n.u.d.e`` and ``nu.de`` are one word; ``nu-de`` and ``kid's`` are two and also ``nude``,
+    ``kids``); and how many of its words are one character long."""
+    parts = _WORD.findall(chunk)
+    joined = None
+    if len(parts) > 1:
+        joined = "".join(parts)
+        if all(len(p) <= 2 for p in parts):
+            parts, joined = [joined], None
+    return tuple(parts), joined, sum(len(p) == 1 for p in parts)
+
+
+def _leet_chunk(chunk: str) -> tuple[str, str]:
+    """A chunk read as leetspeak with ``1``/``|`` as ``i`` and as ``l``; unchanged when it has no
+    letter ("4k", "1080p" stay digits, and "12yo" keeps its meaning)."""
+    if any(ch.isalpha() for ch in chunk):
+        return chunk.translate(_LEET_I), chunk.translate(_LEET_L)
+    return chunk, chunk
+
+
+def _single_letters(tok: str) -> str | None:
+    """``nuude`` -> ``nude``: every doubled letter once, when 4+ letters are left (None otherwise)."""
+    if not _DOUBLE.search(tok):
+        return None
+    single = _DOUBLE.sub(r"\1", tok)
+    return single if len(single) >= 4 else None
+
+
+_PARTS = _Memo(_chunk_parts)
+_LEET_CHUNKS = _Memo(_leet_chunk)
+_SINGLE = _Memo(_single_letters)
+#: ``fold`` of one token. Every step of ``fold`` stays inside a token (letters, a digit between
+#: letters, runs of one letter), so a view's fold is its tokens' folds joined.
+_FOLDED = _Memo(fold)
+
+
+def _fold_view(view: str) -> str:
+    """``fold(view)``, a token at a time (``_FOLDED``)."""
+    return " ".join(filter(None, map(_FOLDED.__getitem__, view.split())))
+
+
 def _view(chunks: list[str], extra: set[str], runs: set[str], remove: re.Pattern[str] | None) -> str:
     pieces: list[str] = []
-    for chunk in chunks:
-        parts = _WORD.findall(chunk)
-        if len(parts) > 1:
-            joined = "".join(parts)
-            if all(len(p) <= 2 for p in parts):  # "n.u.d.e", "nu.de": one word, not several
-                parts = [joined]
-            else:
-                extra.add(joined)  # "nu-de", "kid's" -> also "nude", "kids"
-        pieces.extend(parts)
-    text = " ".join(_collapse_single_letters(pieces, extra, runs))
+    singles = 0
+    for parts, joined, ones in map(_PARTS.__getitem__, chunks):
+        if joined is not None:
+            extra.add(joined)
+        pieces += parts
+        singles += ones
+    # a run of three or more one-letter words is spelled out ("n u d e"): needs three of them
+    text = " ".join(_collapse_single_letters(pieces, extra, runs) if singles >= 3 else pieces)
     if remove is not None:
         text = " ".join(remove.sub(" ", text).split())
     toks = text.split()
-    for prev, tok in zip(toks, toks[1:]):
-        # "nu de", "s ex", "nud e": a word split by one space. Longer halves ("pen is") are
-        # real words far more often than evasions, so they are left alone.
-        if (len(prev) <= 2 and len(tok) <= 2) or min(len(prev), len(tok)) == 1:
-            extra.add(prev + tok)
+    lens = list(map(len, toks))
+    # "nu de", "s ex", "nud e": a word split by one space. Longer halves ("pen is") are real words
+    # far more often than evasions, so they are left alone. Such a pair has a word of 1-2 letters.
+    pairs = {j for i, n in enumerate(lens) if n <= 2 for j in (i - 1, i) if 0 <= j < len(toks) - 1}
+    for j in pairs:
+        a, b = lens[j], lens[j + 1]
+        if (a <= 2 and b <= 2) or min(a, b) == 1:
+            extra.add(toks[j] + toks[j + 1])
     return text
 
 
@@ -194,12 +260,14 @@ def normalize(text: str, remove: re.Pattern[str] | None = None,
     for base in clean_views(text):
         chunks = base.split()
         views.append(_view(chunks, extra, runs, remove))
-        if any(ch in _LEET_CHARS for ch in base):
-            # Only chunks that contain a letter are read as leetspeak: "4k", "1080p" stay digits
-            # in the plain view either way, and "12yo" keeps its meaning there.
-            for table in (_LEET_I, _LEET_L):
-                leet = [c.translate(table) if any(ch.isalpha() for ch in c) else c for c in chunks]
-                views.append(_view(leet, extra, runs, remove))
+        if not _LEET_CHARS.isdisjoint(base):
+            # Only chunks that contain a letter are read as leetspeak (``_leet_chunk``); a reading
+            # that changes no chunk is the plain view again and is skipped.
+            read = list(map(_LEET_CHUNKS.__getitem__, chunks))
+            for i in (0, 1):
+                leet = [r[i] for r in read]
+                if leet != chunks and (i == 0 or leet != [r[0] for r in read]):
+                    views.append(_view(leet, extra, runs, remove))
     for v in list(views):
         if _RUN3.search(v):
             for squeezed in (_RUN3.sub(r"\1", v), _RUN3.sub(r"\1\1", v)):  # "nuuude", "boooobs"
@@ -211,13 +279,10 @@ def normalize(text: str, remove: re.Pattern[str] | None = None,
     for tok in list(extra):
         if _RUN3.search(tok):
             tokens.add(_RUN3.sub(r"\1", tok))
-    for tok in list(tokens):
-        # "nuude", "nakked", "sexxy": a doubled letter read once. Only results of 4+ letters, so
-        # short words ("nuss" -> "nus") keep their meaning.
-        if _DOUBLE.search(tok):
-            single = _DOUBLE.sub(r"\1", tok)
-            if len(single) >= 4:
-                tokens.add(single)
+    # "nuude", "nakked", "sexxy": a doubled letter read once (``_single_letters``)
+    singles = set(map(_SINGLE.__getitem__, tokens))
+    singles.discard(None)
+    tokens |= singles
     compact: tuple[str, ...] = ()
     if has_unspaced_script(views[0]) or (len(views) > 1 and any(map(has_unspaced_script, views[1:]))):
         compact = tuple(dict.fromkeys(v.replace(" ", "") for v in views))
@@ -225,7 +290,7 @@ def normalize(text: str, remove: re.Pattern[str] | None = None,
             compact = tuple(exceptions.sub("|", c) for c in compact)
     romanized: tuple[str, ...] = ()
     if any(_LATIN.search(v) for v in views):
-        romanized = tuple(dict.fromkeys(f for v in views if (f := fold(v))))
+        romanized = tuple(dict.fromkeys(f for v in views if (f := _fold_view(v))))
     return NormalizedText(views=tuple(views), tokens=frozenset(tokens), runs=tuple(sorted(runs)), compact=compact,
                           romanized=romanized)
 

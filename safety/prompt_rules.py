@@ -17,10 +17,12 @@ from safety.normalize import (NormalizedText, has_unspaced_script, normalize, no
                               normalize_term)
 from safety.policy import Category, Policy
 from safety.structural import ROMANIZED_SUFFIX, StructuralRules
-from safety.term_regex import ANY, PREFIX, WORD, TrieGroup, compile_terms, required_literals, trie_pattern
+from safety.term_regex import ANY, PREFIX, WORD, LiteralIndex, TrieGroup, compile_terms, required_literal_sets
 from safety.verdict import Action, Verdict
 
 STAGE = "prompt_rules"
+#: The signal a protected name raises.
+NAME_SIGNAL = "$protected_name"
 
 
 def _substring_regex(terms: Iterable[str]) -> re.Pattern[str] | None:
@@ -65,9 +67,9 @@ class TermMatcher:
         self.phrases = compile_terms(phrases, plural=True)
         pats = [f"(?:{normalize_pattern(p)})" for p in patterns]
         self.patterns = re.compile("|".join(pats)) if pats else None
-        # Each pattern with the strings one of which a view must hold for it to match (None: any
-        # view may): most views hold none, and the search is skipped for an ``in`` test.
-        self.pattern_parts = tuple((re.compile(p), required_literals(p)) for p in pats)
+        # Each pattern with the sets of strings a view must hold one of each of for it to match
+        # (empty: any view may): most views hold none, and the search is skipped.
+        self.pattern_parts = tuple((re.compile(p), required_literal_sets(p)) for p in pats)
 
     def __bool__(self) -> bool:
         return bool(self.words) or any(r is not None for r in (self.phrases, self.patterns, self.substrings))
@@ -86,39 +88,62 @@ class TermMatcher:
 
 
 class MatcherGroup:
-    """Which of many ``TermMatcher``s match one text, with one trie scan of each view for all of
-    their phrases (a plan moderates thousands of prompts: campaigns, issue 23).
+    """Which of many ``TermMatcher``s match one text, with one scan of each view for all of them
+    (a plan moderates thousands of prompts: campaigns, issue 23).
 
     The answer is the one ``TermMatcher.matches`` gives each matcher: words are looked up in one
-    index, the phrases of all matchers are found with one scan of each view (``TrieGroup``), and a
-    policy pattern is searched only in a view that holds one of the strings every match of it
-    contains (``required_literals``), which one more scan finds for all patterns at once."""
+    index; a phrase trie is only tried in a view that holds every word of one of its phrases, and a
+    policy pattern is only searched in a view that holds a string of each of its required sets
+    (``required_literal_sets``). Which strings a view holds is found once for everything registered
+    in ``index`` (``LiteralIndex``: pass the one shared by all the groups of a policy); the phrases
+    left are found with one scan of each view (``TrieGroup``)."""
 
-    def __init__(self, matchers: Iterable[tuple[str, TermMatcher]]) -> None:
+    def __init__(self, matchers: Iterable[tuple[str, TermMatcher]], index: LiteralIndex | None = None) -> None:
+        self._index = index = index if index is not None else LiteralIndex()
         self._all = [(key, m) for key, m in matchers if m]
         self._by_word: dict[str, list[str]] = {}
         for key, m in self._all:
             for w in m.words:
                 self._by_word.setdefault(w, []).append(key)
+        self._words = frozenset(self._by_word)
         self._runs = [(key, m) for key, m in self._all if m._run_words]
         self._compact = [(key, m) for key, m in self._all if m.substrings is not None]
-        self._phrases = TrieGroup(((key, m.phrase_list) for key, m in self._all), plural=True)
-        self._patterned = [(key, m.pattern_parts) for key, m in self._all if m.patterns is not None]
-        # Every pattern's required strings in one trie: a view's scan says which occur in it, and a
-        # pattern none of whose strings occurs is not searched. At one position the trie reports
-        # the longest string found; the shorter ones it starts with are there too (``_within``).
-        lits = sorted({lit for _, parts in self._patterned for _, ls in parts for lit in ls or ()})
-        source = trie_pattern([([lit], ANY) for lit in lits], start="")
-        self._literals = re.compile(f"(?=({source}))") if source else None
-        self._within = {lit: frozenset(x for x in lits if lit.startswith(x)) for lit in lits}
+        self._phrases = TrieGroup(((key, m.phrase_list) for key, m in self._all), plural=True, index=index)
+        # each pattern under the strings of its most selective required set, with all of its sets
+        # (a view must hold a string of each for it to be searched there)
+        self._by_lit: dict[str, list[tuple[str, re.Pattern[str], tuple[frozenset[str], ...]]]] = {}
+        self._always: list[tuple[str, re.Pattern[str]]] = []
+        for key, m in self._all:
+            for rx, sets in m.pattern_parts:
+                need = tuple(lits for lits in map(index.add, sets) if lits is not None)
+                best = max(need, key=lambda ls: (min(map(len, ls)), -len(ls)), default=None)
+                for lit in best or ():
+                    self._by_lit.setdefault(lit, []).append((key, rx, need))
+                if best is None:
+                    self._always.append((key, rx))
+        self._keyed = frozenset(self._by_lit)
+
+    @property
+    def words(self) -> frozenset[str]:
+        """Every one-word term of every matcher: a token among these is a match."""
+        return self._words
+
+    def possible(self, present: frozenset[str]) -> bool:
+        """False when no phrase or pattern can match a view holding just the strings ``present``
+        (``LiteralIndex.present``). With that for every view, no word of ``words`` among the tokens,
+        and no spelled-out run or unspaced-script view, ``matching`` finds nothing."""
+        return bool(self._always) or bool(self._patterns_in(present)) or self._phrases.possible(present)
+
+    def _patterns_in(self, present: frozenset[str], done: set[str] = frozenset()) -> list[tuple[str, re.Pattern[str]]]:
+        """The patterns, of matchers not in ``done``, that a view holding ``present`` may match."""
+        return [(key, rx) for lit in self._keyed.intersection(present) for key, rx, need in self._by_lit[lit]
+                if key not in done and all(not lits.isdisjoint(present) for lits in need)]
 
     def matching(self, text: NormalizedText, tokens: frozenset[str]) -> set[str]:
         """The keys of the matchers whose ``matches(text, tokens)`` is true."""
         hit: set[str] = set()
-        for tok in tokens:
-            keys = self._by_word.get(tok)
-            if keys:
-                hit.update(keys)
+        for tok in self._words.intersection(tokens):
+            hit.update(self._by_word[tok])
         if text.runs:
             hit.update(key for key, m in self._runs if key not in hit
                        and any(w in run for run in text.runs for w in m._run_words))
@@ -126,17 +151,15 @@ class MatcherGroup:
             hit.update(key for key, m in self._compact if key not in hit
                        and any(m.substrings.search(c) for c in text.compact))
         hit |= self._phrases.matching(text.views, skip=hit)
-        todo = [(key, parts) for key, parts in self._patterned if key not in hit]
-        for view in text.views if todo else ():
-            present: set[str] = set()
-            if self._literals is not None:
-                for at in self._literals.finditer(view):
-                    present |= self._within[at.group(1)]
-            found = {key for key, parts in todo
-                     if any(rx.search(view) for rx, ls in parts if ls is None or not ls.isdisjoint(present))}
-            if found:
-                hit |= found
-                todo = [(key, parts) for key, parts in todo if key not in found]
+        if not self._by_lit and not self._always:
+            return hit
+        for view in text.views:
+            for key, rx in self._patterns_in(self._index.present(view), hit):
+                if key not in hit and rx.search(view):
+                    hit.add(key)
+            for key, rx in self._always:
+                if key not in hit and rx.search(view):
+                    hit.add(key)
         return hit
 
 
@@ -166,15 +189,24 @@ class PromptRules:
         used |= {*policy.negative_prompt, *policy.negative_prompt.values(), *StructuralRules.SIGNALS_READ}
         self._sets = {name: TermMatcher(s.terms, s.patterns) for name, s in policy.term_sets.items()
                       if name in used and not name.endswith(ROMANIZED_SUFFIX)}
-        self._structural = StructuralRules(policy.term_sets, used)
+        # One scan of each view says which strings of every matcher below are in it (LiteralIndex).
+        self._index = LiteralIndex()
+        self._structural = StructuralRules(policy.term_sets, used, index=self._index)
         self._cats: list[tuple[Category, TermMatcher]] = [
             (c, TermMatcher(c.terms, c.patterns)) for c in policy.categories
         ]
-        self._set_group = MatcherGroup(self._sets.items())
-        self._cat_group = MatcherGroup((c.id, m) for c, m in self._cats)
+        self._combos = {c.id: [(combo, frozenset(combo)) for combo in c.combinations] for c in policy.categories}
+        self._set_group = MatcherGroup(self._sets.items(), self._index)
+        self._cat_group = MatcherGroup(((c.id, m) for c, m in self._cats), self._index)
         # Names (and their aliases in other scripts) are one more term list; a name matches as a
         # phrase with optional spaces, an alias in an unspaced script as a substring.
         self._names = TermMatcher(policy.protected_names)
+        self._name_group = MatcherGroup([(NAME_SIGNAL, self._names)], self._index)
+        # ``_quiet``: a prompt none of whose tokens is one of these words, and none of whose views
+        # holds the strings a phrase, pattern or positional term set needs, raises no signal by them.
+        self._groups = (self._set_group, self._cat_group, self._name_group)
+        self._words = frozenset().union(*(g.words for g in self._groups))
+        self._possible: dict[frozenset[str], bool] = {}
         self._negative_seen: dict[str, frozenset[str]] = {}
         self._allow = _phrase_regex(p for p in policy.allow_phrases if not has_unspaced_script(p))
         # Exceptions, and allow-phrases written in unspaced scripts, are cut out of compact views.
@@ -204,12 +236,33 @@ class PromptRules:
         text = normalize(prompt, self._allow, self._exceptions)
         return text, _with_stems(text.tokens)
 
+    def _quiet(self, text: NormalizedText, tokens: frozenset[str]) -> bool:
+        """True when no term set, category term, name or structural rule can match the prompt: what
+        most prompts of a catalog are, told by one lookup per view (``LiteralIndex``) instead of a
+        pass of every matcher. Ages, grades and romanised terms are still looked for (they need no
+        listed string); a prompt with any of them takes the full path."""
+        if text.runs or text.compact or not self._words.isdisjoint(tokens):
+            return False
+        for view in text.views:
+            present = self._index.present(view)
+            possible = self._possible.get(present)
+            if possible is None:  # a catalog's views hold the same few strings: worked out once per set
+                possible = any(g.possible(present) for g in self._groups) or self._structural.possible(present)
+                if len(self._possible) >= 4096:
+                    self._possible = {}
+                self._possible[present] = possible
+            if possible:
+                return False
+        return not self._structural.unpositioned(text, set())
+
     def _signals(self, text: NormalizedText, tokens: frozenset[str], negative_prompt: str | None,
-                 real_person_context: bool) -> set[str]:
-        found = self._set_group.matching(text, tokens)
-        found |= self._structural.signals(text, found)
-        if self._names and self._names.matches(text, tokens):
-            found.add("$protected_name")
+                 real_person_context: bool, quiet: bool = False) -> set[str]:
+        if quiet:
+            found: set[str] = set()
+        else:
+            found = self._set_group.matching(text, tokens)
+            found |= self._structural.signals(text, found)
+            found |= self._name_group.matching(text, tokens)
         if real_person_context:
             found.add("$real_person_context")
         if negative_prompt and self.policy.negative_prompt:
@@ -231,15 +284,16 @@ class PromptRules:
     def check(self, prompt: str, negative_prompt: str | None = None, *, real_person_context: bool = False) -> list[Verdict]:
         """One verdict per matching category; a single ``allow`` verdict when none match."""
         text, tokens = self._prepare(prompt)
-        signals = self._signals(text, tokens, negative_prompt, real_person_context)
+        quiet = self._quiet(text, tokens)
+        signals = self._signals(text, tokens, negative_prompt, real_person_context, quiet)
         out: list[Verdict] = []
-        by_term = self._cat_group.matching(text, tokens)
+        by_term = set() if quiet else self._cat_group.matching(text, tokens)
         for cat, _ in self._cats:
             rule = ""
             if cat.id in by_term:
                 rule = "term"
             else:
-                combo = next((c for c in cat.combinations if all(s in signals for s in c)), None)
+                combo = next((c for c, need in self._combos[cat.id] if need <= signals), None)
                 if combo is not None:
                     rule = "combination:" + "+".join(combo)
             if rule:

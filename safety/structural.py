@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 from safety.normalize import NormalizedText, has_unspaced_script, normalize_compact, normalize_pattern, normalize_term
 from safety.romanize import fold, kana_to_romaji, romanizations, syllable_regex, syllables
-from safety.term_regex import ANY, PREFIX, WORD, TrieGroup, compile_terms
+from safety.term_regex import (ANY, PREFIX, WORD, LiteralIndex, TrieGroup, compile_terms, phrase_literals,
+                               required_literals)
 from safety.verdict import Action, Verdict
 
 ROMANIZED_SUFFIX = "_romanized"
@@ -239,7 +240,7 @@ class _Positions:
     """One term set matched for positions: Latin/Cyrillic terms in views, unspaced-script terms in
     compact views."""
 
-    def __init__(self, terms: Iterable[str], patterns: Iterable[str] = ()) -> None:
+    def __init__(self, terms: Iterable[str], patterns: Iterable[str] = (), index: LiteralIndex | None = None) -> None:
         phrases: list[tuple[list[str], str]] = []
         unspaced: list[tuple[list[str], str]] = []
         for term in terms:
@@ -261,10 +262,29 @@ class _Positions:
             pats.insert(0, latin.pattern)
         self.latin = re.compile("|".join(pats)) if pats else None
         self.compact = compile_terms(unspaced, start="")
+        # The strings one of which every match of ``latin`` holds (None: not known; always searched)
+        self._index = index
+        self._lits: frozenset[str] | None = None
+        if index is not None and self.latin is not None:
+            pat_lits = [required_literals(p) for p in pats[1 if latin is not None else 0:]]  # one of each
+            if all(ls is not None for ls in pat_lits):
+                self._lits = index.add(phrase_literals(phrases).union(*pat_lits))
+
+    def may_hold(self, present: frozenset[str]) -> bool:
+        """False when no Latin term or pattern can match a view holding just the strings ``present``."""
+        return self.latin is not None and (self._lits is None or self._index is None or not self._lits.isdisjoint(present))
+
+    def in_view(self, view: str) -> bool:
+        """True when a Latin term or pattern matches somewhere in a spaced view."""
+        if self.latin is None:
+            return False
+        if self._index is not None and not self._index.may_match(self._lits, view):
+            return False
+        return self.latin.search(view) is not None
 
     def view_spans(self, view: str) -> list[tuple[int, int]]:
         """Matches in a spaced view as (first token, last token) indexes."""
-        if self.latin is None:
+        if self.latin is None or (self._index is not None and not self._index.may_match(self._lits, view)):
             return []
         out = []
         for m in self.latin.finditer(view):
@@ -345,9 +365,11 @@ class StructuralRules:
     #: Signals of term sets these rules read from the prompt's signals (not by position).
     SIGNALS_READ = frozenset({*LOWERING_CONTEXTS, *AGGRAVATING} - {"$protected_name", "$real_person_context"})
 
-    def __init__(self, term_sets: Mapping[str, object], signals_used: Iterable[str] | None = None) -> None:
+    def __init__(self, term_sets: Mapping[str, object], signals_used: Iterable[str] | None = None,
+                 index: LiteralIndex | None = None) -> None:
         """``signals_used``: the signals the policy's categories read; romanised matching is
-        built only for those (default: every term set)."""
+        built only for those (default: every term set). ``index``: the policy's ``LiteralIndex``,
+        which lets a view that holds none of a term set's strings skip its search."""
         used = set(term_sets) if signals_used is None else set(signals_used)
         self._view_age = re.compile("|".join(f"(?:{p})" for p in _view_age_patterns()))
         # The age patterns are long alternations, slow to try at every position: they run only
@@ -356,6 +378,7 @@ class StructuralRules:
         words = sorted({t for w in _AGE_HINT_WORDS for t in normalize_term(w).split()})
         trie = compile_terms(([w], WORD) for w in words)
         self._age_anchor = re.compile(f"(?:{trie.pattern})|{normalize_pattern(_AGE_HINT_FRAGMENTS)}")
+        self._anchor_words: dict[str, bool] = {}
         self._view_cjk = [re.compile(p) for p in _VIEW_CJK_PATTERNS]
         self._compact_age = re.compile("|".join(f"(?:{p})" for p in _compact_age_patterns()))
         self._roman_age = re.compile("|".join(f"(?:{p})" for p in _romanized_age_patterns()))
@@ -388,13 +411,25 @@ class StructuralRules:
         self._romanized = TrieGroup((sig, [(list(w), end) for w, end in sorted(fs)]) for sig, fs in forms.items() if fs)
         needed = {n for r in NEAR_RULES for n in (r.a, r.b, r.link) if n}
         needed |= {"real_attack", "attack_event", "victim_body", "victims_word", "photoreal", "memorial_context"}
-        self._pos = {n: _Positions(getattr(term_sets[n], "terms", ()), getattr(term_sets[n], "patterns", ()))
+        self._pos = {n: _Positions(getattr(term_sets[n], "terms", ()), getattr(term_sets[n], "patterns", ()), index)
                      for n in needed if n in term_sets}
         self._near = tuple(r for r in NEAR_RULES if all(n in self._pos for n in (r.a, r.b, r.link) if n))
 
     # -- signals ---------------------------------------------------------------------------------
     def signals(self, text: NormalizedText, found: set[str]) -> set[str]:
         """Signals the structural rules add to ``found`` (the term sets' own signals)."""
+        out = self.unpositioned(text, found)
+        for rule in self._near:
+            if rule.signal not in found and rule.signal not in out and self._near_match(rule, text):
+                out.add(rule.signal)
+        if self._attack_depiction(text, found):
+            out.add(ATTACK_DEPICTION)
+        return out
+
+    def unpositioned(self, text: NormalizedText, found: set[str]) -> set[str]:
+        """The signals of ``signals`` that no term set's position gives: ages and grades, romanised
+        terms. The rest (``_near``, ``_attack_depiction``) need a term of a set in ``_pos`` in a
+        view, which a view holding none of ``triggers`` has not."""
         out: set[str] = set()
         if "minor" not in found and self._is_minor_age(text):
             out.add("minor")
@@ -405,12 +440,15 @@ class StructuralRules:
             # (JavaScript, JC Penney, JK Rowling) nor beside an English word ("topless")
             if "minor" not in found and not text.tokens.isdisjoint(_ROMAJI_SCHOOLGIRL) and self._romaji_beside(text):
                 out.add("minor")
-        for rule in self._near:
-            if rule.signal not in found and rule.signal not in out and self._near_match(rule, text):
-                out.add(rule.signal)
-        if self._attack_depiction(text, found):
-            out.add(ATTACK_DEPICTION)
         return out
+
+    def possible(self, present: frozenset[str]) -> bool:
+        """False when neither a windowed rule (``_near``: both of its sets) nor an attack rule (a
+        named attack or an attack event) can find its terms in a spaced view holding just the
+        strings ``present`` (``LiteralIndex.present``). Compact views are not covered."""
+        pos = self._pos
+        return any(pos[r.a].may_hold(present) and pos[r.b].may_hold(present) for r in self._near) or \
+            any(n in pos and pos[n].may_hold(present) for n in ("real_attack", "attack_event"))
 
     def _romaji_beside(self, text: NormalizedText) -> bool:
         """A romanised-set word (folded) within two words of ``jc``/``js``/``jk`` in a spaced view."""
@@ -422,8 +460,22 @@ class StructuralRules:
                     return True
         return False
 
+    def _anchored(self, word: str) -> bool:
+        """Whether a word holds an age anchor (``_age_anchor``), remembered per word."""
+        hit = self._anchor_words.get(word)
+        if hit is None:
+            hit = self._age_anchor.search(word) is not None
+            if len(self._anchor_words) >= 16_384:
+                self._anchor_words = {}
+            self._anchor_words[word] = hit
+        return hit
+
     def _is_minor_age(self, text: NormalizedText) -> bool:
         for v in text.views:
+            # Every anchor lies inside one word (a listed word, whole; a number; a fragment of a
+            # compound), so a view none of whose words holds one has none: most views of a catalog.
+            if not any(map(self._anchored, v.split())):
+                continue
             for m in self._age_anchor.finditer(v):
                 # from the start of the word three words back to the end of the word after the next
                 lo = m.start()
@@ -491,7 +543,7 @@ class StructuralRules:
         pos = self._pos.get(name)
         if pos is None:
             return False
-        if pos.latin is not None and any(pos.latin.search(v) for v in text.views):
+        if any(pos.in_view(v) for v in text.views):
             return True
         return pos.compact is not None and any(pos.compact.search(c) for c in text.compact)
 

@@ -64,6 +64,99 @@ def compile_terms(phrases: Iterable[tuple[list[str], str]], *, start: str = r"\b
     return re.compile(source) if source else None
 
 
+def phrase_literals(phrases: Iterable[tuple[list[str], str]]) -> frozenset[str]:
+    """A string every match of a phrase trie contains, per phrase: its longest word. The words of
+    a phrase are joined by optional spaces and may take an ending, but every letter is matched."""
+    return frozenset(max(words, key=len) for words, _ in phrases if words)
+
+
+class LiteralIndex:
+    """Which of many literal strings occur in a text, found a word at a time.
+
+    Every matcher of one policy (``safety.prompt_rules``, ``safety.structural``) registers strings
+    every match of its regex must contain (the words of its phrases, ``required_literal_sets``,
+    ``phrase_literals``) and, before a search, asks whether the view holds them: a view of an
+    ordinary prompt does not for most matchers, so most searches are skipped.
+
+    A string without whitespace can only occur inside one whitespace-separated word of a text, so
+    the strings in a text are the union of those in its words, and each distinct word is scanned
+    once (a catalog's prompts share most of their words): one trie-shaped regex, ``(?=(trie))``,
+    stops at each position where a string starts and reports the longest there; the shorter ones it
+    starts with are there too (two strings that both match at one position are one a prefix of the
+    other). Strings with whitespace in them, if any, are scanned for in the whole text. The memos are
+    plain dicts cleared when full: a value depends only on its key, so concurrent use recomputes at
+    worst."""
+
+    _MEMO_MAX = 16_384
+    _RECENT = 64
+
+    def __init__(self) -> None:
+        self._lits: set[str] = set()
+        self._compiled: tuple[re.Pattern[str], re.Pattern[str] | None] | None = None
+        self._within: dict[str, frozenset[str]] = {}
+        self._words: dict[str, frozenset[str]] = {}
+        self._recent: dict[str, frozenset[str]] = {}
+
+    def add(self, literals: Iterable[str] | None) -> frozenset[str] | None:
+        """Register ``literals`` (None, or a set holding an empty string: none certain) and return
+        the set to pass to ``may_match`` (None: always search)."""
+        if literals is None:
+            return None
+        lits = frozenset(literals)
+        if not lits or not all(lits):
+            return None
+        self._lits |= lits
+        self._compiled = None
+        self._words, self._recent = {}, {}
+        return lits
+
+    def _compile(self) -> tuple[re.Pattern[str], re.Pattern[str] | None]:
+        def scanner(lits: list[str]) -> re.Pattern[str] | None:
+            source = trie_pattern([([lit], ANY) for lit in lits], start="")
+            return re.compile(f"(?=({source}))") if source else None
+
+        lits = sorted(self._lits)
+        self._within = {lit: frozenset(lit[:i] for i in range(1, len(lit) + 1) if lit[:i] in self._lits)
+                        for lit in lits}
+        spaced = [lit for lit in lits if any(ch.isspace() for ch in lit)]
+        self._compiled = (scanner([lit for lit in lits if lit not in spaced]) or re.compile("(?!)"), scanner(spaced))
+        return self._compiled
+
+    def _scan(self, rx: re.Pattern[str], text: str) -> frozenset[str]:
+        found: set[str] = set()
+        for at in rx.finditer(text):
+            found |= self._within[at.group(1)]
+        return frozenset(found)
+
+    def present(self, text: str) -> frozenset[str]:
+        """The registered strings that occur in ``text``."""
+        hit = self._recent.get(text)
+        if hit is None:
+            words_rx, spaced_rx = self._compiled or self._compile()
+            memo = self._words
+            found: set[str] = set()
+            for word in text.split():
+                in_word = memo.get(word)
+                if in_word is None:
+                    in_word = self._scan(words_rx, word)
+                    if len(memo) >= self._MEMO_MAX:
+                        memo = self._words = {}
+                    memo[word] = in_word
+                if in_word:
+                    found |= in_word
+            if spaced_rx is not None:
+                found |= self._scan(spaced_rx, text)
+            hit = frozenset(found)
+            if len(self._recent) >= self._RECENT:
+                self._recent = {}
+            self._recent[text] = hit
+        return hit
+
+    def may_match(self, literals: frozenset[str] | None, text: str) -> bool:
+        """False when none of ``literals`` (from ``add``) is in ``text``: a search would fail."""
+        return literals is None or not literals.isdisjoint(self.present(text))
+
+
 class TrieGroup:
     """Which of several phrase tries match any of some texts, with one scan of each text for all.
 
@@ -71,88 +164,175 @@ class TrieGroup:
     position where some phrase of some trie matches, and only there is each trie tried, anchored
     (``regex.match(text, pos)``: a word boundary still sees the text before ``pos``). A trie matches
     somewhere exactly when it matches at one of those positions, so the answer is the one a
-    ``search`` per trie gives, for one scan per text instead of one per trie."""
+    ``search`` per trie gives, for one scan per text instead of one per trie. With an ``index``
+    (``LiteralIndex``), a trie is only tried in a text that holds every word of one of its phrases,
+    and a text where no trie is left is not scanned at all."""
 
-    def __init__(self, tries: Iterable[tuple[str, Iterable[tuple[list[str], str]]]], *, plural: bool = False) -> None:
+    def __init__(self, tries: Iterable[tuple[str, Iterable[tuple[list[str], str]]]], *, plural: bool = False,
+                 index: LiteralIndex | None = None) -> None:
         self._each: list[tuple[str, re.Pattern[str]]] = []
+        self._index = index
+        #: with an index: under each phrase's longest word, its trie and all of the phrase's words
+        self._by_lit: dict[str, list[tuple[str, re.Pattern[str], frozenset[str]]]] = {}
         every: list[tuple[list[str], str]] = []
         for key, phrases in tries:
-            phrases = list(phrases)
+            phrases = [(words, end) for words, end in phrases if words]
             rx = compile_terms(phrases, plural=plural)
             if rx is not None:
                 self._each.append((key, rx))
+                for words, _ in phrases if index is not None else ():
+                    need = index.add(words)
+                    if need is not None:
+                        self._by_lit.setdefault(max(words, key=len), []).append((key, rx, need))
                 every.extend(phrases)
+        self._keyed = frozenset(self._by_lit)
         source = trie_pattern(every, plural=plural)
         self._starts = re.compile(f"(?={source})") if source else None
 
+    def _candidates(self, text: str, done: set[str]) -> list[tuple[str, re.Pattern[str]]]:
+        """The tries, other than those in ``done``, that may match ``text``: with an index, those
+        with a phrase every word of which is in it (each word is matched letter for letter)."""
+        if self._index is None:
+            return [(key, rx) for key, rx in self._each if key not in done]
+        present = self._index.present(text)
+        seen = set(done)
+        out = []
+        for lit in self._keyed.intersection(present):
+            for key, rx, need in self._by_lit[lit]:
+                if key not in seen and need <= present:
+                    seen.add(key)
+                    out.append((key, rx))
+        return out
+
+    def possible(self, present: frozenset[str]) -> bool:
+        """False when no trie can match a text holding just the strings ``present`` (from the
+        index; True without one)."""
+        if self._index is None:
+            return True
+        return any(need <= present for lit in self._keyed.intersection(present) for _, _, need in self._by_lit[lit])
+
     def matching(self, texts: Iterable[str], skip: Iterable[str] = ()) -> set[str]:
         """The keys, other than those in ``skip``, whose trie matches one of ``texts``."""
-        skip = set(skip)
-        todo = [(key, rx) for key, rx in self._each if key not in skip]
+        done = set(skip)
         hit: set[str] = set()
         if self._starts is None:
             return hit
+        left = len([key for key, _ in self._each if key not in done])
         for text in texts:
-            for at in self._starts.finditer(text):
-                pos = at.start()
-                found = {key for key, rx in todo if rx.match(text, pos)}
-                if found:
-                    hit |= found
-                    todo = [(key, rx) for key, rx in todo if key not in found]
-                    if not todo:
-                        return hit
+            if not left:
+                break
+            here = self._candidates(text, done)
+            if not here:
+                continue
+            if len(here) <= 2:
+                found = {key for key, rx in here if rx.search(text)}
+            else:
+                found = set()
+                for at in self._starts.finditer(text):
+                    pos = at.start()
+                    found |= {key for key, rx in here if key not in found and rx.match(text, pos)}
+                    if len(found) == len(here):
+                        break
+            if found:
+                hit |= found
+                done |= found
+                left -= len(found)
         return hit
 
 
 def required_literals(source: str) -> frozenset[str] | None:
     """Strings one of which every match of the regex ``source`` contains, or None when no such
-    set is found (case-insensitive flags, a branch without a literal, ...).
+    set is found (case-insensitive flags, a branch without a literal, ...): the most selective set
+    of ``required_literal_sets`` (longest shortest string)."""
+    sets = required_literal_sets(source)
+    return _best(sets) if sets else None
 
-    A prefilter: when a text contains none of them the regex cannot match it, so a ``search`` (which
-    for ``\\b(?:take|takes|...)``-shaped policy patterns tries the alternation at every word) can be
-    skipped for an ``in`` test. From the parsed regex: a run of literals is one string; a group or a
-    repeat of at least one passes its content's set on; a branch needs a set from every branch
-    (their union); optional parts, classes and look-arounds require nothing. Of a sequence's sets the
-    most selective (longest shortest string) is kept."""
+
+def required_literal_sets(source: str) -> list[frozenset[str]]:
+    """Sets of strings such that every match of the regex ``source`` contains one string of each
+    set; empty when none is found (case-insensitive flags, a branch without a literal, ...).
+
+    A prefilter: when a text lacks all the strings of one set the regex cannot match it, so a
+    ``search`` (which for ``\\b(?:take|takes|...)``-shaped policy patterns tries the alternation at
+    every word) can be skipped for an ``in`` test. From the parsed regex, each part of its top-level
+    sequence gives a set: a run of literals is one string, and runs on into a branch whose every
+    alternative starts with a literal (``y(?:ears|o)``: ``year``, ``yo``); a group or a repeat of at
+    least one gives its content's best set; a branch needs a set from every alternative (their
+    union); optional parts, classes and look-arounds require nothing."""
     if "(?" in source.replace("(?:", "").replace("(?=", "").replace("(?!", "").replace("(?<", ""):
-        return None  # inline flags (?i) etc.: literals no longer match as written
+        return []  # inline flags (?i) etc.: literals no longer match as written
     try:
         parsed = _sre_parse.parse(source)
     except re.error:
-        return None
+        return []
     if parsed.state.flags & re.IGNORECASE:
-        return None
-    return _seq_literals(list(parsed))
+        return []
+    return _seq_sets(list(parsed))
+
+
+def _best(sets: list[frozenset[str]]) -> frozenset[str] | None:
+    best = None
+    for cand in sets:
+        if best is None or (min(map(len, cand)), -len(cand)) > (min(map(len, best)), -len(best)):
+            best = cand
+    return best
 
 
 def _seq_literals(items: list) -> frozenset[str] | None:
+    sets = _seq_sets(items)
+    return _best(sets) if sets else None
+
+
+#: The most strings a run that goes on into a branch may stand for.
+_MAX_RUNS = 64
+
+
+def _lead(items: list) -> tuple[str, bool]:
+    """The literal run an alternative starts with, and whether that is all of it."""
+    run = []
+    for op, av in items:
+        if op is not _sre.LITERAL:
+            return "".join(run), False
+        run.append(chr(av))
+    return "".join(run), True
+
+
+def _seq_sets(items: list) -> list[frozenset[str]]:
     c = _sre
-    best: frozenset[str] | None = None
+    sets: list[frozenset[str]] = []
+    run: set[str] = set()  # the literal strings one of which is matched just before here
 
-    def better(cand: frozenset[str] | None) -> None:
-        nonlocal best
-        if cand and all(cand) and (best is None or (min(map(len, cand)), -len(cand)) > (min(map(len, best)), -len(best))):
-            best = cand
+    def keep(cand: frozenset[str] | None) -> None:
+        if cand and all(cand):
+            sets.append(cand)
 
-    run: list[str] = []
     for op, av in items:
         if op is c.LITERAL:
-            run.append(chr(av))
+            ch = chr(av)
+            run = {r + ch for r in run} if run else {ch}
             continue
-        if run:
-            better(frozenset(["".join(run)]))
-            run = []
-        if op is c.SUBPATTERN:
-            better(_seq_literals(list(av[-1])))
-        elif op is c.BRANCH:
-            sets = [_seq_literals(list(b)) for b in av[1]]
-            if all(sets):
-                better(frozenset().union(*sets))
+        alts = None
+        if op is c.BRANCH:
+            alts = [list(b) for b in av[1]]
+        elif op is c.SUBPATTERN and len(av[-1]) == 1 and av[-1][0][0] is c.BRANCH:
+            alts = [list(b) for b in av[-1][0][1][1]]
+        if run and alts is not None:
+            leads = [_lead(b) for b in alts]
+            if all(lead for lead, _ in leads) and len(run) * len(leads) <= _MAX_RUNS:
+                run = {r + lead for r in run for lead, _ in leads}
+                if all(whole for _, whole in leads):
+                    continue  # every alternative was its lead: the run goes on
+        keep(frozenset(run))
+        run = set()
+        if alts is not None:
+            subs = [_seq_literals(b) for b in alts]
+            if all(subs):
+                keep(frozenset().union(*subs))
+        elif op is c.SUBPATTERN:
+            keep(_seq_literals(list(av[-1])))
         elif op is c.IN and 0 < len(av) <= 16 and all(o is c.LITERAL for o, _ in av):  # (?:歳|才) is [歳才]
-            better(frozenset(chr(v) for _, v in av))
+            keep(frozenset(chr(v) for _, v in av))
         elif op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT) and av[0] >= 1:
-            better(_seq_literals(list(av[2])))
-    if run:
-        better(frozenset(["".join(run)]))
-    return best
-
+            keep(_seq_literals(list(av[2])))
+    keep(frozenset(run))
+    return sets

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from safety.policy import load_policy
-from safety.prompt_rules import MatcherGroup, PromptRules, TermMatcher
-from safety.term_regex import required_literals
+from safety.normalize import _fold_view
+from safety.prompt_rules import NAME_SIGNAL, MatcherGroup, PromptRules, TermMatcher
+from safety.romanize import fold
+from safety.term_regex import LiteralIndex, required_literal_sets, required_literals
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "moderation"
 
@@ -47,7 +49,9 @@ def test_the_group_answers_what_each_matcher_answers(rules, corpus):
         text, tokens = rules._prepare(prompt)
         one_by_one = {name for name, m in rules._sets.items() if m.matches(text, tokens)}
         cats = {c.id for c, m in rules._cats if m and m.matches(text, tokens)}
-        if rules._set_group.matching(text, tokens) != one_by_one or rules._cat_group.matching(text, tokens) != cats:
+        name = {NAME_SIGNAL} if rules._names and rules._names.matches(text, tokens) else set()
+        if rules._set_group.matching(text, tokens) != one_by_one or rules._cat_group.matching(text, tokens) != cats \
+                or rules._name_group.matching(text, tokens) != name:
             differ.append(prompt)
         hits += bool(one_by_one or cats)
     assert not differ, differ[:5]
@@ -79,26 +83,29 @@ def test_no_literals_when_none_are_certain(source):
     assert required_literals(source) is None
 
 
-def test_every_policy_pattern_match_holds_one_of_its_strings(rules, corpus):
+def test_every_policy_pattern_match_holds_one_string_of_each_of_its_sets(rules, corpus):
     """The property the prefilter rests on, checked on every view where a pattern matches."""
-    parts = [(rx, lits) for _, m in rules._set_group._patterned + rules._cat_group._patterned
-             for rx, lits in m]
-    assert parts and sum(lits is not None for _, lits in parts) >= len(parts) - 2
+    matchers = [*rules._sets.values(), *(m for _, m in rules._cats)]
+    parts = [(rx, sets) for m in matchers for rx, sets in m.pattern_parts]
+    assert parts and sum(bool(sets) for _, sets in parts) >= len(parts) - 2
+    assert sum(len(sets) > 1 for _, sets in parts) >= 5  # several patterns need two strings or more
     matched = 0
-    for prompt in corpus + ["taking off her clothes", "a girl 12 nude", "ein 12 jähriges mädchen", "13살 소녀"]:
+    for prompt in corpus + ["taking off her clothes", "a girl 12 nude", "ein 12 jähriges mädchen", "13살 소녀",
+                            "a 12 y o girl", "12 years old", "white power rally"]:
         text, _ = rules._prepare(prompt)
         for view in text.views:
-            for rx, lits in parts:
-                if lits is not None and rx.search(view):
+            for rx, sets in parts:
+                if rx.search(view):
                     matched += 1
-                    assert any(lit in view for lit in lits), (rx.pattern, view)
+                    for lits in sets:
+                        assert any(lit in view for lit in lits), (rx.pattern, view, lits)
     assert matched > 50
 
 
 def test_a_pattern_with_inline_flags_is_always_searched():
     m = TermMatcher([], [r"(?i:WHITE)\s*power"])
-    [(rx, lits)] = m.pattern_parts
-    assert lits is None and rx.search("white power")
+    [(rx, sets)] = m.pattern_parts
+    assert sets == [] and rx.search("white power")
     assert re.compile(r"(?i:WHITE)\s*power").search("white power")
 
 
@@ -111,3 +118,67 @@ def test_romanised_signals_by_one_scan_are_those_of_a_search_per_signal(rules, c
         assert group.matching(text.romanized) == each, prompt
         seen += bool(each)
     assert seen > 20
+
+
+@pytest.mark.parametrize("source, expected", [
+    # a run goes on into a branch whose alternatives all start with a literal (re factors out "y")
+    (r"\b(?:[1-9]|1[0-7])\s*(?:years?\s*olds?|yrs?|yo|y o)\b", [{"year", "yr", "yo", "y o"}, {"ear", "r", "o", " o"}]),
+    (r"\bwhite\s*power\b(?!\s*(?:bank|strip))", [{"white"}, {"power"}]),  # both are needed
+    (r"\bkid(?:s|dy)\s*model", [{"kids", "kiddy"}, {"model"}]),
+    (r"(?:a|\d)x", [{"x"}]),
+])
+def test_required_literal_sets(source, expected):
+    assert [set(s) for s in required_literal_sets(source)] == expected
+
+
+def test_the_literal_index_finds_exactly_the_strings_in_a_text(rules, corpus):
+    """One scan per distinct word (and one per text for strings with spaces) finds what a search
+    for each string finds."""
+    index = LiteralIndex()
+    lits = set(rules._index._lits) | {"y o", "of the", "a"}
+    index.add(lits)
+    index._MEMO_MAX = 500  # the memo is cleared many times over the corpus
+    checked = 0
+    for prompt in corpus[::3]:
+        text, _ = rules._prepare(prompt)
+        for view in text.views:
+            assert index.present(view) == {lit for lit in lits if lit in view}, view
+            checked += 1
+    assert checked > 1000
+    assert index.add(None) is None and index.add({"ok", ""}) is None  # none certain: always searched
+
+
+def test_a_quiet_prompt_has_no_signal_and_no_term(rules, corpus):
+    """``PromptRules._quiet`` skips every matcher: it must only say so when they find nothing."""
+    quiet = 0
+    for prompt in corpus:
+        text, tokens = rules._prepare(prompt)
+        if rules._quiet(text, tokens):
+            quiet += 1
+            assert not rules._signals(text, tokens, None, False), prompt
+            assert not rules._cat_group.matching(text, tokens), prompt
+    assert quiet > 1000
+    catalog = [f"a {c} {m} mug model s1x{i:06d}, studio light, product photo" for i, (c, m) in
+               enumerate((c, m) for c in ("grey", "white", "yellow", "red") for m in ("enamel", "glass", "stoneware"))]
+    # all but s1x000011: "11" is a string of a named attack's ("9 11"), so that one takes the full path
+    assert [p for p in catalog if not rules._quiet(*rules._prepare(p))] == [catalog[11]]
+
+
+def test_per_word_shortcuts_read_views_as_a_whole_would(rules, corpus):
+    """Romanised views folded a word at a time, age anchors looked for a word at a time, and spans
+    of the positional term sets behind the index are what the whole view gives."""
+    structural = rules._structural
+    anchored = 0
+    for prompt in corpus[::2]:
+        text, _ = rules._prepare(prompt)
+        for view in text.views:
+            assert _fold_view(view) == fold(view), view
+            whole = structural._age_anchor.search(view) is not None
+            assert any(map(structural._anchored, view.split())) == whole, view
+            anchored += whole
+            for pos in structural._pos.values():
+                if pos.latin is not None:
+                    plain = [(view.count(" ", 0, m.start()), view.count(" ", 0, m.end() - 1))
+                             for m in pos.latin.finditer(view) if m.end() > m.start()]
+                    assert pos.view_spans(view) == plain, view
+    assert anchored > 100
