@@ -443,11 +443,22 @@ class Expansion:
 _NOT_PIXELS = {"custom_id", "metadata", "webhook", "webhook_events_filter", "cache", "priority", "deliver_by"}
 
 
+def canonical_spec(model_spec: Any) -> str:
+    """A registry entry (or its ``model_dump(mode="json")``) as the canonical JSON ``content_key``
+    hashes: a plan works it out once per model and passes the string."""
+    spec = dict(model_spec) if isinstance(model_spec, Mapping) else model_spec.model_dump(mode="json")
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
 def content_key(resolved: RenderRequest, model_spec: Any) -> str:
     """A hash of everything that changes a resolved request's pixels: the model (its registry entry,
     weights' source and revision included), prompt, every pixel parameter, seed, shape and
     renditions. Two requests that differ only in seed never share a key. ``model_spec``: the
-    registry entry, or its ``model_dump(mode="json")`` (a plan dumps each model's once)."""
+    registry entry, its ``model_dump(mode="json")``, or ``canonical_spec`` of either (the same key).
+
+    The hashed text is ``{"v":1,"model":...,"request":...}`` as ``json.dumps`` with sorted keys and
+    no spaces writes it; it is put together from the two parts, each written that way, so the
+    model's part need not be written again for every cell."""
     body = resolved.model_dump(mode="json", exclude=_NOT_PIXELS)
     for name in ("image", "mask"):
         if body.get(name) and str(body[name]).startswith("data:"):
@@ -455,6 +466,6 @@ def content_key(resolved: RenderRequest, model_spec: Any) -> str:
     if body.get("references"):
         body["references"] = [("sha256:" + hashlib.sha256(x.encode()).hexdigest()) if x.startswith("data:") else x
                               for x in body["references"]]
-    spec = dict(model_spec) if isinstance(model_spec, Mapping) else model_spec.model_dump(mode="json")
-    canonical = json.dumps({"v": 1, "model": spec, "request": body}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    spec = model_spec if isinstance(model_spec, str) else canonical_spec(model_spec)
+    request = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f'{{"model":{spec},"request":{request},"v":1}}'.encode()).hexdigest()

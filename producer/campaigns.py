@@ -14,14 +14,13 @@ reused when that job succeeded, or is still queued or running (it will).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from jobs import callstats
-from jobs.campaign import CampaignSpec, Cell, Expansion, check_slots, content_key
+from jobs.campaign import CampaignSpec, Cell, Expansion, canonical_spec, check_slots, content_key
 from jobs.campaign_records import campaign_id, campaign_key, iter_cells, progress, tenant_campaigns_key
 from jobs.errors import IdempotencyInProgress, InvalidRequest, JobNotFound, QuotaExceeded
 from jobs.families import family, size_for
@@ -35,6 +34,23 @@ CHUNK = 256
 #: Refused cells listed in a plan (all are counted).
 MAX_LISTED = 200
 _REUSABLE = {s.value for s in REUSABLE}  # the rule plain jobs' cache: "reuse" follows
+
+
+def _where(cell: Cell) -> dict[str, Any]:
+    """Where a refused cell is, as a refusal names it."""
+    return {"row": cell.row, "row_key": cell.row_key, "cell": cell.cell_id, **({"sweep": cell.sweep} if cell.sweep else {})}
+
+
+def _chunks(items: Iterator[Cell], size: int) -> Iterator[list[Cell]]:
+    """``items`` in lists of ``size`` (the last shorter), read lazily."""
+    chunk: list[Cell] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 class CampaignNotFound(JobNotFound):
@@ -155,10 +171,10 @@ class Campaigns:
 
     # -- evaluating cells ----------------------------------------------------------------------------
     def _spec(self, model: str):
-        """A model's registry entry and its JSON form (content keys), read once per plan."""
+        """A model's registry entry and its canonical JSON (content keys), read once per plan."""
         if model not in self._specs:
             spec = self.client.registry.get(model)
-            self._specs[model] = (spec, spec.model_dump(mode="json"))
+            self._specs[model] = (spec, canonical_spec(spec))
         return self._specs[model]
 
     def _moderate(self, tenant: str | None, req: RenderRequest):
@@ -171,12 +187,12 @@ class Campaigns:
                                                                     level=req.moderation)
         return self._verdicts[k]
 
-    def _evaluate(self, tenant: str | None, cell: Cell) -> Evaluated:
+    def _validate(self, tenant: str | None, cell: Cell) -> Evaluated:
+        """A cell parsed and resolved against its model (a refusal when it is invalid)."""
         ev = Evaluated(cell)
-        where = {"row": cell.row, "row_key": cell.row_key, "cell": cell.cell_id, **({"sweep": cell.sweep} if cell.sweep else {})}
         try:
             req = RenderRequest.parse(cell.request)
-            spec, spec_json = self._spec(req.model)
+            spec, _ = self._spec(req.model)
             ev.parsed, ev.request = req, resolve(req, spec, self.settings)
             if req.image or req.mask or req.references:
                 # Fetched through the SSRF guard and checked now, as submission will (Client.prepare):
@@ -184,41 +200,46 @@ class Campaigns:
                 self.client.prepare(req, tenant=tenant)
         except InvalidRequest as e:
             first = (e.errors or [{}])[0]
-            ev.refusal = {**where, "code": e.code, "field": first.get("field"), "column": first.get("column"),
+            ev.refusal = {**_where(cell), "code": e.code, "field": first.get("field"), "column": first.get("column"),
                           "message": e.message.removeprefix("invalid request: "), "errors": e.errors}
-            return ev
-        decision = self._moderate(tenant, ev.request)
-        if decision.action.value == "block":
-            info = decision.to_dict()
-            ev.refusal = {**where, "code": "moderation_blocked", "field": "prompt",
-                          "message": info.get("message") or "blocked by the content policy",
-                          "categories": info.get("categories", [])}
-            return ev
-        ev.key = content_key(ev.request, spec_json)
         return ev
 
+    def _moderated(self, tenant: str | None, evs: list[Evaluated]) -> list[Evaluated]:
+        """Valid cells' prompts moderated (a refusal when blocked), then the content keys of those
+        allowed. A chunk at a time, each step over the whole chunk: the moderation rules run back to
+        back, which on a small CPU cache is markedly faster than one cell's steps after another's."""
+        valid = [ev for ev in evs if ev.refusal is None]
+        for ev, decision in [(ev, self._moderate(tenant, ev.request)) for ev in valid]:
+            if decision.action.value == "block":
+                info = decision.to_dict()
+                ev.refusal = {**_where(ev.cell), "code": "moderation_blocked", "field": "prompt",
+                              "message": info.get("message") or "blocked by the content policy",
+                              "categories": info.get("categories", [])}
+        for ev in valid:
+            if ev.refusal is None:
+                ev.key = content_key(ev.request, self._spec(ev.request.model)[1])
+        return evs
+
     def _evaluated(self, tenant: str | None, spec: CampaignSpec, catalog: Catalog) -> Iterator[Evaluated]:
-        """Cells evaluated, with cache hits looked up a chunk at a time (at most two round trips per chunk)."""
-        chunk: list[Evaluated] = []
+        """Cells evaluated a chunk at a time, with cache hits looked up per chunk (at most two round
+        trips per chunk)."""
         custom_ids: dict[str, int] = {}
-        for cell in self.cells(spec, catalog):
-            e = self._evaluate(tenant, cell)
-            cid_ = e.request.custom_id if e.request is not None else None
-            if e.refusal is None and cid_ is not None:
-                if cid_ in custom_ids:
-                    e.refusal = {"row": cell.row, "row_key": cell.row_key, "cell": cell.cell_id,
-                                 "code": "duplicate_custom_id", "field": "custom_id",
-                                 "message": f"custom_id {cid_!r} is also row {custom_ids[cid_]}'s; results are joined "
-                                            "on custom_id, so each cell's must be unique: put the key column and "
-                                            "the sweep values in the pattern (e.g. {sku}-{style})"}
-                    e.key = None
-                else:
-                    custom_ids[cid_] = cell.row
-            chunk.append(e)
-            if len(chunk) >= CHUNK:
-                yield from self._lookup(tenant, chunk)
-                chunk = []
-        yield from self._lookup(tenant, chunk)
+        for cells in _chunks(self.cells(spec, catalog), CHUNK):
+            chunk = self._moderated(tenant, [self._validate(tenant, cell) for cell in cells])
+            for e in chunk:
+                cell = e.cell
+                cid_ = e.request.custom_id if e.request is not None else None
+                if e.refusal is None and cid_ is not None:
+                    if cid_ in custom_ids:
+                        e.refusal = {"row": cell.row, "row_key": cell.row_key, "cell": cell.cell_id,
+                                     "code": "duplicate_custom_id", "field": "custom_id",
+                                     "message": f"custom_id {cid_!r} is also row {custom_ids[cid_]}'s; results are "
+                                                "joined on custom_id, so each cell's must be unique: put the key "
+                                                "column and the sweep values in the pattern (e.g. {sku}-{style})"}
+                        e.key = None
+                    else:
+                        custom_ids[cid_] = cell.row
+            yield from self._lookup(tenant, chunk)
 
     def _lookup(self, tenant: str | None, chunk: list[Evaluated]) -> list[Evaluated]:
         keyed = [e for e in chunk if e.key]

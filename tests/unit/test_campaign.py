@@ -101,6 +101,26 @@ def test_content_key_changes_with_pixels_and_seed_but_not_with_custom_id_or_meta
     assert content_key(req, moved) != content_key(req, TINY)
 
 
+def test_content_key_is_the_hash_of_one_canonical_document_however_the_model_is_given():
+    """Keys already stored (``cache:{tenant}:{key}``) must keep matching: the key is the SHA-256 of
+    ``{"v":1,"model":...,"request":...}`` with sorted keys and no spaces, whether the model comes as
+    the registry entry, its JSON form or ``canonical_spec`` (what a plan passes, once per model)."""
+    import hashlib
+    import json
+
+    from jobs.campaign import _NOT_PIXELS, canonical_spec
+
+    req = resolve(RenderRequest.parse({"prompt": "une tasse émaillée, 東京", "seed": 5,
+                                       "renditions": [{"name": "sq", "width": 64, "height": 64}]}), TINY, Settings())
+    body = req.model_dump(mode="json", exclude=_NOT_PIXELS)
+    whole = json.dumps({"v": 1, "model": TINY.model_dump(mode="json"), "request": body}, sort_keys=True,
+                       separators=(",", ":"))
+    expected = hashlib.sha256(whole.encode()).hexdigest()
+    assert content_key(req, TINY) == expected
+    assert content_key(req, TINY.model_dump(mode="json")) == expected
+    assert content_key(req, canonical_spec(TINY)) == expected
+
+
 def test_document_version_and_unknown_fields_are_named():
     with pytest.raises(InvalidRequest, match="version 2"):
         spec(v=2)
