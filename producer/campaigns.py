@@ -106,6 +106,7 @@ class Campaigns:
         self.allow_paths = allow_paths
         #: (prompt, negative prompt, level) → this plan's decision (submission audits it, not again)
         self._verdicts: dict[tuple[str, str | None, str | None], Any] = {}
+        self._decisions: dict[Any, Any] = {}
         self._specs: dict[str, Any] = {}
 
     # -- documents and catalogs ----------------------------------------------------------------------
@@ -182,9 +183,12 @@ class Campaigns:
         if k not in self._verdicts:
             if len(self._verdicts) > 50_000:
                 self._verdicts.clear()
-            self._verdicts[k] = self.client.moderation.check_prompt(req.prompt, req.negative_prompt,
-                                                                    actor=tenant or "producer", audit_allowed=False,
-                                                                    level=req.moderation)
+            decision = self.client.moderation.check_prompt(req.prompt, req.negative_prompt,
+                                                           actor=tenant or "producer", audit_allowed=False,
+                                                           level=req.moderation)
+            # Decisions are values, and a catalog's are nearly all the same "allow": one object is
+            # kept for each distinct one, not one per cell held until submission.
+            self._verdicts[k] = self._decisions.setdefault(decision, decision)
         return self._verdicts[k]
 
     def _validate(self, tenant: str | None, cell: Cell) -> Evaluated:

@@ -196,6 +196,8 @@ class PromptRules:
             (c, TermMatcher(c.terms, c.patterns)) for c in policy.categories
         ]
         self._combos = {c.id: [(combo, frozenset(combo)) for combo in c.combinations] for c in policy.categories}
+        #: a combination of no signals holds for every prompt (check: no shortcut for a quiet one)
+        self._unconditional = any(not need for combos in self._combos.values() for _, need in combos)
         self._set_group = MatcherGroup(self._sets.items(), self._index)
         self._cat_group = MatcherGroup(((c.id, m) for c, m in self._cats), self._index)
         # Names (and their aliases in other scripts) are one more term list; a name matches as a
@@ -288,6 +290,8 @@ class PromptRules:
         signals = self._signals(text, tokens, negative_prompt, real_person_context, quiet)
         out: list[Verdict] = []
         by_term = set() if quiet else self._cat_group.matching(text, tokens)
+        if not by_term and not signals and not self._unconditional:
+            return [Verdict(STAGE, "none", 0.0, Action.ALLOW, self.policy.version)]
         for cat, _ in self._cats:
             rule = ""
             if cat.id in by_term:

@@ -30,7 +30,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from safety.normalize import NormalizedText, has_unspaced_script, normalize_compact, normalize_pattern, normalize_term
+from safety.normalize import _Memo, NormalizedText, has_unspaced_script, normalize_compact, normalize_pattern, normalize_term
 from safety.romanize import fold, kana_to_romaji, romanizations, syllable_regex, syllables
 from safety.term_regex import (ANY, PREFIX, WORD, LiteralIndex, TrieGroup, compile_terms, phrase_literals,
                                required_literals)
@@ -378,7 +378,8 @@ class StructuralRules:
         words = sorted({t for w in _AGE_HINT_WORDS for t in normalize_term(w).split()})
         trie = compile_terms(([w], WORD) for w in words)
         self._age_anchor = re.compile(f"(?:{trie.pattern})|{normalize_pattern(_AGE_HINT_FRAGMENTS)}")
-        self._anchor_words: dict[str, bool] = {}
+        #: whether a word holds an age anchor, remembered per word (``_is_minor_age``)
+        self._anchored = _Memo(lambda word: self._age_anchor.search(word) is not None)
         self._view_cjk = [re.compile(p) for p in _VIEW_CJK_PATTERNS]
         self._compact_age = re.compile("|".join(f"(?:{p})" for p in _compact_age_patterns()))
         self._roman_age = re.compile("|".join(f"(?:{p})" for p in _romanized_age_patterns()))
@@ -460,21 +461,11 @@ class StructuralRules:
                     return True
         return False
 
-    def _anchored(self, word: str) -> bool:
-        """Whether a word holds an age anchor (``_age_anchor``), remembered per word."""
-        hit = self._anchor_words.get(word)
-        if hit is None:
-            hit = self._age_anchor.search(word) is not None
-            if len(self._anchor_words) >= 16_384:
-                self._anchor_words = {}
-            self._anchor_words[word] = hit
-        return hit
-
     def _is_minor_age(self, text: NormalizedText) -> bool:
         for v in text.views:
             # Every anchor lies inside one word (a listed word, whole; a number; a fragment of a
             # compound), so a view none of whose words holds one has none: most views of a catalog.
-            if not any(map(self._anchored, v.split())):
+            if not any(map(self._anchored.__getitem__, v.split())):
                 continue
             for m in self._age_anchor.finditer(v):
                 # from the start of the word three words back to the end of the word after the next

@@ -83,16 +83,16 @@ class LiteralIndex:
     once (a catalog's prompts share most of their words): one trie-shaped regex, ``(?=(trie))``,
     stops at each position where a string starts and reports the longest there; the shorter ones it
     starts with are there too (two strings that both match at one position are one a prefix of the
-    other). Strings with whitespace in them, if any, are scanned for in the whole text. The memos are
-    plain dicts cleared when full: a value depends only on its key, so concurrent use recomputes at
-    worst."""
+    other). The few strings with whitespace in them are each looked for in the whole text. The memos are plain dicts cleared when full: a value depends only on its key, so
+    concurrent use recomputes at worst."""
 
     _MEMO_MAX = 16_384
     _RECENT = 64
 
     def __init__(self) -> None:
         self._lits: set[str] = set()
-        self._compiled: tuple[re.Pattern[str], re.Pattern[str] | None] | None = None
+        self._compiled: re.Pattern[str] | None = None
+        self._spaced: tuple[str, ...] = ()
         self._within: dict[str, frozenset[str]] = {}
         self._words: dict[str, frozenset[str]] = {}
         self._recent: dict[str, frozenset[str]] = {}
@@ -110,21 +110,19 @@ class LiteralIndex:
         self._words, self._recent = {}, {}
         return lits
 
-    def _compile(self) -> tuple[re.Pattern[str], re.Pattern[str] | None]:
-        def scanner(lits: list[str]) -> re.Pattern[str] | None:
-            source = trie_pattern([([lit], ANY) for lit in lits], start="")
-            return re.compile(f"(?=({source}))") if source else None
-
-        lits = sorted(self._lits)
+    def _compile(self) -> re.Pattern[str]:
+        self._spaced = tuple(sorted(lit for lit in self._lits if any(ch.isspace() for ch in lit)))
+        lits = sorted(lit for lit in self._lits if lit not in self._spaced)
         self._within = {lit: frozenset(lit[:i] for i in range(1, len(lit) + 1) if lit[:i] in self._lits)
                         for lit in lits}
-        spaced = [lit for lit in lits if any(ch.isspace() for ch in lit)]
-        self._compiled = (scanner([lit for lit in lits if lit not in spaced]) or re.compile("(?!)"), scanner(spaced))
+        source = trie_pattern([([lit], ANY) for lit in lits], start="")
+        self._compiled = re.compile(f"(?=({source}))" if source else "(?!)")
         return self._compiled
 
-    def _scan(self, rx: re.Pattern[str], text: str) -> frozenset[str]:
+    def _scan(self, word: str) -> frozenset[str]:
+        rx = self._compiled or self._compile()
         found: set[str] = set()
-        for at in rx.finditer(text):
+        for at in rx.finditer(word):
             found |= self._within[at.group(1)]
         return frozenset(found)
 
@@ -132,20 +130,20 @@ class LiteralIndex:
         """The registered strings that occur in ``text``."""
         hit = self._recent.get(text)
         if hit is None:
-            words_rx, spaced_rx = self._compiled or self._compile()
+            if self._compiled is None:
+                self._compile()
             memo = self._words
             found: set[str] = set()
             for word in text.split():
                 in_word = memo.get(word)
                 if in_word is None:
-                    in_word = self._scan(words_rx, word)
+                    in_word = self._scan(word)
                     if len(memo) >= self._MEMO_MAX:
                         memo = self._words = {}
                     memo[word] = in_word
                 if in_word:
                     found |= in_word
-            if spaced_rx is not None:
-                found |= self._scan(spaced_rx, text)
+            found.update(lit for lit in self._spaced if lit in text)
             hit = frozenset(found)
             if len(self._recent) >= self._RECENT:
                 self._recent = {}

@@ -174,7 +174,7 @@ def test_per_word_shortcuts_read_views_as_a_whole_would(rules, corpus):
         for view in text.views:
             assert _fold_view(view) == fold(view), view
             whole = structural._age_anchor.search(view) is not None
-            assert any(map(structural._anchored, view.split())) == whole, view
+            assert any(map(structural._anchored.__getitem__, view.split())) == whole, view
             anchored += whole
             for pos in structural._pos.values():
                 if pos.latin is not None:
