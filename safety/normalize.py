@@ -33,7 +33,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from safety.romanize import fold
+from safety.romanize import fold, group1
 
 # Lowercase lookalikes only: casefold runs first, so capital Cyrillic/Greek letters arrive here
 # lowercased. Sources: Unicode confusables.txt, restricted to letters that render like ASCII.
@@ -56,6 +56,12 @@ _LEET_BASE = {"0": "o", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "
 _LEET_I = str.maketrans({**_LEET_BASE, "1": "i", "|": "i"})
 _LEET_L = str.maketrans({**_LEET_BASE, "1": "l", "|": "l"})
 _LEET_CHARS = frozenset("013457 89@$€+!|") - {" "}
+
+
+def _twice(m: re.Match[str]) -> str:
+    """A run's letter twice (``boooobs`` -> ``boobs``)."""
+    return m[1] * 2
+
 
 _WORD = re.compile(r"[^\W_]+")
 _RUN3 = re.compile(r"([^\W\d_])\1{2,}")
@@ -205,7 +211,7 @@ def _single_letters(tok: str) -> str | None:
     """``nuude`` -> ``nude``: every doubled letter once, when 4+ letters are left (None otherwise)."""
     if not _DOUBLE.search(tok):
         return None
-    single = _DOUBLE.sub(r"\1", tok)
+    single = _DOUBLE.sub(group1, tok)
     return single if len(single) >= 4 else None
 
 
@@ -270,7 +276,7 @@ def normalize(text: str, remove: re.Pattern[str] | None = None,
                     views.append(_view(leet, extra, runs, remove))
     for v in list(views):
         if _RUN3.search(v):
-            for squeezed in (_RUN3.sub(r"\1", v), _RUN3.sub(r"\1\1", v)):  # "nuuude", "boooobs"
+            for squeezed in (_RUN3.sub(group1, v), _RUN3.sub(_twice, v)):  # "nuuude", "boooobs"
                 views.append(remove.sub(" ", squeezed) if remove is not None else squeezed)
     views = list(dict.fromkeys(views))
     tokens = set(extra)
@@ -278,7 +284,7 @@ def normalize(text: str, remove: re.Pattern[str] | None = None,
         tokens.update(v.split())
     for tok in list(extra):
         if _RUN3.search(tok):
-            tokens.add(_RUN3.sub(r"\1", tok))
+            tokens.add(_RUN3.sub(group1, tok))
     # "nuude", "nakked", "sexxy": a doubled letter read once (``_single_letters``)
     singles = set(map(_SINGLE.__getitem__, tokens))
     singles.discard(None)

@@ -102,6 +102,12 @@ def kana_to_romaji(text: str) -> str:
     return "".join(out)
 
 
+def group1(m: re.Match[str]) -> str:
+    """The first group of a match: ``re.sub(group1, ...)`` is ``re.sub(r"\\1", ...)``, faster (a template
+    is expanded in Python for every match)."""
+    return m[1]
+
+
 # -- folding ------------------------------------------------------------------------------------
 _FOLDS = [
     # Japanese: Hepburn, Kunrei and wapuro spellings onto one
@@ -131,7 +137,7 @@ def fold(text: str) -> str:
     text = _NON_LATIN.sub(" ", text)
     text = _FOLD_RE.sub(lambda m: _FOLD_MAP[m.group(0)], text)
     text = text.replace("ou", "o").replace("oh", "o")
-    text = _DOUBLE.sub(r"\1", text)
+    text = _DOUBLE.sub(group1, text)
     return " ".join(text.split())
 
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 from safety.normalize import _Memo, NormalizedText, has_unspaced_script, normalize_compact, normalize_pattern, normalize_term
 from safety.romanize import fold, kana_to_romaji, romanizations, syllable_regex, syllables
-from safety.term_regex import (ANY, PREFIX, WORD, LiteralIndex, TrieGroup, compile_terms, phrase_literals,
-                               required_literals)
+from safety.term_regex import (ANY, PREFIX, WORD, LiteralIndex, TrieGroup, compile_terms, literal_prefilter,
+                               phrase_literals, required_literals)
 from safety.verdict import Action, Verdict
 
 ROMANIZED_SUFFIX = "_romanized"
@@ -383,6 +383,10 @@ class StructuralRules:
         self._view_cjk = [re.compile(p) for p in _VIEW_CJK_PATTERNS]
         self._compact_age = re.compile("|".join(f"(?:{p})" for p in _compact_age_patterns()))
         self._roman_age = re.compile("|".join(f"(?:{p})" for p in _romanized_age_patterns()))
+        #: finds, in a romanised view with its spaces removed, a string one of the age patterns needs:
+        #: a view it finds nothing in is not searched (most views: the search tries every pattern
+        #: at every word)
+        self._roman_age_keys = literal_prefilter(_romanized_age_patterns(), despaced=True)
         # romanised terms: generated from kana/Hangul terms, plus <signal>_romanized sets
         forms: dict[str, set[tuple[tuple[str, ...], str]]] = {}
         #: one-word terms of the sexual-side <signal>_romanized sets (folded): what may stand beside
@@ -409,7 +413,8 @@ class StructuralRules:
                         forms.setdefault(name, set()).add((words, PREFIX if t.endswith("*") else WORD))
         # one trie per signal; spaces are optional between the letters of a romanised kana, Hangul
         # or pinyin term (``chodeung haksaeng``, ``luo ti``)
-        self._romanized = TrieGroup((sig, [(list(w), end) for w, end in sorted(fs)]) for sig, fs in forms.items() if fs)
+        self._romanized = TrieGroup(((sig, [(list(w), end) for w, end in sorted(fs)]) for sig, fs in forms.items() if fs),
+                                    despaced_gate=True)
         needed = {n for r in NEAR_RULES for n in (r.a, r.b, r.link) if n}
         needed |= {"real_attack", "attack_event", "victim_body", "victims_word", "photoreal", "memorial_context"}
         self._pos = {n: _Positions(getattr(term_sets[n], "terms", ()), getattr(term_sets[n], "patterns", ()), index)
@@ -482,7 +487,9 @@ class StructuralRules:
                              or any(rx.search(v) for rx in self._view_cjk for v in text.views)
                              or any(_CJK_GRADE_TOKEN.fullmatch(t) for t in text.tokens)):
             return True
-        return bool(text.romanized) and any(self._roman_age.search(v) for v in text.romanized)
+        keys = self._roman_age_keys
+        return any(self._roman_age.search(v) for v in text.romanized
+                   if keys is None or keys.search(v.replace(" ", "")))
 
     def _near_match(self, rule: Near, text: NormalizedText) -> bool:
         a, b = self._pos[rule.a], self._pos[rule.b]

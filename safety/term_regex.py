@@ -167,7 +167,7 @@ class TrieGroup:
     and a text where no trie is left is not scanned at all."""
 
     def __init__(self, tries: Iterable[tuple[str, Iterable[tuple[list[str], str]]]], *, plural: bool = False,
-                 index: LiteralIndex | None = None) -> None:
+                 index: LiteralIndex | None = None, despaced_gate: bool = False) -> None:
         self._each: list[tuple[str, re.Pattern[str]]] = []
         self._index = index
         #: with an index: under each phrase's longest word, its trie and all of the phrase's words
@@ -186,6 +186,11 @@ class TrieGroup:
         self._keyed = frozenset(self._by_lit)
         source = trie_pattern(every, plural=plural)
         self._starts = re.compile(f"(?={source})") if source else None
+        #: ``despaced_gate`` (phrases without endings): every match, spaces removed, holds its phrase's
+        #: words joined; a text that, spaces removed, holds none of them is not scanned
+        self._gate = None
+        if despaced_gate and not plural and every:
+            self._gate = re.compile(trie_pattern([(["".join(words)], ANY) for words, _ in every], start="") or "(?!)")
 
     def _candidates(self, text: str, done: set[str]) -> list[tuple[str, re.Pattern[str]]]:
         """The tries, other than those in ``done``, that may match ``text``: with an index, those
@@ -219,6 +224,8 @@ class TrieGroup:
         for text in texts:
             if not left:
                 break
+            if self._gate is not None and not self._gate.search(text.replace(" ", "")):
+                continue
             here = self._candidates(text, done)
             if not here:
                 continue
@@ -238,6 +245,19 @@ class TrieGroup:
         return hit
 
 
+def literal_prefilter(sources: Iterable[str], *, despaced: bool = False) -> re.Pattern[str] | None:
+    """One regex that finds, in a text, a string of the most selective required set of every one
+    of ``sources`` (``required_literal_sets``): a text it finds nothing in is matched by none of
+    them. None when a source has no such set (the text must be searched)."""
+    keys: set[str] = set()
+    for source in sources:
+        sets = required_literal_sets(source, despaced=despaced)
+        if not sets:
+            return None
+        keys |= _best(sets) or ()
+    return re.compile("|".join(re.escape(k) for k in sorted(keys, key=lambda k: (-len(k), k)))) if keys else None
+
+
 def required_literals(source: str) -> frozenset[str] | None:
     """Strings one of which every match of the regex ``source`` contains, or None when no such
     set is found (case-insensitive flags, a branch without a literal, ...): the most selective set
@@ -246,7 +266,7 @@ def required_literals(source: str) -> frozenset[str] | None:
     return _best(sets) if sets else None
 
 
-def required_literal_sets(source: str) -> list[frozenset[str]]:
+def required_literal_sets(source: str, *, despaced: bool = False) -> list[frozenset[str]]:
     """Sets of strings such that every match of the regex ``source`` contains one string of each
     set; empty when none is found (case-insensitive flags, a branch without a literal, ...).
 
@@ -254,9 +274,14 @@ def required_literal_sets(source: str) -> list[frozenset[str]]:
     ``search`` (which for ``\\b(?:take|takes|...)``-shaped policy patterns tries the alternation at
     every word) can be skipped for an ``in`` test. From the parsed regex, each part of its top-level
     sequence gives a set: a run of literals is one string, and runs on into a branch whose every
-    alternative starts with a literal (``y(?:ears|o)``: ``year``, ``yo``); a group or a repeat of at
+    alternative starts with a literal (``y(?:ears|o)``: ``year``, ``yo``) and through one whose
+    every alternative is a literal (``(?:ju|zyu)ni``: ``juni``, ``zyuni``); a group or a repeat of at
     least one gives its content's best set; a branch needs a set from every alternative (their
-    union); optional parts, classes and look-arounds require nothing."""
+    union); optional parts, classes and look-arounds require nothing.
+
+    ``despaced``: the strings are to be looked for in the text with its whitespace removed, so
+    whitespace in the regex (``\\s*``, ``\\s+``, a space) does not end a run: ``s\\s*a\\s*i`` needs
+    ``sai``. (Every match's letters are in the text in order with only whitespace between them.)"""
     if "(?" in source.replace("(?:", "").replace("(?=", "").replace("(?!", "").replace("(?<", ""):
         return []  # inline flags (?i) etc.: literals no longer match as written
     try:
@@ -265,7 +290,7 @@ def required_literal_sets(source: str) -> list[frozenset[str]]:
         return []
     if parsed.state.flags & re.IGNORECASE:
         return []
-    return _seq_sets(list(parsed))
+    return _seq_sets(list(parsed), despaced)
 
 
 def _best(sets: list[frozenset[str]]) -> frozenset[str] | None:
@@ -276,8 +301,8 @@ def _best(sets: list[frozenset[str]]) -> frozenset[str] | None:
     return best
 
 
-def _seq_literals(items: list) -> frozenset[str] | None:
-    sets = _seq_sets(items)
+def _seq_literals(items: list, despaced: bool = False) -> frozenset[str] | None:
+    sets = _seq_sets(items, despaced)
     return _best(sets) if sets else None
 
 
@@ -285,17 +310,32 @@ def _seq_literals(items: list) -> frozenset[str] | None:
 _MAX_RUNS = 64
 
 
-def _lead(items: list) -> tuple[str, bool]:
+def _whitespace(op, av) -> bool:
+    """Whether a parsed item matches whitespace only (a space, ``\\s``, or a repeat of either)."""
+    c = _sre
+    if op is c.LITERAL:
+        return chr(av).isspace()
+    if op is c.IN:
+        return bool(av) and all((o is c.CATEGORY and a is c.CATEGORY_SPACE) or (o is c.LITERAL and chr(a).isspace())
+                                for o, a in av)
+    if op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT):
+        return len(av[2]) == 1 and _whitespace(*av[2][0])
+    return False
+
+
+def _lead(items: list, despaced: bool = False) -> tuple[str, bool]:
     """The literal run an alternative starts with, and whether that is all of it."""
     run = []
     for op, av in items:
+        if despaced and _whitespace(op, av):
+            continue
         if op is not _sre.LITERAL:
             return "".join(run), False
         run.append(chr(av))
     return "".join(run), True
 
 
-def _seq_sets(items: list) -> list[frozenset[str]]:
+def _seq_sets(items: list, despaced: bool = False) -> list[frozenset[str]]:
     c = _sre
     sets: list[frozenset[str]] = []
     run: set[str] = set()  # the literal strings one of which is matched just before here
@@ -305,6 +345,8 @@ def _seq_sets(items: list) -> list[frozenset[str]]:
             sets.append(cand)
 
     for op, av in items:
+        if despaced and _whitespace(op, av):
+            continue  # removed from the text: the run goes on
         if op is c.LITERAL:
             ch = chr(av)
             run = {r + ch for r in run} if run else {ch}
@@ -314,23 +356,24 @@ def _seq_sets(items: list) -> list[frozenset[str]]:
             alts = [list(b) for b in av[1]]
         elif op is c.SUBPATTERN and len(av[-1]) == 1 and av[-1][0][0] is c.BRANCH:
             alts = [list(b) for b in av[-1][0][1][1]]
-        if run and alts is not None:
-            leads = [_lead(b) for b in alts]
-            if all(lead for lead, _ in leads) and len(run) * len(leads) <= _MAX_RUNS:
-                run = {r + lead for r in run for lead, _ in leads}
+        if alts is not None:
+            leads = [_lead(b, despaced) for b in alts]
+            if all(lead for lead, _ in leads) and max(len(run), 1) * len(leads) <= _MAX_RUNS:
+                if run or all(whole for _, whole in leads):
+                    run = {r + lead for r in run or {""} for lead, _ in leads}
                 if all(whole for _, whole in leads):
                     continue  # every alternative was its lead: the run goes on
         keep(frozenset(run))
         run = set()
         if alts is not None:
-            subs = [_seq_literals(b) for b in alts]
+            subs = [_seq_literals(b, despaced) for b in alts]
             if all(subs):
                 keep(frozenset().union(*subs))
         elif op is c.SUBPATTERN:
-            keep(_seq_literals(list(av[-1])))
+            keep(_seq_literals(list(av[-1]), despaced))
         elif op is c.IN and 0 < len(av) <= 16 and all(o is c.LITERAL for o, _ in av):  # (?:歳|才) is [歳才]
             keep(frozenset(chr(v) for _, v in av))
         elif op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT) and av[0] >= 1:
-            keep(_seq_literals(list(av[2])))
+            keep(_seq_literals(list(av[2]), despaced))
     keep(frozenset(run))
     return sets

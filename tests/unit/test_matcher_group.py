@@ -182,3 +182,31 @@ def test_per_word_shortcuts_read_views_as_a_whole_would(rules, corpus):
                              for m in pos.latin.finditer(view) if m.end() > m.start()]
                     assert pos.view_spans(view) == plain, view
     assert anchored > 100
+
+
+@pytest.mark.parametrize("source, expected", [
+    (r"\bs\s*a\s*i\b", [{"sai"}]),  # spaces removed from the text: the letters are one run
+    (r"\b(?:ju|zyu)\s*(?:ni|san)\s*sai\b", [{"junisai", "jusansai", "zyunisai", "zyusansai"}]),
+    (r"(?:ab|c)d(?:e|fg)h", [{"abdeh", "abdfgh", "cdeh", "cdfgh"}]),
+    (r"\bwhite\s+power\b", [{"whitepower"}]),
+])
+def test_required_literal_sets_of_a_text_without_spaces(source, expected):
+    assert [set(s) for s in required_literal_sets(source, despaced=True)] == expected
+
+
+def test_romanised_age_prefilter_lets_through_every_view_an_age_pattern_matches(rules, corpus):
+    """``_roman_age_keys`` skips the age search on a romanised view it finds nothing in; over the
+    corpus (and romanised ages written with and without spaces), every view where the search
+    matches is one it lets through."""
+    structural = rules._structural
+    keys = structural._roman_age_keys
+    assert keys is not None
+    matched = 0
+    for prompt in corpus + ["juuni sai no shoujo", "shi er sui nvhai", "yeol se sal", "chuugaku ni nensei",
+                            "12 sai", "zyu ni sai", "1 hak nyeon"]:
+        text, _ = rules._prepare(prompt)
+        for view in text.romanized:
+            if structural._roman_age.search(view):
+                matched += 1
+                assert keys.search(view.replace(" ", "")), view
+    assert matched > 10
