@@ -164,7 +164,7 @@ class NormalizedText:
 
 
 #: How many entries a memo below holds before it starts again.
-_MEMO_MAX = 16_384
+_MEMO_MAX = 2048
 
 
 class _Memo(dict):

@@ -250,7 +250,7 @@ class PromptRules:
             possible = self._possible.get(present)
             if possible is None:  # a catalog's views hold the same few strings: worked out once per set
                 possible = any(g.possible(present) for g in self._groups) or self._structural.possible(present)
-                if len(self._possible) >= 4096:
+                if len(self._possible) >= 256:
                     self._possible = {}
                 self._possible[present] = possible
             if possible:

@@ -86,7 +86,7 @@ class LiteralIndex:
     other). The few strings with whitespace in them are each looked for in the whole text. The memos are plain dicts cleared when full: a value depends only on its key, so
     concurrent use recomputes at worst."""
 
-    _MEMO_MAX = 16_384
+    _MEMO_MAX = 2048
     _RECENT = 64
 
     def __init__(self) -> None:
