@@ -38,7 +38,8 @@ _REUSABLE = {s.value for s in REUSABLE}  # the rule plain jobs' cache: "reuse" f
 
 def _where(cell: Cell) -> dict[str, Any]:
     """Where a refused cell is, as a refusal names it."""
-    return {"row": cell.row, "row_key": cell.row_key, "cell": cell.cell_id, **({"sweep": cell.sweep} if cell.sweep else {})}
+    return {"row": cell.row, "row_key": cell.row_key, "cell": cell.cell_id,
+            **({"sweep": cell.sweep} if cell.sweep else {})}
 
 
 def _chunks(items: Iterator[Cell], size: int) -> Iterator[list[Cell]]:

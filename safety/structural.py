@@ -30,7 +30,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from safety.normalize import _Memo, NormalizedText, has_unspaced_script, normalize_compact, normalize_pattern, normalize_term
+from safety.normalize import (Memo, NormalizedText, has_unspaced_script, normalize_compact, normalize_pattern,
+                              normalize_term)
 from safety.romanize import fold, kana_to_romaji, romanizations, syllable_regex, syllables
 from safety.term_regex import (ANY, PREFIX, WORD, LiteralIndex, TrieGroup, compile_terms, literal_prefilter,
                                phrase_literals, required_literals)
@@ -272,7 +273,9 @@ class _Positions:
 
     def may_hold(self, present: frozenset[str]) -> bool:
         """False when no Latin term or pattern can match a view holding just the strings ``present``."""
-        return self.latin is not None and (self._lits is None or self._index is None or not self._lits.isdisjoint(present))
+        if self.latin is None:
+            return False
+        return self._lits is None or self._index is None or not self._lits.isdisjoint(present)
 
     def in_view(self, view: str) -> bool:
         """True when a Latin term or pattern matches somewhere in a spaced view."""
@@ -379,7 +382,7 @@ class StructuralRules:
         trie = compile_terms(([w], WORD) for w in words)
         self._age_anchor = re.compile(f"(?:{trie.pattern})|{normalize_pattern(_AGE_HINT_FRAGMENTS)}")
         #: whether a word holds an age anchor, remembered per word (``_is_minor_age``)
-        self._anchored = _Memo(lambda word: self._age_anchor.search(word) is not None)
+        self._anchored = Memo(lambda word: self._age_anchor.search(word) is not None)
         self._view_cjk = [re.compile(p) for p in _VIEW_CJK_PATTERNS]
         self._compact_age = re.compile("|".join(f"(?:{p})" for p in _compact_age_patterns()))
         self._roman_age = re.compile("|".join(f"(?:{p})" for p in _romanized_age_patterns()))
@@ -413,8 +416,8 @@ class StructuralRules:
                         forms.setdefault(name, set()).add((words, PREFIX if t.endswith("*") else WORD))
         # one trie per signal; spaces are optional between the letters of a romanised kana, Hangul
         # or pinyin term (``chodeung haksaeng``, ``luo ti``)
-        self._romanized = TrieGroup(((sig, [(list(w), end) for w, end in sorted(fs)]) for sig, fs in forms.items() if fs),
-                                    despaced_gate=True)
+        self._romanized = TrieGroup(
+            ((sig, [(list(w), end) for w, end in sorted(fs)]) for sig, fs in forms.items() if fs), despaced_gate=True)
         needed = {n for r in NEAR_RULES for n in (r.a, r.b, r.link) if n}
         needed |= {"real_attack", "attack_event", "victim_body", "victims_word", "photoreal", "memorial_context"}
         self._pos = {n: _Positions(getattr(term_sets[n], "terms", ()), getattr(term_sets[n], "patterns", ()), index)

@@ -83,8 +83,9 @@ class LiteralIndex:
     once (a catalog's prompts share most of their words): one trie-shaped regex, ``(?=(trie))``,
     stops at each position where a string starts and reports the longest there; the shorter ones it
     starts with are there too (two strings that both match at one position are one a prefix of the
-    other). The few strings with whitespace in them are each looked for in the whole text. The memos are plain dicts cleared when full: a value depends only on its key, so
-    concurrent use recomputes at worst."""
+    other). The few strings with whitespace in them are each looked for in the whole text. The
+    memos are plain dicts cleared when full: a value depends only on its key, so concurrent use
+    recomputes at worst."""
 
     _MEMO_MAX = 2048
     _RECENT = 64
