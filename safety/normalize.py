@@ -232,7 +232,7 @@ def _fold_view(view: str) -> str:
 
 def _view(chunks: list[str], extra: set[str], runs: set[str], remove: re.Pattern[str] | None) -> str:
     pieces: list[str] = []
-    singles = 0
+    singles = 0  # one-letter words
     for parts, joined, ones in map(_PARTS.__getitem__, chunks):
         if joined is not None:
             extra.add(joined)
@@ -243,14 +243,11 @@ def _view(chunks: list[str], extra: set[str], runs: set[str], remove: re.Pattern
     if remove is not None:
         text = " ".join(remove.sub(" ", text).split())
     toks = text.split()
-    lens = list(map(len, toks))
-    # "nu de", "s ex", "nud e": a word split by one space. Longer halves ("pen is") are real words
-    # far more often than evasions, so they are left alone. Such a pair has a word of 1-2 letters.
-    pairs = {j for i, n in enumerate(lens) if n <= 2 for j in (i - 1, i) if 0 <= j < len(toks) - 1}
-    for j in pairs:
-        a, b = lens[j], lens[j + 1]
-        if (a <= 2 and b <= 2) or min(a, b) == 1:
-            extra.add(toks[j] + toks[j + 1])
+    for prev, tok in zip(toks, toks[1:]):
+        # "nu de", "s ex", "nud e": a word split by one space. Longer halves ("pen is") are
+        # real words far more often than evasions, so they are left alone.
+        if (len(prev) <= 2 and len(tok) <= 2) or min(len(prev), len(tok)) == 1:
+            extra.add(prev + tok)
     return text
 
 

@@ -277,17 +277,17 @@ class _Positions:
             return False
         return self._lits is None or self._index is None or not self._lits.isdisjoint(present)
 
+    def _may_be_in(self, view: str) -> bool:
+        """False when no Latin term or pattern can match ``view`` (``may_hold`` of its strings)."""
+        return self.may_hold(self._index.present(view)) if self._index is not None else self.latin is not None
+
     def in_view(self, view: str) -> bool:
         """True when a Latin term or pattern matches somewhere in a spaced view."""
-        if self.latin is None:
-            return False
-        if self._index is not None and not self._index.may_match(self._lits, view):
-            return False
-        return self.latin.search(view) is not None
+        return self._may_be_in(view) and self.latin.search(view) is not None
 
     def view_spans(self, view: str) -> list[tuple[int, int]]:
         """Matches in a spaced view as (first token, last token) indexes."""
-        if self.latin is None or (self._index is not None and not self._index.may_match(self._lits, view)):
+        if not self._may_be_in(view):
             return []
         out = []
         for m in self.latin.finditer(view):
@@ -438,7 +438,7 @@ class StructuralRules:
     def unpositioned(self, text: NormalizedText, found: set[str]) -> set[str]:
         """The signals of ``signals`` that no term set's position gives: ages and grades, romanised
         terms. The rest (``_near``, ``_attack_depiction``) need a term of a set in ``_pos`` in a
-        view, which a view holding none of ``triggers`` has not."""
+        view, which no view for which ``possible`` is False holds."""
         out: set[str] = set()
         if "minor" not in found and self._is_minor_age(text):
             out.add("minor")

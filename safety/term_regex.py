@@ -100,7 +100,7 @@ class LiteralIndex:
 
     def add(self, literals: Iterable[str] | None) -> frozenset[str] | None:
         """Register ``literals`` (None, or a set holding an empty string: none certain) and return
-        the set to pass to ``may_match`` (None: always search)."""
+        the set to test against ``present`` (None: nothing certain, always search)."""
         if literals is None:
             return None
         lits = frozenset(literals)
@@ -120,8 +120,7 @@ class LiteralIndex:
         self._compiled = re.compile(f"(?=({source}))" if source else "(?!)")
         return self._compiled
 
-    def _scan(self, word: str) -> frozenset[str]:
-        rx = self._compiled or self._compile()
+    def _scan(self, rx: re.Pattern[str], word: str) -> frozenset[str]:
         found: set[str] = set()
         for at in rx.finditer(word):
             found |= self._within[at.group(1)]
@@ -131,14 +130,13 @@ class LiteralIndex:
         """The registered strings that occur in ``text``."""
         hit = self._recent.get(text)
         if hit is None:
-            if self._compiled is None:
-                self._compile()
+            rx = self._compiled or self._compile()
             memo = self._words
             found: set[str] = set()
             for word in text.split():
                 in_word = memo.get(word)
                 if in_word is None:
-                    in_word = self._scan(word)
+                    in_word = self._scan(rx, word)
                     if len(memo) >= self._MEMO_MAX:
                         memo = self._words = {}
                     memo[word] = in_word
@@ -150,11 +148,6 @@ class LiteralIndex:
                 self._recent = {}
             self._recent[text] = hit
         return hit
-
-    def may_match(self, literals: frozenset[str] | None, text: str) -> bool:
-        """False when none of ``literals`` (from ``add``) is in ``text``: a search would fail."""
-        return literals is None or not literals.isdisjoint(self.present(text))
-
 
 class TrieGroup:
     """Which of several phrase tries match any of some texts, with one scan of each text for all.
@@ -194,11 +187,15 @@ class TrieGroup:
             self._gate = re.compile(trie_pattern([(["".join(words)], ANY) for words, _ in every], start="") or "(?!)")
 
     def _candidates(self, text: str, done: set[str]) -> list[tuple[str, re.Pattern[str]]]:
-        """The tries, other than those in ``done``, that may match ``text``: with an index, those
-        with a phrase every word of which is in it (each word is matched letter for letter)."""
+        """The tries, other than those in ``done``, that may match ``text``."""
         if self._index is None:
             return [(key, rx) for key, rx in self._each if key not in done]
-        present = self._index.present(text)
+        return self._held(self._index.present(text), done)
+
+    def _held(self, present: frozenset[str], done: set[str]) -> list[tuple[str, re.Pattern[str]]]:
+        """The tries, other than those in ``done``, with a phrase every word of which is among the
+        strings ``present`` (each word is matched letter for letter, so a text without them all
+        cannot match the phrase)."""
         seen = set(done)
         out = []
         for lit in self._keyed.intersection(present):
@@ -211,9 +208,7 @@ class TrieGroup:
     def possible(self, present: frozenset[str]) -> bool:
         """False when no trie can match a text holding just the strings ``present`` (from the
         index; True without one)."""
-        if self._index is None:
-            return True
-        return any(need <= present for lit in self._keyed.intersection(present) for _, _, need in self._by_lit[lit])
+        return self._index is None or bool(self._held(present, set()))
 
     def matching(self, texts: Iterable[str], skip: Iterable[str] = ()) -> set[str]:
         """The keys, other than those in ``skip``, whose trie matches one of ``texts``."""
