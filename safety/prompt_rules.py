@@ -245,17 +245,26 @@ class PromptRules:
         listed string); a prompt with any of them takes the full path."""
         if text.runs or text.compact or not self._words.isdisjoint(tokens):
             return False
-        for view in text.views:
-            present = self._index.present(view)
-            possible = self._possible.get(present)
-            if possible is None:  # a catalog's views hold the same few strings: worked out once per set
-                possible = any(g.possible(present) for g in self._groups) or self._structural.possible(present)
-                if len(self._possible) >= 256:
-                    self._possible = {}
-                self._possible[present] = possible
-            if possible:
+        # ``possible`` is monotone (a gate a set of strings opens, a larger set opens too), so when
+        # the strings of all the views together open none, no view's strings do: one test for the
+        # prompt instead of one per view. When they do, each view is tested on its own.
+        views = text.views
+        if len(views) > 1 and not self._possible_for(self._index.present_in_any(views)):
+            views = ()
+        for view in views:
+            if self._possible_for(self._index.present(view)):
                 return False
         return not self._structural.unpositioned(text, set())
+
+    def _possible_for(self, present: frozenset[str]) -> bool:
+        """Whether a phrase, pattern or positional term set may match a view holding ``present``."""
+        possible = self._possible.get(present)
+        if possible is None:  # a catalog's views hold the same few strings: worked out once per set
+            possible = any(g.possible(present) for g in self._groups) or self._structural.possible(present)
+            if len(self._possible) >= 256:
+                self._possible = {}
+            self._possible[present] = possible
+        return possible
 
     def _signals(self, text: NormalizedText, tokens: frozenset[str], negative_prompt: str | None,
                  real_person_context: bool, quiet: bool = False) -> set[str]:

@@ -470,7 +470,10 @@ class StructuralRules:
         return False
 
     def _is_minor_age(self, text: NormalizedText) -> bool:
-        for v in text.views:
+        views = text.views
+        if len(views) > 1 and not any(map(self._anchored.__getitem__, {w for v in views for w in v.split()})):
+            views = ()  # no word of any view holds an anchor (the views share most of their words)
+        for v in views:
             # Every anchor lies inside one word (a listed word, whole; a number; a fragment of a
             # compound), so a view none of whose words holds one has none: most views of a catalog.
             if not any(map(self._anchored.__getitem__, v.split())):

@@ -126,28 +126,42 @@ class LiteralIndex:
             found |= self._within[at.group(1)]
         return frozenset(found)
 
+    def _in_words(self, words: Iterable[str]) -> set[str]:
+        """The registered strings without whitespace that occur in one of ``words``."""
+        rx = self._compiled or self._compile()
+        memo = self._words
+        found: set[str] = set()
+        for word in words:
+            in_word = memo.get(word)
+            if in_word is None:
+                in_word = self._scan(rx, word)
+                if len(memo) >= self._MEMO_MAX:
+                    memo = self._words = {}
+                memo[word] = in_word
+            if in_word:
+                found |= in_word
+        return found
+
     def present(self, text: str) -> frozenset[str]:
         """The registered strings that occur in ``text``."""
         hit = self._recent.get(text)
         if hit is None:
-            rx = self._compiled or self._compile()
-            memo = self._words
-            found: set[str] = set()
-            for word in text.split():
-                in_word = memo.get(word)
-                if in_word is None:
-                    in_word = self._scan(rx, word)
-                    if len(memo) >= self._MEMO_MAX:
-                        memo = self._words = {}
-                    memo[word] = in_word
-                if in_word:
-                    found |= in_word
+            found = self._in_words(text.split())
             found.update(lit for lit in self._spaced if lit in text)
             hit = frozenset(found)
             if len(self._recent) >= self._RECENT:
                 self._recent = {}
             self._recent[text] = hit
         return hit
+
+    def present_in_any(self, texts: Iterable[str]) -> frozenset[str]:
+        """The registered strings that occur in one of ``texts``: the union of ``present`` of each,
+        with each distinct word looked up once (a prompt's views share most of their words)."""
+        texts = tuple(texts)
+        found = self._in_words({word for text in texts for word in text.split()})
+        found.update(lit for lit in self._spaced if any(lit in text for text in texts))
+        return frozenset(found)
+
 
 class TrieGroup:
     """Which of several phrase tries match any of some texts, with one scan of each text for all.

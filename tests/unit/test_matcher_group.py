@@ -148,6 +148,40 @@ def test_the_literal_index_finds_exactly_the_strings_in_a_text(rules, corpus):
     assert index.add(None) is None and index.add({"ok", ""}) is None  # none certain: always searched
 
 
+def test_one_test_over_all_views_answers_what_a_test_per_view_answers(rules, corpus):
+    """``_quiet`` and the age search test the strings (and age anchors) of all of a prompt's views at
+    once before any view on its own: the answer must be the one testing each view gives."""
+    from safety.normalize import NormalizedText
+
+    structural = rules._structural
+
+    def quiet_per_view(text, tokens) -> bool:
+        if text.runs or text.compact or not rules._words.isdisjoint(tokens):
+            return False
+        for view in text.views:
+            present = rules._index.present(view)
+            if any(g.possible(present) for g in rules._groups) or structural.possible(present):
+                return False
+        return not structural.unpositioned(text, set())
+
+    def age_per_view(text) -> bool:
+        alone = [NormalizedText(views=(v,), tokens=text.tokens) for v in text.views]
+        rest = NormalizedText(views=(), tokens=text.tokens, compact=text.compact, romanized=text.romanized)
+        return any(map(structural._is_minor_age, alone)) or structural._is_minor_age(rest)
+
+    several = quiet = ages = 0
+    for prompt in corpus:
+        text, tokens = rules._prepare(prompt)
+        assert rules._index.present_in_any(text.views) == frozenset().union(
+            *map(rules._index.present, text.views)), prompt
+        assert rules._quiet(text, tokens) == quiet_per_view(text, tokens), prompt
+        assert structural._is_minor_age(text) == age_per_view(text), prompt
+        several += len(text.views) > 1
+        quiet += len(text.views) > 1 and rules._quiet(text, tokens)
+        ages += len(text.views) > 1 and structural._is_minor_age(text)
+    assert several > 500 and quiet > 100 and ages > 10  # both answers, for prompts with several views
+
+
 def test_a_quiet_prompt_has_no_signal_and_no_term(rules, corpus):
     """``PromptRules._quiet`` skips every matcher: it must only say so when they find nothing."""
     quiet = 0
