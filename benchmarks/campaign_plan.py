@@ -520,12 +520,28 @@ def accuracy_round(bench: Bench, rnd: int, mode: str = "fresh") -> dict[str, Any
 
 
 # -- part 2: scale ---------------------------------------------------------------------------------
+def child_pids(pid: int) -> list[int]:
+    """The direct children of ``pid`` (from /proc/<pid>/task/*/children)."""
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                out += [int(x) for x in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return out
+
+
 class RssSampler:
-    """VmRSS of one process every ``every`` seconds, in a thread."""
+    """VmRSS of one process every ``every`` seconds, in a thread; and the sum over its child
+    processes (the API's prompt rules workers, safety/prompt_pool.py), sampled alongside."""
 
     def __init__(self, pid: int, every: float = 0.1) -> None:
         self.pid, self.every = pid, every
         self.samples: list[tuple[float, float]] = []
+        self.children: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -535,11 +551,21 @@ class RssSampler:
         except OSError:
             return None
 
+    def read_children(self) -> float:
+        total = 0.0
+        for child in child_pids(self.pid):
+            try:
+                total += vm_rss_mb(Path(f"/proc/{child}/status").read_text()) or 0.0
+            except OSError:
+                pass
+        return total
+
     def _run(self) -> None:
         while not self._stop.is_set():
             v = self.read()
             if v is not None:
                 self.samples.append((time.monotonic(), v))
+            self.children.append(self.read_children())
             self._stop.wait(self.every)
 
     def __enter__(self) -> "RssSampler":
@@ -601,7 +627,10 @@ def measured_call(api: Api, fn: Callable[[], Any]) -> dict[str, Any]:
     peak = max(sampler.peak or 0.0, before)
     return {"wall_s": wall, "rss_before_mb": before, "rss_peak_mb": peak, "rss_after_mb": after,
             "rss_peak_growth_mb": peak - before, "rss_after_growth_mb": (after or before) - before,
-            "rss_samples": len(sampler.samples), "result": result}
+            "rss_samples": len(sampler.samples),
+            # the API's child processes (its prompt rules workers), not counted above
+            "children_rss_peak_mb": max(sampler.children, default=0.0),
+            "children_rss_after_mb": sampler.read_children(), "result": result}
 
 
 def scale_round(bench: Bench, rnd: int) -> dict[str, Any]:
@@ -632,9 +661,19 @@ def scale_round(bench: Bench, rnd: int) -> dict[str, Any]:
         # Untimed: imports, moderation set-up, the registry (as an API process has them at start).
         campaigns.plan(None, CampaignSpec.parse({**doc, "name": f"scale-warm-{rnd}",
                                                  "catalog": {"rows": catalog_rows(2, "w" + series), "key": "sku"}}))
+        out["plan_workers"] = settings.resolved_campaign_plan_workers
         t = time.perf_counter()
         plan = campaigns.plan(None, spec)["plan"]
         out["in_process_plan_s"] = time.perf_counter() - t
+        # The first plan of more than one chunk starts the prompt rules workers (safety/prompt_pool.py):
+        # a second plan (other rows) in the same process finds them running.
+        again = write_csv(bench.tmp / f"scale-{rnd}-again.csv", catalog_rows(n, series + "a"))
+        t = time.perf_counter()
+        again_plan = campaigns.plan(None, CampaignSpec.parse({**doc, "name": f"scale-again-{rnd}",
+                                                              "catalog": {"path": str(again), "key": "sku"}}))["plan"]
+        out["in_process_plan_again_s"] = time.perf_counter() - t
+        if again_plan["cells"] != n:
+            raise RuntimeError(f"the second plan has {again_plan['cells']} cells, not {n}")
         out["plan_cells"], out["plan_gpu_s"] = plan["cells"], plan["gpu_seconds"]["total"]
         if plan["refused"]:
             raise RuntimeError(f"{plan['refused']} cells of the scale catalog are refused: {plan['refusals'][:3]}")
@@ -667,6 +706,19 @@ def scale_round(bench: Bench, rnd: int) -> dict[str, Any]:
                 if not dry_run:
                     m["submitted"] = res["applied"]["submitted"]
                     m["tenant_active_after"] = client.store.tenant_active(who.tenant_id)
+                else:
+                    # a second dry run (other rows) in the same API process: its workers are running
+                    other = write_csv(bench.tmp / f"scale-{rnd}-api-again.csv", catalog_rows(n, series + "b"))
+                    up2 = checked(api.http.post("/v1/files", headers=auth, data={"purpose": "campaign"},
+                                                files={"file": (other.name, other.read_bytes(), "text/csv")}),
+                                  "upload")
+                    m2 = measured_call(api, lambda: checked(api.http.post(
+                        "/v1/campaigns", params={"dry_run": "true"}, headers=auth,
+                        json={**doc, "name": f"scale-again-{rnd}", "catalog": {"file_id": up2["id"], "key": "sku"}}),
+                        "second dry run"))
+                    res2 = m2.pop("result")
+                    m2["cells"], m2["refused"] = res2["plan"]["cells"], res2["plan"]["refused"]
+                    m["again"] = m2
                 return m
             finally:
                 api.close()
@@ -765,16 +817,23 @@ def report(out: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"scale: {sc[0]['rows']}-row catalog x 1 cell ({sc[0]['csv_bytes'] / 1e6:.2f} MB CSV; "
                      f"batch baseline body {sc[0]['batch_body_bytes'] / 1e6:.2f} MB JSONL)")
+        lines.append(f"prompt rules workers: {sc[0].get('plan_workers')} (BATCHRENDER_CAMPAIGN_PLAN_WORKERS; the "
+                     "first plan of a process starts them, the second finds them running)")
         lines.append(f"{'round':<8}{'what':<40}{'wall s':>9}{'RSS before MB':>15}{'peak growth MB':>16}"
-                     f"{'after growth MB':>17}")
+                     f"{'after growth MB':>17}{'workers MB':>12}")
         for s in sc:
-            lines.append(f"{s['round']:<8}{'plan() in process':<40}{s['in_process_plan_s']:>9.2f}")
-            for key, what in (("api_dry_run", "POST /v1/campaigns?dry_run=true"),
-                              ("api_apply", "POST /v1/campaigns (apply, queues all)"),
-                              ("api_batch", "baseline: POST /v1/batches (JSONL)")):
-                m = s[key]
+            lines.append(f"{s['round']:<8}{'plan() in process, first':<40}{s['in_process_plan_s']:>9.2f}")
+            if "in_process_plan_again_s" in s:
+                lines.append(f"{'':<8}{'plan() in process, second':<40}{s['in_process_plan_again_s']:>9.2f}")
+            rows = [("api_dry_run", "POST /v1/campaigns?dry_run=true", s["api_dry_run"])]
+            if "again" in s["api_dry_run"]:
+                rows.append(("", "  the same API process, second dry run", s["api_dry_run"]["again"]))
+            rows += [("api_apply", "POST /v1/campaigns (apply, queues all)", s["api_apply"]),
+                     ("api_batch", "baseline: POST /v1/batches (JSONL)", s["api_batch"])]
+            for _key, what, m in rows:
                 lines.append(f"{'':<8}{what:<40}{m['wall_s']:>9.2f}{m['rss_before_mb']:>15.1f}"
-                             f"{m['rss_peak_growth_mb']:>16.1f}{m['rss_after_growth_mb']:>17.1f}")
+                             f"{m['rss_peak_growth_mb']:>16.1f}{m['rss_after_growth_mb']:>17.1f}"
+                             f"{fmt(m.get('children_rss_peak_mb'), '.1f'):>12}")
     return "\n".join(lines)
 
 

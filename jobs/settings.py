@@ -80,6 +80,11 @@ class Settings(BaseModel):
     #: may expand to.
     campaign_max_rows: int = Field(default=10_000, ge=1, le=1_000_000)
     campaign_max_cells: int = Field(default=50_000, ge=1, le=5_000_000)
+    #: Worker processes a campaign plan checks its prompts against the policy's rules in, while
+    #: the process planning validates and prices the cells (safety/prompt_pool.py): started by the
+    #: first plan of more than one chunk (256 cells), kept until the process ends. 0: none, every
+    #: prompt is checked in the planning process. Default: one less than the CPUs, at most 4.
+    campaign_plan_workers: int | None = Field(default=None, ge=0, le=32)
     #: Files (``/v1/files``) one tenant may hold at once, and their bytes (0: no limit): an upload
     #: over either is refused with 429 naming the quota and the usage (storage/files.py). A
     #: finished batch's output and error files count but are never refused. Files are deleted
@@ -409,6 +414,12 @@ class Settings(BaseModel):
     @property
     def resolved_postprocess_threads(self) -> int:
         return self.postprocess_threads or max(1, min(8, os.cpu_count() or 1))
+
+    @property
+    def resolved_campaign_plan_workers(self) -> int:
+        if self.campaign_plan_workers is not None:
+            return self.campaign_plan_workers
+        return max(0, min(4, (os.cpu_count() or 1) - 1))
 
     @property
     def models_file(self) -> Path:

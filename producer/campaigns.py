@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -179,14 +180,14 @@ class Campaigns:
             self._specs[model] = (spec, canonical_spec(spec))
         return self._specs[model]
 
-    def _moderate(self, tenant: str | None, req: RenderRequest):
+    def _moderate(self, tenant: str | None, req: RenderRequest, rules_verdicts=None):
         k = (req.prompt, req.negative_prompt, req.moderation)
         if k not in self._verdicts:
             if len(self._verdicts) > 50_000:
                 self._verdicts.clear()
             decision = self.client.moderation.check_prompt(req.prompt, req.negative_prompt,
                                                            actor=tenant or "producer", audit_allowed=False,
-                                                           level=req.moderation)
+                                                           level=req.moderation, rules_verdicts=rules_verdicts)
             # Decisions are values, and a catalog's are nearly all the same "allow": one object is
             # kept for each distinct one, not one per cell held until submission.
             self._verdicts[k] = self._decisions.setdefault(decision, decision)
@@ -209,12 +210,31 @@ class Campaigns:
                           "message": e.message.removeprefix("invalid request: "), "errors": e.errors}
         return ev
 
-    def _moderated(self, tenant: str | None, evs: list[Evaluated]) -> list[Evaluated]:
+    def _ask(self, pool, evs: list[Evaluated]):
+        """Hand the prompts of a chunk's valid cells that this plan has not decided yet to a worker
+        of ``pool`` (``safety.prompt_pool``): (the ticket or None, the prompts asked)."""
+        if pool is None:
+            return None, []
+        pairs = list(dict.fromkeys((ev.request.prompt, ev.request.negative_prompt) for ev in evs
+                                   if ev.refusal is None and ev.request is not None and
+                                   (ev.request.prompt, ev.request.negative_prompt, ev.request.moderation)
+                                   not in self._verdicts))
+        ticket = pool.submit(pairs) if pairs else None
+        return ticket, pairs if ticket is not None else []
+
+    def _moderated(self, tenant: str | None, evs: list[Evaluated], ticket=None, pairs=()) -> list[Evaluated]:
         """Valid cells' prompts moderated (a refusal when blocked), then the content keys of those
         allowed. A chunk at a time, each step over the whole chunk: the moderation rules run back to
-        back, which on a small CPU cache is markedly faster than one cell's steps after another's."""
+        back, which on a small CPU cache is markedly faster than one cell's steps after another's.
+        ``ticket``: the rules' verdicts on ``pairs`` (prompt, negative prompt), from a worker."""
+        given: dict[tuple[str, str | None], Any] = {}
+        if ticket is not None:
+            verdicts = ticket.verdicts(self.client.moderation.rules.allow)
+            if verdicts is not None:  # else the worker is gone: checked here
+                given = dict(zip(pairs, verdicts))
         valid = [ev for ev in evs if ev.refusal is None]
-        for ev, decision in [(ev, self._moderate(tenant, ev.request)) for ev in valid]:
+        for ev, decision in [(ev, self._moderate(tenant, ev.request, given.get(
+                (ev.request.prompt, ev.request.negative_prompt)))) for ev in valid]:
             if decision.action.value == "block":
                 info = decision.to_dict()
                 ev.refusal = {**_where(ev.cell), "code": "moderation_blocked", "field": "prompt",
@@ -227,24 +247,39 @@ class Campaigns:
 
     def _evaluated(self, tenant: str | None, spec: CampaignSpec, catalog: Catalog) -> Iterator[Evaluated]:
         """Cells evaluated a chunk at a time, with cache hits looked up per chunk (at most two round
-        trips per chunk)."""
+        trips per chunk). From the second chunk on, the prompts are checked against the policy's
+        rules in worker processes (``Client.prompt_pool``) while this process validates the next
+        chunks; a few chunks are in flight at once, and they are finished in catalog order."""
         custom_ids: dict[str, int] = {}
-        for cells in _chunks(self.cells(spec, catalog), CHUNK):
-            chunk = self._moderated(tenant, [self._validate(tenant, cell) for cell in cells])
-            for e in chunk:
-                cell = e.cell
-                cid_ = e.request.custom_id if e.request is not None else None
-                if e.refusal is None and cid_ is not None:
-                    if cid_ in custom_ids:
-                        e.refusal = {"row": cell.row, "row_key": cell.row_key, "cell": cell.cell_id,
-                                     "code": "duplicate_custom_id", "field": "custom_id",
-                                     "message": f"custom_id {cid_!r} is also row {custom_ids[cid_]}'s; results are "
-                                                "joined on custom_id, so each cell's must be unique: put the key "
-                                                "column and the sweep values in the pattern (e.g. {sku}-{style})"}
-                        e.key = None
-                    else:
-                        custom_ids[cid_] = cell.row
-            yield from self._lookup(tenant, chunk)
+        pool = None
+        in_flight: deque[tuple[list[Evaluated], Any, list[tuple[str, str | None]]]] = deque()
+        for n, cells in enumerate(_chunks(self.cells(spec, catalog), CHUNK)):
+            if n == 1:
+                pool = self.client.prompt_pool()  # more than one chunk: worth the workers
+            evs = [self._validate(tenant, cell) for cell in cells]
+            in_flight.append((evs, *self._ask(pool, evs)))
+            while len(in_flight) > (1 + 2 * pool.size if pool is not None else 0):
+                yield from self._finish(tenant, custom_ids, *in_flight.popleft())
+        while in_flight:
+            yield from self._finish(tenant, custom_ids, *in_flight.popleft())
+
+    def _finish(self, tenant: str | None, custom_ids: dict[str, int], evs: list[Evaluated], ticket,
+                pairs: list[tuple[str, str | None]]) -> list[Evaluated]:
+        chunk = self._moderated(tenant, evs, ticket, pairs)
+        for e in chunk:
+            cell = e.cell
+            cid_ = e.request.custom_id if e.request is not None else None
+            if e.refusal is None and cid_ is not None:
+                if cid_ in custom_ids:
+                    e.refusal = {"row": cell.row, "row_key": cell.row_key, "cell": cell.cell_id,
+                                 "code": "duplicate_custom_id", "field": "custom_id",
+                                 "message": f"custom_id {cid_!r} is also row {custom_ids[cid_]}'s; results are "
+                                            "joined on custom_id, so each cell's must be unique: put the key "
+                                            "column and the sweep values in the pattern (e.g. {sku}-{style})"}
+                    e.key = None
+                else:
+                    custom_ids[cid_] = cell.row
+        return self._lookup(tenant, chunk)
 
     def _lookup(self, tenant: str | None, chunk: list[Evaluated]) -> list[Evaluated]:
         keyed = [e for e in chunk if e.key]
@@ -290,12 +325,13 @@ class Campaigns:
             t.images += r.num_images
             t.renditions += r.num_images * len(r.renditions or [])
             strength = r.strength if r.image is not None else None
+            extends = r.extends
             t.add_shape(r.model, r.width, r.height, callstats.denoised_steps(r.steps, strength),
-                        callstats.kind_of(False, strength), r.num_images * (r.renders_per_image - len(r.extends)))
-            if r.extends:
+                        callstats.kind_of(False, strength), r.num_images * (r.renders_per_image - len(extends)))
+            if extends:
                 fam = family(self.client.registry.get(r.model).family)
                 base = self.client.registry.get(r.model).base_size
-                for x in r.extends:
+                for x in extends:
                     w, h = size_for(x.ratio, base, fam)
                     t.outpaints += r.num_images
                     t.add_shape(r.model, w, h, r.steps, "inpaint", r.num_images)

@@ -60,6 +60,7 @@ class Client:
         self._signer: Any = None
         self._provenance: Any = None
         self._dispatcher: Any = None
+        self._prompt_pool: Any = None
         #: Lazy parts are built once: 40 API threads meeting a cold client built the moderation
         #: chain (~0.5 s of CPU each) 40 times over, holding every thread meanwhile.
         self._build_lock = threading.RLock()
@@ -85,6 +86,22 @@ class Client:
 
                     self._moderation = ModerationChain.producer_side(self.settings)
         return self._moderation
+
+    def prompt_pool(self):
+        """Worker processes that check a plan's prompts against the policy's rules
+        (safety/prompt_pool.py), started on first use; None when ``campaign_plan_workers`` is 0."""
+        workers = self.settings.resolved_campaign_plan_workers
+        if workers <= 0 or self.moderation.rules is None:
+            return None
+        with self._build_lock:
+            if self._prompt_pool is None:
+                from safety.policy import policy_fingerprint
+                from safety.prompt_pool import PromptRulesPool
+
+                self._prompt_pool = PromptRulesPool(self.settings.policy_file,
+                                                    policy_fingerprint(self.moderation.policy), workers)
+            self._prompt_pool.start()
+        return self._prompt_pool
 
     @property
     def signer(self):
@@ -638,7 +655,7 @@ class Client:
 
     def close(self) -> None:
         """Release what this client opened: storage clients, the provenance index, Redis."""
-        for part in (self._storage, self._provenance):
+        for part in (self._storage, self._provenance, self._prompt_pool):
             if part is not None:
                 part.close()
         self.store.r.close()

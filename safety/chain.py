@@ -83,6 +83,9 @@ class ModerationChain:
     ) -> None:
         self.policy = policy
         self.prompt_stages = tuple(prompt_stages)
+        self._decided: dict[tuple[Verdict, ...], Decision] = {}
+        #: The policy's own rules stage (``check_prompt(rules_verdicts=)`` stands in for it).
+        self.rules = next((s for s in self.prompt_stages if isinstance(s, PromptRules)), None)
         self.input_stage = input_stage
         self.output_stages = tuple(output_stages)
         self.fail_open = frozenset(fail_open)
@@ -189,30 +192,53 @@ class ModerationChain:
             verdicts.extend(found)
             if any(v.action is Action.BLOCK and not (low and relaxable(v)) for v in found):
                 break
-        decision = apply_level(Decision.from_verdicts(verdicts, self.policy.version, self.policy.messages), level,
-                               self.policy)
+        decision = apply_level(self._decision(verdicts), level, self.policy)
         if decision.blocked and decision.blocking_stage and MODERATION_ERROR in decision.categories:
             decision = _with_message(decision, "Moderation could not be completed, so the request was refused. Try again later.")
         moderation_decided(decision.action.value, decision.categories)
         return decision
 
+    def _decision(self, verdicts: list[Verdict]) -> Decision:
+        """``Decision.from_verdicts`` under this chain's policy, remembered per distinct list of
+        verdicts (a value: a plan's thousands of prompts get a handful of distinct ones)."""
+        key = tuple(verdicts)
+        decision = self._decided.get(key)
+        if decision is None:
+            decision = Decision.from_verdicts(verdicts, self.policy.version, self.policy.messages)
+            if len(self._decided) >= 256:
+                self._decided = {}
+            self._decided[key] = decision
+        return decision
+
     def check_prompt(self, prompt: str, negative_prompt: str | None = None, *, real_person_context: bool = False,
                      actor: str | None = None, job_id: str | None = None, audit_allowed: bool = True,
-                     level: str | None = None, decided: Decision | None = None) -> Decision:
+                     level: str | None = None, decided: Decision | None = None,
+                     rules_verdicts: Sequence[Verdict] | None = None) -> Decision:
         """Moderate a prompt before any GPU time. ``real_person_context``: a real person's image is
         part of the request (see ``InputImageCheck.real_person_context``). ``audit_allowed=False``
         (a campaign's plan, whose cells are audited when they are submitted) records only flags
         and blocks in the audit log. ``decided``: this chain's decision on the same prompt,
         negative prompt and level, made moments ago without a real person's image (the plan's,
-        when a campaign's cells are submitted): recorded, not worked out again."""
+        when a campaign's cells are submitted): recorded, not worked out again. ``rules_verdicts``:
+        what the rules stage (``self.rules``) gives this prompt and negative prompt, worked out in
+        another process with the same policy (a plan's, ``safety.prompt_pool``): taken as that
+        stage's verdicts; the other stages run as usual."""
         if decided is not None and (decided.policy_version != self.policy.version or MODERATION_ERROR in decided.categories):
             decided = None  # another policy's, or a stage that failed (open): worked out again
         if decided is not None:
             decision = decided
             moderation_decided(decision.action.value, decision.categories)  # counted per check, as before
         else:
-            decision = self._run(self.prompt_stages, lambda s: s.check(  # type: ignore[call-arg]
-                prompt, negative_prompt, real_person_context=real_person_context), level)
+            if rules_verdicts is not None and (real_person_context or any(
+                    v.policy_version != self.policy.version for v in rules_verdicts)):
+                rules_verdicts = None  # not this question's answer, or another policy's: worked out here
+
+            def call(stage: PromptStage) -> list[Verdict]:
+                if rules_verdicts is not None and stage is self.rules:
+                    return list(rules_verdicts)
+                return stage.check(prompt, negative_prompt, real_person_context=real_person_context)
+
+            decision = self._run(self.prompt_stages, call, level)  # type: ignore[arg-type]
         if self.audit and (audit_allowed or decision.action is not Action.ALLOW):
             self.audit.record(decision, kind="prompt", actor=actor, job_id=job_id, prompt=prompt,
                               negative_prompt=negative_prompt)

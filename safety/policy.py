@@ -6,6 +6,10 @@ raised as ``ConfigurationError`` when the chain is built, never at the first job
 """
 from __future__ import annotations
 
+import dataclasses
+import enum
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -423,6 +427,30 @@ def _service(r: _Reader, node: yaml.Node, category_ids: set[str]) -> ServiceConf
         if "api" in o:
             cfg["outage_api"] = choice(o["api"], "outage.api", ("reject", "defer"))
     return ServiceConfig(url=url, format=fmt, model=model, categories=tuple(mapped), ignore=ignore, **cfg)
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` as plain JSON values, the same in every process (sets sorted, enums by value)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((_canonical(v) for v in value), key=repr)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
+
+
+def policy_fingerprint(policy: Policy) -> str:
+    """A hash of everything in ``policy``: two processes that loaded the same policy agree on it,
+    whatever the file's path or its formatting (``safety.prompt_pool`` checks its workers with it)."""
+    text = json.dumps(_canonical(policy), sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def load_policy(path: Path | None = None) -> Policy:

@@ -215,6 +215,8 @@ class PromptRules:
         self._exceptions = _substring_regex([*policy.exceptions,
                                              *(p for p in policy.allow_phrases if has_unspaced_script(p))])
         self._check_allow_phrases()
+        #: The verdict of a prompt that matches nothing.
+        self.allow = Verdict(STAGE, "none", 0.0, Action.ALLOW, policy.version)
 
     def _check_allow_phrases(self) -> None:
         """An allow-phrase is cut out of a prompt before anything is matched, so one that holds a
@@ -300,7 +302,7 @@ class PromptRules:
         out: list[Verdict] = []
         by_term = set() if quiet else self._cat_group.matching(text, tokens)
         if not by_term and not signals and not self._unconditional:
-            return [Verdict(STAGE, "none", 0.0, Action.ALLOW, self.policy.version)]
+            return [self.allow]
         for cat, _ in self._cats:
             rule = ""
             if cat.id in by_term:
@@ -312,4 +314,4 @@ class PromptRules:
             if rule:
                 out.append(Verdict(STAGE, cat.id, 1.0, cat.action, self.policy.version, cat.severity, rule))
         out = StructuralRules.lower(out, signals, self.policy.version, STAGE)
-        return out or [Verdict(STAGE, "none", 0.0, Action.ALLOW, self.policy.version)]
+        return out or [self.allow]

@@ -1,0 +1,69 @@
+"""A campaign plan whose prompts are checked in worker processes (safety/prompt_pool.py) is the
+plan checked in one process: the same cells, refusals (by moderation, by validation, duplicate
+custom ids), keys and prices (issue 23). Real Redis, real worker processes."""
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import TEST_KEYS
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def catalog(n: int) -> list[dict[str, str]]:
+    rows = [{"sku": f"m-{i:04d}", "colour": ("red", "teal", "oak")[i % 3], "name": f"model q{i:04d}x",
+             "steps": "2"} for i in range(n)]
+    rows[300]["name"] = "nude child"          # blocked by the policy, in the second chunk
+    rows[650]["name"] = "a naked 12 year old"  # and in the third
+    rows[520]["steps"] = "9999"                # over the step limit: refused by validation
+    rows[610]["name"] = rows[613]["name"] = "model twin"  # same colour too: the same custom_id
+    return rows
+
+
+def plan_with(client, spec) -> dict:
+    from producer.campaigns import Campaigns
+
+    out = Campaigns(client).plan(None, spec)["plan"]
+    out.pop("eta")  # "at" is a clock reading
+    return out
+
+
+def test_a_plan_checked_by_workers_is_the_plan_checked_in_one_process(tmp_path, redis_url, client_for,
+                                                                      monkeypatch):
+    from jobs.campaign import CampaignSpec
+    from safety.prompt_pool import PromptRulesPool
+
+    env = {"BATCHRENDER_HOME": str(tmp_path / "home"), "BATCHRENDER_REDIS_URL": redis_url,
+           "BATCHRENDER_STORAGE_URL": (tmp_path / "out").as_uri(), "BATCHRENDER_STORAGE_SHARED": "1", **TEST_KEYS}
+    rows = catalog(700)
+    spec = CampaignSpec.parse({"v": 1, "name": "pool", "catalog": {"rows": rows, "key": "sku"},
+                               "template": {"prompt": "a {colour} ceramic mug {name}, product photo",
+                                            "negative_prompt": "text",
+                                            "fields": {"model": "tiny", "steps": "{steps}", "width": 64,
+                                                       "height": 64, "custom_id": "{colour}-{name}"}}})
+    alone = plan_with(client_for({**env, "BATCHRENDER_CAMPAIGN_PLAN_WORKERS": "0"}), spec)
+
+    pooled_client = client_for({**env, "BATCHRENDER_CAMPAIGN_PLAN_WORKERS": "2"})
+    pool = pooled_client.prompt_pool()
+    for w in pool._workers:  # ready before the plan, so every chunk after the first is theirs
+        assert w.ready.wait(180) and not w.gone
+    handed: list[int] = []
+    submit = PromptRulesPool.submit
+
+    def counted(self, prompts):
+        ticket = submit(self, prompts)
+        handed.append(len(prompts) if ticket is not None else 0)
+        return ticket
+
+    monkeypatch.setattr(PromptRulesPool, "submit", counted)
+    pooled = plan_with(pooled_client, spec)
+
+    assert pooled == alone
+    assert sum(handed) >= 400  # the workers checked most prompts
+    by_code = {}
+    for r in alone["refusals"]:
+        by_code.setdefault(r["code"], []).append(r["row"])
+    assert by_code.pop("moderation_blocked") == [301, 651]
+    assert by_code.pop("duplicate_custom_id") == [614]
+    assert list(by_code.values()) == [[521]]  # the step limit
+    assert alone["cells"] == 700 and alone["masters"] == 696
