@@ -124,13 +124,23 @@ class _Worker:
         except (OSError, ValueError):
             pass
         finally:
+            started = self.ready.is_set()
             with self._lock:
                 self._gone()
+            try:  # reaped: its stdout is closed, so it is exiting
+                code = self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                code = self.proc.wait()
+            if not started:
+                log.warning("a prompt rules worker exited before it was ready (exit code %s; its stderr says "
+                            "why): prompts are checked in this process", code)
 
     def _gone(self) -> None:
-        """Called with the lock held: every question still waiting fails."""
+        """Called with the lock held: every question still waiting fails, and the writer stops."""
         self.gone = True
         self.ready.set()
+        self._outbox.put(None)
         while self._waiting:
             fut = self._waiting.popleft()
             if not fut.done():

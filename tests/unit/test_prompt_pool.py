@@ -123,6 +123,18 @@ def test_a_worker_that_loaded_another_policy_is_never_used(rules, tmp_path):
         pool.close()
 
 
+def test_a_worker_that_cannot_start_is_named_in_the_log_and_never_used(rules, tmp_path, caplog):
+    pool = PromptRulesPool(tmp_path / "no-such-policy.yaml", policy_fingerprint(rules.policy), workers=1)
+    try:
+        pool.start()
+        w = pool._workers[0]
+        assert wait_until(lambda: w.gone and w.proc.poll() is not None) and w.proc.returncode != 0
+        assert pool.submit([("a red mug", None)]) is None
+        assert wait_until(lambda: "exited before it was ready" in caplog.text)
+    finally:
+        pool.close()
+
+
 def test_closing_the_pool_ends_its_workers(rules):
     pool = PromptRulesPool(None, policy_fingerprint(rules.policy), workers=2)
     ready(pool)
