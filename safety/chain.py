@@ -30,6 +30,7 @@ from jobs.settings import Settings
 from safety.audit import AuditLog
 from safety.input_images import DEFAULT_MAX_BYTES, InputImageStage
 from safety.levels import apply_level, relaxable
+from safety.normalize import Memo
 from safety.policy import Policy, load_policy
 from safety.prompt_rules import PromptRules
 from safety.verdict import MODERATION_ERROR, Action, Decision, Verdict
@@ -83,7 +84,10 @@ class ModerationChain:
     ) -> None:
         self.policy = policy
         self.prompt_stages = tuple(prompt_stages)
-        self._decided: dict[tuple[Verdict, ...], Decision] = {}
+        #: ``Decision.from_verdicts`` under this policy, per distinct tuple of verdicts (a value: a
+        #: plan's thousands of prompts get a handful of distinct ones)
+        self._decided = Memo(lambda verdicts: Decision.from_verdicts(verdicts, policy.version, policy.messages),
+                             size=256)
         #: The policy's own rules stage (``check_prompt(rules_verdicts=)`` stands in for it).
         self.rules = next((s for s in self.prompt_stages if isinstance(s, PromptRules)), None)
         self.input_stage = input_stage
@@ -192,22 +196,10 @@ class ModerationChain:
             verdicts.extend(found)
             if any(v.action is Action.BLOCK and not (low and relaxable(v)) for v in found):
                 break
-        decision = apply_level(self._decision(verdicts), level, self.policy)
+        decision = apply_level(self._decided[tuple(verdicts)], level, self.policy)
         if decision.blocked and decision.blocking_stage and MODERATION_ERROR in decision.categories:
             decision = _with_message(decision, "Moderation could not be completed, so the request was refused. Try again later.")
         moderation_decided(decision.action.value, decision.categories)
-        return decision
-
-    def _decision(self, verdicts: list[Verdict]) -> Decision:
-        """``Decision.from_verdicts`` under this chain's policy, remembered per distinct list of
-        verdicts (a value: a plan's thousands of prompts get a handful of distinct ones)."""
-        key = tuple(verdicts)
-        decision = self._decided.get(key)
-        if decision is None:
-            decision = Decision.from_verdicts(verdicts, self.policy.version, self.policy.messages)
-            if len(self._decided) >= 256:
-                self._decided = {}
-            self._decided[key] = decision
         return decision
 
     def check_prompt(self, prompt: str, negative_prompt: str | None = None, *, real_person_context: bool = False,

@@ -172,17 +172,17 @@ class Memo(dict):
     """``fn(key)`` of one word or chunk, remembered: a catalog's prompts share most of their words, so
     the per-chunk and per-word steps of normalisation (and ``safety.structural``'s age anchors) are
     worked out once per distinct one. Looked up with ``map(memo.__getitem__, ...)``. A value depends
-    only on its key, so the memo is cleared when full and concurrent use at worst works a value out
-    twice."""
+    only on its key, so the memo is cleared when it holds ``size`` entries and concurrent use at worst
+    works a value out twice."""
 
-    __slots__ = ("fn",)
+    __slots__ = ("fn", "size")
 
-    def __init__(self, fn) -> None:
+    def __init__(self, fn, size: int = _MEMO_MAX) -> None:
         super().__init__()
-        self.fn = fn
+        self.fn, self.size = fn, size
 
-    def __missing__(self, key: str):
-        if len(self) >= _MEMO_MAX:
+    def __missing__(self, key):
+        if len(self) >= self.size:
             self.clear()
         value = self[key] = self.fn(key)
         return value

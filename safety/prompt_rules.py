@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from safety.normalize import (NormalizedText, has_unspaced_script, normalize, normalize_compact, normalize_pattern,
-                              normalize_term)
+from safety.normalize import (Memo, NormalizedText, has_unspaced_script, normalize, normalize_compact,
+                              normalize_pattern, normalize_term)
 from safety.policy import Category, Policy
 from safety.structural import ROMANIZED_SUFFIX, StructuralRules
 from safety.term_regex import ANY, PREFIX, WORD, LiteralIndex, TrieGroup, compile_terms, required_literal_sets
@@ -208,7 +208,10 @@ class PromptRules:
         # holds the strings a phrase, pattern or positional term set needs, raises no signal by them.
         self._groups = (self._set_group, self._cat_group, self._name_group)
         self._words = frozenset().union(*(g.words for g in self._groups))
-        self._possible: dict[frozenset[str], bool] = {}
+        #: whether a view holding just these strings may match a phrase, pattern or positional term
+        #: set (a catalog's views hold the same few sets of strings: worked out once per set)
+        self._possible = Memo(lambda present: any(g.possible(present) for g in self._groups)
+                              or self._structural.possible(present), size=256)
         self._negative_seen: dict[str, frozenset[str]] = {}
         self._allow = _phrase_regex(p for p in policy.allow_phrases if not has_unspaced_script(p))
         # Exceptions, and allow-phrases written in unspaced scripts, are cut out of compact views.
@@ -251,22 +254,12 @@ class PromptRules:
         # the strings of all the views together open none, no view's strings do: one test for the
         # prompt instead of one per view. When they do, each view is tested on its own.
         views = text.views
-        if len(views) > 1 and not self._possible_for(self._index.present_in_any(views)):
+        if len(views) > 1 and not self._possible[self._index.present_in_any(views)]:
             views = ()
         for view in views:
-            if self._possible_for(self._index.present(view)):
+            if self._possible[self._index.present(view)]:
                 return False
         return not self._structural.unpositioned(text, set())
-
-    def _possible_for(self, present: frozenset[str]) -> bool:
-        """Whether a phrase, pattern or positional term set may match a view holding ``present``."""
-        possible = self._possible.get(present)
-        if possible is None:  # a catalog's views hold the same few strings: worked out once per set
-            possible = any(g.possible(present) for g in self._groups) or self._structural.possible(present)
-            if len(self._possible) >= 256:
-                self._possible = {}
-            self._possible[present] = possible
-        return possible
 
     def _signals(self, text: NormalizedText, tokens: frozenset[str], negative_prompt: str | None,
                  real_person_context: bool, quiet: bool = False) -> set[str]:
