@@ -44,6 +44,40 @@ def test_worker_holding_unacked_messages_survives_a_redis_restart(br_env, privat
     assert w.proc.poll() is None and "AttributeError" not in w.log()
 
 
+def test_a_retry_its_worker_could_not_give_back_is_sent_again_by_the_job_sweep(br_env, private_redis, client_for,
+                                                                              start_worker):
+    """Redis away for longer than kombu's restore keeps trying (jobs/celery_app.py, ~20 s): the
+    worker holding a retry until its ETA loses the connection, and with it Celery's timer, and
+    cannot put the message back. It stays in Redis's unacked set, due and held by no one, until
+    the visibility timeout (an hour by default). The job sweep sends it again once it is overdue
+    (worker/sweep.py). The failed restore is injected (tests/restore_fails.py): the outage is 2 s."""
+    from jobs.names import RENDER_TASK, render_queue
+    from worker.sweep import UNACKED_KEY
+
+    env = {**br_env, "BATCHRENDER_REDIS_URL": private_redis.url,
+           "BATCHRENDER_JOB_SWEEP_EVERY_S": "1", "BATCHRENDER_JOB_SWEEP_OVERDUE_S": "2"}
+    client = client_for(env)
+    w = start_worker(env, queues="render.tiny", app="tests.restore_fails")
+    msg = client.prepare({"prompt": "a lighthouse after the outage", "width": 64, "height": 64, "steps": 2,
+                          "seed": 8})
+    client.store.create(msg)
+    client.app.send_task(RENDER_TASK, args=[msg.model_dump(mode="json")], task_id=msg.job_id,
+                         queue=render_queue("tiny"), countdown=5)
+    wait_for(lambda: "received" in w.log() and msg.job_id in w.log(), timeout=60, what="the worker to hold it")
+    private_redis.kill()
+    time.sleep(2)
+    private_redis.start()
+    wait_for(lambda: "Connected to redis" in w.log().split("Connection to broker lost")[-1]
+             or w.proc.poll() is not None, timeout=60, what="the worker to reconnect or exit")
+    assert w.proc.poll() is None, f"the worker exited when Redis restarted:\n{w.log()[-3000:]}"
+    r = client.store.r
+    assert any(msg.job_id in raw for raw in r.hvals(UNACKED_KEY)), "the held retry was not given back"
+    assert not any(msg.job_id in raw for raw in r.lrange(render_queue("tiny"), 0, -1))
+    rec = client.wait(msg.job_id, timeout=120)
+    assert rec.status is JobStatus.SUCCEEDED and rec.attempts == 1, rec.to_dict()
+    assert "job sweep re-sent 1 lost job message(s): " + msg.job_id in w.log()
+
+
 def test_a_failed_ack_frees_the_prefetch_slot_so_the_consumer_keeps_consuming(private_redis, monkeypatch):
     """Found by benchmarks/chaos.py: Redis dropped the connection just as a worker acknowledged a
     message; kombu's ack raised before freeing the prefetch slot, Celery only logged "Couldn't
