@@ -21,7 +21,10 @@ def test_worker_holding_unacked_messages_survives_a_redis_restart(br_env, privat
                                                                  start_worker):
     from jobs.names import RENDER_TASK, render_queue
 
-    env = {**br_env, "BATCHRENDER_REDIS_URL": private_redis.url}
+    # Should Redis be away longer than kombu's give-back keeps trying (a loaded machine), the job
+    # sweep sends the held retry again once overdue (the next test): soon, here.
+    env = {**br_env, "BATCHRENDER_REDIS_URL": private_redis.url,
+           "BATCHRENDER_JOB_SWEEP_EVERY_S": "2", "BATCHRENDER_JOB_SWEEP_OVERDUE_S": "10"}
     client = client_for(env)
     w = start_worker(env, queues="render.tiny")
     # A job scheduled for later (how transient failures are retried): the worker takes the
