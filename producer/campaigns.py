@@ -15,6 +15,7 @@ reused when that job succeeded, or is still queued or running (it will).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -30,11 +31,25 @@ from jobs.schemas import RenderRequest, resolve
 from producer.catalog import Catalog, read_path
 from producer.result_cache import REUSABLE, cache_key
 
+log = logging.getLogger(__name__)
 #: Cells evaluated (and looked up in the cache) per Redis round trip, and submitted per batch part.
 CHUNK = 256
 #: Refused cells listed in a plan (all are counted).
 MAX_LISTED = 200
 _REUSABLE = {s.value for s in REUSABLE}  # the rule plain jobs' cache: "reuse" follows
+
+
+def expect_plan(client, rows: int) -> None:
+    """A catalog of ``rows`` rows was uploaded (``POST /v1/files``, purpose ``campaign``): when its
+    plan will check prompts in worker processes (more than one chunk), start them now
+    (``Client.prompt_pool``), so the plan finds them running rather than starting them itself.
+    Run after the upload's response; a failure is logged and the plan checks in process."""
+    if rows <= CHUNK:
+        return
+    try:
+        client.prompt_pool()
+    except Exception:  # noqa: BLE001 - only a head start: the plan does without
+        log.warning("could not start the prompt rules workers for an uploaded catalog", exc_info=True)
 
 
 def _where(cell: Cell) -> dict[str, Any]:

@@ -67,3 +67,39 @@ def test_a_plan_checked_by_workers_is_the_plan_checked_in_one_process(tmp_path, 
     assert by_code.pop("duplicate_custom_id") == [614]
     assert list(by_code.values()) == [[521]]  # the step limit
     assert alone["cells"] == 700 and alone["masters"] == 696
+
+
+def test_uploading_a_large_catalog_starts_the_plan_workers(tmp_path, redis_url, client_for, tenants):
+    """POST /v1/files (purpose campaign) of a catalog of more than one chunk starts the prompt rules
+    workers after its response (producer.campaigns.expect_plan), so the plan that follows finds them
+    running; a small catalog or a batch file starts none."""
+    import httpx
+
+    from producer.api import create_app
+    from tests.integration.test_api_http_client import ApiServer
+    from tests.workers import wait_for
+
+    env = {"BATCHRENDER_HOME": str(tmp_path / "home"), "BATCHRENDER_REDIS_URL": redis_url,
+           "BATCHRENDER_STORAGE_URL": (tmp_path / "out").as_uri(), "BATCHRENDER_STORAGE_SHARED": "1",
+           "BATCHRENDER_CAMPAIGN_PLAN_WORKERS": "1", **TEST_KEYS}
+    who = tenants.create("uploader")
+    auth = {"Authorization": f"Bearer {who.api_key}"}
+
+    def csv(n: int) -> bytes:
+        return ("sku,colour,name\n" + "".join(f"m-{i},red,model {i}\n" for i in range(n))).encode()
+
+    client = client_for(env)
+    with ApiServer(create_app(client.settings, client=client)) as server, \
+            httpx.Client(base_url=server.url, timeout=60) as api:
+        def upload(name: str, data: bytes, purpose: str = "campaign") -> None:
+            resp = api.post("/v1/files", headers=auth, data={"purpose": purpose},
+                            files={"file": (name, data, "text/csv" if name.endswith(".csv") else "application/jsonl")})
+            assert resp.status_code in (200, 201), resp.text
+
+        upload("small.csv", csv(200))
+        upload("batch.jsonl", b'{"prompt": "a mug"}\n' * 400, purpose="batch")
+        assert client._prompt_pool is None, "no plan of more than one chunk is coming"
+        upload("large.csv", csv(300))
+        pool = wait_for(lambda: client._prompt_pool, timeout=60, what="the upload to start the workers")
+        assert len(pool._workers) == 1
+        assert pool._workers[0].ready.wait(180) and not pool._workers[0].gone

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, BackgroundTasks, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
 from producer.api.deps import ServicesDep, Tenant
+from producer.campaigns import expect_plan
 from producer.files import FileNotFound, Files
 
 router = APIRouter(prefix="/v1/files", tags=["openai-compatible"])
@@ -17,13 +18,15 @@ router = APIRouter(prefix="/v1/files", tags=["openai-compatible"])
 
 @router.post("")
 async def create_file(svc: ServicesDep, tenant: Tenant, file: Annotated[UploadFile, File()],
-                      purpose: Annotated[str, Form(max_length=40)]) -> dict:
+                      purpose: Annotated[str, Form(max_length=40)], after: BackgroundTasks) -> dict:
     """Upload a JSONL file of requests (``purpose=batch``) or a campaign's CSV or JSONL catalog
     (``purpose=campaign``), within the API's body limit and the tenant's file quota (429
     ``file_quota_exceeded`` naming it and the usage)."""
     data = await file.read()
     files = Files(svc.client)
     rec = await run_in_threadpool(files.create, tenant, file.filename or "upload.jsonl", purpose, data)
+    if purpose == "campaign":  # a plan of it is likely next: its workers start after this response
+        after.add_task(expect_plan, svc.client, data.count(b"\n"))
     return files.to_openai(rec)
 
 
