@@ -235,6 +235,19 @@ def make_app(settings: Settings, broker_url: str | None = None) -> Celery:
     return app
 
 
+def eta_time(eta: Any) -> float | None:
+    """A Celery ``eta`` header (ISO 8601; naive means UTC) as Unix time; None when absent or unreadable."""
+    if not eta:
+        return None
+    from datetime import datetime, timezone
+
+    try:
+        when = datetime.fromisoformat(str(eta))
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+
+
 def render_argsrepr(msg: "JobMessage") -> str:
     """What Celery events (and so Flower) show as a render task's arguments: the job, not its
     payload. Prompts, webhook URLs and message signatures stay out of every event copy."""

@@ -47,7 +47,7 @@ from redis.exceptions import RedisError
 from jobs import fairshare
 from jobs.callstats import worker_id
 from jobs.errors import PermanentError, TransientError
-from jobs.celery_app import publish_render
+from jobs.celery_app import eta_time, publish_render
 from jobs.metrics import RENDER_GAP
 from jobs.names import KEY_PREFIX, RENDER_QUEUE_PREFIX, RENDER_TASK
 from jobs.retry import RetryPolicy, transient
@@ -336,17 +336,8 @@ class Gatherer:
 
 def _not_due(eta: Any) -> bool:
     """Whether a Celery ``eta`` header (ISO 8601) is still in the future."""
-    if not eta:
-        return False
-    from datetime import datetime, timezone
-
-    try:
-        when = datetime.fromisoformat(str(eta))
-    except ValueError:
-        return False
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return when > datetime.now(timezone.utc)
+    when = eta_time(eta)
+    return when is not None and when > time.time()
 
 
 class BatchSession:

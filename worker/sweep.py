@@ -42,11 +42,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime, timezone
 from typing import Any, Iterable
 
 from jobs import leases
-from jobs.celery_app import publish_render
+from jobs.celery_app import eta_time, publish_render
 from jobs.clock import redis_now
 from jobs.names import KEY_PREFIX, job_key, render_queue
 from jobs.periodic import take_turn
@@ -68,18 +67,6 @@ def _task_id(raw: str) -> str | None:
         return json.loads(raw)["headers"]["id"]
     except (ValueError, KeyError, TypeError):
         return None
-
-
-def _eta(raw_headers: dict[str, Any]) -> float | None:
-    """A Celery ``eta`` header (ISO 8601; naive means UTC) as Unix time; None when absent or unreadable."""
-    eta = raw_headers.get("eta")
-    if not eta:
-        return None
-    try:
-        when = datetime.fromisoformat(str(eta))
-    except ValueError:
-        return None
-    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def message_ids(r: Any, queues: Iterable[str], due_before: float | None = None) -> tuple[set[str], set[str]] | None:
@@ -111,7 +98,7 @@ def message_ids(r: Any, queues: Iterable[str], due_before: float | None = None) 
             task_id = headers["id"]
         except (ValueError, KeyError, TypeError, IndexError):
             continue
-        if due_before is not None and (eta := _eta(headers)) is not None and eta < due_before:
+        if due_before is not None and (eta := eta_time(headers.get("eta"))) is not None and eta < due_before:
             overdue.add(task_id)
         else:
             held.add(task_id)

@@ -17,29 +17,36 @@ from tests.workers import wait_for
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_worker_holding_unacked_messages_survives_a_redis_restart(br_env, private_redis, client_for,
-                                                                 start_worker):
+def _hold_a_retry_through_a_restart(client, worker, private_redis, prompt: str, seed: int, countdown: int):
+    """A job scheduled for later (how transient failures are retried), which ``worker`` takes at
+    once and holds, unacknowledged, until its ETA; then Redis is killed and restarted 2 s later,
+    and the worker must reconnect, not exit. Returns the job's message."""
     from jobs.names import RENDER_TASK, render_queue
 
+    msg = client.prepare({"prompt": prompt, "width": 64, "height": 64, "steps": 2, "seed": seed})
+    client.store.create(msg)
+    client.app.send_task(RENDER_TASK, args=[msg.model_dump(mode="json")], task_id=msg.job_id,
+                         queue=render_queue("tiny"), countdown=countdown)
+    wait_for(lambda: "received" in worker.log() and msg.job_id in worker.log(), timeout=60,
+             what="the worker to hold it")
+    private_redis.kill()
+    time.sleep(2)
+    private_redis.start()
+    wait_for(lambda: "Connected to redis" in worker.log().split("Connection to broker lost")[-1]
+             or worker.proc.poll() is not None, timeout=60, what="the worker to reconnect or exit")
+    assert worker.proc.poll() is None, f"the worker exited when Redis restarted:\n{worker.log()[-3000:]}"
+    return msg
+
+
+def test_worker_holding_unacked_messages_survives_a_redis_restart(br_env, private_redis, client_for,
+                                                                 start_worker):
     # Should Redis be away longer than kombu's give-back keeps trying (a loaded machine), the job
     # sweep sends the held retry again once overdue (the next test): soon, here.
     env = {**br_env, "BATCHRENDER_REDIS_URL": private_redis.url,
            "BATCHRENDER_JOB_SWEEP_EVERY_S": "2", "BATCHRENDER_JOB_SWEEP_OVERDUE_S": "10"}
     client = client_for(env)
     w = start_worker(env, queues="render.tiny")
-    # A job scheduled for later (how transient failures are retried): the worker takes the
-    # message at once and holds it, unacknowledged, until its ETA.
-    msg = client.prepare({"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2, "seed": 1})
-    client.store.create(msg)
-    client.app.send_task(RENDER_TASK, args=[msg.model_dump(mode="json")], task_id=msg.job_id,
-                         queue=render_queue("tiny"), countdown=15)
-    wait_for(lambda: "received" in w.log() and msg.job_id in w.log(), timeout=60, what="the worker to hold it")
-    private_redis.kill()
-    time.sleep(2)
-    private_redis.start()
-    wait_for(lambda: "Connected to redis" in w.log().split("Connection to broker lost")[-1]
-             or w.proc.poll() is not None, timeout=60, what="the worker to reconnect or exit")
-    assert w.proc.poll() is None, f"the worker exited when Redis restarted:\n{w.log()[-3000:]}"
+    msg = _hold_a_retry_through_a_restart(client, w, private_redis, "a lighthouse", seed=1, countdown=15)
     rec = client.wait(msg.job_id, timeout=120)
     assert rec.status is JobStatus.SUCCEEDED, rec.to_dict()
     later = client.submit({"prompt": "after the restart", "width": 64, "height": 64, "steps": 2})
@@ -54,25 +61,15 @@ def test_a_retry_its_worker_could_not_give_back_is_sent_again_by_the_job_sweep(b
     cannot put the message back. It stays in Redis's unacked set, due and held by no one, until
     the visibility timeout (an hour by default). The job sweep sends it again once it is overdue
     (worker/sweep.py). The failed restore is injected (tests/restore_fails.py): the outage is 2 s."""
-    from jobs.names import RENDER_TASK, render_queue
+    from jobs.names import render_queue
     from worker.sweep import UNACKED_KEY
 
     env = {**br_env, "BATCHRENDER_REDIS_URL": private_redis.url,
            "BATCHRENDER_JOB_SWEEP_EVERY_S": "1", "BATCHRENDER_JOB_SWEEP_OVERDUE_S": "2"}
     client = client_for(env)
     w = start_worker(env, queues="render.tiny", app="tests.restore_fails")
-    msg = client.prepare({"prompt": "a lighthouse after the outage", "width": 64, "height": 64, "steps": 2,
-                          "seed": 8})
-    client.store.create(msg)
-    client.app.send_task(RENDER_TASK, args=[msg.model_dump(mode="json")], task_id=msg.job_id,
-                         queue=render_queue("tiny"), countdown=5)
-    wait_for(lambda: "received" in w.log() and msg.job_id in w.log(), timeout=60, what="the worker to hold it")
-    private_redis.kill()
-    time.sleep(2)
-    private_redis.start()
-    wait_for(lambda: "Connected to redis" in w.log().split("Connection to broker lost")[-1]
-             or w.proc.poll() is not None, timeout=60, what="the worker to reconnect or exit")
-    assert w.proc.poll() is None, f"the worker exited when Redis restarted:\n{w.log()[-3000:]}"
+    msg = _hold_a_retry_through_a_restart(client, w, private_redis, "a lighthouse after the outage", seed=8,
+                                          countdown=5)
     r = client.store.r
     assert any(msg.job_id in raw for raw in r.hvals(UNACKED_KEY)), "the held retry was not given back"
     assert not any(msg.job_id in raw for raw in r.lrange(render_queue("tiny"), 0, -1))
