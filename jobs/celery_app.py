@@ -102,6 +102,70 @@ def patch_kombu_sentinel_released_connection() -> None:
     channel._sentinel_managed_pool = _sentinel_managed_pool
 
 
+#: How long a worker keeps trying, from a thread, to give back the messages it held when its broker
+#: connection dropped and Redis stayed away longer than the close's own ~20 s of retries.
+GIVE_BACK_S = 1800.0
+
+
+def patch_kombu_give_back_later() -> None:
+    """Finish giving back a closed channel's held messages once Redis is back.
+
+    When the broker connection drops, Celery forgets what the channel held (it clears the timer of
+    retries waiting for their ETA) and kombu's ``Channel.close()`` puts those messages back on their
+    queues (``QoS.restore_unacked``). While Redis is still away (a restart or failover longer than
+    ``patch_kombu_released_connection``'s ~20 s of retries) that raises ``ConnectionError``, which
+    Celery ignores: the messages stayed in Redis's unacked set, held by no one, for the visibility
+    timeout (an hour by default). The patch lets the close fail as before and, from a thread, gives
+    the remaining messages back as soon as Redis answers, for up to ``GIVE_BACK_S``: what the close
+    meant to do, done late. Each give-back is kombu's own ``restore_by_tag`` (a WATCHed transaction
+    that moves a message from the unacked set to its queue once, and does nothing when it is gone).
+    Tested by tests/integration/test_redis_restart.py (tests/restore_fails.py fails the close's).
+    """
+    import logging
+    import threading
+    import time
+
+    import redis
+    from kombu.transport import redis as kombu_redis
+
+    original = kombu_redis.QoS.restore_unacked
+    if getattr(original, "batchrender_patched", False):
+        return
+    log = logging.getLogger(__name__)
+    away = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+    def give_back(qos, tags: list) -> None:
+        deadline, wait = time.monotonic() + GIVE_BACK_S, 1.0
+        while tags and time.monotonic() < deadline:
+            time.sleep(wait)
+            try:
+                while tags:
+                    qos.restore_by_tag(tags[0])
+                    tags.pop(0)
+            except away:
+                wait = min(wait * 2, 30.0)
+            except Exception:  # noqa: BLE001 - not Redis being away: the visibility timeout brings them back
+                log.exception("giving back %d held message(s) failed; they return after the visibility timeout",
+                              len(tags))
+                return
+        if tags:
+            log.warning("Redis stayed away: %d held message(s) return after the visibility timeout", len(tags))
+        else:
+            log.warning("gave back the messages held when the broker connection dropped, now that Redis is back")
+
+    def restore_unacked(self, client=None):
+        try:
+            return original(self, client)
+        except away:
+            tags = list(self._delivered)
+            if tags:
+                threading.Thread(target=give_back, args=(self, tags), name="give-back", daemon=True).start()
+            raise
+
+    restore_unacked.batchrender_patched = True  # type: ignore[attr-defined]
+    kombu_redis.QoS.restore_unacked = restore_unacked
+
+
 #: How long an acknowledgement keeps retrying while Redis drops connections (see below).
 ACK_RETRY_S = 10.0
 
@@ -185,6 +249,7 @@ def make_app(settings: Settings, broker_url: str | None = None) -> Celery:
     patch_kombu_released_connection()
     patch_kombu_sentinel_released_connection()
     patch_kombu_lost_ack()
+    patch_kombu_give_back_later()
     if broker_url is None:
         from jobs.embedded import redis_url_for
 

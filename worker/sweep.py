@@ -19,12 +19,7 @@ Render workers run this sweep themselves, one at a time (a Redis lock), every
 ``BATCHRENDER_JOB_SWEEP_EVERY_S``: jobs queued for longer than ``BATCHRENDER_JOB_SWEEP_OVERDUE_S``
 whose id is neither in their model's queue nor in the transport's unacknowledged set (messages a
 worker holds, ETA retries included) nor waiting in a tenant's lane (jobs/fairshare.py) get a new
-message, built from the job record, after a second look a moment later. A retry held past its
-ETA by more than the overdue time counts as no message: its holder lost its broker connection
-(and with it Celery's timer) and kombu could not give the message back because Redis was still
-away (a restart or failover longer than ``jobs.celery_app``'s ~20 s of retries), so it would
-otherwise wait out the visibility timeout (an hour by default). A holder that is merely late
-(its pool busy) takes up a job the new message already finished as a no-op. A message that was only
+message, built from the job record, after a second look a moment later. A message that was only
 in flight is harmless: the claim step makes a second copy of an ended job a no-op. Jobs of a
 batch that were never published belong to ``Client.reconcile`` and are left alone.
 
@@ -45,7 +40,7 @@ import time
 from typing import Any, Iterable
 
 from jobs import leases
-from jobs.celery_app import eta_time, publish_render
+from jobs.celery_app import publish_render
 from jobs.clock import redis_now
 from jobs.names import KEY_PREFIX, job_key, render_queue
 from jobs.periodic import take_turn
@@ -69,15 +64,8 @@ def _task_id(raw: str) -> str | None:
         return None
 
 
-def message_ids(r: Any, queues: Iterable[str], due_before: float | None = None) -> tuple[set[str], set[str]] | None:
-    """(the task ids of every message in ``queues`` and in the unacknowledged set, those of them
-    that are only held as retries overdue since ``due_before``); None: too many messages.
-
-    The second set: jobs whose only messages are unacknowledged retries (an ``eta``) due before
-    ``due_before``. Their holder (Celery's timer, or a batching session that deferred them)
-    would have taken them up by then; one that has not lost its connection, and with it the
-    timer, without giving them back (kombu restores a channel's held messages when it closes it,
-    and that fails while Redis is still away), so they would wait out the visibility timeout."""
+def message_ids(r: Any, queues: Iterable[str]) -> set[str] | None:
+    """Task ids of every message in ``queues`` and in the unacknowledged set (None: too many)."""
     ids: set[str] = set()
     seen = 0
     for q in queues:
@@ -90,20 +78,12 @@ def message_ids(r: Any, queues: Iterable[str], due_before: float | None = None) 
                     break
             if seen >= MAX_MESSAGES:
                 return None
-    held: set[str] = set()
-    overdue: set[str] = set()
     for _, raw in r.hscan_iter(UNACKED_KEY, count=PAGE):
         try:
-            headers = json.loads(raw)[0]["headers"]
-            task_id = headers["id"]
+            ids.add(json.loads(raw)[0]["headers"]["id"])
         except (ValueError, KeyError, TypeError, IndexError):
-            continue
-        if due_before is not None and (eta := eta_time(headers.get("eta"))) is not None and eta < due_before:
-            overdue.add(task_id)
-        else:
-            held.add(task_id)
-    overdue -= ids | held  # a job with any other message is not stranded
-    return ids | held | overdue, overdue
+            pass
+    return ids
 
 
 def waiting_elsewhere(r: Any, job_ids: list[str], overdue_s: float) -> list[str]:
@@ -180,13 +160,11 @@ def sweep_lost_jobs(app: Any, store: JobStore, overdue_s: float, recheck_s: floa
     if not candidates and not running:
         return []
     queues = {render_queue(m) for m in [*candidates.values(), *(m for m, _ in running.values())]}
-    found = message_ids(r, queues, due_before=redis_now(r) - overdue_s)
-    if found is None:
+    present = message_ids(r, queues)
+    if present is None:
         log.warning("job sweep skipped: more than %d messages queued", MAX_MESSAGES)
         return []
-    present, overdue = found
-    # A queued job held only as an overdue retry counts as having no message (message_ids).
-    suspects = waiting_elsewhere(r, [j for j in candidates if j not in present or j in overdue], overdue_s)
+    suspects = waiting_elsewhere(r, [j for j in candidates if j not in present], overdue_s)
     stranded = [j for j in running if j not in present]
     if not suspects and not stranded:
         return []
@@ -194,15 +172,14 @@ def sweep_lost_jobs(app: Any, store: JobStore, overdue_s: float, recheck_s: floa
     if stranded:
         wait = max(recheck_s, leases.RENEW_EVERY_S * 1.5 if lease_recheck_s is None else lease_recheck_s)
     time.sleep(wait)  # a message popped just now is in the unacked set by the second look
-    found = message_ids(r, queues, due_before=redis_now(r) - overdue_s)
-    if found is None:
+    present = message_ids(r, queues)
+    if present is None:
         log.warning("job sweep skipped: more than %d messages queued", MAX_MESSAGES)
         return []
-    present, overdue = found
     sent = []
     for job_id in suspects:
         status, published = r.hmget(f"{KEY_PREFIX}job:{job_id}", "status", "published")
-        if status != JobStatus.QUEUED.value or (job_id in present and job_id not in overdue):
+        if status != JobStatus.QUEUED.value or job_id in present:
             continue  # taken, ended, or expired meanwhile
         if published == "0":
             continue  # a batch record never published: Client.reconcile ends it as not_queued

@@ -78,54 +78,6 @@ def test_a_worker_sweeps_and_renders_a_job_whose_message_was_lost(br_env, client
     assert rec.status is JobStatus.SUCCEEDED and rec.attempts == 1, rec.to_dict()
 
 
-def _held_by_no_one(redis_url: str, queue: str, n: int) -> None:
-    """Take ``n`` messages off ``queue`` as a worker does (kombu ``basic_get``, unacknowledged) and
-    let the connection go without giving them back: what a worker leaves in Redis when its
-    connection dropped and kombu's restore failed (tests/restore_fails.py)."""
-    from kombu import Connection
-
-    conn = Connection(redis_url)
-    channel = conn.default_channel
-    for _ in range(n):
-        assert channel.basic_get(queue, no_ack=False) is not None
-    channel.do_restore = False  # kombu's own switch: closing restores nothing
-    conn.release()
-
-
-def test_a_retry_held_past_its_eta_by_no_one_is_sent_again_and_nothing_else_held_is(br_env, client_for):
-    """An unacknowledged message counts as the job's message, except a retry whose ETA has passed by
-    more than the overdue time: its holder would have taken it up by then (worker/sweep.py). A
-    retry not yet due, and a message without an ETA (a batching session's pulled jobs wait there
-    unclaimed for a while), still count."""
-    from datetime import datetime, timedelta, timezone
-
-    from jobs.names import RENDER_TASK, job_key, queued_key
-    from worker.sweep import UNACKED_KEY, sweep_lost_jobs
-
-    client = client_for({**br_env, "BATCHRENDER_SCHEDULER": "fifo"})
-    r, queue = client.store.r, render_queue("tiny")
-    now = datetime.now(timezone.utc)
-    jobs = {}
-    for name, eta in (("overdue", now - timedelta(seconds=30)), ("not due", now + timedelta(hours=1)),
-                      ("no eta", None)):
-        msg = client.prepare({"prompt": f"a lighthouse, {name}", "seed": 7, **SMALL})
-        assert client.store.create(msg)
-        client.app.send_task(RENDER_TASK, args=[msg.model_dump(mode="json")], task_id=msg.job_id, queue=queue,
-                             eta=eta)
-        jobs[name] = msg.job_id
-    submitted = float(r.time()[0]) - 600  # ten minutes ago, as far as the sweep can tell
-    r.zadd(queued_key("tiny"), {job_key(j): submitted for j in jobs.values()})
-    _held_by_no_one(br_env["BATCHRENDER_REDIS_URL"], queue, 3)
-    assert r.llen(queue) == 0 and r.hlen(UNACKED_KEY) == 3
-    assert sweep_lost_jobs(client.app, client.store, overdue_s=3600, recheck_s=0) == [], "not overdue yet"
-    assert sweep_lost_jobs(client.app, client.store, overdue_s=60, recheck_s=0) == [], "due 30 s ago: not overdue"
-    assert sweep_lost_jobs(client.app, client.store, overdue_s=10, recheck_s=0) == [jobs["overdue"]]
-    raws = r.lrange(queue, 0, -1)
-    assert len(raws) == 1 and jobs["overdue"] in raws[0] and '"eta": null' in raws[0], "sent again, to run now"
-    assert sweep_lost_jobs(client.app, client.store, overdue_s=0, recheck_s=0) == [], "its new message counts"
-    assert client.status(jobs["overdue"]).status is JobStatus.QUEUED
-
-
 # -- running jobs whose worker is gone and whose message was lost (issue 24, chaos FIFO run) ------
 def _restore_held_messages(redis_url: str) -> None:
     """What kombu does once a held message's visibility timeout has passed (every worker does it

@@ -140,9 +140,7 @@ def test_a_worker_holding_an_unacked_message_rides_out_a_failover(br_env, sentin
     from jobs.names import RENDER_TASK, render_queue
 
     cluster = sentinel_cluster
-    # A promotion slower than kombu's give-back keeps trying (a loaded machine) leaves the held
-    # retry in the unacked set: the job sweep sends it again once overdue (worker/sweep.py).
-    env = {**br_env, **cluster.env(), "BATCHRENDER_JOB_SWEEP_EVERY_S": "2", "BATCHRENDER_JOB_SWEEP_OVERDUE_S": "10"}
+    env = {**br_env, **cluster.env()}
     client = client_for(env)
     w = start_worker(env, queues="render.tiny")
     # A job scheduled for later (how transient failures are retried): the worker takes the
