@@ -107,6 +107,31 @@ def patch_kombu_sentinel_released_connection() -> None:
 GIVE_BACK_S = 1800.0
 
 
+def give_back_held(qos: Any, tag: str, lost_at: float) -> bool:
+    """Put the message of delivery ``tag`` back on its queue if it is still held by the channel of
+    ``qos`` (a kombu Redis ``QoS``): delivered at or before ``lost_at`` (its unacked index score).
+    kombu's ``restore_by_tag`` transaction, with that check inside it. True if it was moved."""
+    from kombu.utils.encoding import bytes_to_str
+    from kombu.utils.json import loads
+
+    moved = []
+
+    def transaction(pipe) -> None:  # run again when a WATCHed key changes before EXEC
+        moved.clear()
+        raw = pipe.hget(qos.unacked_key, tag)
+        score = pipe.zscore(qos.unacked_index_key, tag)
+        pipe.multi()
+        if raw and (score is None or score <= lost_at):
+            qos._remove_from_indices(tag, pipe)
+            message, exchange, routing_key = loads(bytes_to_str(raw))
+            qos.channel._do_restore_message(message, exchange, routing_key, pipe, False)
+            moved.append(tag)
+
+    with qos.channel.conn_or_acquire() as client:
+        client.transaction(transaction, qos.unacked_key, qos.unacked_index_key)
+    return bool(moved)
+
+
 def patch_kombu_give_back_later() -> None:
     """Finish giving back a closed channel's held messages once Redis is back.
 
@@ -116,10 +141,16 @@ def patch_kombu_give_back_later() -> None:
     ``patch_kombu_released_connection``'s ~20 s of retries) that raises ``ConnectionError``, which
     Celery ignores: the messages stayed in Redis's unacked set, held by no one, for the visibility
     timeout (an hour by default). The patch lets the close fail as before and, from a thread, gives
-    the remaining messages back as soon as Redis answers, for up to ``GIVE_BACK_S``: what the close
-    meant to do, done late. Each give-back is kombu's own ``restore_by_tag`` (a WATCHed transaction
-    that moves a message from the unacked set to its queue once, and does nothing when it is gone).
-    Tested by tests/integration/test_redis_restart.py (tests/restore_fails.py fails the close's).
+    the remaining messages back as soon as Redis answers: what the close meant to do, done late.
+
+    A message is given back only while it is still this channel's: delivered (its unacked index
+    score, this host's clock) before the connection was lost. Once kombu's visibility timeout has
+    put it back and another worker holds it, its delivery tag is the same but its score is newer,
+    and it is left alone; so is one that is gone. Each give-back is kombu's ``restore_by_tag``
+    transaction with that check inside it (WATCHing the unacked hash and index, so a delivery in
+    between makes it look again). The thread stops after a quarter of the visibility timeout, at
+    most ``GIVE_BACK_S``. Tested by tests/integration/test_redis_restart.py (tests/restore_fails.py
+    fails the close's give-back).
     """
     import logging
     import threading
@@ -127,20 +158,20 @@ def patch_kombu_give_back_later() -> None:
 
     import redis
     from kombu.transport import redis as kombu_redis
-
     original = kombu_redis.QoS.restore_unacked
     if getattr(original, "batchrender_patched", False):
         return
     log = logging.getLogger(__name__)
     away = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
-    def give_back(qos, tags: list) -> None:
-        deadline, wait = time.monotonic() + GIVE_BACK_S, 1.0
-        while tags and time.monotonic() < deadline:
+    def give_back(qos, tags: list, lost_at: float) -> None:
+        deadline = lost_at + min(GIVE_BACK_S, qos.visibility_timeout / 4)
+        wait, moved = 1.0, 0
+        while tags and time.time() < deadline:
             time.sleep(wait)
             try:
                 while tags:
-                    qos.restore_by_tag(tags[0])
+                    moved += give_back_held(qos, tags[0], lost_at)
                     tags.pop(0)
             except away:
                 wait = min(wait * 2, 30.0)
@@ -151,15 +182,17 @@ def patch_kombu_give_back_later() -> None:
         if tags:
             log.warning("Redis stayed away: %d held message(s) return after the visibility timeout", len(tags))
         else:
-            log.warning("gave back the messages held when the broker connection dropped, now that Redis is back")
+            log.warning("gave back %d message(s) held when the broker connection dropped, now that Redis is back",
+                        moved)
 
     def restore_unacked(self, client=None):
+        lost_at = time.time()
         try:
             return original(self, client)
         except away:
             tags = list(self._delivered)
             if tags:
-                threading.Thread(target=give_back, args=(self, tags), name="give-back", daemon=True).start()
+                threading.Thread(target=give_back, args=(self, tags, lost_at), name="give-back", daemon=True).start()
             raise
 
     restore_unacked.batchrender_patched = True  # type: ignore[attr-defined]

@@ -65,7 +65,42 @@ def test_a_retry_the_closing_channel_could_not_give_back_is_given_back_once_redi
                                           countdown=5)
     rec = client.wait(msg.job_id, timeout=120)
     assert rec.status is JobStatus.SUCCEEDED and rec.attempts == 1, rec.to_dict()
-    assert "gave back the messages held when the broker connection dropped" in w.log()
+    assert "gave back 1 message(s) held when the broker connection dropped" in w.log()
+
+
+def test_a_late_give_back_moves_only_what_the_closed_channel_still_holds(private_redis):
+    """jobs.celery_app.give_back_held, on real kombu channels: a message still held as the closed
+    channel left it goes back on its queue, once; one that kombu's visibility timeout already put
+    back and another worker now holds (the same delivery tag, a newer delivery) is left alone."""
+    from kombu import Connection
+
+    from jobs.celery_app import give_back_held
+    from worker.sweep import UNACKED_KEY
+
+    with Connection(private_redis.url) as a, Connection(private_redis.url) as b, \
+            Connection(private_redis.url, transport_options={"visibility_timeout": 3600}) as restorer:
+        queue = a.SimpleQueue("give-back-probe")
+        queue.put({"n": 1})
+        queue.put({"n": 2})
+        first = a.default_channel.basic_get("give-back-probe", no_ack=False)
+        second = a.default_channel.basic_get("give-back-probe", no_ack=False)
+        lost_at = time.time()  # the connection drops here; both are still the channel's
+        qos = a.default_channel.qos
+        r = a.default_channel.client
+        assert r.llen("give-back-probe") == 0 and r.hlen(UNACKED_KEY) == 2
+        # The second was delivered over an hour ago: kombu's visibility timeout puts it back (any
+        # worker does it) and worker B takes it.
+        r.zadd(qos.unacked_index_key, {second.delivery_tag: lost_at - 7200})
+        restorer.default_channel.qos.restore_visible(num=10)
+        assert r.hlen(UNACKED_KEY) == 1 and r.llen("give-back-probe") == 1
+        time.sleep(0.01)  # B's delivery is after the loss
+        again = b.default_channel.basic_get("give-back-probe", no_ack=False)
+        assert again.delivery_tag == second.delivery_tag and again.payload == {"n": 2}
+        assert give_back_held(qos, first.delivery_tag, lost_at) is True
+        assert give_back_held(qos, second.delivery_tag, lost_at) is False, "worker B's now"
+        assert give_back_held(qos, first.delivery_tag, lost_at) is False, "gone: back once"
+        assert r.llen("give-back-probe") == 1 and r.hexists(UNACKED_KEY, second.delivery_tag)
+        assert a.default_channel.basic_get("give-back-probe", no_ack=True).payload == {"n": 1}
 
 
 def test_a_failed_ack_frees_the_prefetch_slot_so_the_consumer_keeps_consuming(private_redis, monkeypatch):
