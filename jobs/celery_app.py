@@ -156,13 +156,14 @@ def patch_kombu_give_back_later() -> None:
     import threading
     import time
 
-    import redis
     from kombu.transport import redis as kombu_redis
+
+    from jobs.redisconn import REDIS_AWAY as away  # a replica's READONLY mid-failover included
+
     original = kombu_redis.QoS.restore_unacked
     if getattr(original, "batchrender_patched", False):
         return
     log = logging.getLogger(__name__)
-    away = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
     def give_back(qos, tags: list, lost_at: float) -> None:
         deadline = lost_at + min(GIVE_BACK_S, qos.visibility_timeout / 4)
