@@ -100,6 +100,9 @@ def test_uploading_a_large_catalog_starts_the_plan_workers(tmp_path, redis_url, 
         upload("batch.jsonl", b'{"prompt": "a mug"}\n' * 400, purpose="batch")
         assert client._prompt_pool is None, "no plan of more than one chunk is coming"
         upload("large.csv", csv(300))
-        pool = wait_for(lambda: client._prompt_pool, timeout=60, what="the upload to start the workers")
+        # (the pool is set before its start() has added the worker: wait for both)
+        wait_for(lambda: client._prompt_pool is not None and client._prompt_pool._workers, timeout=60,
+                 what="the upload to start the workers")
+        pool = client._prompt_pool
         assert len(pool._workers) == 1
         assert pool._workers[0].ready.wait(180) and not pool._workers[0].gone
