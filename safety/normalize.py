@@ -161,6 +161,16 @@ class NormalizedText:
     #: Each view's Latin letters folded to one canonical romanisation (``safety.romanize.fold``),
     #: for romanised Japanese, Chinese and Korean terms only; empty when there are no Latin letters.
     romanized: tuple[str, ...] = ()
+    #: Every word of every view (``tokens`` less the joined and doubled-letter extras), as
+    #: ``normalize`` found them; None: worked out from ``views`` when asked (``view_words``).
+    words: frozenset[str] | None = None
+
+    def view_words(self) -> frozenset[str]:
+        """Every word of every view: a prompt's views share most of their words, and what is
+        looked up per word (``LiteralIndex``, the age anchors) is looked up once per distinct one."""
+        if self.words is not None:
+            return self.words
+        return frozenset(w for v in self.views for w in v.split())
 
 
 #: How many entries a ``Memo`` holds before it starts again. A catalog's words that recur are few
@@ -225,9 +235,9 @@ _SINGLE = Memo(_single_letters)
 _FOLDED = Memo(fold)
 
 
-def _fold_view(view: str) -> str:
-    """``fold(view)``, a token at a time (``_FOLDED``)."""
-    return " ".join(filter(None, map(_FOLDED.__getitem__, view.split())))
+def _fold_tokens(tokens: list[str]) -> str:
+    """``fold`` of a view, from its tokens, a token at a time (``_FOLDED``)."""
+    return " ".join(filter(None, map(_FOLDED.__getitem__, tokens)))
 
 
 def _view(chunks: list[str], extra: set[str], runs: set[str], remove: re.Pattern[str] | None) -> str:
@@ -241,7 +251,9 @@ def _view(chunks: list[str], extra: set[str], runs: set[str], remove: re.Pattern
     # a run of three or more one-letter words is spelled out ("n u d e"): needs three of them
     text = " ".join(_collapse_single_letters(pieces, extra, runs) if singles >= 3 else pieces)
     if remove is not None:
-        text = " ".join(remove.sub(" ", text).split())
+        cut = remove.sub(" ", text)
+        if cut is not text:  # ``sub`` returns its argument itself when nothing matched
+            text = " ".join(cut.split())
     toks = text.split()
     for prev, tok in zip(toks, toks[1:]):
         # "nu de", "s ex", "nud e": a word split by one space. Longer halves ("pen is") are
@@ -278,9 +290,9 @@ def normalize(text: str, remove: re.Pattern[str] | None = None,
             for squeezed in (_RUN3.sub(group1, v), _RUN3.sub(_twice, v)):  # "nuuude", "boooobs"
                 views.append(remove.sub(" ", squeezed) if remove is not None else squeezed)
     views = list(dict.fromkeys(views))
-    tokens = set(extra)
-    for v in views:
-        tokens.update(v.split())
+    split = [v.split() for v in views]
+    words = frozenset().union(*split)
+    tokens = extra | words
     for tok in list(extra):
         if _RUN3.search(tok):
             tokens.add(_RUN3.sub(group1, tok))
@@ -295,9 +307,9 @@ def normalize(text: str, remove: re.Pattern[str] | None = None,
             compact = tuple(exceptions.sub("|", c) for c in compact)
     romanized: tuple[str, ...] = ()
     if any(_LATIN.search(v) for v in views):
-        romanized = tuple(dict.fromkeys(f for v in views if (f := _fold_view(v))))
+        romanized = tuple(dict.fromkeys(f for toks in split if (f := _fold_tokens(toks))))
     return NormalizedText(views=tuple(views), tokens=frozenset(tokens), runs=tuple(sorted(runs)), compact=compact,
-                          romanized=romanized)
+                          romanized=romanized, words=words)
 
 
 def normalize_term(term: str) -> str:

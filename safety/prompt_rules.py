@@ -254,7 +254,7 @@ class PromptRules:
         # the strings of all the views together open none, no view's strings do: one test for the
         # prompt instead of one per view. When they do, each view is tested on its own.
         views = text.views
-        if len(views) > 1 and not self._possible[self._index.present_in_any(views)]:
+        if len(views) > 1 and not self._possible[self._index.present_in_any(views, text.view_words())]:
             views = ()
         for view in views:
             if self._possible[self._index.present(view)]:

@@ -471,7 +471,7 @@ class StructuralRules:
 
     def _is_minor_age(self, text: NormalizedText) -> bool:
         views = text.views
-        if len(views) > 1 and not any(map(self._anchored.__getitem__, {w for v in views for w in v.split()})):
+        if len(views) > 1 and not any(map(self._anchored.__getitem__, text.view_words())):
             views = ()  # no word of any view holds an anchor (the views share most of their words)
         for v in views:
             # Every anchor lies inside one word (a listed word, whole; a number; a fragment of a

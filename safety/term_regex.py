@@ -154,11 +154,12 @@ class LiteralIndex:
             self._recent[text] = hit
         return hit
 
-    def present_in_any(self, texts: Iterable[str]) -> frozenset[str]:
+    def present_in_any(self, texts: Iterable[str], words: Iterable[str] | None = None) -> frozenset[str]:
         """The registered strings that occur in one of ``texts``: the union of ``present`` of each,
-        with each distinct word looked up once (a prompt's views share most of their words)."""
+        with each distinct word looked up once (a prompt's views share most of their words).
+        ``words``: every word of ``texts``, when the caller has them (``NormalizedText.view_words``)."""
         texts = tuple(texts)
-        found = self._in_words({word for text in texts for word in text.split()})
+        found = self._in_words(words if words is not None else {word for text in texts for word in text.split()})
         found.update(lit for lit in self._spaced if any(lit in text for text in texts))
         return frozenset(found)
 
