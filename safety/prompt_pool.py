@@ -161,8 +161,11 @@ class PromptRulesPool:
     """``workers`` processes that check prompts against the policy at ``policy_file``;
     ``fingerprint`` is ``policy_fingerprint`` of the policy the caller's chain loaded."""
 
-    #: Chunks one worker may have waiting: one it works on, one ready to start when it is done.
-    QUEUE = 2
+    #: Chunks one worker may have waiting: one it works on, two ready to start. The plan's process
+    #: checks a chunk itself only when every worker has this many; it has validation, content keys
+    #: and the cache of every cell to do besides, so the workers take most of the prompts (with two,
+    #: it checked a fifth of them on a 2-core machine and was the one that took longest).
+    QUEUE = 3
 
     def __init__(self, policy_file: str | Path | None, fingerprint: str, workers: int,
                  answer_timeout_s: float = 60.0) -> None:

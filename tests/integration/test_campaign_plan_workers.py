@@ -106,3 +106,54 @@ def test_uploading_a_large_catalog_starts_the_plan_workers(tmp_path, redis_url, 
         pool = client._prompt_pool
         assert len(pool._workers) == 1
         assert pool._workers[0].ready.wait(180) and not pool._workers[0].gone
+
+
+def test_a_plan_collects_only_young_garbage_and_turns_collection_back_on(tmp_path, redis_url, client_for):
+    """While a plan counts its cells, CPython's automatic collections are paused and the young
+    generation is collected after each chunk (producer.campaigns._young_collections_only): cyclic
+    garbage made during the plan is freed within a chunk, and collection is on again afterwards,
+    also when the plan fails, and stays off when the caller had turned it off."""
+    import gc
+    import weakref
+
+    from jobs.campaign import CampaignSpec
+    from producer.campaigns import CHUNK, Campaigns
+
+    env = {"BATCHRENDER_HOME": str(tmp_path / "home"), "BATCHRENDER_REDIS_URL": redis_url,
+           "BATCHRENDER_STORAGE_URL": (tmp_path / "out").as_uri(), "BATCHRENDER_STORAGE_SHARED": "1",
+           "BATCHRENDER_CAMPAIGN_PLAN_WORKERS": "0", **TEST_KEYS}
+    campaigns = Campaigns(client_for(env))
+    spec = CampaignSpec.parse({"v": 1, "name": "gc", "catalog": {"rows": catalog(700), "key": "sku"},
+                               "template": {"prompt": "a {colour} mug {name}",
+                                            "fields": {"model": "tiny", "width": 64, "height": 64}}})
+    cat = campaigns.catalog(None, spec)
+
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+    made: list[weakref.ref] = []
+    enabled: set[bool] = set()
+
+    def on_cell(_e) -> None:
+        enabled.add(gc.isenabled())
+        made.append(weakref.ref(Cycle()))  # garbage at once, freed only by a collection
+
+    assert gc.isenabled()
+    t = campaigns._tally(None, spec, cat, on_cell=on_cell)
+    assert t.cells == 700 and enabled == {False} and gc.isenabled()
+    # each chunk's cycles are freed by the next young collection: only the last chunk's can be left
+    assert sum(ref() is not None for ref in made) < CHUNK
+
+    def fail(_e) -> None:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        campaigns._tally(None, spec, cat, on_cell=fail)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        campaigns._tally(None, spec, cat)
+        assert not gc.isenabled()  # the caller's choice stands
+    finally:
+        gc.enable()
