@@ -58,11 +58,12 @@ def expect_plan(client, rows: int) -> None:
 def _young_collections_only():
     """CPython's automatic collections paused, and the young generation collected after each
     chunk instead (``_count``). A plan makes tens of short-lived containers per cell (requests,
-    models, verdicts): on a 10,000-row plan the collector ran about 300 times, 30 of them over the
+    models, verdicts): in a 10,000-row plan the collector ran about 300 times, 30 of them over the
     middle generation and 2-3 over everything the process holds, 0.2-0.3 s in all (timed with
-    ``gc.callbacks``; the plan is 10-20 % faster without them). Reference counting frees the cells
-    either way; cyclic garbage made during a chunk is freed at its end, older cycles at the end of
-    the plan at the latest. Two plans at once (API threads) are fine: collection is turned back on by the plan that turned it off."""
+    ``gc.callbacks``); with them paused the plan took 13 % less on average (docs/benchmarks.md).
+    Reference counting frees the cells either way; cyclic garbage made during a chunk is freed at
+    its end, older cycles when the plan ends at the latest. Two plans at once (API threads) are
+    fine: collection is turned back on by the plan that turned it off."""
     paused = gc.isenabled()
     gc.disable()
     try:
