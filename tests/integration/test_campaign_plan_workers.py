@@ -20,6 +20,13 @@ def catalog(n: int) -> list[dict[str, str]]:
     return rows
 
 
+def plan_env(tmp_path, redis_url: str, **extra: str) -> dict[str, str]:
+    """A planning client's environment: its own home and file storage, the test's Redis."""
+    return {"BATCHRENDER_HOME": str(tmp_path / "home"), "BATCHRENDER_REDIS_URL": redis_url,
+            "BATCHRENDER_STORAGE_URL": (tmp_path / "out").as_uri(), "BATCHRENDER_STORAGE_SHARED": "1",
+            **TEST_KEYS, **extra}
+
+
 def plan_with(client, spec) -> dict:
     from producer.campaigns import Campaigns
 
@@ -33,8 +40,7 @@ def test_a_plan_checked_by_workers_is_the_plan_checked_in_one_process(tmp_path, 
     from jobs.campaign import CampaignSpec
     from safety.prompt_pool import PromptRulesPool
 
-    env = {"BATCHRENDER_HOME": str(tmp_path / "home"), "BATCHRENDER_REDIS_URL": redis_url,
-           "BATCHRENDER_STORAGE_URL": (tmp_path / "out").as_uri(), "BATCHRENDER_STORAGE_SHARED": "1", **TEST_KEYS}
+    env = plan_env(tmp_path, redis_url)
     rows = catalog(700)
     spec = CampaignSpec.parse({"v": 1, "name": "pool", "catalog": {"rows": rows, "key": "sku"},
                                "template": {"prompt": "a {colour} ceramic mug {name}, product photo",
@@ -79,9 +85,7 @@ def test_uploading_a_large_catalog_starts_the_plan_workers(tmp_path, redis_url, 
     from tests.integration.test_api_http_client import ApiServer
     from tests.workers import wait_for
 
-    env = {"BATCHRENDER_HOME": str(tmp_path / "home"), "BATCHRENDER_REDIS_URL": redis_url,
-           "BATCHRENDER_STORAGE_URL": (tmp_path / "out").as_uri(), "BATCHRENDER_STORAGE_SHARED": "1",
-           "BATCHRENDER_CAMPAIGN_PLAN_WORKERS": "1", **TEST_KEYS}
+    env = plan_env(tmp_path, redis_url, BATCHRENDER_CAMPAIGN_PLAN_WORKERS="1")
     who = tenants.create("uploader")
     auth = {"Authorization": f"Bearer {who.api_key}"}
 
@@ -119,9 +123,7 @@ def test_a_plan_collects_only_young_garbage_and_turns_collection_back_on(tmp_pat
     from jobs.campaign import CampaignSpec
     from producer.campaigns import CHUNK, Campaigns
 
-    env = {"BATCHRENDER_HOME": str(tmp_path / "home"), "BATCHRENDER_REDIS_URL": redis_url,
-           "BATCHRENDER_STORAGE_URL": (tmp_path / "out").as_uri(), "BATCHRENDER_STORAGE_SHARED": "1",
-           "BATCHRENDER_CAMPAIGN_PLAN_WORKERS": "0", **TEST_KEYS}
+    env = plan_env(tmp_path, redis_url, BATCHRENDER_CAMPAIGN_PLAN_WORKERS="0")
     campaigns = Campaigns(client_for(env))
     spec = CampaignSpec.parse({"v": 1, "name": "gc", "catalog": {"rows": catalog(700), "key": "sku"},
                                "template": {"prompt": "a {colour} mug {name}",
